@@ -1,0 +1,15 @@
+//! Shared harnesses for Strait's integration tests (see `tests/tests/`).
+
+pub mod quic;
+pub mod rustyvault;
+
+/// Installs a test log subscriber once (RUST_LOG controls it; default warn).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
