@@ -15,7 +15,6 @@
 //! `allow_subdomains = true` (or one role per site: `<site>.gateways.<mesh>.strait.internal`).
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use x509_parser::extensions::GeneralName;
@@ -23,74 +22,7 @@ use x509_parser::extensions::GeneralName;
 /// The DNS suffix under which every mesh lives (`.internal` is reserved for private use).
 pub const DOMAIN_SUFFIX: &str = "strait.internal";
 
-/// What a certificate holder may do in the mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// A node that terminates tunnels for its site and forwards for hosts without an agent.
-    Gateway,
-    /// A node that reaches other sites through its site's gateway.
-    Member,
-    /// The control plane.
-    Coordinator,
-    /// A person or script running `straitctl`.
-    Operator,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Gateway,
-        Role::Member,
-        Role::Coordinator,
-        Role::Operator,
-    ];
-
-    /// The singular name used in configs, tokens and SPIFFE URIs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateway",
-            Role::Member => "member",
-            Role::Coordinator => "coordinator",
-            Role::Operator => "operator",
-        }
-    }
-
-    /// The DNS label that groups this role's names.
-    pub fn group_label(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateways",
-            Role::Member => "members",
-            Role::Coordinator => "coordinators",
-            Role::Operator => "operators",
-        }
-    }
-
-    /// Gateways and members belong to a site; coordinators and operators do not.
-    pub fn has_site(self) -> bool {
-        matches!(self, Role::Gateway | Role::Member)
-    }
-
-    fn from_group_label(label: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.group_label() == label)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = IdentityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdentityError::UnknownRole(s.to_string()))
-    }
-}
+pub use strait_proto::Role;
 
 /// Why a name or certificate does not carry a valid mesh identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,8 +33,6 @@ pub enum IdentityError {
         value: String,
         reason: &'static str,
     },
-    #[error("unknown role {0:?}: expected one of gateway, member, coordinator, operator")]
-    UnknownRole(String),
     #[error("role {role} {needs} a site")]
     SiteMismatch { role: Role, needs: &'static str },
     #[error("{name:?} is not a Strait identity name: expected <node>.<site>.<gateways|members>.<mesh>.{DOMAIN_SUFFIX} or <name>.<coordinators|operators>.<mesh>.{DOMAIN_SUFFIX}")]

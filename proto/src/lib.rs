@@ -1,4 +1,19 @@
-//! Wire types shared by the coordinator, agents and `straitctl`.
+//! Strait's wire protocol, shared by the coordinator, agents and `straitctl`.
+//!
+//! - [`frame`]: length-prefixed frames with a maximum size, and a decoder that never panics
+//!   and never buffers more than one frame, whatever the input.
+//! - [`msg`]: the versioned messages carried in frames.
+//! - [`map`]: network maps (what one node needs to know), their deltas and how to apply them.
+
+pub mod frame;
+pub mod map;
+pub mod msg;
+mod role;
+
+pub use role::Role;
 
 /// ALPN protocol id of the Strait control protocol, version 1.
 pub const ALPN: &[u8] = b"strait/1";
+
+/// The message version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,233 @@
+//! The coordinator's configuration (`coordinator.toml`, kebab-case), validated at start.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use strait_pki::identity::Label;
+
+/// Default overlay CIDR: the CGNAT range (RFC 6598), unlikely to collide with VPC ranges.
+pub const DEFAULT_OVERLAY_CIDR: &str = "100.64.0.0/10";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// The mesh name (an RFC 1123 label); it appears in every certificate.
+    pub mesh: String,
+    /// UDP address the QUIC listener binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the store, the CA and this coordinator's certificate.
+    pub state_dir: PathBuf,
+    /// CIDR from which overlay addresses are allocated.
+    #[serde(default = "default_overlay")]
+    pub overlay_cidr: IpNetwork,
+    /// A node with no heartbeat for this long is marked offline (it stays in maps).
+    #[serde(default = "default_heartbeat_timeout", with = "duration")]
+    pub heartbeat_timeout: Duration,
+    #[serde(default)]
+    pub pki: PkiConfig,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PkiConfig {
+    /// `builtin` (the mesh CA in the state directory) or `vault`.
+    #[serde(default = "default_pki_mode")]
+    pub mode: String,
+    /// Lifetime of agent certificates issued by the built-in CA.
+    #[serde(default = "default_agent_lifetime", with = "duration")]
+    pub agent_cert_lifetime: Duration,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            mode: default_pki_mode(),
+            agent_cert_lifetime: default_agent_lifetime(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub cloud: String,
+    #[serde(default)]
+    pub region: String,
+    /// Prefixes nodes of this site may advertise (e.g. the VPC CIDR).
+    #[serde(default)]
+    pub prefixes: Vec<IpNetwork>,
+    /// Peer every node of this site with every remote node (not only gateways).
+    #[serde(default)]
+    pub full_mesh: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("constant address")
+}
+fn default_overlay() -> IpNetwork {
+    DEFAULT_OVERLAY_CIDR.parse().expect("constant CIDR")
+}
+fn default_heartbeat_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_pki_mode() -> String {
+    "builtin".into()
+}
+fn default_agent_lifetime() -> Duration {
+    strait_pki::ca::DEFAULT_AGENT_LIFETIME
+}
+
+/// `"15s"`, `"24h"`, `"1h 30m"` as durations.
+pub mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"15s\", \"10m\" or \"24h\""
+            ))
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading coordinator config {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("parsing coordinator config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid coordinator config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked before serving.
+    pub fn validate(&self) -> Result<()> {
+        Label::parse("mesh", &self.mesh).context("key `mesh`")?;
+        match self.pki.mode.as_str() {
+            "builtin" => {}
+            "vault" => bail!(
+                "key `pki.mode`: \"vault\" is not supported by the coordinator yet; use \"builtin\""
+            ),
+            other => bail!("key `pki.mode`: unknown mode {other:?}; use \"builtin\""),
+        }
+        let IpNetwork::V4(overlay) = self.overlay_cidr else {
+            bail!("key `overlay-cidr`: {} is IPv6; the overlay is IPv4 (e.g. {DEFAULT_OVERLAY_CIDR})", self.overlay_cidr);
+        };
+        if overlay.prefix() > 30 {
+            bail!("key `overlay-cidr`: {} is too small; use a /30 or larger", self.overlay_cidr);
+        }
+        if self.heartbeat_timeout < Duration::from_secs(2) {
+            bail!("key `heartbeat-timeout`: must be at least 2s");
+        }
+        if self.pki.agent_cert_lifetime < Duration::from_secs(60) {
+            bail!("key `pki.agent-cert-lifetime`: must be at least 60s");
+        }
+        let mut names = BTreeSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            Label::parse("site name", &site.name)
+                .with_context(|| format!("key `sites[{i}].name`"))?;
+            if !names.insert(site.name.as_str()) {
+                bail!("key `sites[{i}].name`: site {:?} is declared twice", site.name);
+            }
+            for p in &site.prefixes {
+                if p.prefix() == 0 {
+                    bail!("key `sites[{i}].prefixes`: {p} covers the default route; list the site's real ranges");
+                }
+                if p.network() != p.ip() {
+                    bail!("key `sites[{i}].prefixes`: {p} has host bits set; write {}/{}", p.network(), p.prefix());
+                }
+                if crate::policy::overlaps(*p, self.overlay_cidr) {
+                    bail!("key `sites[{i}].prefixes`: {p} overlaps the overlay CIDR {}; change one of them", self.overlay_cidr);
+                }
+            }
+        }
+        for (i, a) in self.sites.iter().enumerate() {
+            for b in &self.sites[i + 1..] {
+                for pa in &a.prefixes {
+                    for pb in &b.prefixes {
+                        if crate::policy::overlaps(*pa, *pb) {
+                            bail!(
+                                "key `sites`: site {}'s prefix {pa} overlaps site {}'s prefix {pb}; sites must not share address space",
+                                a.name, b.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn site(&self, name: &str) -> Option<&SiteConfig> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        let c: Config = toml::from_str(s)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const GOOD: &str = r#"
+mesh = "prod"
+state-dir = "/tmp/x"
+[[sites]]
+name = "aws-use1"
+cloud = "aws"
+region = "us-east-1"
+prefixes = ["10.10.0.0/16"]
+[[sites]]
+name = "gcp-usc1"
+prefixes = ["10.20.0.0/16"]
+full-mesh = true
+"#;
+
+    #[test]
+    fn good_config_has_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.overlay_cidr.to_string(), "100.64.0.0/10");
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(15));
+        assert!(c.site("gcp-usc1").unwrap().full_mesh);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            (GOOD.replace("\"prod\"", "\"Prod\""), "mesh"),
+            (GOOD.replace("10.20.0.0/16", "10.10.128.0/17"), "overlaps site gcp-usc1"),
+            (GOOD.replace("10.20.0.0/16", "0.0.0.0/0"), "default route"),
+            (GOOD.replace("10.20.0.0/16", "10.20.0.1/16"), "host bits"),
+            (GOOD.replace("10.20.0.0/16", "100.64.1.0/24"), "overlay"),
+            (GOOD.replace("gcp-usc1", "aws-use1"), "declared twice"),
+            (format!("{GOOD}\nbogus = 1"), "bogus"),
+            (GOOD.replace("mesh = \"prod\"", "mesh = \"prod\"\nheartbeat-timeout = \"soon\""), "duration"),
+            (format!("{GOOD}\n[pki]\nmode = \"magic\""), "pki.mode"),
+        ];
+        for (text, needle) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The Strait coordinator: the mesh's source of truth, and `straitctl`'s client side.
+//!
+//! - [`config`]: `coordinator.toml`, validated at start.
+//! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
+//! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
+//! - [`store`]: persistence behind a trait; SQLite is the embedded default.
+
+pub mod config;
+pub mod mesh;
+pub mod overlay;
+pub mod policy;
+pub mod store;

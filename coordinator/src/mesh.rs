@@ -1,0 +1,716 @@
+//! The coordinator's core: the registry of nodes, tokens and revocations, and the network
+//! map each node gets. A pure state machine: every method takes `now` (Unix seconds) and
+//! returns the store operations that persist its change; it does no IO and reads no clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::{Deserialize, Serialize};
+use strait_pki::token::{self, Grant, JoinToken, TokenBook, TokenError, TokenRecord};
+use strait_pki::{Fingerprint, Identity, Role};
+use strait_proto::map::{NetworkMap, PeerKind, PeerView, RouteView, SelfView};
+use strait_proto::msg::{
+    Endpoint, EndpointKind, ErrorCode, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus,
+    NodeInfo, Refusal, Registered, Registration, RouteInfo, SiteInfo,
+};
+
+use crate::config::{Config, SiteConfig};
+use crate::{overlay, policy};
+
+/// A node as the registry keeps it (and the store persists it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeRecord {
+    pub site: String,
+    pub name: String,
+    pub role: Role,
+    pub overlay_ip: Ipv4Addr,
+    pub wg_public_key: String,
+    pub endpoints: Vec<Endpoint>,
+    pub advertised: Vec<IpNetwork>,
+    pub accepted: Vec<IpNetwork>,
+    pub refused: Vec<Refusal>,
+    #[serde(default)]
+    pub route_conflicts: Vec<Refusal>,
+    pub agent_version: String,
+    pub last_seen: u64,
+    pub online: bool,
+    pub cert_serial: String,
+    pub cert_not_after: u64,
+    #[serde(default)]
+    pub map_version: u64,
+}
+
+impl NodeRecord {
+    pub fn key(&self) -> NodeKey {
+        (self.site.clone(), self.name.clone())
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.site, self.name)
+    }
+}
+
+/// `(site, node name)`.
+pub type NodeKey = (String, String);
+
+/// A revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Revocation {
+    pub serial: String,
+    pub site: String,
+    pub name: String,
+    pub revoked_at: u64,
+    pub not_after: u64,
+}
+
+/// A certificate this coordinator issued (so revoking a node revokes all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IssuedCert {
+    pub serial: String,
+    pub site: String,
+    pub name: String,
+    pub not_after: u64,
+}
+
+/// One write to the store. The core returns these; the shell applies them in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    PutNode(NodeRecord),
+    DeleteNode { site: String, name: String },
+    PutToken(TokenRecord),
+    PutRevocation(Revocation),
+    PutIssued(IssuedCert),
+    SetVersion(u64),
+}
+
+/// Everything the store holds, as loaded at start.
+#[derive(Debug, Clone, Default)]
+pub struct Persisted {
+    pub nodes: Vec<NodeRecord>,
+    pub tokens: Vec<TokenRecord>,
+    pub revocations: Vec<Revocation>,
+    pub issued: Vec<IssuedCert>,
+    pub version: u64,
+}
+
+/// Why the core refused something. Each maps to a wire error code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoreError {
+    #[error("site {0:?} is not declared in the coordinator config; add a [[sites]] entry or fix the node's site")]
+    UnknownSite(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("no node {0:?}; `straitctl nodes` lists them")]
+    NoSuchNode(String),
+    #[error("node name {name:?} exists in several sites ({sites}); write it as <site>/{name}")]
+    AmbiguousNode { name: String, sites: String },
+    #[error("the overlay CIDR {0} is exhausted; configure a larger overlay-cidr")]
+    OverlayExhausted(Ipv4Network),
+    #[error("{0} may not register as a node: only gateways and members have sites")]
+    NotANode(String),
+    #[error("WireGuard public key {0:?} is not 32 bytes of base64")]
+    BadPublicKey(String),
+}
+
+impl CoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::Token(_) => ErrorCode::InvalidToken,
+            CoreError::NoSuchNode(_) => ErrorCode::NotFound,
+            CoreError::OverlayExhausted(_) => ErrorCode::Internal,
+            CoreError::NotANode(_) => ErrorCode::PermissionDenied,
+            CoreError::UnknownSite(_)
+            | CoreError::AmbiguousNode { .. }
+            | CoreError::BadPublicKey(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// The registry and its maps.
+#[derive(Debug)]
+pub struct Mesh {
+    config: Arc<Config>,
+    nodes: BTreeMap<NodeKey, NodeRecord>,
+    tokens: TokenBook,
+    revoked: BTreeMap<String, Revocation>,
+    issued: BTreeMap<String, IssuedCert>,
+    version: u64,
+}
+
+impl Mesh {
+    pub fn new(config: Arc<Config>, persisted: Persisted) -> Mesh {
+        let mut tokens = TokenBook::default();
+        for t in persisted.tokens {
+            tokens.insert(t);
+        }
+        Mesh {
+            nodes: persisted.nodes.into_iter().map(|n| (n.key(), n)).collect(),
+            tokens,
+            revoked: persisted
+                .revocations
+                .into_iter()
+                .map(|r| (r.serial.clone(), r))
+                .collect(),
+            issued: persisted
+                .issued
+                .into_iter()
+                .map(|c| (c.serial.clone(), c))
+                .collect(),
+            version: persisted.version,
+            config,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn node(&self, key: &NodeKey) -> Option<&NodeRecord> {
+        self.nodes.get(key)
+    }
+
+    fn bump(&mut self, ops: &mut Vec<StoreOp>) {
+        self.version += 1;
+        ops.push(StoreOp::SetVersion(self.version));
+    }
+
+    fn site_config(&self, site: &str) -> Result<&SiteConfig, CoreError> {
+        self.config
+            .site(site)
+            .ok_or_else(|| CoreError::UnknownSite(site.to_string()))
+    }
+
+    // ---- tokens and enrollment ----
+
+    /// Creates a join token for a declared site.
+    pub fn create_token(
+        &mut self,
+        site: &str,
+        role: Role,
+        ttl: Duration,
+        now: u64,
+        ca: Fingerprint,
+        random: [u8; 22],
+    ) -> Result<(JoinToken, TokenRecord, Vec<StoreOp>), CoreError> {
+        self.site_config(site)?;
+        let (token, record) = token::create(site, role, ttl, now, ca, random)?;
+        self.tokens.insert(record.clone());
+        Ok((token, record.clone(), vec![StoreOp::PutToken(record)]))
+    }
+
+    /// Checks an enrollment without consuming the token.
+    pub fn check_enrollment(
+        &self,
+        token: &JoinToken,
+        site: &str,
+        role: Role,
+        now: u64,
+    ) -> Result<Grant, CoreError> {
+        self.site_config(site)?;
+        Ok(self.tokens.check(token, site, role, now)?)
+    }
+
+    /// Consumes the token and records the issued certificate.
+    pub fn complete_enrollment(
+        &mut self,
+        token: &JoinToken,
+        site: &str,
+        role: Role,
+        cert: IssuedCert,
+        now: u64,
+    ) -> Result<Vec<StoreOp>, CoreError> {
+        self.tokens.redeem(token, site, role, &cert.name, now)?;
+        let record = self
+            .tokens
+            .get(token.id())
+            .cloned()
+            .ok_or_else(|| TokenError::Unknown {
+                id: token.id().to_string(),
+            })?;
+        Ok(vec![StoreOp::PutToken(record), self.record_issued(cert)])
+    }
+
+    /// Records a certificate issued by renewal.
+    pub fn record_issued(&mut self, cert: IssuedCert) -> StoreOp {
+        self.issued.insert(cert.serial.clone(), cert.clone());
+        StoreOp::PutIssued(cert)
+    }
+
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.contains_key(serial)
+    }
+
+    // ---- registration and liveness ----
+
+    /// Registers (or re-registers) the node named by `identity`.
+    pub fn register(
+        &mut self,
+        identity: &Identity,
+        reg: &Registration,
+        cert_serial: &str,
+        cert_not_after: u64,
+        now: u64,
+    ) -> Result<(Registered, Vec<StoreOp>), CoreError> {
+        let site = identity
+            .site()
+            .ok_or_else(|| CoreError::NotANode(identity.to_string()))?
+            .to_string();
+        let site_cfg = self.site_config(&site)?.clone();
+        check_wg_key(&reg.wg_public_key)?;
+        let key: NodeKey = (site.clone(), identity.name().to_string());
+        let claimed: Vec<policy::Claimed<'_>> = self
+            .nodes
+            .values()
+            .filter(|n| n.site != site)
+            .flat_map(|n| {
+                n.accepted.iter().map(|p| policy::Claimed {
+                    prefix: *p,
+                    site: &n.site,
+                    node: &n.name,
+                })
+            })
+            .collect();
+        let (accepted, refused) = policy::check(
+            &site_cfg,
+            &self.config.sites,
+            &claimed,
+            self.config.overlay_cidr,
+            &reg.prefixes,
+        );
+        let overlay_ip = match self.nodes.get(&key) {
+            Some(existing) => existing.overlay_ip,
+            None => {
+                let IpNetwork::V4(cidr) = self.config.overlay_cidr else {
+                    unreachable!("config validation refuses an IPv6 overlay")
+                };
+                let used: BTreeSet<Ipv4Addr> = self.nodes.values().map(|n| n.overlay_ip).collect();
+                overlay::allocate(cidr, &used).ok_or(CoreError::OverlayExhausted(cidr))?
+            }
+        };
+        let record = NodeRecord {
+            site: site.clone(),
+            name: identity.name().to_string(),
+            role: identity.role(),
+            overlay_ip,
+            wg_public_key: reg.wg_public_key.clone(),
+            endpoints: reg.endpoints.clone(),
+            advertised: reg.prefixes.clone(),
+            accepted,
+            refused: refused.clone(),
+            route_conflicts: self
+                .nodes
+                .get(&key)
+                .map(|n| n.route_conflicts.clone())
+                .unwrap_or_default(),
+            agent_version: reg.agent_version.clone(),
+            last_seen: now,
+            online: true,
+            cert_serial: cert_serial.to_string(),
+            cert_not_after,
+            map_version: self.nodes.get(&key).map(|n| n.map_version).unwrap_or(0),
+        };
+        let mut ops = vec![StoreOp::PutNode(record.clone())];
+        self.nodes.insert(key, record);
+        self.bump(&mut ops);
+        Ok((
+            Registered {
+                overlay_ip,
+                refused,
+            },
+            ops,
+        ))
+    }
+
+    /// A heartbeat from a connected node.
+    pub fn heartbeat(&mut self, key: &NodeKey, map_version: u64, now: u64) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        let Some(node) = self.nodes.get_mut(key) else {
+            return ops;
+        };
+        node.last_seen = now;
+        node.map_version = map_version;
+        if !node.online {
+            node.online = true;
+            ops.push(StoreOp::PutNode(node.clone()));
+            self.bump(&mut ops);
+        }
+        ops
+    }
+
+    /// Route conflicts a node's data plane reported.
+    pub fn report_conflicts(&mut self, key: &NodeKey, conflicts: Vec<Refusal>) -> Vec<StoreOp> {
+        match self.nodes.get_mut(key) {
+            Some(node) if node.route_conflicts != conflicts => {
+                node.route_conflicts = conflicts;
+                vec![StoreOp::PutNode(node.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Marks nodes without a recent heartbeat offline (they stay in the maps, flagged).
+    pub fn tick(&mut self, now: u64) -> Vec<StoreOp> {
+        let timeout = self.config.heartbeat_timeout.as_secs();
+        let mut ops = Vec::new();
+        let mut changed = false;
+        for node in self.nodes.values_mut() {
+            if node.online && now.saturating_sub(node.last_seen) > timeout {
+                node.online = false;
+                ops.push(StoreOp::PutNode(node.clone()));
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump(&mut ops);
+        }
+        ops
+    }
+
+    // ---- revocation ----
+
+    /// Resolves `site/name` or a unique `name`.
+    pub fn resolve(&self, node: &str) -> Result<NodeKey, CoreError> {
+        if let Some((site, name)) = node.split_once('/') {
+            let key = (site.to_string(), name.to_string());
+            return if self.nodes.contains_key(&key)
+                || self.issued.values().any(|c| c.site == site && c.name == name)
+            {
+                Ok(key)
+            } else {
+                Err(CoreError::NoSuchNode(node.to_string()))
+            };
+        }
+        let mut sites: BTreeSet<&str> = self
+            .nodes
+            .values()
+            .filter(|n| n.name == node)
+            .map(|n| n.site.as_str())
+            .collect();
+        sites.extend(
+            self.issued
+                .values()
+                .filter(|c| c.name == node)
+                .map(|c| c.site.as_str()),
+        );
+        match sites.len() {
+            0 => Err(CoreError::NoSuchNode(node.to_string())),
+            1 => Ok((sites.into_iter().next().unwrap_or_default().to_string(), node.to_string())),
+            _ => Err(CoreError::AmbiguousNode {
+                name: node.to_string(),
+                sites: sites.into_iter().collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Revokes every known certificate of the node and removes it from the registry.
+    /// Returns the revoked serials.
+    pub fn revoke(&mut self, key: &NodeKey, now: u64) -> (Vec<String>, Vec<StoreOp>) {
+        let mut ops = Vec::new();
+        let mut serials: BTreeMap<String, u64> = self
+            .issued
+            .values()
+            .filter(|c| c.site == key.0 && c.name == key.1 && c.not_after > now)
+            .map(|c| (c.serial.clone(), c.not_after))
+            .collect();
+        if let Some(node) = self.nodes.remove(key) {
+            if !node.cert_serial.is_empty() {
+                serials.insert(node.cert_serial.clone(), node.cert_not_after);
+            }
+            ops.push(StoreOp::DeleteNode {
+                site: key.0.clone(),
+                name: key.1.clone(),
+            });
+        }
+        for (serial, not_after) in &serials {
+            let r = Revocation {
+                serial: serial.clone(),
+                site: key.0.clone(),
+                name: key.1.clone(),
+                revoked_at: now,
+                not_after: *not_after,
+            };
+            self.revoked.insert(serial.clone(), r.clone());
+            ops.push(StoreOp::PutRevocation(r));
+        }
+        self.bump(&mut ops);
+        (serials.into_keys().collect(), ops)
+    }
+
+    // ---- maps ----
+
+    fn tunnel_capable(&self, n: &NodeRecord) -> bool {
+        n.role == Role::Gateway || self.config.site(&n.site).is_some_and(|s| s.full_mesh)
+    }
+
+    /// Which node carries each remote prefix: among nodes claiming it, online first, then
+    /// by name, so a site with two gateways fails over when the first goes offline.
+    fn prefix_owners(&self) -> BTreeMap<IpNetwork, &NodeRecord> {
+        let mut owners: BTreeMap<IpNetwork, &NodeRecord> = BTreeMap::new();
+        for n in self.nodes.values().filter(|n| self.tunnel_capable(n)) {
+            for p in &n.accepted {
+                let better = match owners.get(p) {
+                    None => true,
+                    Some(cur) => (!n.online, &n.name) < (!cur.online, &cur.name),
+                };
+                if better {
+                    owners.insert(*p, n);
+                }
+            }
+        }
+        owners
+    }
+
+    fn peers_of(&self, node: &NodeRecord) -> Vec<&NodeRecord> {
+        if !self.tunnel_capable(node) {
+            return Vec::new();
+        }
+        self.nodes
+            .values()
+            .filter(|n| n.site != node.site && self.tunnel_capable(n) && !n.wg_public_key.is_empty())
+            .collect()
+    }
+
+    fn local_gateway(&self, node: &NodeRecord) -> Option<&NodeRecord> {
+        self.nodes
+            .values()
+            .filter(|n| n.site == node.site && n.role == Role::Gateway && n.name != node.name)
+            .min_by_key(|n| (!n.online, n.name.clone()))
+    }
+
+    /// The map of the node `key`, or `None` if it is not registered.
+    pub fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
+        let node = self.nodes.get(key)?;
+        let owners = self.prefix_owners();
+        let peers = self
+            .peers_of(node)
+            .into_iter()
+            .map(|p| {
+                let mut allowed = vec![IpNetwork::V4(
+                    Ipv4Network::new(p.overlay_ip, 32).expect("/32 is valid"),
+                )];
+                allowed.extend(
+                    p.accepted
+                        .iter()
+                        .filter(|prefix| owners.get(prefix).map(|o| o.key()) == Some(p.key())),
+                );
+                let id = p.id();
+                (
+                    id.clone(),
+                    PeerView {
+                        id,
+                        site: p.site.clone(),
+                        name: p.name.clone(),
+                        kind: PeerKind::Agent,
+                        role: Some(p.role),
+                        wg_public_key: p.wg_public_key.clone(),
+                        endpoints: p.endpoints.clone(),
+                        allowed_ips: allowed,
+                        overlay_ip: Some(p.overlay_ip),
+                        online: p.online,
+                    },
+                )
+            })
+            .collect();
+        let mut routes = BTreeMap::new();
+        if !self.tunnel_capable(node) {
+            if let Some(gw) = self.local_gateway(node) {
+                if let Some(via_address) = lan_address(gw) {
+                    let mut add = |prefix: IpNetwork, site: &str| {
+                        routes.insert(
+                            prefix,
+                            RouteView {
+                                prefix,
+                                site: site.to_string(),
+                                via: gw.id(),
+                                via_address,
+                            },
+                        );
+                    };
+                    for (prefix, owner) in &owners {
+                        if owner.site != node.site {
+                            add(*prefix, &owner.site);
+                        }
+                    }
+                    add(self.config.overlay_cidr, "overlay");
+                }
+            }
+        }
+        Some(NetworkMap {
+            version: self.version,
+            mesh: self.config.mesh.clone(),
+            node: SelfView {
+                site: node.site.clone(),
+                name: node.name.clone(),
+                role: node.role,
+                overlay_ip: node.overlay_ip,
+                overlay_cidr: self.config.overlay_cidr,
+                accepted: node.accepted.clone(),
+                refused: node.refused.clone(),
+            },
+            peers,
+            routes,
+        })
+    }
+
+    // ---- operator views ----
+
+    pub fn status(&self, pki: &str) -> MeshStatus {
+        let sites = self
+            .config
+            .sites
+            .iter()
+            .map(|s| {
+                let nodes: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.site == s.name).collect();
+                SiteInfo {
+                    name: s.name.clone(),
+                    cloud: s.cloud.clone(),
+                    region: s.region.clone(),
+                    prefixes: s.prefixes.clone(),
+                    full_mesh: s.full_mesh,
+                    nodes: nodes.len(),
+                    online: nodes.iter().filter(|n| n.online).count(),
+                    gateways: nodes.iter().filter(|n| n.role == Role::Gateway).count(),
+                }
+            })
+            .collect();
+        MeshStatus {
+            mesh: self.config.mesh.clone(),
+            map_version: self.version,
+            pki: pki.to_string(),
+            coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+            nodes_total: self.nodes.len(),
+            nodes_online: self.nodes.values().filter(|n| n.online).count(),
+            revoked_certificates: self.revoked.len(),
+            refused_prefixes: self.nodes.values().map(|n| n.refused.len()).sum(),
+            sites,
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .values()
+            .map(|n| NodeInfo {
+                site: n.site.clone(),
+                name: n.name.clone(),
+                role: n.role,
+                overlay_ip: n.overlay_ip,
+                wg_public_key: n.wg_public_key.clone(),
+                endpoints: n.endpoints.clone(),
+                prefixes: n.accepted.clone(),
+                refused: n.refused.clone(),
+                route_conflicts: n.route_conflicts.clone(),
+                agent_version: n.agent_version.clone(),
+                online: n.online,
+                last_seen: n.last_seen,
+                cert_not_after: n.cert_not_after,
+                cert_serial: n.cert_serial.clone(),
+                map_version: n.map_version,
+            })
+            .collect()
+    }
+
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            let entry = |prefix: String, status: &str, reason: Option<String>| RouteInfo {
+                prefix,
+                site: n.site.clone(),
+                node: n.name.clone(),
+                status: status.to_string(),
+                reason,
+            };
+            out.extend(n.accepted.iter().map(|p| entry(p.to_string(), "accepted", None)));
+            out.extend(n.refused.iter().map(|r| entry(r.prefix.clone(), "refused", Some(r.reason.clone()))));
+            out.extend(
+                n.route_conflicts
+                    .iter()
+                    .map(|r| entry(r.prefix.clone(), "conflict", Some(r.reason.clone()))),
+            );
+        }
+        out
+    }
+
+    pub fn links(&self) -> Vec<LinkInfo> {
+        let mut links = Vec::new();
+        for n in self.nodes.values() {
+            for p in self.peers_of(n) {
+                if n.id() < p.id() {
+                    links.push(link(n, p, "tunnel"));
+                }
+            }
+            if !self.tunnel_capable(n) {
+                if let Some(gw) = self.local_gateway(n) {
+                    links.push(link(n, gw, "via-gateway"));
+                }
+            }
+        }
+        links
+    }
+
+    pub fn graph(&self) -> GraphView {
+        GraphView {
+            mesh: self.config.mesh.clone(),
+            sites: self
+                .config
+                .sites
+                .iter()
+                .map(|s| GraphSite {
+                    name: s.name.clone(),
+                    cloud: s.cloud.clone(),
+                    region: s.region.clone(),
+                    nodes: self
+                        .nodes
+                        .values()
+                        .filter(|n| n.site == s.name)
+                        .map(|n| GraphNode {
+                            id: n.id(),
+                            name: n.name.clone(),
+                            role: n.role.to_string(),
+                            online: n.online,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            links: self.links(),
+        }
+    }
+}
+
+fn link(a: &NodeRecord, b: &NodeRecord, kind: &str) -> LinkInfo {
+    LinkInfo {
+        a: a.id(),
+        b: b.id(),
+        kind: kind.to_string(),
+        state: if a.online && b.online { "up" } else { "down" }.to_string(),
+    }
+}
+
+/// The address a member routes through: the gateway's `private` endpoint, else any.
+fn lan_address(gw: &NodeRecord) -> Option<IpAddr> {
+    gw.endpoints
+        .iter()
+        .find(|e| e.kind == EndpointKind::Private)
+        .or_else(|| gw.endpoints.first())
+        .map(|e| e.address.ip())
+}
+
+fn check_wg_key(key: &str) -> Result<(), CoreError> {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        _ => Err(CoreError::BadPublicKey(key.chars().take(60).collect())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

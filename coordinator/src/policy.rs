@@ -1,0 +1,166 @@
+//! Prefix policy: which advertised prefixes a node may carry. Pure.
+
+use ipnetwork::IpNetwork;
+use strait_proto::msg::Refusal;
+
+use crate::config::SiteConfig;
+
+/// A prefix accepted for another site's node, which advertisements must not overlap.
+#[derive(Debug, Clone)]
+pub struct Claimed<'a> {
+    pub prefix: IpNetwork,
+    pub site: &'a str,
+    pub node: &'a str,
+}
+
+/// Splits `advertised` into accepted prefixes and refusals (each naming the conflict).
+///
+/// A prefix is refused if it covers the default route, overlaps a prefix another site
+/// declares or already carries, or lies outside every prefix of the node's own site.
+pub fn check(
+    site: &SiteConfig,
+    sites: &[SiteConfig],
+    claimed: &[Claimed<'_>],
+    overlay: IpNetwork,
+    advertised: &[IpNetwork],
+) -> (Vec<IpNetwork>, Vec<Refusal>) {
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for &p in advertised {
+        let p = normalize(p);
+        match refusal_reason(site, sites, claimed, overlay, p) {
+            None if !accepted.contains(&p) => accepted.push(p),
+            None => {}
+            Some(reason) => refused.push(Refusal {
+                prefix: p.to_string(),
+                reason,
+            }),
+        }
+    }
+    (accepted, refused)
+}
+
+fn normalize(p: IpNetwork) -> IpNetwork {
+    IpNetwork::new(p.network(), p.prefix()).unwrap_or(p)
+}
+
+fn refusal_reason(
+    site: &SiteConfig,
+    sites: &[SiteConfig],
+    claimed: &[Claimed<'_>],
+    overlay: IpNetwork,
+    p: IpNetwork,
+) -> Option<String> {
+    if p.prefix() == 0 {
+        return Some("covers the default route; advertise the site's own ranges".into());
+    }
+    if overlaps(p, overlay) {
+        return Some(format!("overlaps the mesh overlay {overlay}"));
+    }
+    for other in sites.iter().filter(|s| s.name != site.name) {
+        if let Some(theirs) = other.prefixes.iter().find(|q| overlaps(**q, p)) {
+            return Some(format!("overlaps site {}'s prefix {theirs}", other.name));
+        }
+    }
+    if let Some(c) = claimed
+        .iter()
+        .find(|c| c.site != site.name && overlaps(c.prefix, p))
+    {
+        return Some(format!(
+            "overlaps {} carried by {}/{}",
+            c.prefix, c.site, c.node
+        ));
+    }
+    if !site.prefixes.iter().any(|own| contains(*own, p)) {
+        let own: Vec<String> = site.prefixes.iter().map(|q| q.to_string()).collect();
+        return Some(format!(
+            "outside site {}'s allowed prefixes [{}]; add it to the site's prefixes in the coordinator config",
+            site.name,
+            own.join(", ")
+        ));
+    }
+    None
+}
+
+/// Whether two prefixes share any address.
+pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    contains(a, b) || contains(b, a)
+}
+
+/// Whether `outer` contains all of `inner`.
+pub fn contains(outer: IpNetwork, inner: IpNetwork) -> bool {
+    outer.prefix() <= inner.prefix()
+        && outer.contains(inner.network())
+        && matches!(
+            (outer, inner),
+            (IpNetwork::V4(_), IpNetwork::V4(_)) | (IpNetwork::V6(_), IpNetwork::V6(_))
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str, prefixes: &[&str]) -> SiteConfig {
+        SiteConfig {
+            name: name.into(),
+            cloud: String::new(),
+            region: String::new(),
+            prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            full_mesh: false,
+        }
+    }
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn accepts_inside_and_refuses_each_kind_with_a_reason() {
+        let a = site("a", &["10.1.0.0/16"]);
+        let b = site("b", &["10.2.0.0/16"]);
+        let c = site("c", &["172.16.0.0/12"]);
+        let sites = vec![a.clone(), b.clone(), c.clone()];
+        let claimed = [Claimed {
+            prefix: net("172.16.5.0/24"),
+            site: "c",
+            node: "gw",
+        }];
+        let overlay = net("100.64.0.0/10");
+        let (ok, refused) = check(
+            &a,
+            &sites,
+            &claimed,
+            overlay,
+            &[
+                net("10.1.0.0/16"),
+                net("10.1.2.0/24"),
+                net("0.0.0.0/0"),
+                net("10.2.5.0/24"),
+                net("192.168.0.0/24"),
+                net("100.64.0.0/16"),
+                net("10.1.2.3/24"),
+            ],
+        );
+        assert_eq!(ok, vec![net("10.1.0.0/16"), net("10.1.2.0/24")]);
+        let reasons: Vec<&str> = refused.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons[0].contains("default route"));
+        assert!(reasons[1].contains("site b's prefix 10.2.0.0/16"));
+        assert!(reasons[2].contains("outside site a's allowed prefixes [10.1.0.0/16]"));
+        assert!(reasons[3].contains("overlay"));
+        assert_eq!(refused.len(), 4);
+        // A prefix claimed by another site's node (not in its declared ranges).
+        let c_open = site("c", &[]);
+        let d = site("d", &["172.16.0.0/16"]);
+        let (ok, refused) = check(&d, &[c_open, d.clone()], &claimed, overlay, &[net("172.16.5.128/25")]);
+        assert!(ok.is_empty());
+        assert!(refused[0].reason.contains("carried by c/gw"), "{refused:?}");
+    }
+
+    #[test]
+    fn containment_is_family_aware() {
+        assert!(contains(net("10.0.0.0/8"), net("10.1.0.0/16")));
+        assert!(!contains(net("10.1.0.0/16"), net("10.0.0.0/8")));
+        assert!(!contains(net("10.0.0.0/8"), net("fd00::/8")));
+    }
+}

@@ -1,0 +1,235 @@
+//! Persistence of the registry behind a trait. The embedded default is SQLite in the state
+//! directory; a shared SQL database (PostgreSQL) can implement the same trait for HA.
+//!
+//! Records are stored as JSON in a few key-value tables, so the schema does not change each
+//! time a record gains a field.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::mesh::{Persisted, StoreOp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("store {path}: corrupt record in {table}: {reason}")]
+    Corrupt {
+        path: String,
+        table: &'static str,
+        reason: String,
+    },
+}
+
+/// Where the coordinator keeps its registry.
+pub trait Store: Send {
+    /// Everything persisted so far.
+    fn load(&mut self) -> Result<Persisted, StoreError>;
+    /// Applies `ops` atomically, in order.
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+}
+
+/// SQLite in one file (`<state-dir>/strait.db`), mode 0600 (it holds token hashes).
+pub struct SqliteStore {
+    conn: Connection,
+    path: String,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (site TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (site, name));
+CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issued (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let display = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        let fresh = !path.exists();
+        let conn = Connection::open(path).map_err(err)?;
+        if fresh {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore {
+            conn,
+            path: display,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn all<T: DeserializeOwned>(&self, table: &'static str) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT data FROM {table}"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|e| self.err(e))?;
+            out.push(serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                table,
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    // Invariant: records are plain data whose serialization cannot fail.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Persisted, StoreError> {
+        let version: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(Persisted {
+            nodes: self.all("nodes")?,
+            tokens: self.all("tokens")?,
+            revocations: self.all("revocations")?,
+            issued: self.all("issued")?,
+            version: version.and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for op in ops {
+            match op {
+                StoreOp::PutNode(n) => tx.execute(
+                    "INSERT OR REPLACE INTO nodes (site, name, data) VALUES (?1, ?2, ?3)",
+                    params![n.site, n.name, json(n)],
+                ),
+                StoreOp::DeleteNode { site, name } => tx.execute(
+                    "DELETE FROM nodes WHERE site = ?1 AND name = ?2",
+                    params![site, name],
+                ),
+                StoreOp::PutToken(t) => tx.execute(
+                    "INSERT OR REPLACE INTO tokens (id, data) VALUES (?1, ?2)",
+                    params![t.id, json(t)],
+                ),
+                StoreOp::PutRevocation(r) => tx.execute(
+                    "INSERT OR REPLACE INTO revocations (serial, data) VALUES (?1, ?2)",
+                    params![r.serial, json(r)],
+                ),
+                StoreOp::PutIssued(c) => tx.execute(
+                    "INSERT OR REPLACE INTO issued (serial, data) VALUES (?1, ?2)",
+                    params![c.serial, json(c)],
+                ),
+                StoreOp::SetVersion(v) => tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?1)",
+                    params![v.to_string()],
+                ),
+            }
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{IssuedCert, NodeRecord, Revocation};
+    use strait_pki::Role;
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            site: "a".into(),
+            name: name.into(),
+            role: Role::Gateway,
+            overlay_ip: "100.64.0.1".parse().unwrap(),
+            wg_public_key: "k".into(),
+            endpoints: vec![],
+            advertised: vec![],
+            accepted: vec!["10.1.0.0/16".parse().unwrap()],
+            refused: vec![],
+            route_conflicts: vec![],
+            agent_version: "v".into(),
+            last_seen: 5,
+            online: true,
+            cert_serial: "01".into(),
+            cert_not_after: 9,
+            map_version: 3,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_applies_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strait.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.apply(&[
+                StoreOp::PutNode(node("gw")),
+                StoreOp::PutNode(node("gw2")),
+                StoreOp::DeleteNode { site: "a".into(), name: "gw2".into() },
+                StoreOp::PutRevocation(Revocation { serial: "ff".into(), site: "a".into(), name: "x".into(), revoked_at: 1, not_after: 2 }),
+                StoreOp::PutIssued(IssuedCert { serial: "ee".into(), site: "a".into(), name: "gw".into(), not_after: 2 }),
+                StoreOp::SetVersion(7),
+            ])
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let p = s.load().unwrap();
+        assert_eq!(p.nodes, vec![node("gw")]);
+        assert_eq!(p.revocations.len(), 1);
+        assert_eq!(p.issued.len(), 1);
+        assert_eq!(p.version, 7);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_records_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strait.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.conn.execute("INSERT INTO nodes VALUES ('a','b','{nope')", []).unwrap();
+        let err = s.load().unwrap_err().to_string();
+        assert!(err.contains("nodes") && err.contains("corrupt"), "{err}");
+    }
+}

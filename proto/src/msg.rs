@@ -1,0 +1,420 @@
+//! Messages. Every exchange runs on its own QUIC bidirectional stream:
+//!
+//! - one-shot requests (enrollment, renewal, operator commands): the client sends one
+//!   [`Request`], the coordinator answers one [`Response`] and closes the stream;
+//! - an agent's session: the agent sends [`Request::Subscribe`], the coordinator answers
+//!   with [`SessionEvent`]s for as long as the connection lives (registration result, a map
+//!   snapshot, then deltas), and the agent sends [`AgentEvent`]s (heartbeats) on the same
+//!   stream.
+//!
+//! Identity never travels in messages: the coordinator takes it from the client
+//! certificate. Fields such as `site` in [`EnrollRequest`] are what the node *asks* for and
+//! are checked against the join token.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::map::{MapDelta, NetworkMap};
+use crate::Role;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Request {
+    /// Unauthenticated: a join token and a CSR for a new node certificate.
+    Enroll(EnrollRequest),
+    /// Renew this connection's certificate from a fresh CSR (built-in CA).
+    Renew { csr_pem: String },
+    /// Register this node and open its map session.
+    Subscribe(Registration),
+    // Operator commands.
+    Status,
+    Nodes,
+    Routes,
+    Links,
+    Graph,
+    CreateToken {
+        site: String,
+        role: Role,
+        ttl_secs: u64,
+    },
+    Revoke {
+        node: String,
+    },
+    ExternalPeerConfig {
+        name: String,
+    },
+}
+
+impl Request {
+    /// Whether only operators may send this request.
+    pub fn is_operator_command(&self) -> bool {
+        !matches!(
+            self,
+            Request::Enroll(_) | Request::Renew { .. } | Request::Subscribe(_)
+        )
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Enroll(_) => "enroll",
+            Request::Renew { .. } => "renew",
+            Request::Subscribe(_) => "subscribe",
+            Request::Status => "status",
+            Request::Nodes => "nodes",
+            Request::Routes => "routes",
+            Request::Links => "links",
+            Request::Graph => "graph",
+            Request::CreateToken { .. } => "token-create",
+            Request::Revoke { .. } => "revoke",
+            Request::ExternalPeerConfig { .. } => "external-peer-config",
+        }
+    }
+}
+
+/// A new node asking for its first certificate.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EnrollRequest {
+    pub token: String,
+    pub site: String,
+    pub node: String,
+    pub role: Role,
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"[redacted]")
+            .field("site", &self.site)
+            .field("node", &self.node)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kind of underlay a node endpoint sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointKind {
+    /// A dedicated link (Megaport, Equinix, Direct Connect, Interconnect).
+    Interconnect,
+    /// An address reachable inside the site or over private peering.
+    Private,
+    /// An address on the public internet.
+    Public,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Interconnect => "interconnect",
+            EndpointKind::Private => "private",
+            EndpointKind::Public => "public",
+        }
+    }
+}
+
+/// Where a node's WireGuard socket can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub kind: EndpointKind,
+    /// Relative cost weight (lower is preferred among paths of equal kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u32>,
+}
+
+/// What an agent tells the coordinator about itself when it subscribes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Registration {
+    /// Base64 WireGuard public key.
+    pub wg_public_key: String,
+    pub endpoints: Vec<Endpoint>,
+    /// Prefixes this node carries traffic for (gateways: the site's VPC CIDRs).
+    pub prefixes: Vec<IpNetwork>,
+    pub agent_version: String,
+    /// The map version the agent already holds (from its state dir), if any.
+    #[serde(default)]
+    pub have_version: Option<u64>,
+}
+
+/// Coordinator -> agent on a session stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SessionEvent {
+    Registered(Registered),
+    Snapshot(NetworkMap),
+    Delta(MapDelta),
+    /// The session ends (revocation, shutdown); the stream closes after this.
+    Closing(ErrorBody),
+}
+
+/// Agent -> coordinator on a session stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AgentEvent {
+    Heartbeat { map_version: u64 },
+    /// Routes the agent refused to install (data plane), with reasons.
+    RouteConflicts { conflicts: Vec<Refusal> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Registered {
+    pub overlay_ip: Ipv4Addr,
+    /// Advertised prefixes the coordinator refused, each with the reason.
+    pub refused: Vec<Refusal>,
+}
+
+/// A prefix that was refused and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Refusal {
+    pub prefix: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Response {
+    Enrolled { cert_pem: String, ca_pem: String },
+    Renewed { cert_pem: String, ca_pem: String },
+    Status(MeshStatus),
+    Nodes { nodes: Vec<NodeInfo> },
+    Routes { routes: Vec<RouteInfo> },
+    Links { links: Vec<LinkInfo> },
+    Graph(GraphView),
+    Token(TokenCreated),
+    Revoked { node: String, serials: Vec<String> },
+    ExternalPeerConfig { config: String },
+    Error(ErrorBody),
+}
+
+/// Why a request failed: a stable code for scripts and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// No client certificate, and the request is not enrollment.
+    Unauthenticated,
+    /// The certificate's role may not do this.
+    PermissionDenied,
+    /// The join token was refused.
+    InvalidToken,
+    /// The certificate was revoked.
+    Revoked,
+    NotFound,
+    BadRequest,
+    /// The coordinator cannot do this in its PKI mode (e.g. enrollment with Vault).
+    Unsupported,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission-denied",
+            ErrorCode::InvalidToken => "invalid-token",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TokenCreated {
+    pub token: String,
+    pub id: String,
+    pub site: String,
+    pub role: Role,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MeshStatus {
+    pub mesh: String,
+    pub map_version: u64,
+    pub pki: String,
+    pub coordinator_version: String,
+    pub nodes_total: usize,
+    pub nodes_online: usize,
+    pub revoked_certificates: usize,
+    pub refused_prefixes: usize,
+    pub sites: Vec<SiteInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SiteInfo {
+    pub name: String,
+    pub cloud: String,
+    pub region: String,
+    pub prefixes: Vec<IpNetwork>,
+    pub full_mesh: bool,
+    pub nodes: usize,
+    pub online: usize,
+    pub gateways: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeInfo {
+    pub site: String,
+    pub name: String,
+    pub role: Role,
+    pub overlay_ip: Ipv4Addr,
+    pub wg_public_key: String,
+    pub endpoints: Vec<Endpoint>,
+    pub prefixes: Vec<IpNetwork>,
+    pub refused: Vec<Refusal>,
+    pub route_conflicts: Vec<Refusal>,
+    pub agent_version: String,
+    pub online: bool,
+    /// Unix seconds.
+    pub last_seen: u64,
+    /// Unix seconds.
+    pub cert_not_after: u64,
+    pub cert_serial: String,
+    /// The map version the agent last acknowledged.
+    pub map_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RouteInfo {
+    pub prefix: String,
+    pub site: String,
+    pub node: String,
+    /// `accepted`, `refused` (by the coordinator) or `conflict` (by the node's kernel).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LinkInfo {
+    /// `site/node` of one end.
+    pub a: String,
+    /// `site/node` of the other end, or `external/<name>`.
+    pub b: String,
+    /// `tunnel` (WireGuard peers) or `via-gateway` (a member routed through its gateway).
+    pub kind: String,
+    /// `up` when both ends are online, `down` otherwise.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GraphView {
+    pub mesh: String,
+    pub sites: Vec<GraphSite>,
+    pub links: Vec<LinkInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GraphSite {
+    pub name: String,
+    pub cloud: String,
+    pub region: String,
+    pub nodes: Vec<GraphNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GraphNode {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub online: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    #[test]
+    fn requests_round_trip_through_frames() {
+        let reqs = vec![
+            Request::Status,
+            Request::CreateToken {
+                site: "aws-use1".into(),
+                role: Role::Gateway,
+                ttl_secs: 600,
+            },
+            Request::Subscribe(Registration {
+                wg_public_key: "k".into(),
+                endpoints: vec![Endpoint {
+                    address: "192.0.2.1:51820".parse().unwrap(),
+                    kind: EndpointKind::Public,
+                    cost: None,
+                }],
+                prefixes: vec!["10.1.0.0/16".parse().unwrap()],
+                agent_version: "0.1.0".into(),
+                have_version: Some(3),
+            }),
+        ];
+        for r in reqs {
+            let bytes = frame::encode(&r).unwrap();
+            let back: Request = frame::decode(&bytes[4..]).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn enroll_debug_hides_the_token() {
+        let e = EnrollRequest {
+            token: "strait1.secret".into(),
+            site: "s".into(),
+            node: "n".into(),
+            role: Role::Member,
+            csr_pem: String::new(),
+        };
+        assert!(!format!("{e:?}").contains("secret"));
+    }
+
+    #[test]
+    fn operator_commands_are_classified() {
+        assert!(Request::Status.is_operator_command());
+        assert!(Request::Revoke { node: "x".into() }.is_operator_command());
+        assert!(!Request::Renew {
+            csr_pem: String::new()
+        }
+        .is_operator_command());
+    }
+}
