@@ -127,10 +127,16 @@ impl Config {
             other => bail!("key `pki.mode`: unknown mode {other:?}; use \"builtin\""),
         }
         let IpNetwork::V4(overlay) = self.overlay_cidr else {
-            bail!("key `overlay-cidr`: {} is IPv6; the overlay is IPv4 (e.g. {DEFAULT_OVERLAY_CIDR})", self.overlay_cidr);
+            bail!(
+                "key `overlay-cidr`: {} is IPv6; the overlay is IPv4 (e.g. {DEFAULT_OVERLAY_CIDR})",
+                self.overlay_cidr
+            );
         };
         if overlay.prefix() > 30 {
-            bail!("key `overlay-cidr`: {} is too small; use a /30 or larger", self.overlay_cidr);
+            bail!(
+                "key `overlay-cidr`: {} is too small; use a /30 or larger",
+                self.overlay_cidr
+            );
         }
         if self.heartbeat_timeout < Duration::from_secs(2) {
             bail!("key `heartbeat-timeout`: must be at least 2s");
@@ -143,14 +149,21 @@ impl Config {
             Label::parse("site name", &site.name)
                 .with_context(|| format!("key `sites[{i}].name`"))?;
             if !names.insert(site.name.as_str()) {
-                bail!("key `sites[{i}].name`: site {:?} is declared twice", site.name);
+                bail!(
+                    "key `sites[{i}].name`: site {:?} is declared twice",
+                    site.name
+                );
             }
             for p in &site.prefixes {
                 if p.prefix() == 0 {
                     bail!("key `sites[{i}].prefixes`: {p} covers the default route; list the site's real ranges");
                 }
                 if p.network() != p.ip() {
-                    bail!("key `sites[{i}].prefixes`: {p} has host bits set; write {}/{}", p.network(), p.prefix());
+                    bail!(
+                        "key `sites[{i}].prefixes`: {p} has host bits set; write {}/{}",
+                        p.network(),
+                        p.prefix()
+                    );
                 }
                 if crate::policy::overlaps(*p, self.overlay_cidr) {
                     bail!("key `sites[{i}].prefixes`: {p} overlaps the overlay CIDR {}; change one of them", self.overlay_cidr);
@@ -216,13 +229,22 @@ full-mesh = true
     fn bad_configs_name_the_key() {
         let cases = [
             (GOOD.replace("\"prod\"", "\"Prod\""), "mesh"),
-            (GOOD.replace("10.20.0.0/16", "10.10.128.0/17"), "overlaps site gcp-usc1"),
+            (
+                GOOD.replace("10.20.0.0/16", "10.10.128.0/17"),
+                "overlaps site gcp-usc1",
+            ),
             (GOOD.replace("10.20.0.0/16", "0.0.0.0/0"), "default route"),
             (GOOD.replace("10.20.0.0/16", "10.20.0.1/16"), "host bits"),
             (GOOD.replace("10.20.0.0/16", "100.64.1.0/24"), "overlay"),
             (GOOD.replace("gcp-usc1", "aws-use1"), "declared twice"),
             (format!("{GOOD}\nbogus = 1"), "bogus"),
-            (GOOD.replace("mesh = \"prod\"", "mesh = \"prod\"\nheartbeat-timeout = \"soon\""), "duration"),
+            (
+                GOOD.replace(
+                    "mesh = \"prod\"",
+                    "mesh = \"prod\"\nheartbeat-timeout = \"soon\"",
+                ),
+                "duration",
+            ),
             (format!("{GOOD}\n[pki]\nmode = \"magic\""), "pki.mode"),
         ];
         for (text, needle) in cases {

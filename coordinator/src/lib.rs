@@ -6,7 +6,12 @@
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod config;
+pub mod ctl;
+pub mod init;
+pub mod logging;
 pub mod mesh;
 pub mod overlay;
 pub mod policy;
+pub mod renew_own;
+pub mod server;
 pub mod store;

@@ -1,13 +1,144 @@
 //! `strait-coordinator`: the mesh's source of truth.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// The Strait coordinator.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use strait_coordinator::config::Config;
+use strait_coordinator::init::{init, InitOptions, Layout, SiteSpec};
+use strait_coordinator::server::{self, Coordinator, Pki};
+use strait_coordinator::store::SqliteStore;
+use strait_coordinator::{logging, renew_own};
+use strait_pki::ca::BuiltinCa;
+use strait_pki::tls::CertStore;
+use strait_pki::CertBundle;
+
+/// The Strait coordinator: holds the mesh's truth and pushes network maps to agents.
 #[derive(Parser, Debug)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new mesh: CA, coordinator and operator certificates, and a config file.
+    Init {
+        /// Directory to create (it will hold the CA key; mode 0700).
+        #[arg(long, env = "STRAIT_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Mesh name (an RFC 1123 label, e.g. prod).
+        #[arg(long, env = "STRAIT_MESH")]
+        mesh: String,
+        /// UDP address the coordinator will listen on.
+        #[arg(long, default_value = strait_coordinator::config::DEFAULT_LISTEN)]
+        listen: String,
+        /// This coordinator's name in its certificate.
+        #[arg(long, default_value = "primary")]
+        name: String,
+        /// Name in the operator certificate written to <state-dir>/operator.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        /// A site as name:cloud:region:prefix[,prefix...] (repeatable).
+        #[arg(long = "site")]
+        sites: Vec<SiteSpec>,
+    },
+    /// Run the coordinator.
+    Serve {
+        /// The config file written by `init`.
+        #[arg(long, env = "STRAIT_CONFIG")]
+        config: PathBuf,
+        /// Override `listen` from the config.
+        #[arg(long, env = "STRAIT_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Command::Init {
+            state_dir,
+            mesh,
+            listen,
+            name,
+            operator,
+            sites,
+        } => {
+            let layout = init(&InitOptions {
+                state_dir,
+                mesh,
+                listen,
+                name,
+                operator,
+                sites,
+            })?;
+            let ca = BuiltinCa::load(&layout.root, &Config::load(&layout.config())?.mesh)?;
+            println!("Created mesh state in {}", layout.root.display());
+            println!("  config:          {}", layout.config().display());
+            println!("  CA fingerprint:  {}", ca.fingerprint());
+            println!("  operator certs:  {}", layout.operator().display());
+            println!(
+                "Next: strait-coordinator serve --config {}",
+                layout.config().display()
+            );
+            Ok(())
+        }
+        Command::Serve { config, listen } => serve(config, listen).await,
+    }
+}
+
+async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let mut config = Config::load(&config)?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    let config = Arc::new(config);
+    let layout = Layout::new(&config.state_dir);
+    let ca = BuiltinCa::load(&layout.root, &config.mesh)
+        .with_context(|| format!("loading the mesh CA from {}", layout.root.display()))?;
+    let own = CertBundle::load(&layout.tls()).with_context(|| {
+        format!(
+            "loading the coordinator certificate from {}",
+            layout.tls().display()
+        )
+    })?;
+    let certs = CertStore::new(own)?;
+    let cas = vec![ca.cert_der().clone()];
+    let store = SqliteStore::open(&layout.database())?;
+    let endpoint = server::bind(config.listen, certs.clone(), &cas)?;
+    let renewal = renew_own::spawn(&layout, &config.mesh, certs)?;
+    let coordinator = Coordinator::new(config.clone(), Box::new(store), Pki::Builtin { ca })?;
+    tracing::info!(
+        listen = %endpoint.local_addr()?,
+        mesh = %config.mesh,
+        sites = config.sites.len(),
+        "coordinator serving"
+    );
+    server::serve(coordinator, endpoint, shutdown_signal()).await?;
+    renewal.abort();
+    tracing::info!("coordinator stopped");
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

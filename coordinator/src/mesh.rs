@@ -383,7 +383,10 @@ impl Mesh {
         if let Some((site, name)) = node.split_once('/') {
             let key = (site.to_string(), name.to_string());
             return if self.nodes.contains_key(&key)
-                || self.issued.values().any(|c| c.site == site && c.name == name)
+                || self
+                    .issued
+                    .values()
+                    .any(|c| c.site == site && c.name == name)
             {
                 Ok(key)
             } else {
@@ -404,7 +407,10 @@ impl Mesh {
         );
         match sites.len() {
             0 => Err(CoreError::NoSuchNode(node.to_string())),
-            1 => Ok((sites.into_iter().next().unwrap_or_default().to_string(), node.to_string())),
+            1 => Ok((
+                sites.into_iter().next().unwrap_or_default().to_string(),
+                node.to_string(),
+            )),
             _ => Err(CoreError::AmbiguousNode {
                 name: node.to_string(),
                 sites: sites.into_iter().collect::<Vec<_>>().join(", "),
@@ -476,7 +482,9 @@ impl Mesh {
         }
         self.nodes
             .values()
-            .filter(|n| n.site != node.site && self.tunnel_capable(n) && !n.wg_public_key.is_empty())
+            .filter(|n| {
+                n.site != node.site && self.tunnel_capable(n) && !n.wg_public_key.is_empty()
+            })
             .collect()
     }
 
@@ -570,7 +578,8 @@ impl Mesh {
             .sites
             .iter()
             .map(|s| {
-                let nodes: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.site == s.name).collect();
+                let nodes: Vec<&NodeRecord> =
+                    self.nodes.values().filter(|n| n.site == s.name).collect();
                 SiteInfo {
                     name: s.name.clone(),
                     cloud: s.cloud.clone(),
@@ -629,8 +638,16 @@ impl Mesh {
                 status: status.to_string(),
                 reason,
             };
-            out.extend(n.accepted.iter().map(|p| entry(p.to_string(), "accepted", None)));
-            out.extend(n.refused.iter().map(|r| entry(r.prefix.clone(), "refused", Some(r.reason.clone()))));
+            out.extend(
+                n.accepted
+                    .iter()
+                    .map(|p| entry(p.to_string(), "accepted", None)),
+            );
+            out.extend(
+                n.refused
+                    .iter()
+                    .map(|r| entry(r.prefix.clone(), "refused", Some(r.reason.clone()))),
+            );
             out.extend(
                 n.route_conflicts
                     .iter()

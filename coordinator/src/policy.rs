@@ -152,7 +152,13 @@ mod tests {
         // A prefix claimed by another site's node (not in its declared ranges).
         let c_open = site("c", &[]);
         let d = site("d", &["172.16.0.0/16"]);
-        let (ok, refused) = check(&d, &[c_open, d.clone()], &claimed, overlay, &[net("172.16.5.128/25")]);
+        let (ok, refused) = check(
+            &d,
+            &[c_open, d.clone()],
+            &claimed,
+            overlay,
+            &[net("172.16.5.128/25")],
+        );
         assert!(ok.is_empty());
         assert!(refused[0].reason.contains("carried by c/gw"), "{refused:?}");
     }

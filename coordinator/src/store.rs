@@ -43,7 +43,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -68,8 +70,10 @@ impl SqliteStore {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(SqliteStore {
             conn,
@@ -95,11 +99,13 @@ impl SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let text = row.map_err(|e| self.err(e))?;
-            out.push(serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                table,
-                reason: e.to_string(),
-            })?);
+            out.push(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    table,
+                    reason: e.to_string(),
+                })?,
+            );
         }
         Ok(out)
     }
@@ -114,7 +120,9 @@ impl Store for SqliteStore {
     fn load(&mut self) -> Result<Persisted, StoreError> {
         let version: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(Persisted {
@@ -205,9 +213,23 @@ mod tests {
             s.apply(&[
                 StoreOp::PutNode(node("gw")),
                 StoreOp::PutNode(node("gw2")),
-                StoreOp::DeleteNode { site: "a".into(), name: "gw2".into() },
-                StoreOp::PutRevocation(Revocation { serial: "ff".into(), site: "a".into(), name: "x".into(), revoked_at: 1, not_after: 2 }),
-                StoreOp::PutIssued(IssuedCert { serial: "ee".into(), site: "a".into(), name: "gw".into(), not_after: 2 }),
+                StoreOp::DeleteNode {
+                    site: "a".into(),
+                    name: "gw2".into(),
+                },
+                StoreOp::PutRevocation(Revocation {
+                    serial: "ff".into(),
+                    site: "a".into(),
+                    name: "x".into(),
+                    revoked_at: 1,
+                    not_after: 2,
+                }),
+                StoreOp::PutIssued(IssuedCert {
+                    serial: "ee".into(),
+                    site: "a".into(),
+                    name: "gw".into(),
+                    not_after: 2,
+                }),
                 StoreOp::SetVersion(7),
             ])
             .unwrap();
@@ -228,7 +250,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("strait.db");
         let mut s = SqliteStore::open(&path).unwrap();
-        s.conn.execute("INSERT INTO nodes VALUES ('a','b','{nope')", []).unwrap();
+        s.conn
+            .execute("INSERT INTO nodes VALUES ('a','b','{nope')", [])
+            .unwrap();
         let err = s.load().unwrap_err().to_string();
         assert!(err.contains("nodes") && err.contains("corrupt"), "{err}");
     }

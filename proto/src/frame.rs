@@ -181,7 +181,13 @@ mod tests {
     fn oversized_frames_are_refused_before_buffering() {
         let mut d = Decoder::new(16);
         let err = d.push(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: u32::MAX as usize, max: 16 });
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: u32::MAX as usize,
+                max: 16
+            }
+        );
         assert_eq!(d.buffered(), 0);
         assert!(d.push(&[0]).is_err(), "decoder must stay poisoned");
         assert!(encode_with_limit(&Ping { n: 1 }, 4).is_err());

@@ -5,7 +5,13 @@
 //! - [`msg`]: the versioned messages carried in frames.
 //! - [`map`]: network maps (what one node needs to know), their deltas and how to apply them.
 
+#[cfg(feature = "io")]
+pub mod client;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod map;
 pub mod msg;
 mod role;

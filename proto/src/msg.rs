@@ -25,7 +25,9 @@ pub enum Request {
     /// Unauthenticated: a join token and a CSR for a new node certificate.
     Enroll(EnrollRequest),
     /// Renew this connection's certificate from a fresh CSR (built-in CA).
-    Renew { csr_pem: String },
+    Renew {
+        csr_pem: String,
+    },
     /// Register this node and open its map session.
     Subscribe(Registration),
     // Operator commands.
@@ -159,9 +161,13 @@ pub enum SessionEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum AgentEvent {
-    Heartbeat { map_version: u64 },
+    Heartbeat {
+        map_version: u64,
+    },
     /// Routes the agent refused to install (data plane), with reasons.
-    RouteConflicts { conflicts: Vec<Refusal> },
+    RouteConflicts {
+        conflicts: Vec<Refusal>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -417,4 +423,16 @@ mod tests {
         }
         .is_operator_command());
     }
+}
+
+/// QUIC application close codes.
+pub mod close {
+    /// Orderly shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer's certificate was revoked.
+    pub const REVOKED: u32 = 0x10;
+    /// The peer's certificate names another mesh or no usable identity.
+    pub const BAD_IDENTITY: u32 = 0x11;
+    /// The peer broke the protocol (e.g. an oversized or garbage frame on a session).
+    pub const PROTOCOL: u32 = 0x12;
 }

@@ -23,7 +23,12 @@ pub enum Role {
 pub struct UnknownRole(pub String);
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Gateway, Role::Member, Role::Coordinator, Role::Operator];
+    pub const ALL: [Role; 4] = [
+        Role::Gateway,
+        Role::Member,
+        Role::Coordinator,
+        Role::Operator,
+    ];
 
     /// The singular name used in configs, tokens and SPIFFE ids.
     pub fn as_str(self) -> &'static str {

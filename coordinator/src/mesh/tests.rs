@@ -18,7 +18,10 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         overlay_cidr: "100.64.0.0/10".parse().unwrap(),
         heartbeat_timeout: Duration::from_secs(10),
         pki: PkiConfig::default(),
-        sites: vec![site("a", "10.1.0.0/16", false), site("b", "10.2.0.0/16", full_mesh_b)],
+        sites: vec![
+            site("a", "10.1.0.0/16", false),
+            site("b", "10.2.0.0/16", full_mesh_b),
+        ],
     })
 }
 
@@ -52,7 +55,9 @@ fn persist(p: &mut Persisted, ops: &[StoreOp]) {
                 p.nodes.retain(|x| x.key() != n.key());
                 p.nodes.push(n.clone());
             }
-            StoreOp::DeleteNode { site, name } => p.nodes.retain(|x| x.key() != (site.clone(), name.clone())),
+            StoreOp::DeleteNode { site, name } => {
+                p.nodes.retain(|x| x.key() != (site.clone(), name.clone()))
+            }
             StoreOp::PutToken(t) => {
                 p.tokens.retain(|x| x.id != t.id);
                 p.tokens.push(t.clone());
@@ -70,7 +75,9 @@ fn three_nodes(mesh: &mut Mesh, store: &mut Persisted) {
         ("10.2.0.1", "b", "gw", Role::Gateway, &["10.2.0.0/16"][..]),
         ("10.1.0.9", "a", "m1", Role::Member, &[][..]),
     ] {
-        let (_, ops) = mesh.register(&id(s, n, role), &reg(prefixes, i), "01", 0, 100).unwrap();
+        let (_, ops) = mesh
+            .register(&id(s, n, role), &reg(prefixes, i), "01", 0, 100)
+            .unwrap();
         persist(store, &ops);
     }
 }
@@ -85,14 +92,30 @@ fn gateways_peer_across_sites_and_members_route_via_their_gateway() {
     assert_eq!(a.peers.keys().collect::<Vec<_>>(), vec!["b/gw"]);
     let b_peer = &a.peers["b/gw"];
     let allowed: Vec<String> = b_peer.allowed_ips.iter().map(|p| p.to_string()).collect();
-    assert_eq!(allowed, vec![format!("{}/32", b_peer.overlay_ip.unwrap()), "10.2.0.0/16".into()]);
+    assert_eq!(
+        allowed,
+        vec![
+            format!("{}/32", b_peer.overlay_ip.unwrap()),
+            "10.2.0.0/16".into()
+        ]
+    );
 
     let m = mesh.map_for(&key("a", "m1")).unwrap();
     assert!(m.peers.is_empty(), "members have no tunnels of their own");
     let r = &m.routes[&"10.2.0.0/16".parse().unwrap()];
-    assert_eq!((r.via.as_str(), r.via_address.to_string().as_str(), r.site.as_str()), ("a/gw", "10.1.0.1", "b"));
+    assert_eq!(
+        (
+            r.via.as_str(),
+            r.via_address.to_string().as_str(),
+            r.site.as_str()
+        ),
+        ("a/gw", "10.1.0.1", "b")
+    );
     assert!(m.routes.contains_key(&"100.64.0.0/10".parse().unwrap()));
-    assert!(!m.routes.contains_key(&"10.1.0.0/16".parse().unwrap()), "no route for the own site");
+    assert!(
+        !m.routes.contains_key(&"10.1.0.0/16".parse().unwrap()),
+        "no route for the own site"
+    );
     assert_eq!(mesh.links().len(), 2);
 }
 
@@ -101,16 +124,35 @@ fn overlay_ips_are_stable_across_reregistration_and_restart() {
     let mut store = Persisted::default();
     let mut mesh = Mesh::new(config(false), Persisted::default());
     three_nodes(&mut mesh, &mut store);
-    let before: Vec<(String, Ipv4Addr)> = mesh.nodes().iter().map(|n| (n.name.clone() + &n.site, n.overlay_ip)).collect();
+    let before: Vec<(String, Ipv4Addr)> = mesh
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone() + &n.site, n.overlay_ip))
+        .collect();
     let ips: BTreeSet<Ipv4Addr> = before.iter().map(|x| x.1).collect();
     assert_eq!(ips.len(), 3, "distinct addresses");
 
-    let (r, ops) = mesh.register(&id("b", "gw", Role::Gateway), &reg(&["10.2.0.0/16"], "10.2.0.1"), "02", 0, 200).unwrap();
+    let (r, ops) = mesh
+        .register(
+            &id("b", "gw", Role::Gateway),
+            &reg(&["10.2.0.0/16"], "10.2.0.1"),
+            "02",
+            0,
+            200,
+        )
+        .unwrap();
     persist(&mut store, &ops);
-    assert_eq!(Some(&(String::from("gwb"), r.overlay_ip)), before.iter().find(|x| x.0 == "gwb"));
+    assert_eq!(
+        Some(&(String::from("gwb"), r.overlay_ip)),
+        before.iter().find(|x| x.0 == "gwb")
+    );
 
     let restarted = Mesh::new(config(false), store.clone());
-    let after: Vec<(String, Ipv4Addr)> = restarted.nodes().iter().map(|n| (n.name.clone() + &n.site, n.overlay_ip)).collect();
+    let after: Vec<(String, Ipv4Addr)> = restarted
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone() + &n.site, n.overlay_ip))
+        .collect();
     assert_eq!(before, after);
     assert_eq!(restarted.version(), mesh.version());
 }
@@ -119,18 +161,42 @@ fn overlay_ips_are_stable_across_reregistration_and_restart() {
 fn refused_prefixes_are_reported_and_not_routed() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let (r, _) = mesh
-        .register(&id("b", "gw", Role::Gateway), &reg(&["10.2.0.0/16", "10.1.5.0/24", "0.0.0.0/0", "192.168.1.0/24"], "10.2.0.1"), "01", 0, 1)
+        .register(
+            &id("b", "gw", Role::Gateway),
+            &reg(
+                &["10.2.0.0/16", "10.1.5.0/24", "0.0.0.0/0", "192.168.1.0/24"],
+                "10.2.0.1",
+            ),
+            "01",
+            0,
+            1,
+        )
         .unwrap();
     let reasons: Vec<&str> = r.refused.iter().map(|x| x.reason.as_str()).collect();
     assert_eq!(r.refused.len(), 3, "{reasons:?}");
     assert!(reasons[0].contains("site a"));
     assert!(reasons[1].contains("default route"));
     assert!(reasons[2].contains("outside site b"));
-    let refused_routes = mesh.routes().into_iter().filter(|r| r.status == "refused").count();
+    let refused_routes = mesh
+        .routes()
+        .into_iter()
+        .filter(|r| r.status == "refused")
+        .count();
     assert_eq!(refused_routes, 3);
-    mesh.register(&id("a", "gw", Role::Gateway), &reg(&["10.1.0.0/16"], "10.1.0.1"), "01", 0, 1).unwrap();
+    mesh.register(
+        &id("a", "gw", Role::Gateway),
+        &reg(&["10.1.0.0/16"], "10.1.0.1"),
+        "01",
+        0,
+        1,
+    )
+    .unwrap();
     let a = mesh.map_for(&key("a", "gw")).unwrap();
-    assert_eq!(a.peers["b/gw"].allowed_ips.len(), 2, "only the accepted prefix is routed");
+    assert_eq!(
+        a.peers["b/gw"].allowed_ips.len(),
+        2,
+        "only the accepted prefix is routed"
+    );
 }
 
 #[test]
@@ -146,7 +212,13 @@ fn silent_nodes_go_offline_but_stay_in_maps() {
     assert_eq!(mesh.version(), v + 1);
     let a = mesh.map_for(&key("a", "gw")).unwrap();
     assert!(!a.peers["b/gw"].online, "b/gw went silent");
-    assert!(mesh.nodes().iter().find(|n| n.site == "a" && n.name == "gw").unwrap().online);
+    assert!(
+        mesh.nodes()
+            .iter()
+            .find(|n| n.site == "a" && n.name == "gw")
+            .unwrap()
+            .online
+    );
     // It comes back with a heartbeat.
     assert!(!mesh.heartbeat(&key("b", "gw"), v, 112).is_empty());
     assert!(mesh.map_for(&key("a", "gw")).unwrap().peers["b/gw"].online);
@@ -155,18 +227,35 @@ fn silent_nodes_go_offline_but_stay_in_maps() {
 #[test]
 fn revocation_removes_the_node_and_refuses_its_certificates() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
-    mesh.record_issued(IssuedCert { serial: "aa".into(), site: "b".into(), name: "gw".into(), not_after: 10_000 });
-    mesh.record_issued(IssuedCert { serial: "old".into(), site: "b".into(), name: "gw".into(), not_after: 50 });
+    mesh.record_issued(IssuedCert {
+        serial: "aa".into(),
+        site: "b".into(),
+        name: "gw".into(),
+        not_after: 10_000,
+    });
+    mesh.record_issued(IssuedCert {
+        serial: "old".into(),
+        site: "b".into(),
+        name: "gw".into(),
+        not_after: 50,
+    });
     let mut store = Persisted::default();
     three_nodes(&mut mesh, &mut store);
-    assert_eq!(mesh.resolve("gw").unwrap_err().code(), ErrorCode::BadRequest, "gw is in two sites");
+    assert_eq!(
+        mesh.resolve("gw").unwrap_err().code(),
+        ErrorCode::BadRequest,
+        "gw is in two sites"
+    );
     let k = mesh.resolve("b/gw").unwrap();
     let (serials, _) = mesh.revoke(&k, 100);
     assert_eq!(serials, vec!["01".to_string(), "aa".to_string()]);
     assert!(mesh.is_revoked("aa") && mesh.is_revoked("01") && !mesh.is_revoked("old"));
     assert!(mesh.map_for(&key("a", "gw")).unwrap().peers.is_empty());
     assert!(mesh.map_for(&k).is_none());
-    assert!(matches!(mesh.resolve("nobody"), Err(CoreError::NoSuchNode(_))));
+    assert!(matches!(
+        mesh.resolve("nobody"),
+        Err(CoreError::NoSuchNode(_))
+    ));
 }
 
 #[test]
@@ -174,11 +263,26 @@ fn full_mesh_sites_peer_every_node() {
     let mut store = Persisted::default();
     let mut mesh = Mesh::new(config(true), Persisted::default());
     three_nodes(&mut mesh, &mut store);
-    mesh.register(&id("b", "m2", Role::Member), &reg(&[], "10.2.0.7"), "01", 0, 100).unwrap();
+    mesh.register(
+        &id("b", "m2", Role::Member),
+        &reg(&[], "10.2.0.7"),
+        "01",
+        0,
+        100,
+    )
+    .unwrap();
     let m2 = mesh.map_for(&key("b", "m2")).unwrap();
-    assert_eq!(m2.peers.keys().collect::<Vec<_>>(), vec!["a/gw"], "a's member has no tunnel");
+    assert_eq!(
+        m2.peers.keys().collect::<Vec<_>>(),
+        vec!["a/gw"],
+        "a's member has no tunnel"
+    );
     assert!(m2.routes.is_empty());
-    assert!(mesh.map_for(&key("a", "gw")).unwrap().peers.contains_key("b/m2"));
+    assert!(mesh
+        .map_for(&key("a", "gw"))
+        .unwrap()
+        .peers
+        .contains_key("b/m2"));
 }
 
 #[test]
@@ -186,10 +290,21 @@ fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let mut store = Persisted::default();
     three_nodes(&mut mesh, &mut store);
-    mesh.register(&id("b", "gw2", Role::Gateway), &reg(&["10.2.0.0/16"], "10.2.0.2"), "01", 0, 100).unwrap();
+    mesh.register(
+        &id("b", "gw2", Role::Gateway),
+        &reg(&["10.2.0.0/16"], "10.2.0.2"),
+        "01",
+        0,
+        100,
+    )
+    .unwrap();
     let owner = |mesh: &Mesh| {
         let a = mesh.map_for(&key("a", "gw")).unwrap();
-        a.peers.values().filter(|p| p.allowed_ips.len() == 2).map(|p| p.id.clone()).collect::<Vec<_>>()
+        a.peers
+            .values()
+            .filter(|p| p.allowed_ips.len() == 2)
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>()
     };
     assert_eq!(owner(&mesh), vec!["b/gw"]);
     mesh.heartbeat(&key("b", "gw2"), 0, 111);
@@ -203,15 +318,32 @@ fn tokens_only_for_declared_sites_and_single_use() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let fp = Fingerprint([1; 32]);
     assert!(matches!(
-        mesh.create_token("nowhere", Role::Gateway, Duration::from_secs(60), 0, fp, [5; 22]),
+        mesh.create_token(
+            "nowhere",
+            Role::Gateway,
+            Duration::from_secs(60),
+            0,
+            fp,
+            [5; 22]
+        ),
         Err(CoreError::UnknownSite(_))
     ));
-    let (t, _, ops) = mesh.create_token("a", Role::Gateway, Duration::from_secs(60), 0, fp, [5; 22]).unwrap();
+    let (t, _, ops) = mesh
+        .create_token("a", Role::Gateway, Duration::from_secs(60), 0, fp, [5; 22])
+        .unwrap();
     assert_eq!(ops.len(), 1);
     mesh.check_enrollment(&t, "a", Role::Gateway, 1).unwrap();
-    let cert = IssuedCert { serial: "s".into(), site: "a".into(), name: "gw".into(), not_after: 99 };
-    mesh.complete_enrollment(&t, "a", Role::Gateway, cert, 1).unwrap();
-    let err = mesh.check_enrollment(&t, "a", Role::Gateway, 2).unwrap_err();
+    let cert = IssuedCert {
+        serial: "s".into(),
+        site: "a".into(),
+        name: "gw".into(),
+        not_after: 99,
+    };
+    mesh.complete_enrollment(&t, "a", Role::Gateway, cert, 1)
+        .unwrap();
+    let err = mesh
+        .check_enrollment(&t, "a", Role::Gateway, 2)
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidToken);
     assert!(err.to_string().contains("already used"), "{err}");
 }
@@ -221,8 +353,23 @@ fn bad_wireguard_keys_and_service_identities_are_refused() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let mut r = reg(&[], "10.1.0.1");
     r.wg_public_key = "short".into();
-    assert!(matches!(mesh.register(&id("a", "gw", Role::Gateway), &r, "1", 0, 0), Err(CoreError::BadPublicKey(_))));
+    assert!(matches!(
+        mesh.register(&id("a", "gw", Role::Gateway), &r, "1", 0, 0),
+        Err(CoreError::BadPublicKey(_))
+    ));
     let op = Identity::service("prod", "ops", Role::Operator).unwrap();
-    assert!(matches!(mesh.register(&op, &reg(&[], "10.1.0.1"), "1", 0, 0), Err(CoreError::NotANode(_))));
-    assert!(matches!(mesh.register(&id("zz", "gw", Role::Gateway), &reg(&[], "10.1.0.1"), "1", 0, 0), Err(CoreError::UnknownSite(_))));
+    assert!(matches!(
+        mesh.register(&op, &reg(&[], "10.1.0.1"), "1", 0, 0),
+        Err(CoreError::NotANode(_))
+    ));
+    assert!(matches!(
+        mesh.register(
+            &id("zz", "gw", Role::Gateway),
+            &reg(&[], "10.1.0.1"),
+            "1",
+            0,
+            0
+        ),
+        Err(CoreError::UnknownSite(_))
+    ));
 }

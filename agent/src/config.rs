@@ -1,0 +1,386 @@
+//! The agent's configuration: a TOML file (kebab-case) whose every key can also be given as
+//! a flag or a `STRAIT_*` environment variable (flags and variables win). Validated at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use strait_pki::identity::Label;
+use strait_pki::Role;
+use strait_proto::msg::{Endpoint, EndpointKind};
+
+/// How the agent moves packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataplane {
+    /// Control plane only: no TUN, no routes, no root needed (tests, scale benchmarks).
+    None,
+}
+
+/// The file form: every key optional, so flags and variables can supply it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub mesh: Option<String>,
+    pub site: Option<String>,
+    pub node: Option<String>,
+    pub role: Option<Role>,
+    pub coordinators: Option<Vec<String>>,
+    pub state_dir: Option<PathBuf>,
+    pub join_token: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub dataplane: Option<Dataplane>,
+    pub listen_port: Option<u16>,
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub prefixes: Option<Vec<IpNetwork>>,
+    pub heartbeat_interval: Option<String>,
+}
+
+/// Flags and environment variables; each overrides the file key of the same name.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Mesh name (must match the certificate).
+    #[arg(long, env = "STRAIT_MESH")]
+    pub mesh: Option<String>,
+    /// Site this node belongs to.
+    #[arg(long, env = "STRAIT_SITE")]
+    pub site: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long, env = "STRAIT_NODE")]
+    pub node: Option<String>,
+    /// gateway or member.
+    #[arg(long, env = "STRAIT_ROLE")]
+    pub role: Option<Role>,
+    /// Coordinator address host:port (repeatable, or comma-separated).
+    #[arg(
+        long = "coordinator",
+        env = "STRAIT_COORDINATORS",
+        value_delimiter = ','
+    )]
+    pub coordinators: Vec<String>,
+    /// Directory for certificates, the WireGuard key and the last map.
+    #[arg(long, env = "STRAIT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Join token for the first enrollment (prefer --join-token-file).
+    #[arg(long, env = "STRAIT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the join token.
+    #[arg(long, env = "STRAIT_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Data plane: none (control plane only).
+    #[arg(long, env = "STRAIT_DATAPLANE", value_enum)]
+    pub dataplane: Option<Dataplane>,
+    /// WireGuard UDP port.
+    #[arg(long, env = "STRAIT_LISTEN_PORT")]
+    pub listen_port: Option<u16>,
+    /// An endpoint as kind=address:port, kind one of interconnect, private, public
+    /// (repeatable, or comma-separated).
+    #[arg(long = "endpoint", env = "STRAIT_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// A prefix this node carries traffic for (repeatable, or comma-separated).
+    #[arg(long = "prefix", env = "STRAIT_PREFIXES", value_delimiter = ',')]
+    pub prefixes: Vec<IpNetwork>,
+    /// How often to send heartbeats, e.g. 5s.
+    #[arg(long, env = "STRAIT_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mesh: String,
+    pub site: String,
+    pub node: String,
+    pub role: Role,
+    pub coordinators: Vec<String>,
+    pub state_dir: PathBuf,
+    pub join_token: Option<String>,
+    pub dataplane: Dataplane,
+    pub listen_port: u16,
+    pub endpoints: Vec<Endpoint>,
+    pub prefixes: Vec<IpNetwork>,
+    pub heartbeat_interval: Duration,
+}
+
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+
+impl Config {
+    /// Reads `file` (if given), applies `overrides`, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config> {
+        let base = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading agent config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing agent config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(base, overrides).with_context(|| match file {
+            Some(p) => format!("invalid agent configuration ({})", p.display()),
+            None => "invalid agent configuration".to_string(),
+        })
+    }
+
+    pub fn merge(f: FileConfig, o: Overrides) -> Result<Config> {
+        let missing = |key: &str, flag: &str, env: &str| {
+            anyhow::anyhow!(
+                "key `{key}` is required: set it in the config file, with --{flag}, or with {env}"
+            )
+        };
+        let mesh = o
+            .mesh
+            .or(f.mesh)
+            .ok_or_else(|| missing("mesh", "mesh", "STRAIT_MESH"))?;
+        Label::parse("mesh", &mesh).context("key `mesh`")?;
+        let site = o
+            .site
+            .or(f.site)
+            .ok_or_else(|| missing("site", "site", "STRAIT_SITE"))?;
+        Label::parse("site", &site).context("key `site`")?;
+        let node = match o.node.or(f.node) {
+            Some(n) => n,
+            None => hostname()
+                .context("key `node` is not set and the host name is unusable; set --node")?,
+        };
+        Label::parse("node name", &node).context("key `node`")?;
+        let role = o
+            .role
+            .or(f.role)
+            .ok_or_else(|| missing("role", "role", "STRAIT_ROLE"))?;
+        if !role.has_site() {
+            bail!("key `role`: {role} is not a node role; use gateway or member");
+        }
+        let coordinators = if o.coordinators.is_empty() {
+            f.coordinators.unwrap_or_default()
+        } else {
+            o.coordinators
+        };
+        if coordinators.is_empty() {
+            return Err(missing(
+                "coordinators",
+                "coordinator",
+                "STRAIT_COORDINATORS",
+            ));
+        }
+        for c in &coordinators {
+            if c.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                bail!("key `coordinators`: {c:?} is not host:port (e.g. 203.0.113.10:7443)");
+            }
+        }
+        let state_dir = o
+            .state_dir
+            .or(f.state_dir)
+            .ok_or_else(|| missing("state-dir", "state-dir", "STRAIT_STATE_DIR"))?;
+        let token_file = o.join_token_file.or(f.join_token_file);
+        let join_token = match (o.join_token.or(f.join_token), token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("key `join-token-file`: reading {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let endpoints = if o.endpoints.is_empty() {
+            f.endpoints.unwrap_or_default()
+        } else {
+            o.endpoints
+                .iter()
+                .map(|e| parse_endpoint(e))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let prefixes = if o.prefixes.is_empty() {
+            f.prefixes.unwrap_or_default()
+        } else {
+            o.prefixes
+        };
+        let heartbeat_interval = match o.heartbeat_interval.or(f.heartbeat_interval) {
+            Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                anyhow::anyhow!(
+                    "key `heartbeat-interval`: {s:?} is not a duration ({e}); write e.g. \"5s\""
+                )
+            })?,
+            None => Duration::from_secs(5),
+        };
+        if heartbeat_interval < Duration::from_millis(200)
+            || heartbeat_interval > Duration::from_secs(60)
+        {
+            bail!("key `heartbeat-interval`: must be between 200ms and 60s");
+        }
+        Ok(Config {
+            mesh,
+            site,
+            node,
+            role,
+            coordinators,
+            state_dir,
+            join_token,
+            dataplane: o.dataplane.or(f.dataplane).unwrap_or(Dataplane::None),
+            listen_port: o
+                .listen_port
+                .or(f.listen_port)
+                .unwrap_or(DEFAULT_LISTEN_PORT),
+            endpoints,
+            prefixes,
+            heartbeat_interval,
+        })
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state_dir.join("tls")
+    }
+}
+
+/// `kind=address:port`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
+    let (kind, addr) = s.split_once('=').with_context(|| {
+        format!("endpoint {s:?} must be kind=address:port, e.g. public=198.51.100.7:51820")
+    })?;
+    let kind = match kind {
+        "interconnect" => EndpointKind::Interconnect,
+        "private" => EndpointKind::Private,
+        "public" => EndpointKind::Public,
+        other => bail!("endpoint {s:?}: kind {other:?} must be interconnect, private or public"),
+    };
+    let address: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("endpoint {s:?}: {addr:?} is not address:port"))?;
+    Ok(Endpoint {
+        address,
+        kind,
+        cost: None,
+    })
+}
+
+fn hostname() -> Result<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let first = raw
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides() -> Overrides {
+        Overrides {
+            mesh: Some("prod".into()),
+            site: Some("aws-use1".into()),
+            node: Some("gw1".into()),
+            role: Some(Role::Gateway),
+            coordinators: vec!["127.0.0.1:7443".into()],
+            state_dir: Some("/tmp/x".into()),
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+mesh = "staging"
+site = "gcp-usc1"
+role = "member"
+coordinators = ["192.0.2.1:7443"]
+state-dir = "/var/lib/strait"
+endpoints = [{ address = "198.51.100.7:51820", kind = "public" }]
+prefixes = ["10.20.0.0/16"]
+heartbeat-interval = "2s"
+"#,
+        )
+        .unwrap();
+        let c = Config::merge(file, overrides()).unwrap();
+        assert_eq!(
+            (c.mesh.as_str(), c.site.as_str(), c.role),
+            ("prod", "aws-use1", Role::Gateway)
+        );
+        assert_eq!(c.coordinators, vec!["127.0.0.1:7443".to_string()]);
+        assert_eq!(c.endpoints[0].kind, EndpointKind::Public);
+        assert_eq!(c.prefixes.len(), 1);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.listen_port, 51820);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_the_fix() {
+        let cases: Vec<(Overrides, &str)> = vec![
+            (
+                Overrides {
+                    mesh: None,
+                    ..overrides()
+                },
+                "STRAIT_MESH",
+            ),
+            (
+                Overrides {
+                    site: Some("Bad Site".into()),
+                    ..overrides()
+                },
+                "key `site`",
+            ),
+            (
+                Overrides {
+                    role: Some(Role::Operator),
+                    ..overrides()
+                },
+                "gateway or member",
+            ),
+            (
+                Overrides {
+                    coordinators: vec!["nohost".into()],
+                    ..overrides()
+                },
+                "host:port",
+            ),
+            (
+                Overrides {
+                    coordinators: vec![],
+                    ..overrides()
+                },
+                "STRAIT_COORDINATORS",
+            ),
+            (
+                Overrides {
+                    heartbeat_interval: Some("often".into()),
+                    ..overrides()
+                },
+                "heartbeat-interval",
+            ),
+            (
+                Overrides {
+                    endpoints: vec!["carrier-pigeon=1.2.3.4:5".into()],
+                    ..overrides()
+                },
+                "interconnect, private or public",
+            ),
+            (
+                Overrides {
+                    endpoints: vec!["public=nowhere".into()],
+                    ..overrides()
+                },
+                "address:port",
+            ),
+        ];
+        for (o, needle) in cases {
+            let err = format!("{:#}", Config::merge(FileConfig::default(), o).unwrap_err());
+            assert!(err.contains(needle), "expected {needle:?} in {err}");
+        }
+        let err = toml::from_str::<FileConfig>("colour = \"blue\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

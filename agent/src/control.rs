@@ -1,0 +1,337 @@
+//! The session with the coordinator: register, take the map snapshot and deltas, send
+//! heartbeats, reconnect with backoff across coordinators. The last map is kept in the
+//! state directory and used at start when no coordinator answers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use strait_pki::ca::{bundle_from_signed, generate_csr};
+use strait_pki::material::{parse_certs, write_file};
+use strait_pki::renewal::{self, CertSource};
+use strait_pki::tls::{client_config, quic_client_config, CertStore};
+use strait_pki::{CertBundle, Role};
+use strait_proto::frame::MAX_FRAME;
+use strait_proto::map::NetworkMap;
+use strait_proto::msg::{AgentEvent, ErrorCode, Registration, Request, Response, SessionEvent};
+use strait_proto::{client, io as wire, ALPN};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::enroll::{ensure_certificate, resolve};
+use crate::wgkey::WgKey;
+
+/// Reconnect delay after `attempt` consecutive failures: 500 ms doubling to 30 s, plus up
+/// to 25% jitter (`jitter` in `[0, 1)`).
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(30));
+    base + base.mul_f64(jitter.clamp(0.0, 1.0) * 0.25)
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u16::from_le_bytes(b) as f64 / 65536.0
+}
+
+/// The wildcard address of `target`'s family, for a client socket.
+pub fn wildcard(target: SocketAddr) -> SocketAddr {
+    if target.is_ipv6() {
+        SocketAddr::from(([0u16; 8], 0))
+    } else {
+        SocketAddr::from(([0u8; 4], 0))
+    }
+}
+
+/// What the agent knows, shared with the data plane.
+pub type MapWatch = watch::Receiver<Option<Arc<NetworkMap>>>;
+
+/// Runs the agent's control plane until `shutdown` completes. The current map is
+/// published on `maps`.
+pub async fn run(
+    config: Config,
+    maps: watch::Sender<Option<Arc<NetworkMap>>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let bundle = ensure_certificate(&config).await?;
+    let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
+    tracing::info!(identity = %bundle.identity, wg_public_key = %wg.public_base64(), "agent starting");
+    let certs = CertStore::new(bundle)?;
+    let (renewal_task, _renewal_state) = renewal::spawn(
+        CoordinatorRenewal {
+            config: config.clone(),
+            certs: certs.clone(),
+        },
+        certs.clone(),
+    );
+    let map_path = config.state_dir.join("map.json");
+    match load_map(&map_path) {
+        Ok(Some(map)) => {
+            tracing::info!(
+                version = map.version,
+                peers = map.peers.len(),
+                "using the last known map until a coordinator answers"
+            );
+            maps.send_replace(Some(Arc::new(map)));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "ignoring the saved map"),
+    }
+    let registration = Registration {
+        wg_public_key: wg.public_base64(),
+        endpoints: config.endpoints.clone(),
+        prefixes: config.prefixes.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        have_version: None,
+    };
+    let mut session = Session {
+        config: &config,
+        certs,
+        maps,
+        map_path,
+        registration,
+    };
+    tokio::pin!(shutdown);
+    let mut attempt = 0u32;
+    let mut next = 0usize;
+    loop {
+        let addr = config.coordinators[next % config.coordinators.len()].clone();
+        next += 1;
+        let started = Instant::now();
+        tokio::select! {
+            result = session.run(&addr) => {
+                match result {
+                    Ok(()) => tracing::info!(coordinator = %addr, "session ended"),
+                    Err(e) => tracing::warn!(coordinator = %addr, error = %format!("{e:#}"), "session failed"),
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            attempt = 0;
+        }
+        let delay = backoff(attempt, jitter());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    renewal_task.abort();
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    certs: CertStore,
+    maps: watch::Sender<Option<Arc<NetworkMap>>>,
+    map_path: PathBuf,
+    registration: Registration,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, addr: &str) -> Result<()> {
+        let conn = connect(self.config, &self.certs, addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.context("opening the session stream")?;
+        let mut registration = self.registration.clone();
+        registration.have_version = self.maps.borrow().as_ref().map(|m| m.version);
+        wire::write(&mut send, &Request::Subscribe(registration)).await?;
+
+        let (tx, mut events) = tokio::sync::mpsc::channel(64);
+        let reader = tokio::spawn(async move {
+            loop {
+                let event = wire::read::<SessionEvent, _>(&mut recv, MAX_FRAME).await;
+                let end = !matches!(event, Ok(Some(_)));
+                if tx.send(event).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut map: Option<NetworkMap> = None;
+        let result = loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let event = match event {
+                        Some(Ok(Some(e))) => e,
+                        Some(Ok(None)) | None => break Ok(()),
+                        Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading from the coordinator")),
+                    };
+                    match event {
+                        SessionEvent::Registered(r) => {
+                            tracing::info!(coordinator = %addr, overlay_ip = %r.overlay_ip, "registered");
+                            for refusal in &r.refused {
+                                tracing::warn!(prefix = %refusal.prefix, reason = %refusal.reason, "coordinator refused an advertised prefix");
+                            }
+                        }
+                        SessionEvent::Snapshot(m) => {
+                            tracing::info!(version = m.version, peers = m.peers.len(), routes = m.routes.len(), "map snapshot");
+                            self.publish(&m);
+                            map = Some(m);
+                        }
+                        SessionEvent::Delta(d) => {
+                            let Some(current) = map.as_mut() else {
+                                break Err(anyhow::anyhow!("delta before snapshot"));
+                            };
+                            if let Err(gap) = current.apply(&d) {
+                                break Err(anyhow::anyhow!("{gap}; reconnecting for a snapshot"));
+                            }
+                            tracing::debug!(version = d.to_version, upserts = d.upsert_peers.len(), removals = d.remove_peers.len(), "map delta");
+                            let current = current.clone();
+                            self.publish(&current);
+                        }
+                        SessionEvent::Closing(e) => {
+                            if e.code == ErrorCode::Revoked {
+                                tracing::error!("this node was revoked; enroll again with a new join token");
+                            }
+                            break Err(anyhow::anyhow!("coordinator closed the session: {e}"));
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let version = map.as_ref().map(|m| m.version).unwrap_or(0);
+                    if let Err(e) = wire::write(&mut send, &AgentEvent::Heartbeat { map_version: version }).await {
+                        break Err(anyhow::Error::from(e).context("sending a heartbeat"));
+                    }
+                }
+            }
+        };
+        reader.abort();
+        if let Some(reason) = conn.close_reason() {
+            return Err(anyhow::anyhow!("connection closed: {reason}"));
+        }
+        conn.close(0u32.into(), b"session over");
+        result
+    }
+
+    fn publish(&self, map: &NetworkMap) {
+        if let Err(e) = save_map(&self.map_path, map) {
+            tracing::warn!(error = %e, "could not save the map");
+        }
+        self.maps.send_replace(Some(Arc::new(map.clone())));
+    }
+}
+
+async fn connect(config: &Config, certs: &CertStore, addr: &str) -> Result<quinn::Connection> {
+    let bundle = certs.bundle();
+    let tls = client_config(
+        &bundle.ca,
+        Some(certs.clone()),
+        &config.mesh,
+        &[Role::Coordinator],
+        ALPN,
+    )?;
+    let target = resolve(addr).await.map_err(anyhow::Error::msg)?;
+    let endpoint = quinn::Endpoint::client(wildcard(target)).context("opening a UDP socket")?;
+    let mut quic = quic_client_config(tls)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    quic.transport_config(Arc::new(transport));
+    Ok(client::connect(&endpoint, target, quic, Duration::from_secs(5)).await?)
+}
+
+fn load_map(path: &Path) -> Result<Option<NetworkMap>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+    ))
+}
+
+fn save_map(path: &Path, map: &NetworkMap) -> Result<()> {
+    let text = serde_json::to_vec_pretty(map)?;
+    write_file(path, &text, 0o600)?;
+    Ok(())
+}
+
+/// Renews this node's certificate through the coordinator (built-in CA): a fresh key and
+/// CSR made here, sent over a connection authenticated by the current certificate.
+struct CoordinatorRenewal {
+    config: Config,
+    certs: CertStore,
+}
+
+impl CertSource for CoordinatorRenewal {
+    async fn fetch(&self) -> Result<CertBundle, String> {
+        let identity = self.certs.identity();
+        let node_key = generate_csr(&identity.dns_name()).map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for addr in &self.config.coordinators {
+            let conn = match connect(&self.config, &self.certs, addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{e:#}");
+                    continue;
+                }
+            };
+            let request = Request::Renew {
+                csr_pem: node_key.csr_pem.clone(),
+            };
+            let answer = client::call(&conn, &request, Duration::from_secs(10)).await;
+            conn.close(0u32.into(), b"renewed");
+            match answer {
+                Ok(Response::Renewed { cert_pem, ca_pem }) => {
+                    let leaf = parse_certs("renewed certificate", &cert_pem)
+                        .map_err(|e| e.to_string())?
+                        .remove(0);
+                    let bundle = bundle_from_signed(&leaf, node_key.key.clone(), &ca_pem)
+                        .map_err(|e| e.to_string())?;
+                    if bundle.identity != identity {
+                        return Err(format!(
+                            "renewed certificate names {} instead of {identity}",
+                            bundle.identity
+                        ));
+                    }
+                    bundle
+                        .save(&self.config.tls_dir())
+                        .map_err(|e| e.to_string())?;
+                    return Ok(bundle);
+                }
+                Ok(Response::Error(e)) => return Err(format!("coordinator refused renewal: {e}")),
+                Ok(other) => return Err(format!("unexpected answer to renewal: {other:?}")),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("no coordinator reachable for renewal: {last}"))
+    }
+}
+
+/// Checks at start that the configuration can run here.
+pub fn preflight(config: &Config) -> Result<()> {
+    if !config.state_dir.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if !config.state_dir.is_dir() {
+        bail!(
+            "key `state-dir`: {} is not a directory",
+            config.state_dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_bounded_jitter() {
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(20, 0.0), Duration::from_secs(30));
+        assert_eq!(backoff(20, 1.0), Duration::from_millis(37_500));
+    }
+}

@@ -1,0 +1,252 @@
+//! `strait-coordinator init`: a new mesh's state directory with its CA, certificates and a
+//! commented config file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::IpNetwork;
+use strait_pki::ca::{BuiltinCa, Validity, DEFAULT_SERVICE_LIFETIME};
+use strait_pki::identity::Label;
+use strait_pki::material::write_new_file;
+use strait_pki::{Identity, Role};
+
+use crate::config::{DEFAULT_LISTEN, DEFAULT_OVERLAY_CIDR};
+
+/// Lifetime of the operator certificate `init` writes.
+pub const OPERATOR_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// A site given on the command line as `name:cloud:region:prefix[,prefix...]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteSpec {
+    pub name: String,
+    pub cloud: String,
+    pub region: String,
+    pub prefixes: Vec<IpNetwork>,
+}
+
+impl std::str::FromStr for SiteSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.splitn(4, ':').collect();
+        let [name, cloud, region, prefixes] = parts.as_slice() else {
+            return Err(format!(
+                "site {s:?} must be name:cloud:region:prefix[,prefix...], e.g. aws-use1:aws:us-east-1:10.10.0.0/16"
+            ));
+        };
+        Label::parse("site name", name).map_err(|e| e.to_string())?;
+        let prefixes = prefixes
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<IpNetwork>()
+                    .map_err(|e| format!("site {name}: prefix {p:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SiteSpec {
+            name: name.to_string(),
+            cloud: cloud.to_string(),
+            region: region.to_string(),
+            prefixes,
+        })
+    }
+}
+
+pub struct InitOptions {
+    pub state_dir: PathBuf,
+    pub mesh: String,
+    pub listen: String,
+    pub name: String,
+    pub operator: String,
+    pub sites: Vec<SiteSpec>,
+}
+
+/// Paths inside a coordinator state directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn tls(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+    pub fn operator(&self) -> PathBuf {
+        self.root.join("operator")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("coordinator.toml")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("strait.db")
+    }
+}
+
+fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", path.display()))
+}
+
+/// Creates the state directory. Refuses to touch an existing CA.
+pub fn init(opts: &InitOptions) -> Result<Layout> {
+    Label::parse("mesh", &opts.mesh).context("--mesh")?;
+    Label::parse("coordinator name", &opts.name).context("--name")?;
+    Label::parse("operator name", &opts.operator).context("--operator")?;
+    let layout = Layout::new(&opts.state_dir);
+    if layout.root.join("ca.key").exists() {
+        bail!(
+            "{} already holds a mesh CA; refusing to overwrite it (choose another --state-dir)",
+            layout.root.display()
+        );
+    }
+    private_dir(&layout.root)?;
+    let ca = BuiltinCa::generate(&opts.mesh)?;
+    ca.save(&layout.root)?;
+
+    let coordinator = Identity::service(&opts.mesh, &opts.name, Role::Coordinator)?;
+    private_dir(&layout.tls())?;
+    ca.issue(
+        &coordinator,
+        Validity::for_lifetime(DEFAULT_SERVICE_LIFETIME),
+    )?
+    .save(&layout.tls())?;
+
+    let operator = Identity::service(&opts.mesh, &opts.operator, Role::Operator)?;
+    private_dir(&layout.operator())?;
+    ca.issue(&operator, Validity::for_lifetime(OPERATOR_LIFETIME))?
+        .save(&layout.operator())?;
+
+    write_new_file(&layout.config(), config_text(opts).as_bytes(), 0o600)?;
+    Ok(layout)
+}
+
+fn config_text(opts: &InitOptions) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Strait coordinator configuration (written by `strait-coordinator init`)."
+    );
+    let _ = writeln!(
+        s,
+        "# Keys are kebab-case; see README.md for the full reference.\n"
+    );
+    let _ = writeln!(
+        s,
+        "# The mesh name; it appears in every certificate and cannot change."
+    );
+    let _ = writeln!(s, "mesh = {:?}\n", opts.mesh);
+    let _ = writeln!(
+        s,
+        "# UDP address of the QUIC listener (default {DEFAULT_LISTEN})."
+    );
+    let _ = writeln!(s, "listen = {:?}\n", opts.listen);
+    let _ = writeln!(
+        s,
+        "# Holds the store (strait.db), the CA key (ca.key, 0600) and certificates."
+    );
+    let _ = writeln!(
+        s,
+        "state-dir = {:?}\n",
+        opts.state_dir.display().to_string()
+    );
+    let _ = writeln!(
+        s,
+        "# Overlay addresses are allocated from this CIDR (default: CGNAT space)."
+    );
+    let _ = writeln!(s, "overlay-cidr = {DEFAULT_OVERLAY_CIDR:?}\n");
+    let _ = writeln!(
+        s,
+        "# A node without a heartbeat for this long is shown offline (it stays in maps)."
+    );
+    let _ = writeln!(s, "heartbeat-timeout = \"15s\"\n");
+    let _ = writeln!(s, "[pki]");
+    let _ = writeln!(
+        s,
+        "# \"builtin\": the mesh CA in state-dir signs agent CSRs at enrollment."
+    );
+    let _ = writeln!(s, "mode = \"builtin\"");
+    let _ = writeln!(s, "agent-cert-lifetime = \"24h\"\n");
+    let _ = writeln!(
+        s,
+        "# One [[sites]] per VPC/network. Nodes may only advertise prefixes inside their"
+    );
+    let _ = writeln!(
+        s,
+        "# site's `prefixes`; sites must not overlap. `full-mesh = true` peers every node"
+    );
+    let _ = writeln!(
+        s,
+        "# of the site with every remote node instead of only gateways."
+    );
+    if opts.sites.is_empty() {
+        let _ = writeln!(s, "#\n# [[sites]]\n# name = \"aws-use1\"\n# cloud = \"aws\"\n# region = \"us-east-1\"\n# prefixes = [\"10.10.0.0/16\"]\n# full-mesh = false");
+    }
+    for site in &opts.sites {
+        let prefixes: Vec<String> = site
+            .prefixes
+            .iter()
+            .map(|p| format!("{:?}", p.to_string()))
+            .collect();
+        let _ = writeln!(s, "\n[[sites]]");
+        let _ = writeln!(s, "name = {:?}", site.name);
+        let _ = writeln!(s, "cloud = {:?}", site.cloud);
+        let _ = writeln!(s, "region = {:?}", site.region);
+        let _ = writeln!(s, "prefixes = [{}]", prefixes.join(", "));
+        let _ = writeln!(s, "full-mesh = false");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_loadable_config_and_private_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            state_dir: dir.path().join("state"),
+            mesh: "prod".into(),
+            listen: "127.0.0.1:7443".into(),
+            name: "primary".into(),
+            operator: "admin".into(),
+            sites: vec!["aws-use1:aws:us-east-1:10.10.0.0/16,10.11.0.0/16"
+                .parse()
+                .unwrap()],
+        };
+        let layout = init(&opts).unwrap();
+        let config = crate::config::Config::load(&layout.config()).unwrap();
+        assert_eq!(config.sites[0].prefixes.len(), 2);
+        for key in [
+            layout.root.join("ca.key"),
+            layout.tls().join("key.pem"),
+            layout.operator().join("key.pem"),
+        ] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        let op = strait_pki::CertBundle::load(&layout.operator()).unwrap();
+        assert_eq!(op.identity.role(), Role::Operator);
+        assert!(init(&opts)
+            .unwrap_err()
+            .to_string()
+            .contains("refusing to overwrite"));
+    }
+
+    #[test]
+    fn site_specs_are_validated() {
+        assert!("a:b:c".parse::<SiteSpec>().is_err());
+        assert!("Bad:aws:r:10.0.0.0/8".parse::<SiteSpec>().is_err());
+        assert!("a:aws:r:10.0.0.0/33".parse::<SiteSpec>().is_err());
+    }
+}

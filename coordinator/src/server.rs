@@ -1,0 +1,599 @@
+//! The coordinator's IO shell: QUIC with mutual TLS, one task per connection and per
+//! stream, the registry behind one lock, map changes fanned out through a `watch` channel.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use quinn::{RecvStream, SendStream};
+use strait_pki::ca::{BuiltinCa, Validity};
+use strait_pki::material::{certs_to_pem, CertInfo};
+use strait_pki::tls::{self, CertStore, ClientAuth};
+use strait_pki::token::{random_token_bytes, JoinToken};
+use strait_pki::{Identity, Role};
+use strait_proto::frame::MAX_FRAME;
+use strait_proto::map::NetworkMap;
+use strait_proto::msg::{
+    close, AgentEvent, EnrollRequest, ErrorBody, ErrorCode, Registration, Request, Response,
+    SessionEvent, TokenCreated,
+};
+use strait_proto::{io as wire, ALPN};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, StoreOp};
+use crate::store::Store;
+
+/// Largest request an unauthenticated peer may send (a token and a CSR).
+const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
+/// Streams a connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The coordinator's PKI.
+pub enum Pki {
+    /// The built-in mesh CA, whose key is in the state directory.
+    Builtin { ca: BuiltinCa },
+}
+
+impl Pki {
+    fn name(&self) -> &'static str {
+        match self {
+            Pki::Builtin { .. } => "builtin",
+        }
+    }
+}
+
+struct Core {
+    mesh: Mesh,
+    store: Box<dyn Store>,
+}
+
+impl Core {
+    /// Persists `ops`. A store failure is logged and reported; the in-memory registry
+    /// already holds the change.
+    fn persist(&mut self, ops: &[StoreOp]) -> Result<(), ErrorBody> {
+        self.store.apply(ops).map_err(|e| {
+            tracing::error!(error = %e, "store write failed");
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("the coordinator could not persist the change: {e}"),
+            )
+        })
+    }
+}
+
+/// Shared state of a running coordinator.
+pub struct Coordinator {
+    config: Arc<Config>,
+    core: Mutex<Core>,
+    pki: Pki,
+    version: watch::Sender<u64>,
+    sessions: Mutex<HashMap<NodeKey, quinn::Connection>>,
+}
+
+impl Coordinator {
+    pub fn new(
+        config: Arc<Config>,
+        mut store: Box<dyn Store>,
+        pki: Pki,
+    ) -> Result<Arc<Coordinator>> {
+        let persisted = store.load().context("loading the store")?;
+        let mesh = Mesh::new(config.clone(), persisted);
+        let (version, _) = watch::channel(mesh.version());
+        Ok(Arc::new(Coordinator {
+            config,
+            core: Mutex::new(Core { mesh, store }),
+            pki,
+            version,
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        // A panic while holding the lock is a bug; the registry is still consistent
+        // because every mutation completes before its ops are persisted.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the core, persists its ops and announces a new version if it changed.
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut Mesh) -> Result<(T, Vec<StoreOp>), ErrorBody>,
+    ) -> Result<T, ErrorBody> {
+        let (out, version) = {
+            let mut core = self.core();
+            let before = core.mesh.version();
+            let (out, ops) = f(&mut core.mesh)?;
+            core.persist(&ops)?;
+            let after = core.mesh.version();
+            (out, (after != before).then_some(after))
+        };
+        if let Some(v) = version {
+            self.version.send_replace(v);
+        }
+        Ok(out)
+    }
+
+    fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
+        self.core().mesh.map_for(key)
+    }
+}
+
+fn core_err(e: CoreError) -> ErrorBody {
+    ErrorBody::new(e.code(), e.to_string())
+}
+
+/// Binds the QUIC endpoint presenting `certs` and trusting client certificates from `cas`.
+pub fn bind(
+    listen: SocketAddr,
+    certs: CertStore,
+    cas: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<quinn::Endpoint> {
+    let tls = tls::server_config(cas, certs, ClientAuth::OptionalForEnrollment, ALPN)?;
+    let mut server = tls::quic_server_config(tls)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(
+            Duration::from_secs(30).try_into().context("idle timeout")?,
+        ));
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, listen).with_context(|| format!("binding UDP {listen}"))
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    endpoint: quinn::Endpoint,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let ticker = tokio::spawn(tick_loop(coordinator.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let c = coordinator.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => handle_connection(c, conn).await,
+                        Err(e) => tracing::info!(error = %e, "handshake refused"),
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    ticker.abort();
+    endpoint.close(close::SHUTDOWN.into(), b"coordinator shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn tick_loop(c: Arc<Coordinator>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let now = unix_now();
+        let _ = c.mutate(|mesh| Ok(((), mesh.tick(now))));
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+struct Peer {
+    identity: Option<Identity>,
+    serial: String,
+    not_after: u64,
+    addr: SocketAddr,
+}
+
+fn peer_of(conn: &quinn::Connection) -> Result<Peer, String> {
+    let identity = tls::peer_identity(conn).map_err(|e| e.to_string())?;
+    let (serial, not_after) = match conn
+        .peer_identity()
+        .and_then(|a| {
+            a.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().and_then(|leaf| CertInfo::parse(leaf).ok()))
+    {
+        Some(info) => (info.serial, unix(info.not_after)),
+        None => (String::new(), 0),
+    };
+    Ok(Peer {
+        identity,
+        serial,
+        not_after,
+        addr: conn.remote_address(),
+    })
+}
+
+async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
+    let peer = match peer_of(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(remote = %conn.remote_address(), error = %e, "refused: unusable certificate");
+            conn.close(close::BAD_IDENTITY.into(), e.as_bytes());
+            return;
+        }
+    };
+    if let Some(id) = &peer.identity {
+        if id.mesh() != c.config.mesh {
+            tracing::warn!(remote = %peer.addr, identity = %id, "refused: certificate of another mesh");
+            conn.close(
+                close::BAD_IDENTITY.into(),
+                b"certificate is for another mesh",
+            );
+            return;
+        }
+        if c.core().mesh.is_revoked(&peer.serial) {
+            tracing::warn!(remote = %peer.addr, identity = %id, serial = %peer.serial, "refused: revoked certificate");
+            conn.close(close::REVOKED.into(), b"certificate revoked");
+            return;
+        }
+    }
+    tracing::debug!(remote = %peer.addr, identity = ?peer.identity.as_ref().map(|i| i.to_string()), "connection");
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (c, conn, peer) = (c.clone(), conn.clone(), peer.clone());
+        tokio::spawn(async move { handle_stream(c, conn, peer, send, recv).await });
+    }
+}
+
+async fn respond(send: &mut SendStream, response: &Response) {
+    if wire::write(send, response).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(ErrorBody::new(code, message))
+}
+
+async fn handle_stream(
+    c: Arc<Coordinator>,
+    conn: quinn::Connection,
+    peer: Peer,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let limit = if peer.identity.is_some() {
+        MAX_FRAME
+    } else {
+        MAX_ANONYMOUS_FRAME
+    };
+    let request: Request =
+        match tokio::time::timeout(Duration::from_secs(10), wire::read(&mut recv, limit)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(remote = %peer.addr, error = %e, "refused: bad request frame");
+                respond(
+                    &mut send,
+                    &error(ErrorCode::BadRequest, format!("bad request: {e}")),
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                respond(
+                    &mut send,
+                    &error(ErrorCode::BadRequest, "no request within 10 s"),
+                )
+                .await;
+                return;
+            }
+        };
+    let kind = request.kind();
+    let identity = match (&peer.identity, &request) {
+        (_, Request::Enroll(req)) => {
+            let r = enroll(&c, req);
+            respond(&mut send, &r).await;
+            return;
+        }
+        (Some(id), _) => id.clone(),
+        (None, _) => {
+            tracing::warn!(remote = %peer.addr, request = kind, "refused: no client certificate");
+            let r = error(
+                ErrorCode::Unauthenticated,
+                format!("{kind} needs a client certificate; without one only enrollment with a join token is allowed"),
+            );
+            respond(&mut send, &r).await;
+            return;
+        }
+    };
+    if request.is_operator_command() && identity.role() != Role::Operator {
+        tracing::warn!(remote = %peer.addr, identity = %identity, request = kind, "refused: not an operator");
+        let r = error(
+            ErrorCode::PermissionDenied,
+            format!("{kind} is an operator command, but this certificate names {identity}; use an operator certificate"),
+        );
+        respond(&mut send, &r).await;
+        return;
+    }
+    let response = match request {
+        Request::Enroll(_) => unreachable!("handled above"),
+        Request::Subscribe(reg) => {
+            session(c, conn, peer, identity, reg, send, recv).await;
+            return;
+        }
+        Request::Renew { csr_pem } => renew(&c, &identity, &csr_pem),
+        Request::Status => Response::Status(c.core().mesh.status(c.pki.name())),
+        Request::Nodes => Response::Nodes { nodes: c.core().mesh.nodes() },
+        Request::Routes => Response::Routes { routes: c.core().mesh.routes() },
+        Request::Links => Response::Links { links: c.core().mesh.links() },
+        Request::Graph => Response::Graph(c.core().mesh.graph()),
+        Request::CreateToken { site, role, ttl_secs } => create_token(&c, &site, role, ttl_secs),
+        Request::Revoke { node } => revoke(&c, &node),
+        Request::ExternalPeerConfig { name } => error(
+            ErrorCode::NotFound,
+            format!("no external peer {name:?}: external peers are not supported by this coordinator yet"),
+        ),
+    };
+    if let Response::Error(e) = &response {
+        tracing::info!(identity = %identity, request = kind, error = %e, "request refused");
+    }
+    respond(&mut send, &response).await;
+}
+
+fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
+    let Pki::Builtin { ca } = &c.pki;
+    let token: JoinToken = match req.token.parse() {
+        Ok(t) => t,
+        Err(e) => return error(ErrorCode::InvalidToken, e.to_string()),
+    };
+    let identity = match Identity::node(&c.config.mesh, &req.site, &req.node, req.role) {
+        Ok(i) => i,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let lifetime = c.config.pki.agent_cert_lifetime;
+    let result = c.mutate(|mesh| {
+        let now = unix_now();
+        mesh.check_enrollment(&token, &req.site, req.role, now)
+            .map_err(core_err)?;
+        let leaf = ca
+            .sign_csr(&req.csr_pem, &identity, Validity::for_lifetime(lifetime))
+            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        let info = CertInfo::parse(&leaf)
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        let issued = IssuedCert {
+            serial: info.serial,
+            site: req.site.clone(),
+            name: req.node.clone(),
+            not_after: unix(info.not_after),
+        };
+        let ops = mesh
+            .complete_enrollment(&token, &req.site, req.role, issued, now)
+            .map_err(core_err)?;
+        Ok((leaf, ops))
+    });
+    match result {
+        Ok(leaf) => {
+            tracing::info!(identity = %identity, token = token.id(), "enrolled");
+            Response::Enrolled {
+                cert_pem: certs_to_pem(&[leaf]),
+                ca_pem: ca.cert_pem().to_string(),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(identity = %identity, token = token.id(), error = %e, "enrollment refused");
+            Response::Error(e)
+        }
+    }
+}
+
+fn renew(c: &Coordinator, identity: &Identity, csr_pem: &str) -> Response {
+    let Pki::Builtin { ca } = &c.pki;
+    if !identity.role().has_site() {
+        return error(
+            ErrorCode::PermissionDenied,
+            format!("{identity} cannot renew through the coordinator"),
+        );
+    }
+    let lifetime = c.config.pki.agent_cert_lifetime;
+    let result = c.mutate(|mesh| {
+        let leaf = ca
+            .sign_csr(csr_pem, identity, Validity::for_lifetime(lifetime))
+            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        let info = CertInfo::parse(&leaf)
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        let op = mesh.record_issued(IssuedCert {
+            serial: info.serial,
+            site: identity.site().unwrap_or_default().to_string(),
+            name: identity.name().to_string(),
+            not_after: unix(info.not_after),
+        });
+        Ok((leaf, vec![op]))
+    });
+    match result {
+        Ok(leaf) => Response::Renewed {
+            cert_pem: certs_to_pem(&[leaf]),
+            ca_pem: ca.cert_pem().to_string(),
+        },
+        Err(e) => Response::Error(e),
+    }
+}
+
+fn create_token(c: &Coordinator, site: &str, role: Role, ttl_secs: u64) -> Response {
+    let Pki::Builtin { ca } = &c.pki;
+    let fp = ca.fingerprint();
+    let result = c.mutate(|mesh| {
+        let (token, record, ops) = mesh
+            .create_token(
+                site,
+                role,
+                Duration::from_secs(ttl_secs),
+                unix_now(),
+                fp,
+                random_token_bytes(),
+            )
+            .map_err(core_err)?;
+        Ok(((token, record), ops))
+    });
+    match result {
+        Ok((token, record)) => Response::Token(TokenCreated {
+            token: token.to_string(),
+            id: record.id,
+            site: record.site,
+            role: record.role,
+            expires_at: record.expires_at,
+        }),
+        Err(e) => Response::Error(e),
+    }
+}
+
+fn revoke(c: &Coordinator, node: &str) -> Response {
+    let result = c.mutate(|mesh| {
+        let key = mesh.resolve(node).map_err(core_err)?;
+        let (serials, ops) = mesh.revoke(&key, unix_now());
+        Ok(((key, serials), ops))
+    });
+    match result {
+        Ok((key, serials)) => {
+            if let Some(conn) = c
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key)
+            {
+                conn.close(close::REVOKED.into(), b"certificate revoked");
+            }
+            tracing::info!(node = %format!("{}/{}", key.0, key.1), serials = ?serials, "revoked");
+            Response::Revoked {
+                node: format!("{}/{}", key.0, key.1),
+                serials,
+            }
+        }
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// An agent's session: register, send a snapshot, then a delta for every map change, and
+/// take heartbeats until the stream or connection ends.
+async fn session(
+    c: Arc<Coordinator>,
+    conn: quinn::Connection,
+    peer: Peer,
+    identity: Identity,
+    reg: Registration,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut versions = c.version.subscribe();
+    let registered = c.mutate(|mesh| {
+        mesh.register(&identity, &reg, &peer.serial, peer.not_after, unix_now())
+            .map_err(core_err)
+    });
+    let registered = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(identity = %identity, error = %e, "registration refused");
+            let _ = wire::write(&mut send, &SessionEvent::Closing(e)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let key: NodeKey = (
+        identity.site().unwrap_or_default().to_string(),
+        identity.name().to_string(),
+    );
+    tracing::info!(identity = %identity, overlay = %registered.overlay_ip, refused = registered.refused.len(), "registered");
+    if let Some(old) = c
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), conn.clone())
+    {
+        if old.stable_id() != conn.stable_id() {
+            old.close(close::SHUTDOWN.into(), b"replaced by a newer session");
+        }
+    }
+    let Some(mut current) = c.map_for(&key) else {
+        return;
+    };
+    versions.borrow_and_update();
+    if wire::write(&mut send, &SessionEvent::Registered(registered))
+        .await
+        .is_err()
+        || wire::write(&mut send, &SessionEvent::Snapshot(current.clone()))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    // Frames are read in their own task: a read cut short by `select!` would lose bytes.
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let event = wire::read::<AgentEvent, _>(&mut recv, MAX_FRAME).await;
+            let end = !matches!(event, Ok(Some(_)));
+            if events_tx.send(event).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() { break }
+                versions.borrow_and_update();
+                let Some(next) = c.map_for(&key) else {
+                    let body = ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
+                    let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
+                    break;
+                };
+                if next.version == current.version {
+                    continue;
+                }
+                let delta = current.diff(&next);
+                if wire::write(&mut send, &SessionEvent::Delta(delta)).await.is_err() {
+                    break;
+                }
+                current = next;
+            }
+            event = events.recv() => {
+                match event.unwrap_or(Ok(None)) {
+                    Ok(Some(AgentEvent::Heartbeat { map_version })) => {
+                        let _ = c.mutate(|mesh| Ok(((), mesh.heartbeat(&key, map_version, unix_now()))));
+                    }
+                    Ok(Some(AgentEvent::RouteConflicts { conflicts })) => {
+                        let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts))));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(identity = %identity, error = %e, "session closed: bad frame from agent");
+                        conn.close(close::PROTOCOL.into(), b"bad frame on session stream");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    reader.abort();
+    let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if sessions
+        .get(&key)
+        .is_some_and(|s| s.stable_id() == conn.stable_id())
+    {
+        sessions.remove(&key);
+    }
+}

@@ -1,0 +1,283 @@
+//! Fuzzing entry points, shared by the cargo-fuzz targets in `fuzz/` and by the corpus
+//! replay test (`proto/tests/fuzz_corpus.rs`), which runs in plain `cargo test`.
+//!
+//! Not part of the crate's API. Every function here must return normally for any input; a
+//! panic means a real bug (a message that does not survive a round trip, a decoder that
+//! buffers more than its limit or disagrees with the reference framing).
+
+use std::any::type_name;
+use std::fmt::Debug;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::frame::{self, Decoder, FrameError};
+use crate::map::NetworkMap;
+use crate::msg::{AgentEvent, Request, Response, SessionEvent};
+
+/// Frame size limit of the decoder under test: small, so oversized frames are cheap to hit.
+pub const LIMIT: usize = 64 << 10;
+
+/// Fuzzes the frame decoder and every message type.
+///
+/// `data[0]` picks how the rest of `data` (the byte stream) is cut into `push` calls: 0
+/// feeds it in one call, `n > 0` in chunks of 0 to `n` bytes (sizes from a generator seeded
+/// with `n`). Checks that:
+///
+/// - the decoder never buffers more than its limit plus the 4-byte header;
+/// - it yields exactly the frames of a straightforward reference parser, whatever the cuts,
+///   fails with the same error, stays poisoned after it, and `finish` reports truncation;
+/// - every frame that decodes as a [`Request`], [`Response`], [`SessionEvent`] or
+///   [`AgentEvent`] re-encodes, and decodes again to an equal message with identical bytes;
+/// - snapshots and deltas seen in the stream apply to each other without panicking, and
+///   `diff` then `apply` reaches the newer map.
+pub fn frames(data: &[u8]) {
+    let Some((&ctrl, stream)) = data.split_first() else {
+        return;
+    };
+    let reference = Reference::parse(stream, LIMIT);
+    let got = push_in_chunks(ctrl, stream);
+
+    // Frames returned by earlier pushes are delivered; those completed by the push that
+    // fails are not, so with an error the decoder's frames are a prefix of the reference's.
+    assert_eq!(
+        got.error, reference.error,
+        "decoder and reference disagree on the error"
+    );
+    assert!(
+        reference.frames.starts_with(&got.frames),
+        "decoder yielded frames the reference parser does not"
+    );
+    if got.error.is_none() {
+        assert_eq!(got.frames, reference.frames, "decoder lost frames");
+        assert_eq!(
+            got.finished.is_ok(),
+            reference.complete,
+            "finish() disagrees with the reference on truncation"
+        );
+        if let Err(e) = &got.finished {
+            assert_eq!(*e, FrameError::Truncated);
+        }
+    }
+
+    let mut session = Session::default();
+    for body in &got.frames {
+        message(body, &mut session);
+    }
+}
+
+/// What the decoder produced for one stream.
+struct Pushed {
+    frames: Vec<Vec<u8>>,
+    error: Option<FrameError>,
+    finished: Result<(), FrameError>,
+}
+
+fn push_in_chunks(ctrl: u8, stream: &[u8]) -> Pushed {
+    let mut d = Decoder::new(LIMIT);
+    let mut frames = Vec::new();
+    let mut error = None;
+    let mut rest = stream;
+    let mut rng = Lcg(u32::from(ctrl));
+    loop {
+        let take = if ctrl == 0 {
+            rest.len()
+        } else {
+            rng.below(usize::from(ctrl) + 1).min(rest.len())
+        };
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        match d.push(chunk) {
+            Ok(f) => frames.extend(f),
+            Err(e) => {
+                // Poisoned: the same error forever, and nothing left buffered.
+                assert_eq!(
+                    d.push(b"more").unwrap_err(),
+                    e,
+                    "decoder did not stay poisoned"
+                );
+                assert_eq!(d.buffered(), 0, "a failed decoder still holds bytes");
+                error = Some(e);
+            }
+        }
+        assert!(
+            d.buffered() <= LIMIT + 4,
+            "decoder buffers {} bytes, limit {LIMIT}",
+            d.buffered()
+        );
+        if error.is_some() || rest.is_empty() {
+            break;
+        }
+    }
+    Pushed {
+        frames,
+        error,
+        finished: d.finish(),
+    }
+}
+
+/// A small linear congruential generator: deterministic chunk sizes from one seed byte.
+struct Lcg(u32);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (self.0 >> 16) as usize % n
+    }
+}
+
+/// The framing rules written out plainly, to check the incremental decoder against.
+struct Reference {
+    frames: Vec<Vec<u8>>,
+    error: Option<FrameError>,
+    /// The stream ended exactly at a frame boundary.
+    complete: bool,
+}
+
+impl Reference {
+    fn parse(stream: &[u8], max: usize) -> Reference {
+        let mut frames = Vec::new();
+        let mut rest = stream;
+        loop {
+            if rest.is_empty() {
+                return Reference {
+                    frames,
+                    error: None,
+                    complete: true,
+                };
+            }
+            let Some((header, body)) = rest.split_first_chunk::<4>() else {
+                break;
+            };
+            let len = u32::from_be_bytes(*header) as usize;
+            if len > max {
+                return Reference {
+                    frames,
+                    error: Some(FrameError::TooLarge { len, max }),
+                    complete: false,
+                };
+            }
+            if body.len() < len {
+                break;
+            }
+            frames.push(body[..len].to_vec());
+            rest = &body[len..];
+        }
+        Reference {
+            frames,
+            error: None,
+            complete: false,
+        }
+    }
+}
+
+/// Maps seen so far on the stream, as an agent would hold them.
+#[derive(Default)]
+struct Session {
+    map: Option<NetworkMap>,
+}
+
+/// Decodes one frame body as every message type and checks each that decodes.
+fn message(body: &[u8], session: &mut Session) {
+    if let Some(req) = round_trip::<Request>(body) {
+        let _ = (req.kind(), req.is_operator_command());
+    }
+    round_trip::<Response>(body);
+    round_trip::<AgentEvent>(body);
+    match round_trip::<SessionEvent>(body) {
+        Some(SessionEvent::Snapshot(new)) => snapshot(session, new),
+        Some(SessionEvent::Delta(delta)) => {
+            if let Some(map) = &mut session.map {
+                let before = map.clone();
+                match map.apply(&delta) {
+                    Ok(()) => {
+                        assert_eq!(map.version, delta.to_version);
+                        diff_reaches(&before, map);
+                    }
+                    Err(gap) => {
+                        assert_ne!(before.version, delta.from_version);
+                        assert_eq!(*map, before, "a refused delta changed the map");
+                        let _ = gap.to_string();
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn snapshot(session: &mut Session, new: NetworkMap) {
+    assert!(new.diff(&new).is_empty(), "a map differs from itself");
+    if let Some(old) = &session.map {
+        diff_reaches(old, &new);
+    }
+    session.map = Some(new);
+}
+
+/// `old.diff(new)` applied to `old` gives `new`, and the delta survives a round trip.
+///
+/// Only for maps whose peers are keyed by their id and routes by their prefix, as the
+/// coordinator builds them: `apply` inserts by those fields, so other maps cannot be
+/// reproduced by it.
+fn diff_reaches(old: &NetworkMap, new: &NetworkMap) {
+    if !consistent(old) || !consistent(new) {
+        return;
+    }
+    let delta = old.diff(new);
+    let mut reached = old.clone();
+    reached
+        .apply(&delta)
+        .expect("a delta from diff must apply to its own base");
+    assert_eq!(&reached, new, "diff then apply did not reach the new map");
+    let bytes = frame::encode(&SessionEvent::Delta(delta.clone())).expect("encode delta");
+    let back: SessionEvent = frame::decode(&bytes[4..]).expect("decode delta");
+    assert_eq!(back, SessionEvent::Delta(delta));
+}
+
+fn consistent(map: &NetworkMap) -> bool {
+    map.peers.iter().all(|(id, p)| *id == p.id) && map.routes.iter().all(|(k, r)| *k == r.prefix)
+}
+
+/// Decodes `body` as a `T`; if it is one, checks it survives encode and decode unchanged.
+fn round_trip<T>(body: &[u8]) -> Option<T>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let msg: T = frame::decode(body).ok()?;
+    let name = type_name::<T>();
+    let bytes = frame::encode(&msg)
+        .unwrap_or_else(|e| panic!("a decoded {name} does not re-encode: {e}: {msg:?}"));
+    let mut d = Decoder::new(frame::MAX_FRAME);
+    let frames = d
+        .push(&bytes)
+        .unwrap_or_else(|e| panic!("a re-encoded {name} does not frame: {e}"));
+    assert_eq!(frames.len(), 1, "a re-encoded {name} is not one frame");
+    d.finish()
+        .unwrap_or_else(|e| panic!("a re-encoded {name} is not a whole frame: {e}"));
+    let back: T = frame::decode(&frames[0])
+        .unwrap_or_else(|e| panic!("a re-encoded {name} does not decode: {e}: {msg:?}"));
+    assert_eq!(back, msg, "{name} changed in a round trip");
+    let again = frame::encode(&back).expect("encoding an equal message again");
+    assert_eq!(again, bytes, "{name} encodes differently the second time");
+    Some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_and_decoder_agree_on_edge_cases() {
+        frames(b"");
+        frames(b"\x00");
+        frames(b"\x01\x00\x00\x00\x00");
+        frames(b"\x00\xff\xff\xff\xff");
+        frames(b"\x05\x00\x00\x00\x02{}\x00\x00");
+        let mut ok = vec![3u8];
+        ok.extend(frame::encode(&AgentEvent::Heartbeat { map_version: 9 }).unwrap());
+        ok.extend(frame::encode(&Request::Status).unwrap());
+        frames(&ok);
+        ok.pop();
+        frames(&ok);
+    }
+}

@@ -1,0 +1,315 @@
+//! Real Strait processes for tests: a coordinator in a temporary state directory, agents,
+//! and `straitctl`. Every process is killed when its handle drops, and every directory is
+//! removed.
+//!
+//! The binaries come from the workspace's target directory; `cargo test --workspace` builds
+//! them (the agent and coordinator packages have integration tests of their own).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The path of a workspace binary (`strait-agent`, `strait-coordinator`, `straitctl`).
+pub fn bin(name: &str) -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run the tests with `cargo test --workspace`, which builds the binaries",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on loopback (bound and released; tests use it at once).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+    s.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop; its output goes to a log file.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            child,
+            log,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited (and with what status).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s.
+    pub fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A site for [`Coordinator::init`]: `name:cloud:region:prefixes`.
+pub struct Site<'a>(pub &'a str, pub &'a str);
+
+/// A coordinator with its own state directory.
+pub struct Coordinator {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Coordinator {
+    /// `init` a mesh named `prod` with `sites` (`(name, prefix)`), then apply `extra_config`
+    /// (TOML lines inserted before the first table).
+    pub fn init(sites: &[Site<'_>], extra_config: &str) -> Result<Coordinator> {
+        let dir = tempfile::Builder::new().prefix("strait-coord-").tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse()?;
+        let mut cmd = Command::new(bin("strait-coordinator"));
+        cmd.arg("init")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--mesh", "prod", "--listen", &addr.to_string()]);
+        for Site(name, prefix) in sites {
+            cmd.arg("--site").arg(format!("{name}:test:local:{prefix}"));
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let config = dir.path().join("state/coordinator.toml");
+        let text = std::fs::read_to_string(&config)?;
+        let text = text.replacen("\n[pki]", &format!("\n{extra_config}\n[pki]"), 1);
+        std::fs::write(&config, text)?;
+        Ok(Coordinator {
+            dir,
+            addr,
+            proc: None,
+            starts: 0,
+        })
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn operator_dir(&self) -> PathBuf {
+        self.state().join("operator")
+    }
+
+    /// Starts `serve` and waits until `straitctl status` answers.
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("coordinator-{}.log", self.starts));
+        let mut cmd = Command::new(bin("strait-coordinator"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.state().join("coordinator.toml"));
+        self.proc = Some(Proc::spawn("coordinator", &mut cmd, log)?);
+        wait_for(Duration::from_secs(10), "the coordinator to answer", || {
+            self.ctl(&["status"]).ok().filter(|o| o.status.success())
+        })?;
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+
+    /// Runs straitctl with the operator certificate.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        self.ctl_with(&self.operator_dir(), args)
+    }
+
+    /// Runs straitctl with the certificate in `tls_dir`.
+    pub fn ctl_with(&self, tls_dir: &Path, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(bin("straitctl"))
+            .args([
+                "--coordinator",
+                &self.addr.to_string(),
+                "--timeout",
+                "5s",
+                "--tls-dir",
+            ])
+            .arg(tls_dir)
+            .args(args)
+            .output()?)
+    }
+
+    /// `straitctl -o json ARGS`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all)?;
+        if !out.status.success() {
+            bail!(
+                "straitctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// A join token for `site` and `role`.
+    pub fn token(&self, site: &str, role: &str) -> Result<String> {
+        let out = self.ctl(&[
+            "token", "create", "--site", site, "--role", role, "--ttl", "10m",
+        ])?;
+        if !out.status.success() {
+            bail!("token create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+}
+
+/// An agent process with its own state directory.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+    pub site: String,
+    pub node: String,
+}
+
+impl Agent {
+    /// Starts `strait-agent run --dataplane none` enrolling with `token`.
+    pub fn start(
+        coordinator: SocketAddr,
+        site: &str,
+        node: &str,
+        role: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let dir = tempfile::Builder::new().prefix("strait-agent-").tempdir()?;
+        Agent::start_in(dir, coordinator, site, node, role, token, extra)
+    }
+
+    /// Like [`Agent::start`] in an existing state directory.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        coordinator: SocketAddr,
+        site: &str,
+        node: &str,
+        role: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let mut cmd = Command::new(bin("strait-agent"));
+        cmd.args([
+            "run", "--mesh", "prod", "--site", site, "--node", node, "--role", role,
+        ])
+        .args([
+            "--coordinator",
+            &coordinator.to_string(),
+            "--dataplane",
+            "none",
+        ])
+        .args(["--heartbeat-interval", "500ms"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("STRAIT_JOIN_TOKEN", token)
+        .args(extra);
+        let log = dir.path().join("agent.log");
+        let proc = Proc::spawn(&format!("agent {site}/{node}"), &mut cmd, log)?;
+        Ok(Agent {
+            dir,
+            proc,
+            site: site.to_string(),
+            node: node.to_string(),
+        })
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The map the agent saved last, if any.
+    pub fn saved_map(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state().join("map.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn map_version(&self) -> Option<u64> {
+        self.saved_map()?.get("version")?.as_u64()
+    }
+}
