@@ -11,7 +11,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 use strait_pki::token::{self, Grant, JoinToken, TokenBook, TokenError, TokenRecord};
 use strait_pki::{Fingerprint, Identity, Role};
-use strait_proto::map::{NetworkMap, PeerKind, PeerView, RouteView, SelfView};
+use strait_proto::map::{MapDelta, NetworkMap, PeerKind, PeerView, RouteView, SelfView};
 use strait_proto::msg::{
     Endpoint, EndpointKind, ErrorCode, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus,
     NodeInfo, Refusal, Registered, Registration, RouteInfo, SiteInfo,
@@ -141,6 +141,7 @@ pub struct Mesh {
     revoked: BTreeMap<String, Revocation>,
     issued: BTreeMap<String, IssuedCert>,
     version: u64,
+    views: Arc<Views>,
 }
 
 impl Mesh {
@@ -149,7 +150,8 @@ impl Mesh {
         for t in persisted.tokens {
             tokens.insert(t);
         }
-        Mesh {
+        let mut mesh = Mesh {
+            views: Arc::new(Views::default()),
             nodes: persisted.nodes.into_iter().map(|n| (n.key(), n)).collect(),
             tokens,
             revoked: persisted
@@ -164,7 +166,9 @@ impl Mesh {
                 .collect(),
             version: persisted.version,
             config,
-        }
+        };
+        mesh.rebuild_views();
+        mesh
     }
 
     pub fn version(&self) -> u64 {
@@ -182,6 +186,7 @@ impl Mesh {
     fn bump(&mut self, ops: &mut Vec<StoreOp>) {
         self.version += 1;
         ops.push(StoreOp::SetVersion(self.version));
+        self.rebuild_views();
     }
 
     fn site_config(&self, site: &str) -> Result<&SiteConfig, CoreError> {
@@ -458,8 +463,8 @@ impl Mesh {
         n.role == Role::Gateway || self.config.site(&n.site).is_some_and(|s| s.full_mesh)
     }
 
-    /// Which node carries each remote prefix: among nodes claiming it, online first, then
-    /// by name, so a site with two gateways fails over when the first goes offline.
+    /// Which node carries each prefix: among nodes claiming it, online first, then by
+    /// name, so a site with two gateways fails over when the first goes offline.
     fn prefix_owners(&self) -> BTreeMap<IpNetwork, &NodeRecord> {
         let mut owners: BTreeMap<IpNetwork, &NodeRecord> = BTreeMap::new();
         for n in self.nodes.values().filter(|n| self.tunnel_capable(n)) {
@@ -488,20 +493,24 @@ impl Mesh {
             .collect()
     }
 
-    fn local_gateway(&self, node: &NodeRecord) -> Option<&NodeRecord> {
+    fn site_gateway(&self, site: &str) -> Option<&NodeRecord> {
         self.nodes
             .values()
-            .filter(|n| n.site == node.site && n.role == Role::Gateway && n.name != node.name)
+            .filter(|n| n.site == site && n.role == Role::Gateway)
             .min_by_key(|n| (!n.online, n.name.clone()))
     }
 
-    /// The map of the node `key`, or `None` if it is not registered.
-    pub fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
-        let node = self.nodes.get(key)?;
+    /// The shared inputs of every node's map at the current version.
+    pub fn views(&self) -> Arc<Views> {
+        self.views.clone()
+    }
+
+    fn rebuild_views(&mut self) {
         let owners = self.prefix_owners();
         let peers = self
-            .peers_of(node)
-            .into_iter()
+            .nodes
+            .values()
+            .filter(|n| self.tunnel_capable(n) && !n.wg_public_key.is_empty())
             .map(|p| {
                 let mut allowed = vec![IpNetwork::V4(
                     Ipv4Network::new(p.overlay_ip, 32).expect("/32 is valid"),
@@ -511,63 +520,74 @@ impl Mesh {
                         .iter()
                         .filter(|prefix| owners.get(prefix).map(|o| o.key()) == Some(p.key())),
                 );
-                let id = p.id();
-                (
-                    id.clone(),
-                    PeerView {
-                        id,
-                        site: p.site.clone(),
-                        name: p.name.clone(),
-                        kind: PeerKind::Agent,
-                        role: Some(p.role),
-                        wg_public_key: p.wg_public_key.clone(),
-                        endpoints: p.endpoints.clone(),
-                        allowed_ips: allowed,
-                        overlay_ip: Some(p.overlay_ip),
-                        online: p.online,
-                    },
-                )
+                Arc::new(PeerView {
+                    id: p.id(),
+                    site: p.site.clone(),
+                    name: p.name.clone(),
+                    kind: PeerKind::Agent,
+                    role: Some(p.role),
+                    wg_public_key: p.wg_public_key.clone(),
+                    endpoints: p.endpoints.clone(),
+                    allowed_ips: allowed,
+                    overlay_ip: Some(p.overlay_ip),
+                    online: p.online,
+                })
             })
             .collect();
-        let mut routes = BTreeMap::new();
-        if !self.tunnel_capable(node) {
-            if let Some(gw) = self.local_gateway(node) {
+        let mut site_routes = BTreeMap::new();
+        for site in &self.config.sites {
+            let mut routes = BTreeMap::new();
+            if let Some(gw) = self.site_gateway(&site.name) {
                 if let Some(via_address) = lan_address(gw) {
-                    let mut add = |prefix: IpNetwork, site: &str| {
+                    let mut add = |prefix: IpNetwork, remote: &str| {
                         routes.insert(
                             prefix,
                             RouteView {
                                 prefix,
-                                site: site.to_string(),
+                                site: remote.to_string(),
                                 via: gw.id(),
                                 via_address,
                             },
                         );
                     };
                     for (prefix, owner) in &owners {
-                        if owner.site != node.site {
+                        if owner.site != site.name {
                             add(*prefix, &owner.site);
                         }
                     }
                     add(self.config.overlay_cidr, "overlay");
                 }
             }
+            site_routes.insert(site.name.clone(), Arc::new(routes));
         }
-        Some(NetworkMap {
+        let nodes = self
+            .nodes
+            .values()
+            .map(|n| {
+                let own = SelfView {
+                    site: n.site.clone(),
+                    name: n.name.clone(),
+                    role: n.role,
+                    overlay_ip: n.overlay_ip,
+                    overlay_cidr: self.config.overlay_cidr,
+                    accepted: n.accepted.clone(),
+                    refused: n.refused.clone(),
+                };
+                (n.key(), (Arc::new(own), self.tunnel_capable(n)))
+            })
+            .collect();
+        self.views = Arc::new(Views {
             version: self.version,
             mesh: self.config.mesh.clone(),
-            node: SelfView {
-                site: node.site.clone(),
-                name: node.name.clone(),
-                role: node.role,
-                overlay_ip: node.overlay_ip,
-                overlay_cidr: self.config.overlay_cidr,
-                accepted: node.accepted.clone(),
-                refused: node.refused.clone(),
-            },
             peers,
-            routes,
-        })
+            nodes,
+            site_routes,
+        });
+    }
+
+    /// The map of the node `key`, or `None` if it is not registered.
+    pub fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
+        Some(self.views.view(key)?.to_map(&self.views.mesh))
     }
 
     // ---- operator views ----
@@ -666,7 +686,7 @@ impl Mesh {
                 }
             }
             if !self.tunnel_capable(n) {
-                if let Some(gw) = self.local_gateway(n) {
+                if let Some(gw) = self.site_gateway(&n.site) {
                     links.push(link(n, gw, "via-gateway"));
                 }
             }
@@ -699,6 +719,133 @@ impl Mesh {
                 })
                 .collect(),
             links: self.links(),
+        }
+    }
+}
+
+/// The inputs of every node's map at one version, shared (behind an `Arc`) by all sessions
+/// so each computes its own map and delta without the registry lock.
+#[derive(Debug, Default)]
+pub struct Views {
+    pub version: u64,
+    mesh: String,
+    /// Every tunnel-capable node with a key, sorted by id.
+    peers: Vec<Arc<PeerView>>,
+    nodes: BTreeMap<NodeKey, (Arc<SelfView>, bool)>,
+    /// The routes a member of each site installs.
+    site_routes: BTreeMap<String, Arc<BTreeMap<IpNetwork, RouteView>>>,
+}
+
+/// One node's map, sharing its parts with [`Views`].
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub version: u64,
+    pub node: Arc<SelfView>,
+    /// Sorted by id.
+    pub peers: Vec<Arc<PeerView>>,
+    pub routes: Arc<BTreeMap<IpNetwork, RouteView>>,
+}
+
+impl Views {
+    pub fn mesh(&self) -> &str {
+        &self.mesh
+    }
+
+    /// The view of node `key`, or `None` if it is not registered.
+    pub fn view(&self, key: &NodeKey) -> Option<NodeView> {
+        let (node, tunnel) = self.nodes.get(key)?;
+        let (peers, routes) = if *tunnel {
+            let peers = self
+                .peers
+                .iter()
+                .filter(|p| p.site != key.0)
+                .cloned()
+                .collect();
+            (peers, Arc::new(BTreeMap::new()))
+        } else {
+            let routes = self.site_routes.get(&key.0).cloned().unwrap_or_default();
+            (Vec::new(), routes)
+        };
+        Some(NodeView {
+            version: self.version,
+            node: node.clone(),
+            peers,
+            routes,
+        })
+    }
+}
+
+impl NodeView {
+    pub fn to_map(&self, mesh: &str) -> NetworkMap {
+        NetworkMap {
+            version: self.version,
+            mesh: mesh.to_string(),
+            node: (*self.node).clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), (**p).clone()))
+                .collect(),
+            routes: (*self.routes).clone(),
+        }
+    }
+
+    /// The delta from this view to `next` (a merge of two id-sorted lists; unchanged
+    /// entries are recognised by pointer before comparing contents).
+    pub fn delta(&self, next: &NodeView) -> MapDelta {
+        let mut upsert_peers = Vec::new();
+        let mut remove_peers = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < self.peers.len() || j < next.peers.len() {
+            match (self.peers.get(i), next.peers.get(j)) {
+                (Some(a), Some(b)) if a.id == b.id => {
+                    if !Arc::ptr_eq(a, b) && a != b {
+                        upsert_peers.push((**b).clone());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(a), Some(b)) if a.id < b.id => {
+                    remove_peers.push(a.id.clone());
+                    i += 1;
+                }
+                (Some(a), None) => {
+                    remove_peers.push(a.id.clone());
+                    i += 1;
+                }
+                (_, Some(b)) => {
+                    upsert_peers.push((**b).clone());
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        let (upsert_routes, remove_routes) =
+            if Arc::ptr_eq(&self.routes, &next.routes) || self.routes == next.routes {
+                (Vec::new(), Vec::new())
+            } else {
+                (
+                    next.routes
+                        .iter()
+                        .filter(|(p, r)| self.routes.get(*p) != Some(r))
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                    self.routes
+                        .keys()
+                        .filter(|p| !next.routes.contains_key(*p))
+                        .copied()
+                        .collect(),
+                )
+            };
+        MapDelta {
+            from_version: self.version,
+            to_version: next.version,
+            node: (!Arc::ptr_eq(&self.node, &next.node) && self.node != next.node)
+                .then(|| (*next.node).clone()),
+            upsert_peers,
+            remove_peers,
+            upsert_routes,
+            remove_routes,
         }
     }
 }

@@ -15,7 +15,6 @@ use strait_pki::tls::{self, CertStore, ClientAuth};
 use strait_pki::token::{random_token_bytes, JoinToken};
 use strait_pki::{Identity, Role};
 use strait_proto::frame::MAX_FRAME;
-use strait_proto::map::NetworkMap;
 use strait_proto::msg::{
     close, AgentEvent, EnrollRequest, ErrorBody, ErrorCode, Registration, Request, Response,
     SessionEvent, TokenCreated,
@@ -24,11 +23,13 @@ use strait_proto::{io as wire, ALPN};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, StoreOp};
+use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, StoreOp, Views};
 use crate::store::Store;
 
 /// Largest request an unauthenticated peer may send (a token and a CSR).
 const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
+/// How long a version-only map change may wait to be batched with others.
+const VERSION_ONLY_DELAY: Duration = Duration::from_millis(300);
 /// Streams a connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
@@ -84,7 +85,8 @@ pub struct Coordinator {
     config: Arc<Config>,
     core: Mutex<Core>,
     pki: Pki,
-    version: watch::Sender<u64>,
+    /// The views of the current map version; sessions wake on every change.
+    views: watch::Sender<Arc<Views>>,
     sessions: Mutex<HashMap<NodeKey, quinn::Connection>>,
 }
 
@@ -96,12 +98,12 @@ impl Coordinator {
     ) -> Result<Arc<Coordinator>> {
         let persisted = store.load().context("loading the store")?;
         let mesh = Mesh::new(config.clone(), persisted);
-        let (version, _) = watch::channel(mesh.version());
+        let (views, _) = watch::channel(mesh.views());
         Ok(Arc::new(Coordinator {
             config,
             core: Mutex::new(Core { mesh, store }),
             pki,
-            version,
+            views,
             sessions: Mutex::new(HashMap::new()),
         }))
     }
@@ -117,22 +119,26 @@ impl Coordinator {
         &self,
         f: impl FnOnce(&mut Mesh) -> Result<(T, Vec<StoreOp>), ErrorBody>,
     ) -> Result<T, ErrorBody> {
-        let (out, version) = {
+        let (out, views) = {
             let mut core = self.core();
             let before = core.mesh.version();
             let (out, ops) = f(&mut core.mesh)?;
             core.persist(&ops)?;
-            let after = core.mesh.version();
-            (out, (after != before).then_some(after))
+            let changed = core.mesh.version() != before;
+            (out, changed.then(|| core.mesh.views()))
         };
-        if let Some(v) = version {
-            self.version.send_replace(v);
+        // Two mutations may finish in either order after releasing the lock; never let an
+        // older version replace a newer one.
+        if let Some(v) = views {
+            self.views.send_if_modified(|cur| {
+                let newer = v.version > cur.version;
+                if newer {
+                    *cur = v;
+                }
+                newer
+            });
         }
         Ok(out)
-    }
-
-    fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
-        self.core().mesh.map_for(key)
     }
 }
 
@@ -152,6 +158,10 @@ pub fn bind(
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .max_concurrent_uni_streams(0u32.into())
+        // Control messages are small; modest windows keep per-connection memory low.
+        .stream_receive_window((256u32 << 10).into())
+        .receive_window((1u32 << 20).into())
+        .send_window(1 << 20)
         .max_idle_timeout(Some(
             Duration::from_secs(30).try_into().context("idle timeout")?,
         ));
@@ -498,7 +508,7 @@ async fn session(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let mut versions = c.version.subscribe();
+    let mut versions = c.views.subscribe();
     let registered = c.mutate(|mesh| {
         mesh.register(&identity, &reg, &peer.serial, peer.not_after, unix_now())
             .map_err(core_err)
@@ -527,14 +537,15 @@ async fn session(
             old.close(close::SHUTDOWN.into(), b"replaced by a newer session");
         }
     }
-    let Some(mut current) = c.map_for(&key) else {
+    let views = versions.borrow_and_update().clone();
+    let Some(mut current) = views.view(&key) else {
         return;
     };
-    versions.borrow_and_update();
+    let snapshot = current.to_map(views.mesh());
     if wire::write(&mut send, &SessionEvent::Registered(registered))
         .await
         .is_err()
-        || wire::write(&mut send, &SessionEvent::Snapshot(current.clone()))
+        || wire::write(&mut send, &SessionEvent::Snapshot(snapshot))
             .await
             .is_err()
     {
@@ -551,12 +562,18 @@ async fn session(
             }
         }
     });
+    // A change that leaves this node's map as it was only moves the version; such
+    // version-only deltas are batched (at most one per VERSION_ONLY_DELAY) so a burst of
+    // registrations elsewhere does not cost every agent a message each.
+    let mut latest: Option<NodeView> = None;
+    let flush = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(flush);
     loop {
         tokio::select! {
             changed = versions.changed() => {
                 if changed.is_err() { break }
-                versions.borrow_and_update();
-                let Some(next) = c.map_for(&key) else {
+                let views = versions.borrow_and_update().clone();
+                let Some(next) = views.view(&key) else {
                     let body = ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
                     let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
                     break;
@@ -564,11 +581,27 @@ async fn session(
                 if next.version == current.version {
                     continue;
                 }
-                let delta = current.diff(&next);
+                let delta = current.delta(&next);
+                if delta.is_empty() {
+                    if latest.is_none() {
+                        flush.as_mut().reset(tokio::time::Instant::now() + VERSION_ONLY_DELAY);
+                    }
+                    latest = Some(next);
+                    continue;
+                }
+                latest = None;
                 if wire::write(&mut send, &SessionEvent::Delta(delta)).await.is_err() {
                     break;
                 }
                 current = next;
+            }
+            _ = &mut flush, if latest.is_some() => {
+                if let Some(next) = latest.take() {
+                    if wire::write(&mut send, &SessionEvent::Delta(current.delta(&next))).await.is_err() {
+                        break;
+                    }
+                    current = next;
+                }
             }
             event = events.recv() => {
                 match event.unwrap_or(Ok(None)) {

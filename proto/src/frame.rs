@@ -142,6 +142,9 @@ impl Decoder {
 
     /// Call at end of stream: an incomplete frame is an error.
     pub fn finish(&self) -> Result<(), FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         if self.buf.is_empty() && self.want.is_none() {
             Ok(())
         } else {
@@ -190,6 +193,10 @@ mod tests {
         );
         assert_eq!(d.buffered(), 0);
         assert!(d.push(&[0]).is_err(), "decoder must stay poisoned");
+        assert!(
+            d.finish().is_err(),
+            "a poisoned decoder cannot finish cleanly"
+        );
         assert!(encode_with_limit(&Ping { n: 1 }, 4).is_err());
     }
 

@@ -216,11 +216,11 @@ fn snapshot(session: &mut Session, new: NetworkMap) {
 
 /// `old.diff(new)` applied to `old` gives `new`, and the delta survives a round trip.
 ///
-/// Only for maps whose peers are keyed by their id and routes by their prefix, as the
-/// coordinator builds them: `apply` inserts by those fields, so other maps cannot be
-/// reproduced by it.
+/// Only for two maps of the same mesh (a delta has no mesh name: a node never changes
+/// mesh) whose peers are keyed by their id and routes by their prefix, as the coordinator
+/// builds them: `apply` inserts by those fields, so other maps cannot be reproduced by it.
 fn diff_reaches(old: &NetworkMap, new: &NetworkMap) {
-    if !consistent(old) || !consistent(new) {
+    if old.mesh != new.mesh || !consistent(old) || !consistent(new) {
         return;
     }
     let delta = old.diff(new);
