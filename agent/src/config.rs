@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use strait_pki::identity::Label;
+use strait_pki::vault::VaultSettings;
 use strait_pki::Role;
 use strait_proto::msg::{Endpoint, EndpointKind};
 
@@ -37,6 +38,8 @@ pub struct FileConfig {
     pub endpoints: Option<Vec<Endpoint>>,
     pub prefixes: Option<Vec<IpNetwork>>,
     pub heartbeat_interval: Option<String>,
+    /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
+    pub vault: Option<VaultSettings>,
 }
 
 /// Flags and environment variables; each overrides the file key of the same name.
@@ -86,6 +89,92 @@ pub struct Overrides {
     /// How often to send heartbeats, e.g. 5s.
     #[arg(long, env = "STRAIT_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
+    #[command(flatten)]
+    pub vault: VaultOverrides,
+}
+
+/// The `[vault]` keys as flags and variables (`--vault-address`, `STRAIT_VAULT_ADDRESS`...).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct VaultOverrides {
+    /// Vault address; setting it makes the agent get its certificate from Vault.
+    #[arg(long = "vault-address", env = "STRAIT_VAULT_ADDRESS")]
+    pub vault_address: Option<String>,
+    /// PKI mount (default pki).
+    #[arg(long = "vault-mount", env = "STRAIT_VAULT_MOUNT")]
+    pub vault_mount: Option<String>,
+    /// PKI role (e.g. strait-gateway).
+    #[arg(long = "vault-role", env = "STRAIT_VAULT_ROLE")]
+    pub vault_role: Option<String>,
+    /// token, approle or kubernetes.
+    #[arg(long = "vault-auth", env = "STRAIT_VAULT_AUTH")]
+    pub vault_auth: Option<String>,
+    #[arg(long = "vault-auth-mount", env = "STRAIT_VAULT_AUTH_MOUNT")]
+    pub vault_auth_mount: Option<String>,
+    #[arg(long = "vault-token-file", env = "STRAIT_VAULT_TOKEN_FILE")]
+    pub vault_token_file: Option<PathBuf>,
+    #[arg(long = "vault-role-id", env = "STRAIT_VAULT_ROLE_ID")]
+    pub vault_role_id: Option<String>,
+    #[arg(long = "vault-secret-id-file", env = "STRAIT_VAULT_SECRET_ID_FILE")]
+    pub vault_secret_id_file: Option<PathBuf>,
+    #[arg(long = "vault-kubernetes-role", env = "STRAIT_VAULT_KUBERNETES_ROLE")]
+    pub vault_kubernetes_role: Option<String>,
+    #[arg(long = "vault-jwt-path", env = "STRAIT_VAULT_JWT_PATH")]
+    pub vault_jwt_path: Option<PathBuf>,
+    #[arg(long = "vault-ca-cert", env = "STRAIT_VAULT_CA_CERT")]
+    pub vault_ca_cert: Option<PathBuf>,
+    /// Certificate lifetime to request, e.g. 24h.
+    #[arg(long = "vault-cert-ttl", env = "STRAIT_VAULT_CERT_TTL")]
+    pub vault_cert_ttl: Option<String>,
+}
+
+impl VaultOverrides {
+    fn is_empty(&self) -> bool {
+        self.vault_address.is_none() && self.vault_role.is_none() && self.vault_auth.is_none()
+    }
+
+    /// Applies the flags over `base` (the file's `[vault]`), or builds settings from flags.
+    fn apply(self, base: Option<VaultSettings>) -> Result<Option<VaultSettings>> {
+        if self.is_empty() && base.is_none() {
+            return Ok(None);
+        }
+        let need = |v: &Option<String>, key: &str| {
+            v.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "key `vault.{key}` is required when Vault is configured (or --vault-{key})"
+                )
+            })
+        };
+        let mut s = match base {
+            Some(b) => b,
+            None => VaultSettings {
+                address: need(&self.vault_address, "address")?,
+                mount: "pki".into(),
+                role: need(&self.vault_role, "role")?,
+                auth: need(&self.vault_auth, "auth")?,
+                auth_mount: None,
+                token_file: None,
+                role_id: None,
+                secret_id_file: None,
+                kubernetes_role: None,
+                jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                ca_cert: None,
+                cert_ttl: "24h".into(),
+            },
+        };
+        s.address = self.vault_address.unwrap_or(s.address);
+        s.mount = self.vault_mount.unwrap_or(s.mount);
+        s.role = self.vault_role.unwrap_or(s.role);
+        s.auth = self.vault_auth.unwrap_or(s.auth);
+        s.jwt_path = self.vault_jwt_path.unwrap_or(s.jwt_path);
+        s.cert_ttl = self.vault_cert_ttl.unwrap_or(s.cert_ttl);
+        s.auth_mount = self.vault_auth_mount.or(s.auth_mount);
+        s.token_file = self.vault_token_file.or(s.token_file);
+        s.role_id = self.vault_role_id.or(s.role_id);
+        s.secret_id_file = self.vault_secret_id_file.or(s.secret_id_file);
+        s.kubernetes_role = self.vault_kubernetes_role.or(s.kubernetes_role);
+        s.ca_cert = self.vault_ca_cert.or(s.ca_cert);
+        Ok(Some(s))
+    }
 }
 
 /// The validated configuration.
@@ -103,6 +192,7 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
+    pub vault: Option<VaultSettings>,
 }
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
@@ -215,7 +305,12 @@ impl Config {
         {
             bail!("key `heartbeat-interval`: must be between 200ms and 60s");
         }
+        let vault = o.vault.apply(f.vault)?;
+        if let Some(v) = &vault {
+            v.to_config().context("key `vault`")?;
+        }
         Ok(Config {
+            vault,
             mesh,
             site,
             node,

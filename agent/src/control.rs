@@ -13,6 +13,7 @@ use strait_pki::ca::{bundle_from_signed, generate_csr};
 use strait_pki::material::{parse_certs, write_file};
 use strait_pki::renewal::{self, CertSource};
 use strait_pki::tls::{client_config, quic_client_config, CertStore};
+use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::map::NetworkMap;
@@ -62,13 +63,30 @@ pub async fn run(
     let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
     tracing::info!(identity = %bundle.identity, wg_public_key = %wg.public_base64(), "agent starting");
     let certs = CertStore::new(bundle)?;
-    let (renewal_task, _renewal_state) = renewal::spawn(
-        CoordinatorRenewal {
-            config: config.clone(),
-            certs: certs.clone(),
-        },
-        certs.clone(),
-    );
+    let renewal_task = match &config.vault {
+        None => {
+            renewal::spawn(
+                CoordinatorRenewal {
+                    config: config.clone(),
+                    certs: certs.clone(),
+                },
+                certs.clone(),
+            )
+            .0
+        }
+        Some(settings) => {
+            let vault = VaultPki::login(settings.to_config()?).await?;
+            let source = SavingSource {
+                inner: VaultCertSource {
+                    pki: Arc::new(vault),
+                    identity: certs.identity(),
+                    ttl: settings.cert_ttl()?,
+                },
+                dir: config.tls_dir(),
+            };
+            renewal::spawn(source, certs.clone()).0
+        }
+    };
     let map_path = config.state_dir.join("map.json");
     match load_map(&map_path) {
         Ok(Some(map)) => {
@@ -303,6 +321,20 @@ impl CertSource for CoordinatorRenewal {
             }
         }
         Err(format!("no coordinator reachable for renewal: {last}"))
+    }
+}
+
+/// Saves every renewed certificate in the state directory.
+struct SavingSource<S> {
+    inner: S,
+    dir: PathBuf,
+}
+
+impl<S: CertSource> CertSource for SavingSource<S> {
+    async fn fetch(&self) -> Result<CertBundle, String> {
+        let bundle = self.inner.fetch().await?;
+        bundle.save(&self.dir).map_err(|e| e.to_string())?;
+        Ok(bundle)
     }
 }
 

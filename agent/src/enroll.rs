@@ -9,6 +9,7 @@ use strait_pki::ca::{bundle_from_signed, generate_csr};
 use strait_pki::material::parse_certs;
 use strait_pki::tls::{enrollment_client_config, quic_client_config};
 use strait_pki::token::JoinToken;
+use strait_pki::vault::VaultPki;
 use strait_pki::{CertBundle, Identity};
 use strait_proto::client;
 use strait_proto::msg::{EnrollRequest, Request, Response};
@@ -32,6 +33,19 @@ pub async fn ensure_certificate(config: &Config) -> Result<CertBundle> {
                 dir.display()
             );
         }
+        return Ok(bundle);
+    }
+    if let Some(settings) = &config.vault {
+        let vault = VaultPki::login(settings.to_config()?)
+            .await
+            .context("logging in to Vault (key `vault`)")?;
+        let bundle = vault
+            .issue(&want, settings.cert_ttl()?)
+            .await
+            .context("issuing this node's certificate from Vault")?;
+        create_private_dir(&dir)?;
+        bundle.save(&dir)?;
+        tracing::info!(identity = %bundle.identity, "certificate issued by Vault; saved");
         return Ok(bundle);
     }
     let Some(token) = &config.join_token else {

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use strait_pki::identity::Label;
+use strait_pki::vault::VaultSettings;
 
 /// Default overlay CIDR: the CGNAT range (RFC 6598), unlikely to collide with VPC ranges.
 pub const DEFAULT_OVERLAY_CIDR: &str = "100.64.0.0/10";
@@ -19,6 +20,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 pub struct Config {
     /// The mesh name (an RFC 1123 label); it appears in every certificate.
     pub mesh: String,
+    /// This coordinator's name in its certificate.
+    #[serde(default = "default_name")]
+    pub name: String,
     /// UDP address the QUIC listener binds.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -45,6 +49,10 @@ pub struct PkiConfig {
     /// Lifetime of agent certificates issued by the built-in CA.
     #[serde(default = "default_agent_lifetime", with = "duration")]
     pub agent_cert_lifetime: Duration,
+    /// With `mode = "vault"`: where this coordinator gets its certificate and which CA it
+    /// trusts (the PKI engine's). Agents then get theirs from Vault too.
+    #[serde(default)]
+    pub vault: Option<VaultSettings>,
 }
 
 impl Default for PkiConfig {
@@ -52,6 +60,7 @@ impl Default for PkiConfig {
         PkiConfig {
             mode: default_pki_mode(),
             agent_cert_lifetime: default_agent_lifetime(),
+            vault: None,
         }
     }
 }
@@ -72,6 +81,9 @@ pub struct SiteConfig {
     pub full_mesh: bool,
 }
 
+fn default_name() -> String {
+    "primary".into()
+}
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address")
 }
@@ -119,12 +131,17 @@ impl Config {
     /// Checks everything that can be checked before serving.
     pub fn validate(&self) -> Result<()> {
         Label::parse("mesh", &self.mesh).context("key `mesh`")?;
-        match self.pki.mode.as_str() {
-            "builtin" => {}
-            "vault" => bail!(
-                "key `pki.mode`: \"vault\" is not supported by the coordinator yet; use \"builtin\""
+        Label::parse("coordinator name", &self.name).context("key `name`")?;
+        match (self.pki.mode.as_str(), &self.pki.vault) {
+            ("builtin", None) => {}
+            ("builtin", Some(_)) => bail!(
+                "key `pki.vault` is set but `pki.mode` is \"builtin\"; set mode = \"vault\" or remove [pki.vault]"
             ),
-            other => bail!("key `pki.mode`: unknown mode {other:?}; use \"builtin\""),
+            ("vault", Some(v)) => {
+                v.to_config().context("key `pki.vault`")?;
+            }
+            ("vault", None) => bail!("key `pki.mode` is \"vault\" but there is no [pki.vault] section"),
+            (other, _) => bail!("key `pki.mode`: unknown mode {other:?}; use \"builtin\" or \"vault\""),
         }
         let IpNetwork::V4(overlay) = self.overlay_cidr else {
             bail!(

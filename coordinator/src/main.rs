@@ -11,8 +11,10 @@ use strait_coordinator::server::{self, Coordinator, Pki};
 use strait_coordinator::store::SqliteStore;
 use strait_coordinator::{logging, renew_own};
 use strait_pki::ca::BuiltinCa;
+use strait_pki::renewal;
 use strait_pki::tls::CertStore;
-use strait_pki::CertBundle;
+use strait_pki::vault::{VaultCertSource, VaultPki};
+use strait_pki::{CertBundle, Identity, Role};
 
 /// The Strait coordinator: holds the mesh's truth and pushes network maps to agents.
 #[derive(Parser, Debug)]
@@ -102,20 +104,58 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
     }
     let config = Arc::new(config);
     let layout = Layout::new(&config.state_dir);
-    let ca = BuiltinCa::load(&layout.root, &config.mesh)
-        .with_context(|| format!("loading the mesh CA from {}", layout.root.display()))?;
-    let own = CertBundle::load(&layout.tls()).with_context(|| {
-        format!(
-            "loading the coordinator certificate from {}",
-            layout.tls().display()
-        )
-    })?;
-    let certs = CertStore::new(own)?;
-    let cas = vec![ca.cert_der().clone()];
+    std::fs::create_dir_all(&layout.root)
+        .with_context(|| format!("creating state directory {}", layout.root.display()))?;
     let store = SqliteStore::open(&layout.database())?;
-    let endpoint = server::bind(config.listen, certs.clone(), &cas)?;
-    let renewal = renew_own::spawn(&layout, &config.mesh, certs)?;
-    let coordinator = Coordinator::new(config.clone(), Box::new(store), Pki::Builtin { ca })?;
+    let (certs, cas, pki, renewal) = match &config.pki.vault {
+        None => {
+            let ca = BuiltinCa::load(&layout.root, &config.mesh)
+                .with_context(|| format!("loading the mesh CA from {}", layout.root.display()))?;
+            let own = CertBundle::load(&layout.tls()).with_context(|| {
+                format!(
+                    "loading the coordinator certificate from {}",
+                    layout.tls().display()
+                )
+            })?;
+            let certs = CertStore::new(own)?;
+            let renewal = renew_own::spawn(&layout, &config.mesh, certs.clone())?;
+            (
+                certs,
+                vec![ca.cert_der().clone()],
+                Pki::Builtin { ca: Box::new(ca) },
+                renewal,
+            )
+        }
+        Some(settings) => {
+            let vault = Arc::new(
+                VaultPki::login(settings.to_config()?)
+                    .await
+                    .context("logging in to Vault (key `pki.vault`)")?,
+            );
+            let cas = vault
+                .ca_certificates()
+                .await
+                .context("reading Vault's PKI CA")?;
+            let identity = Identity::service(&config.mesh, &config.name, Role::Coordinator)?;
+            let ttl = settings.cert_ttl()?;
+            let own = vault
+                .issue(&identity, ttl)
+                .await
+                .context("issuing the coordinator's certificate from Vault")?;
+            let certs = CertStore::new(own)?;
+            let (renewal, _) = renewal::spawn(
+                VaultCertSource {
+                    pki: vault,
+                    identity,
+                    ttl,
+                },
+                certs.clone(),
+            );
+            (certs, cas, Pki::Vault, renewal)
+        }
+    };
+    let endpoint = server::bind(config.listen, certs, &cas)?;
+    let coordinator = Coordinator::new(config.clone(), Box::new(store), pki)?;
     tracing::info!(
         listen = %endpoint.local_addr()?,
         mesh = %config.mesh,

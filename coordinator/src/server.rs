@@ -50,13 +50,27 @@ fn unix(t: SystemTime) -> u64 {
 /// The coordinator's PKI.
 pub enum Pki {
     /// The built-in mesh CA, whose key is in the state directory.
-    Builtin { ca: BuiltinCa },
+    Builtin { ca: Box<BuiltinCa> },
+    /// Vault's PKI engine: agents get certificates from Vault; the coordinator only trusts
+    /// its CA and cannot enroll, renew or create join tokens.
+    Vault,
 }
 
 impl Pki {
     fn name(&self) -> &'static str {
         match self {
             Pki::Builtin { .. } => "builtin",
+            Pki::Vault => "vault",
+        }
+    }
+
+    fn builtin(&self, what: &str) -> Result<&BuiltinCa, Box<Response>> {
+        match self {
+            Pki::Builtin { ca } => Ok(ca),
+            Pki::Vault => Err(Box::new(error(
+                ErrorCode::Unsupported,
+                format!("{what} is not available: this coordinator uses Vault's PKI, so nodes get certificates from Vault"),
+            ))),
         }
     }
 }
@@ -366,7 +380,10 @@ async fn handle_stream(
 }
 
 fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
-    let Pki::Builtin { ca } = &c.pki;
+    let ca = match c.pki.builtin("enrollment with a join token") {
+        Ok(ca) => ca,
+        Err(r) => return *r,
+    };
     let token: JoinToken = match req.token.parse() {
         Ok(t) => t,
         Err(e) => return error(ErrorCode::InvalidToken, e.to_string()),
@@ -412,7 +429,10 @@ fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
 }
 
 fn renew(c: &Coordinator, identity: &Identity, csr_pem: &str) -> Response {
-    let Pki::Builtin { ca } = &c.pki;
+    let ca = match c.pki.builtin("renewal through the coordinator") {
+        Ok(ca) => ca,
+        Err(r) => return *r,
+    };
     if !identity.role().has_site() {
         return error(
             ErrorCode::PermissionDenied,
@@ -444,7 +464,10 @@ fn renew(c: &Coordinator, identity: &Identity, csr_pem: &str) -> Response {
 }
 
 fn create_token(c: &Coordinator, site: &str, role: Role, ttl_secs: u64) -> Response {
-    let Pki::Builtin { ca } = &c.pki;
+    let ca = match c.pki.builtin("creating join tokens") {
+        Ok(ca) => ca,
+        Err(r) => return *r,
+    };
     let fp = ca.fingerprint();
     let result = c.mutate(|mesh| {
         let (token, record, ops) = mesh
@@ -612,6 +635,10 @@ async fn session(
                         let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts))));
                     }
                     Ok(None) => break,
+                    Err(wire::IoError::Stream(e)) => {
+                        tracing::info!(identity = %identity, error = %e, "session ended: connection lost");
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(identity = %identity, error = %e, "session closed: bad frame from agent");
                         conn.close(close::PROTOCOL.into(), b"bad frame on session stream");

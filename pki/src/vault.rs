@@ -99,6 +99,142 @@ impl VaultConfig {
     }
 }
 
+/// Vault settings as written in a config file (`[vault]` / `[pki.vault]`, kebab-case).
+/// Secrets are read from files (or `VAULT_TOKEN`), never written in the config itself.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VaultSettings {
+    /// e.g. `https://vault.example.com:8200`.
+    pub address: String,
+    /// PKI secrets engine mount (default `pki`).
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// PKI role for this process's certificates (e.g. `strait-gateway`).
+    pub role: String,
+    /// `token`, `approle` or `kubernetes`.
+    pub auth: String,
+    /// Mount of the auth method (default: the method's name).
+    #[serde(default)]
+    pub auth_mount: Option<String>,
+    /// token: file holding the token (default: the `VAULT_TOKEN` variable).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// approle: the role id.
+    #[serde(default)]
+    pub role_id: Option<String>,
+    /// approle: file holding the secret id.
+    #[serde(default)]
+    pub secret_id_file: Option<PathBuf>,
+    /// kubernetes: the Vault role to log in as.
+    #[serde(default)]
+    pub kubernetes_role: Option<String>,
+    /// kubernetes: the projected service-account token.
+    #[serde(default = "default_jwt_path")]
+    pub jwt_path: PathBuf,
+    /// PEM bundle to verify Vault's TLS certificate (default: system roots).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Lifetime requested for certificates, e.g. "24h".
+    #[serde(default = "default_cert_ttl")]
+    pub cert_ttl: String,
+}
+
+fn default_mount() -> String {
+    "pki".into()
+}
+fn default_jwt_path() -> PathBuf {
+    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+}
+fn default_cert_ttl() -> String {
+    "24h".into()
+}
+
+impl VaultSettings {
+    /// The certificate lifetime to request.
+    pub fn cert_ttl(&self) -> Result<Duration, VaultError> {
+        parse_duration(&self.cert_ttl).ok_or_else(|| {
+            VaultError::Config(format!(
+                "key `cert-ttl`: {:?} is not a duration; write e.g. \"24h\" or \"90m\"",
+                self.cert_ttl
+            ))
+        })
+    }
+
+    /// Resolves secrets and checks the settings.
+    pub fn to_config(&self) -> Result<VaultConfig, VaultError> {
+        let read = |path: &PathBuf, key: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    VaultError::Config(format!("key `{key}`: cannot read {}: {e}", path.display()))
+                })
+        };
+        let mount = |default: &str| {
+            self.auth_mount
+                .clone()
+                .unwrap_or_else(|| default.to_string())
+        };
+        let auth = match self.auth.as_str() {
+            "token" => VaultAuth::Token {
+                token: match &self.token_file {
+                    Some(p) => read(p, "token-file")?,
+                    None => std::env::var("VAULT_TOKEN").map_err(|_| {
+                        VaultError::Config(
+                            "auth \"token\" needs `token-file` or the VAULT_TOKEN variable".into(),
+                        )
+                    })?,
+                },
+            },
+            "approle" => VaultAuth::AppRole {
+                mount: mount("approle"),
+                role_id: self
+                    .role_id
+                    .clone()
+                    .ok_or_else(|| VaultError::Config("auth \"approle\" needs `role-id`".into()))?,
+                secret_id: read(
+                    self.secret_id_file.as_ref().ok_or_else(|| {
+                        VaultError::Config("auth \"approle\" needs `secret-id-file`".into())
+                    })?,
+                    "secret-id-file",
+                )?,
+            },
+            "kubernetes" => VaultAuth::Kubernetes {
+                mount: mount("kubernetes"),
+                role: self.kubernetes_role.clone().ok_or_else(|| {
+                    VaultError::Config("auth \"kubernetes\" needs `kubernetes-role`".into())
+                })?,
+                jwt_path: self.jwt_path.clone(),
+            },
+            other => {
+                return Err(VaultError::Config(format!(
+                    "key `auth`: unknown method {other:?}; use token, approle or kubernetes"
+                )))
+            }
+        };
+        self.cert_ttl()?;
+        let mut config = VaultConfig::new(&self.address, &self.role, auth);
+        config.mount = self.mount.clone();
+        config.ca_cert = self.ca_cert.clone();
+        build_client(&config)?;
+        Ok(config)
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
 /// Why a Vault operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -819,6 +955,50 @@ mod tests {
             token: "hvs.x".into(),
         };
         assert!(!format!("{t:?}").contains("hvs"));
+    }
+
+    #[test]
+    fn settings_resolve_secrets_from_files_and_name_missing_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let sid = dir.path().join("secret-id");
+        std::fs::write(&sid, "s3cr3t\n").unwrap();
+        let text = format!(
+            "address = \"http://127.0.0.1:8200\"\nrole = \"strait-gateway\"\nauth = \"approle\"\nrole-id = \"rid\"\nsecret-id-file = {:?}\ncert-ttl = \"2h\"\n",
+            sid.display().to_string()
+        );
+        let settings: VaultSettings = toml_like(&text);
+        let config = settings.to_config().unwrap();
+        assert!(
+            matches!(config.auth, VaultAuth::AppRole { ref secret_id, .. } if secret_id == "s3cr3t")
+        );
+        assert_eq!(settings.cert_ttl().unwrap(), Duration::from_secs(7200));
+        let mut bad = settings.clone();
+        bad.role_id = None;
+        assert!(bad.to_config().unwrap_err().to_string().contains("role-id"));
+        bad = settings.clone();
+        bad.auth = "ldap".into();
+        assert!(bad
+            .to_config()
+            .unwrap_err()
+            .to_string()
+            .contains("token, approle or kubernetes"));
+        bad = settings.clone();
+        bad.cert_ttl = "forever".into();
+        assert!(bad
+            .to_config()
+            .unwrap_err()
+            .to_string()
+            .contains("cert-ttl"));
+    }
+
+    /// The test parses the TOML subset by hand (pki has no TOML dependency).
+    fn toml_like(text: &str) -> VaultSettings {
+        let mut map = serde_json::Map::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (k, v) = line.split_once(" = ").unwrap();
+            map.insert(k.to_string(), serde_json::from_str(v).unwrap());
+        }
+        serde_json::from_value(serde_json::Value::Object(map)).unwrap()
     }
 
     #[test]

@@ -166,6 +166,26 @@ impl Coordinator {
         })
     }
 
+    /// A coordinator whose `coordinator.toml` is `config` (with `{state}` and `{listen}`
+    /// substituted), and whose operator certificate will be put in `operator_dir()` by the
+    /// caller (e.g. from Vault).
+    pub fn from_config(config: &str) -> Result<Coordinator> {
+        let dir = tempfile::Builder::new().prefix("strait-coord-").tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse()?;
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state)?;
+        let text = config
+            .replace("{state}", &state.display().to_string())
+            .replace("{listen}", &addr.to_string());
+        std::fs::write(state.join("coordinator.toml"), text)?;
+        Ok(Coordinator {
+            dir,
+            addr,
+            proc: None,
+            starts: 0,
+        })
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

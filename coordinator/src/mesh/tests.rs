@@ -13,6 +13,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
     };
     Arc::new(Config {
         mesh: "prod".into(),
+        name: "primary".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: "/nonexistent".into(),
         overlay_cidr: "100.64.0.0/10".parse().unwrap(),
