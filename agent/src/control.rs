@@ -171,7 +171,10 @@ impl Session<'_> {
                 }
             }
         });
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.heartbeat_interval,
+            self.config.heartbeat_interval,
+        );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut map: Option<NetworkMap> = None;
         let result = loop {
@@ -192,7 +195,12 @@ impl Session<'_> {
                         SessionEvent::Snapshot(m) => {
                             tracing::info!(version = m.version, peers = m.peers.len(), routes = m.routes.len(), "map snapshot");
                             self.publish(&m);
+                            // Acknowledge at once so the coordinator sees the new version.
+                            let ack = AgentEvent::Heartbeat { map_version: m.version };
                             map = Some(m);
+                            if let Err(e) = wire::write(&mut send, &ack).await {
+                                break Err(anyhow::Error::from(e).context("acknowledging the snapshot"));
+                            }
                         }
                         SessionEvent::Delta(d) => {
                             let Some(current) = map.as_mut() else {
