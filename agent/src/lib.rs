@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod control;
+pub mod dataplane;
 pub mod enroll;
 pub mod wgkey;

@@ -1,0 +1,5 @@
+//! The WireGuard data plane's pure parts: the cryptokey routing table and the one wrapper
+//! around boringtun's `Tunn`. The IO shell (TUN device, UDP socket, netlink) builds on them.
+
+pub mod lpm;
+pub mod tunnel;
