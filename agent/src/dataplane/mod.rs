@@ -2,4 +2,5 @@
 //! around boringtun's `Tunn`. The IO shell (TUN device, UDP socket, netlink) builds on them.
 
 pub mod lpm;
+pub mod routes;
 pub mod tunnel;

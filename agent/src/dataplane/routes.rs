@@ -1,0 +1,283 @@
+//! Which kernel routes a node should have, and the plan that gets it there from what the
+//! kernel has. Pure: the netlink adapter lists routes and applies the plan.
+//!
+//! Strait owns exactly the routes tagged with [`RTPROT_STRAIT`]; it never touches another
+//! owner's route. A desired route that would overlap a connected route or another owner's
+//! route is refused (and reported), never installed.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use strait_proto::map::NetworkMap;
+use strait_proto::msg::Refusal;
+
+/// The routing protocol number on every route Strait installs (`ip route ... proto 83`).
+pub const RTPROT_STRAIT: u8 = 83;
+/// `RTPROT_KERNEL`: routes the kernel adds for an interface's own addresses.
+pub const RTPROT_KERNEL: u8 = 2;
+
+/// Where a route sends packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    /// Into the Strait TUN device (gateways and full-mesh nodes).
+    Tun,
+    /// To a next hop on the site network (members, through their gateway).
+    Gateway(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub prefix: IpNetwork,
+    pub via: Via,
+}
+
+/// A route as the kernel reports it (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub prefix: IpNetwork,
+    pub protocol: u8,
+    /// Output interface index.
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// What to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub add: Vec<Route>,
+    /// Strait's own routes that are no longer wanted (or wrong).
+    pub remove: Vec<KernelRoute>,
+    /// Desired routes refused, with the reason.
+    pub conflicts: Vec<Refusal>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+fn normalize(p: IpNetwork) -> IpNetwork {
+    IpNetwork::new(p.network(), p.prefix()).unwrap_or(p)
+}
+
+/// The routes `map` asks for: peers' allowed IPs into the TUN, or a member's routes via its
+/// gateway. The node's own overlay address is covered by the TUN's connected route.
+pub fn desired(map: &NetworkMap) -> Vec<Route> {
+    let mut routes: Vec<Route> = map
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter())
+        .map(|p| Route {
+            prefix: normalize(*p),
+            via: Via::Tun,
+        })
+        .chain(map.routes.values().map(|r| Route {
+            prefix: normalize(r.prefix),
+            via: Via::Gateway(r.via_address),
+        }))
+        .collect();
+    routes.sort();
+    routes.dedup_by(|a, b| a.prefix == b.prefix);
+    routes
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+fn matches(route: &Route, k: &KernelRoute, tun: u32) -> bool {
+    k.prefix == route.prefix
+        && match route.via {
+            Via::Tun => k.oif == Some(tun),
+            Via::Gateway(gw) => k.gateway == Some(gw),
+        }
+}
+
+/// The plan from `actual` (the kernel's main table) to `desired`. `tun` is the index of
+/// Strait's TUN device: routes on it (such as the overlay's connected route) never conflict.
+pub fn plan(desired: &[Route], actual: &[KernelRoute], tun: u32) -> Plan {
+    let mut out = Plan::default();
+    let (ours, others): (Vec<&KernelRoute>, Vec<&KernelRoute>) =
+        actual.iter().partition(|k| k.protocol == RTPROT_STRAIT);
+    let mut keep: Vec<&KernelRoute> = Vec::new();
+    for route in desired {
+        let conflict = others.iter().find(|k| {
+            k.oif != Some(tun) && k.prefix.prefix() != 0 && overlaps(k.prefix, route.prefix)
+        });
+        if let Some(k) = conflict {
+            let what = if k.protocol == RTPROT_KERNEL {
+                "a connected route".to_string()
+            } else {
+                format!("a route of another owner (protocol {})", k.protocol)
+            };
+            out.conflicts.push(Refusal {
+                prefix: route.prefix.to_string(),
+                reason: format!("overlaps {what} {} on this node; not installed", k.prefix),
+            });
+            continue;
+        }
+        match ours.iter().find(|k| matches(route, k, tun)) {
+            Some(k) => keep.push(k),
+            None => out.add.push(*route),
+        }
+    }
+    out.remove = ours
+        .into_iter()
+        .filter(|k| !keep.iter().any(|kept| std::ptr::eq(*kept, *k)))
+        .cloned()
+        .collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUN: u32 = 7;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn tun(p: &str) -> Route {
+        Route {
+            prefix: net(p),
+            via: Via::Tun,
+        }
+    }
+
+    fn kernel(p: &str, protocol: u8, oif: u32) -> KernelRoute {
+        KernelRoute {
+            prefix: net(p),
+            protocol,
+            oif: Some(oif),
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn adds_missing_keeps_present_removes_stale() {
+        let want = vec![tun("10.20.0.0/16"), tun("100.64.0.2/32")];
+        let have = vec![
+            kernel("10.20.0.0/16", RTPROT_STRAIT, TUN),
+            kernel("10.99.0.0/16", RTPROT_STRAIT, TUN),
+            kernel("100.64.0.0/10", RTPROT_KERNEL, TUN),
+            kernel("0.0.0.0/0", 16, 2),
+        ];
+        let p = plan(&want, &have, TUN);
+        assert_eq!(p.add, vec![tun("100.64.0.2/32")]);
+        assert_eq!(p.remove, vec![kernel("10.99.0.0/16", RTPROT_STRAIT, TUN)]);
+        assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+        // Applying the plan makes the next plan empty (idempotence).
+        let after = vec![
+            kernel("10.20.0.0/16", RTPROT_STRAIT, TUN),
+            kernel("100.64.0.2/32", RTPROT_STRAIT, TUN),
+            kernel("100.64.0.0/10", RTPROT_KERNEL, TUN),
+            kernel("0.0.0.0/0", 16, 2),
+        ];
+        assert!(plan(&want, &after, TUN).is_empty());
+    }
+
+    #[test]
+    fn overlaps_with_connected_or_foreign_routes_are_refused_not_installed() {
+        let want = vec![
+            tun("10.10.0.0/16"),
+            tun("192.168.5.0/24"),
+            tun("172.16.0.0/12"),
+        ];
+        let have = vec![
+            kernel("10.10.4.0/24", RTPROT_KERNEL, 2),
+            kernel("192.168.5.0/24", 4, 3),
+            kernel("172.16.0.0/12", RTPROT_STRAIT, TUN),
+        ];
+        let p = plan(&want, &have, TUN);
+        assert!(p.add.is_empty());
+        assert!(p.remove.is_empty());
+        let reasons: Vec<String> = p
+            .conflicts
+            .iter()
+            .map(|c| format!("{} {}", c.prefix, c.reason))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("10.10.0.0/16")
+                && reasons[0].contains("connected route 10.10.4.0/24")
+        );
+        assert!(reasons[1].contains("another owner (protocol 4)"));
+    }
+
+    #[test]
+    fn desired_routes_come_from_peers_and_member_routes() {
+        use std::collections::BTreeMap;
+        use strait_proto::map::{PeerKind, PeerView, RouteView, SelfView};
+        let peer = PeerView {
+            id: "b/gw".into(),
+            site: "b".into(),
+            name: "gw".into(),
+            kind: PeerKind::Agent,
+            role: None,
+            wg_public_key: String::new(),
+            endpoints: vec![],
+            allowed_ips: vec![net("100.64.0.2/32"), net("10.20.0.0/16")],
+            overlay_ip: None,
+            online: true,
+        };
+        let route = RouteView {
+            prefix: net("10.30.0.0/16"),
+            site: "c".into(),
+            via: "a/gw".into(),
+            via_address: "10.10.0.1".parse().unwrap(),
+        };
+        let map = NetworkMap {
+            version: 1,
+            mesh: "prod".into(),
+            node: SelfView {
+                site: "a".into(),
+                name: "x".into(),
+                role: strait_proto::Role::Gateway,
+                overlay_ip: "100.64.0.1".parse().unwrap(),
+                overlay_cidr: net("100.64.0.0/10"),
+                accepted: vec![],
+                refused: vec![],
+            },
+            peers: BTreeMap::from([(peer.id.clone(), peer)]),
+            routes: BTreeMap::from([(route.prefix, route)]),
+        };
+        let d = desired(&map);
+        assert_eq!(
+            d,
+            vec![
+                Route {
+                    prefix: net("10.20.0.0/16"),
+                    via: Via::Tun
+                },
+                Route {
+                    prefix: net("10.30.0.0/16"),
+                    via: Via::Gateway("10.10.0.1".parse().unwrap())
+                },
+                Route {
+                    prefix: net("100.64.0.2/32"),
+                    via: Via::Tun
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_route_whose_next_hop_changed_is_replaced() {
+        let gw = |s: &str| Route {
+            prefix: net("10.20.0.0/16"),
+            via: Via::Gateway(s.parse().unwrap()),
+        };
+        let have = vec![KernelRoute {
+            prefix: net("10.20.0.0/16"),
+            protocol: RTPROT_STRAIT,
+            oif: Some(2),
+            gateway: Some("10.10.0.1".parse().unwrap()),
+        }];
+        let p = plan(&[gw("10.10.0.2")], &have, TUN);
+        assert_eq!(p.add, vec![gw("10.10.0.2")]);
+        assert_eq!(p.remove, have);
+    }
+}
