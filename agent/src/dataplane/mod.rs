@@ -2,5 +2,6 @@
 //! around boringtun's `Tunn`. The IO shell (TUN device, UDP socket, netlink) builds on them.
 
 pub mod lpm;
+pub mod netlink;
 pub mod routes;
 pub mod tunnel;

@@ -1,0 +1,242 @@
+//! The only code that talks netlink: the overlay address, MTU and state of the TUN link, and
+//! the routes Strait owns (protocol [`RTPROT_STRAIT`]) in the main table. Adding something
+//! that exists is not an error; reconciliation applies a [`Plan`] computed by `routes`.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use super::routes::{plan, KernelRoute, Plan, Route, Via, RTPROT_STRAIT};
+
+/// A netlink failure, naming the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {op}: {reason}")]
+pub struct NetlinkError {
+    pub op: String,
+    pub reason: String,
+}
+
+fn err<E: std::fmt::Display>(op: impl Into<String>) -> impl FnOnce(E) -> NetlinkError {
+    let op = op.into();
+    move |e| NetlinkError {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// EEXIST from the kernel: the thing is already there.
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+/// ESRCH/ENOENT: already gone.
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH || m.raw_code() == -libc::ENOENT)
+}
+
+/// A netlink handle in the current network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Netlink")
+    }
+}
+
+impl Netlink {
+    /// Opens a netlink socket (in the calling thread's network namespace) and spawns its
+    /// connection task on the current tokio runtime.
+    pub fn connect() -> std::io::Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of the link named `name`.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(Some(link.header.index)),
+            Ok(None) => Ok(None),
+            Err(e)
+                if is_missing(&e)
+                    || matches!(&e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(err(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    /// Puts `address` on the link, sets its MTU and brings it up. Idempotent.
+    pub async fn configure_link(
+        &self,
+        index: u32,
+        address: IpNetwork,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .address()
+            .add(index, address.ip(), address.prefix())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(err(format!("adding address {address}"))(e)),
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(err(format!(
+                "setting MTU {mtu} and bringing link {index} up"
+            )))
+    }
+
+    /// Routes in the main table.
+    pub async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+        let mut out = Vec::new();
+        for request in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let mut routes = self.handle.route().get(request).execute();
+            while let Some(msg) = routes.try_next().await.map_err(err("listing routes"))? {
+                if let Some(route) = parse_route(&msg) {
+                    out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs `route` (protocol [`RTPROT_STRAIT`]); an existing identical route is fine.
+    pub async fn add_route(&self, route: &Route, tun: u32) -> Result<(), NetlinkError> {
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.prefix.network(), route.prefix.prefix())
+            .map_err(err(format!("building route {}", route.prefix)))?
+            .protocol(RouteProtocol::from(RTPROT_STRAIT));
+        builder = match route.via {
+            Via::Tun => builder.output_interface(tun),
+            Via::Gateway(gw) => builder
+                .gateway(gw)
+                .map_err(err(format!("building route {} via {gw}", route.prefix)))?,
+        };
+        match self
+            .handle
+            .route()
+            .add(builder.build())
+            .replace()
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(err(format!("adding route {}", route.prefix))(e)),
+        }
+    }
+
+    /// Removes one of Strait's routes; one already gone is fine.
+    pub async fn del_route(&self, route: &KernelRoute) -> Result<(), NetlinkError> {
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.prefix.network(), route.prefix.prefix())
+            .map_err(err(format!("building route {}", route.prefix)))?
+            .protocol(RouteProtocol::from(route.protocol));
+        if let Some(oif) = route.oif {
+            builder = builder.output_interface(oif);
+        }
+        match self.handle.route().del(builder.build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(err(format!("removing route {}", route.prefix))(e)),
+        }
+    }
+
+    /// Brings the kernel's routes to `desired`: computes the plan, removes stale Strait
+    /// routes, adds missing ones, and returns the plan (with the refused conflicts).
+    pub async fn reconcile(&self, desired: &[Route], tun: u32) -> Result<Plan, NetlinkError> {
+        let actual = self.routes().await?;
+        let p = plan(desired, &actual, tun);
+        for stale in &p.remove {
+            self.del_route(stale).await?;
+        }
+        for route in &p.add {
+            self.add_route(route, tun).await?;
+        }
+        for c in &p.conflicts {
+            tracing::warn!(prefix = %c.prefix, reason = %c.reason, "route refused");
+        }
+        Ok(p)
+    }
+
+    /// Removes every route Strait owns (at shutdown, or stale ones after a crash).
+    pub async fn remove_all(&self) -> Result<usize, NetlinkError> {
+        let ours: Vec<KernelRoute> = self
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| r.protocol == RTPROT_STRAIT)
+            .collect();
+        for r in &ours {
+            self.del_route(r).await?;
+        }
+        Ok(ours.len())
+    }
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    let mut table = msg.header.table as u32;
+    let mut destination = None;
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => destination = address(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(a) => gateway = address(a),
+            _ => {}
+        }
+    }
+    if table != RouteHeader::RT_TABLE_MAIN as u32 {
+        return None;
+    }
+    let len = msg.header.destination_prefix_length;
+    let prefix = match destination {
+        Some(ip) => IpNetwork::new(ip, len).ok()?,
+        None if msg.header.address_family == netlink_packet_route::AddressFamily::Inet6 => {
+            IpNetwork::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0).ok()?
+        }
+        None => IpNetwork::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0).ok()?,
+    };
+    Some(KernelRoute {
+        prefix,
+        protocol: u8::from(msg.header.protocol),
+        oif,
+        gateway,
+    })
+}
+
+fn address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}

@@ -1,0 +1,199 @@
+//! The netlink adapter against a real kernel, inside a network namespace this test creates
+//! (root needed; nothing is touched in the root namespace): a real TUN device gets the
+//! overlay address, MTU and state; Strait's routes are added, reconciled idempotently and
+//! removed, conflicts are refused, and other owners' routes are left alone.
+
+use std::process::Command;
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use strait_agent::dataplane::netlink::Netlink;
+use strait_agent::dataplane::routes::{Route, Via, RTPROT_STRAIT};
+
+/// A namespace deleted on drop, even when the test fails.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("strait-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(&["netns", "add", &name]);
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 `ip` must be installed");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed (these tests need root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a thread that has entered the namespace (netlink sockets belong to the
+/// namespace of the thread that opens them).
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("namespace file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd affects only this thread, which is used for
+        // nothing else.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn strait_routes(ns: &Netns) -> Vec<String> {
+    let v = ns.json(&["route", "show", "proto", &RTPROT_STRAIT.to_string()]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["dst"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn routes_are_reconciled_idempotently_and_conflicts_refused() {
+    let ns = Netns::new("nl");
+    ns.ip(&["tuntap", "add", "dev", "strait0", "mode", "tun"]);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ip(&["addr", "add", "10.10.0.5/24", "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "192.168.77.0/24",
+        "dev",
+        "eth0",
+        "proto",
+        "static",
+    ]);
+
+    let tun = |p: &str| Route {
+        prefix: net(p),
+        via: Via::Tun,
+    };
+    let desired = vec![
+        tun("10.20.0.0/16"),
+        tun("100.64.0.2/32"),
+        tun("10.10.0.0/16"),
+        tun("192.168.77.0/24"),
+    ];
+    let (first, second, index) = in_netns(&ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nl = Netlink::connect().unwrap();
+            let index = nl
+                .link_index("strait0")
+                .await
+                .unwrap()
+                .expect("strait0 exists");
+            assert_eq!(nl.link_index("nope0").await.unwrap(), None);
+            nl.configure_link(index, net("100.64.0.1/10"), 1420)
+                .await
+                .unwrap();
+            nl.configure_link(index, net("100.64.0.1/10"), 1420)
+                .await
+                .unwrap();
+            let first = nl.reconcile(&desired, index).await.unwrap();
+            let second = nl.reconcile(&desired, index).await.unwrap();
+            (first, second, index)
+        })
+    });
+    assert_eq!(first.add.len(), 2, "{first:?}");
+    assert_eq!(first.conflicts.len(), 2, "{first:?}");
+    assert!(
+        first.conflicts[0]
+            .reason
+            .contains("connected route 10.10.0.0/24"),
+        "{:?}",
+        first.conflicts
+    );
+    assert!(
+        first.conflicts[1].reason.contains("another owner"),
+        "{:?}",
+        first.conflicts
+    );
+    assert!(
+        second.is_empty(),
+        "second reconcile changed something: {second:?}"
+    );
+    assert_eq!(
+        strait_routes(&ns),
+        vec!["10.20.0.0/16".to_string(), "100.64.0.2".to_string()]
+    );
+
+    let link = &ns.json(&["addr", "show", "dev", "strait0"])[0];
+    assert_eq!(link["mtu"], 1420);
+    assert_eq!(link["ifindex"], index);
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert!(link["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["local"] == "100.64.0.1" && a["prefixlen"] == 10));
+
+    // A smaller desired set removes only the stale route; shutdown removes all of ours and
+    // nothing else.
+    let removed = in_netns(&ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nl = Netlink::connect().unwrap();
+            let p = nl.reconcile(&[tun("100.64.0.2/32")], index).await.unwrap();
+            assert_eq!(p.remove.len(), 1);
+            nl.remove_all().await.unwrap()
+        })
+    });
+    assert_eq!(removed, 1);
+    assert!(strait_routes(&ns).is_empty());
+    let static_routes = ns.ip(&["route", "show", "proto", "static"]);
+    assert!(
+        static_routes.contains("192.168.77.0/24"),
+        "another owner's route was touched: {static_routes}"
+    );
+}
