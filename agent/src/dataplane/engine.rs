@@ -1,0 +1,466 @@
+//! The WireGuard engine: one `Tunnel` per peer, the cryptokey routing table, and the IO
+//! loop that moves packets between the TUN device and one UDP socket.
+//!
+//! [`Engine`] holds the state and makes every per-packet decision; [`run`] is the thin shell
+//! that owns the TUN device, the socket and the timer, and applies peer changes live.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnetwork::IpNetwork;
+use tokio::sync::watch;
+
+use super::lpm::PrefixTable;
+use super::tunnel::{Output, Tunnel, BUFFER};
+
+/// One peer as the engine should have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub public_key: [u8; 32],
+    /// Where to send; `None` until the peer reaches us (it is behind NAT).
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Persistent keepalive in seconds (for peers behind NAT).
+    pub keepalive: Option<u16>,
+}
+
+struct PeerState {
+    tunnel: Tunnel,
+    spec: PeerSpec,
+}
+
+/// Where a packet goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Emit<'a> {
+    Network(SocketAddr, &'a [u8]),
+    Tun(&'a [u8]),
+}
+
+/// The engine's state.
+pub struct Engine {
+    secret: StaticSecret,
+    public: PublicKey,
+    peers: HashMap<u32, PeerState>,
+    by_key: HashMap<[u8; 32], u32>,
+    table: PrefixTable<u32>,
+    next_index: u32,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(secret: StaticSecret) -> Engine {
+        let public = PublicKey::from(&secret);
+        Engine {
+            secret,
+            public,
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            table: PrefixTable::new(),
+            next_index: 1,
+        }
+    }
+
+    /// Makes the peer set equal to `specs`. Peers whose key is unchanged keep their session
+    /// (endpoint and allowed IPs are updated in place); others are added or removed without
+    /// disturbing the rest.
+    pub fn set_peers(&mut self, specs: &[PeerSpec]) {
+        let wanted: HashMap<[u8; 32], &PeerSpec> =
+            specs.iter().map(|s| (s.public_key, s)).collect();
+        let gone: Vec<[u8; 32]> = self
+            .by_key
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(idx) = self.by_key.remove(&key) {
+                self.peers.remove(&idx);
+                tracing::debug!(peer = idx, "peer removed");
+            }
+        }
+        for spec in specs {
+            match self.by_key.get(&spec.public_key) {
+                Some(idx) => {
+                    if let Some(state) = self.peers.get_mut(idx) {
+                        // Keep a roamed endpoint if the map has none.
+                        let endpoint = spec.endpoint.or(state.spec.endpoint);
+                        state.spec = spec.clone();
+                        state.spec.endpoint = endpoint;
+                    }
+                }
+                None => {
+                    let idx = self.next_index;
+                    self.next_index = self.next_index.wrapping_add(1).max(1) & 0x00ff_ffff;
+                    let tunnel = Tunnel::new(
+                        self.secret.clone(),
+                        PublicKey::from(spec.public_key),
+                        spec.keepalive,
+                        idx,
+                    );
+                    self.peers.insert(
+                        idx,
+                        PeerState {
+                            tunnel,
+                            spec: spec.clone(),
+                        },
+                    );
+                    self.by_key.insert(spec.public_key, idx);
+                    tracing::debug!(peer = idx, "peer added");
+                }
+            }
+        }
+        self.table = PrefixTable::new();
+        for (idx, state) in &self.peers {
+            for prefix in &state.spec.allowed_ips {
+                self.table.insert(*prefix, *idx);
+            }
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A packet from the TUN device: encrypt it for the peer its destination routes to.
+    pub fn outbound<'a>(
+        &mut self,
+        packet: &[u8],
+        out: &'a mut [u8],
+    ) -> Option<(SocketAddr, &'a [u8])> {
+        let dst = Tunn::dst_address(packet)?;
+        let Some(&idx) = self.table.lookup(dst) else {
+            tracing::trace!(%dst, "no peer for destination; dropped");
+            return None;
+        };
+        let state = self.peers.get_mut(&idx)?;
+        let endpoint = state.spec.endpoint;
+        match state.tunnel.encapsulate(packet, out) {
+            Ok(Output::Network(bytes)) => match endpoint {
+                Some(ep) => Some((ep, bytes)),
+                None => {
+                    tracing::trace!(peer = idx, "peer has no endpoint yet; dropped");
+                    None
+                }
+            },
+            Ok(_) => None,
+            Err(e) => {
+                tracing::trace!(peer = idx, error = %e, "encapsulate failed");
+                None
+            }
+        }
+    }
+
+    /// The peer a datagram belongs to: by receiver index, or for a handshake initiation by
+    /// the static key it proves.
+    fn peer_of(&self, datagram: &[u8]) -> Option<u32> {
+        match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(init) => {
+                let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
+                self.by_key.get(&half.peer_static_public).copied()
+            }
+            Packet::HandshakeResponse(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketCookieReply(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketData(p) => Some(p.receiver_idx >> 8),
+        }
+    }
+
+    /// A datagram from the network. Decrypted packets whose inner source is not one of the
+    /// sending peer's allowed IPs are dropped (cryptokey routing).
+    pub fn inbound(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        mut emit: impl FnMut(Emit<'_>),
+    ) {
+        let Some(idx) = self.peer_of(datagram) else {
+            tracing::trace!(%from, "datagram from no known peer; dropped");
+            return;
+        };
+        let table = &self.table;
+        let Some(state) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        let mut authenticated = false;
+        let result = state.tunnel.decapsulate(Some(from.ip()), datagram, out, |o| match o {
+            Output::Network(bytes) => {
+                authenticated = true;
+                emit(Emit::Network(from, bytes));
+            }
+            Output::Tun(packet, src) => {
+                authenticated = true;
+                if table.lookup(src) == Some(&idx) {
+                    emit(Emit::Tun(packet));
+                } else if !packet.is_empty() {
+                    tracing::trace!(%src, peer = idx, "inner source not allowed for this peer; dropped");
+                }
+            }
+            Output::Nothing => {}
+        });
+        match result {
+            Ok(()) if authenticated => {
+                // WireGuard roaming: answer where the peer last spoke from.
+                if state.spec.endpoint != Some(from) {
+                    tracing::debug!(peer = idx, %from, "peer endpoint updated");
+                    state.spec.endpoint = Some(from);
+                }
+            }
+            Ok(()) => {}
+            Err(e) => tracing::trace!(peer = idx, %from, error = %e, "datagram refused"),
+        }
+    }
+
+    /// Runs every tunnel's timers.
+    pub fn tick(&mut self, out: &mut [u8], mut emit: impl FnMut(SocketAddr, &[u8])) {
+        for (idx, state) in self.peers.iter_mut() {
+            match state.tunnel.tick(out) {
+                Ok(Output::Network(bytes)) => {
+                    if let Some(ep) = state.spec.endpoint {
+                        emit(ep, bytes);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.is_routine() => {}
+                Err(e) => tracing::debug!(peer = idx, error = %e, "timer"),
+            }
+        }
+    }
+}
+
+/// Runs the engine on the TUN device `tun` and a UDP socket on `port` until `peers`
+/// closes. Peer changes published on `peers` apply live.
+pub async fn run(
+    tun: tun_rs::AsyncDevice,
+    socket: tokio::net::UdpSocket,
+    secret: StaticSecret,
+    mut peers: watch::Receiver<Vec<PeerSpec>>,
+) -> std::io::Result<()> {
+    let mut engine = Engine::new(secret);
+    engine.set_peers(&peers.borrow_and_update());
+    let mut from_tun = vec![0u8; BUFFER];
+    let mut from_net = vec![0u8; BUFFER];
+    let mut out = vec![0u8; BUFFER];
+    let mut timers = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            n = tun.recv(&mut from_tun) => {
+                let n = n?;
+                if let Some((ep, bytes)) = engine.outbound(&from_tun[..n], &mut out) {
+                    if let Err(e) = socket.send_to(bytes, ep).await {
+                        tracing::trace!(%ep, error = %e, "send failed");
+                    }
+                }
+            }
+            r = socket.recv_from(&mut from_net) => {
+                let (n, from) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::trace!(error = %e, "recv failed");
+                        continue;
+                    }
+                };
+                let mut to_net: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+                let mut to_tun: Vec<Vec<u8>> = Vec::new();
+                engine.inbound(from, &from_net[..n], &mut out, |e| match e {
+                    Emit::Network(ep, b) => to_net.push((ep, b.to_vec())),
+                    Emit::Tun(b) => to_tun.push(b.to_vec()),
+                });
+                for (ep, b) in to_net {
+                    let _ = socket.send_to(&b, ep).await;
+                }
+                for b in to_tun {
+                    let _ = tun.send(&b).await;
+                }
+            }
+            _ = timers.tick() => {
+                let mut to_net: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+                engine.tick(&mut out, |ep, b| to_net.push((ep, b.to_vec())));
+                for (ep, b) in to_net {
+                    let _ = socket.send_to(&b, ep).await;
+                }
+            }
+            changed = peers.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                engine.set_peers(&peers.borrow_and_update());
+            }
+        }
+    }
+}
+
+/// Creates the TUN device `name` (no address yet; see `netlink::configure_link`).
+pub fn create_tun(name: &str, mtu: u16) -> std::io::Result<tun_rs::AsyncDevice> {
+    tun_rs::DeviceBuilder::new()
+        .name(name)
+        .mtu(mtu)
+        .build_async()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let total = 20 + payload.len();
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 253; // experimental protocol: no checksum needed
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..].copy_from_slice(payload);
+        p
+    }
+
+    struct Node {
+        engine: Engine,
+        addr: SocketAddr,
+    }
+
+    fn pair() -> (Node, Node) {
+        let a_secret = StaticSecret::from([1u8; 32]);
+        let b_secret = StaticSecret::from([2u8; 32]);
+        let a_pub = *PublicKey::from(&a_secret).as_bytes();
+        let b_pub = *PublicKey::from(&b_secret).as_bytes();
+        let a_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let b_addr: SocketAddr = "198.51.100.1:51820".parse().unwrap();
+        let mut a = Engine::new(a_secret);
+        a.set_peers(&[PeerSpec {
+            public_key: b_pub,
+            endpoint: Some(b_addr),
+            allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+            keepalive: None,
+        }]);
+        let mut b = Engine::new(b_secret);
+        // B does not know A's endpoint (A is behind NAT): it learns it.
+        b.set_peers(&[PeerSpec {
+            public_key: a_pub,
+            endpoint: None,
+            allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+            keepalive: None,
+        }]);
+        (
+            Node {
+                engine: a,
+                addr: a_addr,
+            },
+            Node {
+                engine: b,
+                addr: b_addr,
+            },
+        )
+    }
+
+    /// Delivers datagrams back and forth until quiet; returns what each side wrote to TUN.
+    fn exchange(
+        a: &mut Node,
+        b: &mut Node,
+        first: (SocketAddr, Vec<u8>),
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut out = vec![0u8; BUFFER];
+        let mut in_flight = vec![(a.addr, first.0, first.1)];
+        let (mut tun_a, mut tun_b) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let Some((from, to, bytes)) = in_flight.pop() else {
+                break;
+            };
+            let (node, tun) = if to == b.addr {
+                (&mut *b, &mut tun_b)
+            } else {
+                (&mut *a, &mut tun_a)
+            };
+            let me = node.addr;
+            node.engine.inbound(from, &bytes, &mut out, |e| match e {
+                Emit::Network(ep, d) => in_flight.insert(0, (me, ep, d.to_vec())),
+                Emit::Tun(p) => tun.push(p.to_vec()),
+            });
+        }
+        (tun_a, tun_b)
+    }
+
+    #[test]
+    fn packets_cross_after_a_handshake_and_the_nat_side_is_learned() {
+        let (mut a, mut b) = pair();
+        let mut out = vec![0u8; BUFFER];
+        let packet = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"ping");
+        let (ep, init) = a
+            .engine
+            .outbound(&packet, &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        assert_eq!(ep, b.addr);
+        let (_, tun_b) = exchange(&mut a, &mut b, (ep, init));
+        assert!(
+            tun_b.contains(&packet),
+            "queued packet delivered after the handshake"
+        );
+        // B learned A's endpoint from the authenticated handshake and can answer.
+        let reply = ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"pong");
+        let (ep, data) = b
+            .engine
+            .outbound(&reply, &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        assert_eq!(ep, a.addr);
+        let mut got = Vec::new();
+        a.engine.inbound(b.addr, &data, &mut out, |e| {
+            if let Emit::Tun(p) = e {
+                got.push(p.to_vec())
+            }
+        });
+        assert_eq!(got, vec![reply]);
+        // No route: dropped.
+        assert!(a
+            .engine
+            .outbound(&ipv4([10, 1, 0, 5], [172, 16, 0, 1], b"x"), &mut out)
+            .is_none());
+    }
+
+    #[test]
+    fn a_peer_cannot_send_from_addresses_it_does_not_own() {
+        let (mut a, mut b) = pair();
+        let mut out = vec![0u8; BUFFER];
+        let first = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hello");
+        let (ep, init) = a
+            .engine
+            .outbound(&first, &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        exchange(&mut a, &mut b, (ep, init));
+        // A spoofs an inner source in B's own range: B must drop it.
+        let spoofed = ipv4([10, 2, 0, 1], [10, 2, 0, 9], b"spoof");
+        a.engine.set_peers(&[PeerSpec {
+            public_key: *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes(),
+            endpoint: Some(b.addr),
+            allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+            keepalive: None,
+        }]);
+        let (_, data) = a
+            .engine
+            .outbound(&spoofed, &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        let mut delivered = 0;
+        b.engine.inbound(a.addr, &data, &mut out, |e| {
+            if matches!(e, Emit::Tun(p) if !p.is_empty()) {
+                delivered += 1
+            }
+        });
+        assert_eq!(delivered, 0, "spoofed inner source delivered");
+        // Removing the peer drops its traffic; the session of others is untouched.
+        b.engine.set_peers(&[]);
+        assert_eq!(b.engine.peer_count(), 0);
+    }
+}

@@ -1,0 +1,246 @@
+//! Strait's WireGuard engine (boringtun on a real TUN device) interoperates with stock
+//! WireGuard: Debian's `wireguard-go`, configured with `wg`, in a second namespace.
+//!
+//! ```text
+//!  netns A (this test's engine)            netns B (wireguard-go)
+//!  strait0 100.64.0.1/10                   wg0 100.64.0.2/10
+//!  a0 192.0.2.1/24  <---- veth ---->  b0 192.0.2.2/24
+//! ```
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use strait_agent::dataplane::engine::{self, PeerSpec};
+use strait_agent::dataplane::netlink::Netlink;
+use strait_agent::dataplane::routes::{Route, Via};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("strait-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 `ip` must be installed");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {} (these tests need root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// wireguard-go in the foreground, killed on drop.
+struct WireguardGo(Child);
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn engine_and_wireguard_go_exchange_traffic_both_ways() {
+    let a = Netns::new("wga");
+    let b = Netns::new("wgb");
+    ip(&[
+        "link", "add", "a0", "netns", &a.0, "type", "veth", "peer", "name", "b0", "netns", &b.0,
+    ]);
+    a.ip(&["addr", "add", "192.0.2.1/24", "dev", "a0"]);
+    a.ip(&["link", "set", "a0", "up"]);
+    b.ip(&["addr", "add", "192.0.2.2/24", "dev", "b0"]);
+    b.ip(&["link", "set", "b0", "up"]);
+
+    let a_secret = StaticSecret::from([11u8; 32]);
+    let a_public = PublicKey::from(&a_secret);
+    let b_secret = StaticSecret::from([22u8; 32]);
+    let b_public = PublicKey::from(&b_secret);
+
+    // wireguard-go in B, configured with wg.
+    let wg_go = Command::new("ip")
+        .args(["netns", "exec", &b.0, "wireguard-go", "-f", "wg0"])
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wireguard-go must be installed (apt-get install wireguard-go)");
+    let _wg_go = WireguardGo(wg_go);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.exec(&["ip", "link", "show", "wg0"]).status.success() {
+        assert!(Instant::now() < deadline, "wireguard-go did not create wg0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("b.key");
+    std::fs::write(&key_file, b64(&b_secret.to_bytes())).unwrap();
+    let set = b.exec(&[
+        "wg",
+        "set",
+        "wg0",
+        "private-key",
+        key_file.to_str().unwrap(),
+        "listen-port",
+        "51820",
+        "peer",
+        &b64(a_public.as_bytes()),
+        "allowed-ips",
+        "100.64.0.1/32",
+        "endpoint",
+        "192.0.2.1:51820",
+    ]);
+    assert!(
+        set.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    b.ip(&["addr", "add", "100.64.0.2/10", "dev", "wg0"]);
+    b.ip(&["link", "set", "wg0", "up"]);
+
+    // Strait's engine in A, on its own thread inside the namespace.
+    let path = format!("/run/netns/{}", a.0);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let b_key = *b_public.as_bytes();
+    let engine_thread = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("namespace file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let setup = async {
+                let tun = engine::create_tun("strait0", 1420).map_err(|e| format!("tun: {e}"))?;
+                let nl = Netlink::connect().map_err(|e| e.to_string())?;
+                let index = nl
+                    .link_index("strait0")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no strait0")?;
+                nl.configure_link(index, "100.64.0.1/10".parse().unwrap(), 1420)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let route = Route {
+                    prefix: "100.64.0.2/32".parse().unwrap(),
+                    via: Via::Tun,
+                };
+                let plan = nl
+                    .reconcile(&[route], index)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !plan.conflicts.is_empty() {
+                    return Err(format!("conflicts: {:?}", plan.conflicts));
+                }
+                let socket = tokio::net::UdpSocket::bind("0.0.0.0:51820")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((tun, socket))
+            };
+            let (tun, socket) = match setup.await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let (_peers_tx, peers_rx) = tokio::sync::watch::channel(vec![PeerSpec {
+                public_key: b_key,
+                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
+                keepalive: None,
+            }]);
+            let _ = ready_tx.send(Ok(()));
+            let stop = tokio::task::spawn_blocking(move || {
+                let _ = stop_rx.recv();
+            });
+            tokio::select! {
+                r = engine::run(tun, socket, a_secret, peers_rx) => { r.expect("engine"); }
+                _ = stop => {}
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("engine thread")
+        .expect("engine setup");
+
+    // A -> B (the engine initiates the handshake), then B -> A.
+    let ping = a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "100.64.0.2"]);
+    assert!(
+        ping.status.success(),
+        "ping A->B failed:\n{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let ping = b.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "100.64.0.1"]);
+    assert!(
+        ping.status.success(),
+        "ping B->A failed:\n{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    // A large packet (full MTU, fragmented by neither side).
+    let big = a.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1392",
+        "-W",
+        "2",
+        "100.64.0.2",
+    ]);
+    assert!(
+        big.status.success(),
+        "full-MTU ping failed:\n{}",
+        String::from_utf8_lossy(&big.stdout)
+    );
+
+    let show = b.exec(&["wg", "show", "wg0", "latest-handshakes"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains(&b64(a_public.as_bytes())) && !text.trim().ends_with("\t0"),
+        "{text}"
+    );
+
+    stop_tx.send(()).unwrap();
+    engine_thread.join().unwrap();
+}
