@@ -19,6 +19,9 @@ use strait_proto::msg::{Endpoint, EndpointKind};
 pub enum Dataplane {
     /// Control plane only: no TUN, no routes, no root needed (tests, scale benchmarks).
     None,
+    /// WireGuard in userspace (boringtun) on a TUN device, routes over netlink (root or
+    /// CAP_NET_ADMIN).
+    Userspace,
 }
 
 /// The file form: every key optional, so flags and variables can supply it.
@@ -38,6 +41,9 @@ pub struct FileConfig {
     pub endpoints: Option<Vec<Endpoint>>,
     pub prefixes: Option<Vec<IpNetwork>>,
     pub heartbeat_interval: Option<String>,
+    pub tun_name: Option<String>,
+    pub mtu: Option<u16>,
+    pub persistent_keepalive: Option<u16>,
     /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
     pub vault: Option<VaultSettings>,
 }
@@ -73,9 +79,18 @@ pub struct Overrides {
     /// File holding the join token.
     #[arg(long, env = "STRAIT_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
-    /// Data plane: none (control plane only).
+    /// Data plane: userspace (WireGuard on a TUN device) or none (control plane only).
     #[arg(long, env = "STRAIT_DATAPLANE", value_enum)]
     pub dataplane: Option<Dataplane>,
+    /// Name of the TUN device.
+    #[arg(long, env = "STRAIT_TUN_NAME")]
+    pub tun_name: Option<String>,
+    /// MTU of the TUN device (underlay MTU minus 80).
+    #[arg(long, env = "STRAIT_MTU")]
+    pub mtu: Option<u16>,
+    /// Persistent keepalive toward peers in seconds (0 turns it off).
+    #[arg(long, env = "STRAIT_PERSISTENT_KEEPALIVE")]
+    pub persistent_keepalive: Option<u16>,
     /// WireGuard UDP port.
     #[arg(long, env = "STRAIT_LISTEN_PORT")]
     pub listen_port: Option<u16>,
@@ -192,10 +207,15 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
+    pub tun_name: String,
+    pub mtu: u16,
+    pub persistent_keepalive: Option<u16>,
     pub vault: Option<VaultSettings>,
 }
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+/// A 1500-byte underlay minus 80 bytes of WireGuard-over-IPv6 overhead.
+pub const DEFAULT_MTU: u16 = 1420;
 
 impl Config {
     /// Reads `file` (if given), applies `overrides`, and validates the result.
@@ -309,7 +329,26 @@ impl Config {
         if let Some(v) = &vault {
             v.to_config().context("key `vault`")?;
         }
+        let tun_name = o
+            .tun_name
+            .or(f.tun_name)
+            .unwrap_or_else(|| "strait0".into());
+        if tun_name.is_empty() || tun_name.len() > 15 || tun_name.contains(['/', ' ']) {
+            bail!("key `tun-name`: {tun_name:?} is not a valid interface name (1-15 characters, no '/' or spaces)");
+        }
+        let mtu = o.mtu.or(f.mtu).unwrap_or(DEFAULT_MTU);
+        if !(576..=9000).contains(&mtu) {
+            bail!("key `mtu`: {mtu} is out of range; use 576-9000 (the underlay MTU minus 80)");
+        }
+        let persistent_keepalive = match o.persistent_keepalive.or(f.persistent_keepalive) {
+            Some(0) => None,
+            Some(s) => Some(s),
+            None => Some(25),
+        };
         Ok(Config {
+            tun_name,
+            mtu,
+            persistent_keepalive,
             vault,
             mesh,
             site,
@@ -318,7 +357,7 @@ impl Config {
             coordinators,
             state_dir,
             join_token,
-            dataplane: o.dataplane.or(f.dataplane).unwrap_or(Dataplane::None),
+            dataplane: o.dataplane.or(f.dataplane).unwrap_or(Dataplane::Userspace),
             listen_port: o
                 .listen_port
                 .or(f.listen_port)

@@ -17,7 +17,9 @@ use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::map::NetworkMap;
-use strait_proto::msg::{AgentEvent, ErrorCode, Registration, Request, Response, SessionEvent};
+use strait_proto::msg::{
+    AgentEvent, ErrorCode, Refusal, Registration, Request, Response, SessionEvent,
+};
 use strait_proto::{client, io as wire, ALPN};
 use tokio::sync::watch;
 
@@ -57,6 +59,7 @@ pub type MapWatch = watch::Receiver<Option<Arc<NetworkMap>>>;
 pub async fn run(
     config: Config,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
+    conflicts: watch::Receiver<Vec<Refusal>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
@@ -110,6 +113,7 @@ pub async fn run(
     let mut session = Session {
         config: &config,
         certs,
+        conflicts,
         maps,
         map_path,
         registration,
@@ -148,6 +152,7 @@ pub async fn run(
 struct Session<'a> {
     config: &'a Config,
     certs: CertStore,
+    conflicts: watch::Receiver<Vec<Refusal>>,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     map_path: PathBuf,
     registration: Registration,
@@ -160,6 +165,8 @@ impl Session<'_> {
         let mut registration = self.registration.clone();
         registration.have_version = self.maps.borrow().as_ref().map(|m| m.version);
         wire::write(&mut send, &Request::Subscribe(registration)).await?;
+        // Report the current conflicts on every new session.
+        self.conflicts.mark_changed();
 
         let (tx, mut events) = tokio::sync::mpsc::channel(64);
         let reader = tokio::spawn(async move {
@@ -218,6 +225,14 @@ impl Session<'_> {
                                 tracing::error!("this node was revoked; enroll again with a new join token");
                             }
                             break Err(anyhow::anyhow!("coordinator closed the session: {e}"));
+                        }
+                    }
+                }
+                changed = self.conflicts.changed() => {
+                    if changed.is_ok() {
+                        let conflicts = self.conflicts.borrow_and_update().clone();
+                        if let Err(e) = wire::write(&mut send, &AgentEvent::RouteConflicts { conflicts }).await {
+                            break Err(anyhow::Error::from(e).context("reporting route conflicts"));
                         }
                     }
                 }

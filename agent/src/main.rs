@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use strait_agent::config::{Config, Overrides};
-use strait_agent::control;
+use strait_agent::config::{Config, Dataplane, Overrides};
+use strait_agent::wgkey::WgKey;
+use strait_agent::{control, dataplane};
 
 /// The Strait node agent.
 #[derive(Parser, Debug)]
@@ -57,8 +58,68 @@ async fn main() -> Result<()> {
         Command::Run { config, overrides } => {
             let config = Config::load(config.as_deref(), overrides)?;
             control::preflight(&config)?;
-            let (maps, _watch) = tokio::sync::watch::channel(None);
-            control::run(config, maps, shutdown_signal()).await
+            // Enroll (or load the certificate) before touching the network, so a node that
+            // cannot join never creates a TUN device or routes.
+            strait_agent::enroll::ensure_certificate(&config).await?;
+            let (maps, maps_rx) = tokio::sync::watch::channel(None);
+            let (conflicts_tx, conflicts_rx) = tokio::sync::watch::channel(Vec::new());
+            let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+            let mut dataplane = None;
+            if config.dataplane == Dataplane::Userspace {
+                let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
+                let settings = dataplane::Settings {
+                    tun_name: config.tun_name.clone(),
+                    mtu: config.mtu,
+                    listen_port: config.listen_port,
+                    keepalive: config.persistent_keepalive,
+                    forward: config.role == strait_pki::Role::Gateway,
+                };
+                let mut stop = stop_tx.subscribe();
+                let secret = wg.secret().clone();
+                dataplane = Some(tokio::spawn(async move {
+                    dataplane::run(settings, secret, maps_rx, conflicts_tx, async move {
+                        let _ = stop.recv().await;
+                    })
+                    .await
+                }));
+            }
+            let mut stop = stop_tx.subscribe();
+            let control = control::run(config, maps, conflicts_rx, async move {
+                let _ = stop.recv().await;
+            });
+            tokio::pin!(control);
+            let dataplane_done = async {
+                match dataplane.as_mut() {
+                    Some(handle) => handle.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                r = &mut control => r,
+                _ = shutdown_signal() => {
+                    let _ = stop_tx.send(());
+                    control.await
+                }
+                r = dataplane_done => {
+                    // The data plane cannot run: stop the control plane and report why.
+                    let _ = stop_tx.send(());
+                    let _ = control.await;
+                    return match r {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.context("data plane")),
+                        Err(e) => Err(anyhow::anyhow!("data plane task failed: {e}")),
+                    };
+                }
+            };
+            let _ = stop_tx.send(());
+            if let Some(dp) = dataplane {
+                match dp.await {
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "data plane failed"),
+                    Err(e) => tracing::error!(error = %e, "data plane task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            result
         }
     }
 }

@@ -56,6 +56,8 @@ fn without_certificate_or_token_the_agent_says_how_to_get_one() {
             "gateway",
             "--coordinator",
             "127.0.0.1:9",
+            "--dataplane",
+            "none",
         ])
         .arg("--state-dir")
         .arg(dir.path())

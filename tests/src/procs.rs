@@ -30,6 +30,18 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A command for `bin`, run inside network namespace `netns` when given.
+pub fn command(bin_name: &str, netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin(bin_name));
+            c
+        }
+        None => Command::new(bin(bin_name)),
+    }
+}
+
 /// A free UDP port on loopback (bound and released; tests use it at once).
 pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
@@ -134,6 +146,8 @@ pub struct Coordinator {
     pub addr: SocketAddr,
     pub proc: Option<Proc>,
     starts: u32,
+    /// The network namespace the coordinator and straitctl run in (None: this one).
+    pub netns: Option<String>,
 }
 
 impl Coordinator {
@@ -163,6 +177,7 @@ impl Coordinator {
             addr,
             proc: None,
             starts: 0,
+            netns: None,
         })
     }
 
@@ -183,6 +198,7 @@ impl Coordinator {
             addr,
             proc: None,
             starts: 0,
+            netns: None,
         })
     }
 
@@ -201,14 +217,24 @@ impl Coordinator {
             .dir
             .path()
             .join(format!("coordinator-{}.log", self.starts));
-        let mut cmd = Command::new(bin("strait-coordinator"));
+        let mut cmd = command("strait-coordinator", self.netns.as_deref());
         cmd.arg("serve")
             .arg("--config")
             .arg(self.state().join("coordinator.toml"));
         self.proc = Some(Proc::spawn("coordinator", &mut cmd, log)?);
-        wait_for(Duration::from_secs(10), "the coordinator to answer", || {
+        let answered = wait_for(Duration::from_secs(10), "the coordinator to answer", || {
             self.ctl(&["status"]).ok().filter(|o| o.status.success())
-        })?;
+        });
+        if let Err(e) = answered {
+            let last = self
+                .ctl(&["status"])
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            let exited = self.proc.as_mut().and_then(|p| p.exited());
+            bail!(
+                "{e}; coordinator exit status {exited:?}; last straitctl: {last:?}; log:\n{}",
+                self.log_text()
+            );
+        }
         Ok(())
     }
 
@@ -223,7 +249,7 @@ impl Coordinator {
 
     /// Runs straitctl with the certificate in `tls_dir`.
     pub fn ctl_with(&self, tls_dir: &Path, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(bin("straitctl"))
+        Ok(command("straitctl", self.netns.as_deref())
             .args([
                 "--coordinator",
                 &self.addr.to_string(),
@@ -271,6 +297,43 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `strait-agent run` inside network namespace `netns` (data plane on) enrolling
+    /// with `token`.
+    pub fn start_in_netns(
+        netns: &str,
+        coordinator: SocketAddr,
+        site: &str,
+        node: &str,
+        role: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let dir = tempfile::Builder::new().prefix("strait-agent-").tempdir()?;
+        let mut cmd = command("strait-agent", Some(netns));
+        cmd.args([
+            "run", "--mesh", "prod", "--site", site, "--node", node, "--role", role,
+        ])
+        .args([
+            "--coordinator",
+            &coordinator.to_string(),
+            "--dataplane",
+            "userspace",
+        ])
+        .args(["--heartbeat-interval", "500ms"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("STRAIT_JOIN_TOKEN", token)
+        .args(extra);
+        let log = dir.path().join("agent.log");
+        let proc = Proc::spawn(&format!("agent {site}/{node}"), &mut cmd, log)?;
+        Ok(Agent {
+            dir,
+            proc,
+            site: site.to_string(),
+            node: node.to_string(),
+        })
+    }
+
     /// Starts `strait-agent run --dataplane none` enrolling with `token`.
     pub fn start(
         coordinator: SocketAddr,
