@@ -1,19 +1,27 @@
 //! End to end through the data plane, with real coordinator and agent processes in network
-//! namespaces this test creates (root needed).
+//! namespaces this test creates (root needed; nothing is added to the root namespace).
 //!
 //! ```text
-//!            +--------------------- inet (router) ---------------------+
-//!            | 198.51.100.1/24      192.0.2.1/24       203.0.113.1/24 |
-//!            +-------+-------------------+--------------------+-------+
-//!                    |                   |                    |
-//!   coord 198.51.100.10        gwa 192.0.2.10           gwb 203.0.113.10
-//!   (strait-coordinator)       (gateway aws-use1)       (gateway gcp-usc1)
-//!                              10.10.0.1/24 |           10.20.0.1/24 |
-//!                              wla 10.10.0.10           wlb 10.20.0.10
-//!                              (workload, no agent)     (workload, no agent)
+//!                 +------------------------ inet (router) ------------------------+
+//!                 | c0 198.51.100.1/24     a0 192.0.2.1/24      b0 203.0.113.1/24  |
+//!                 +-------+-----------------------+--------------------+----------+
+//!                         |                       |                    |
+//!        coord 198.51.100.10          nata 192.0.2.10 (wan0)    gwb 203.0.113.10
+//!        (strait-coordinator)         nftables masquerade       (gateway gcp-usc1)
+//!                                     10.99.0.1 (lan0)          10.20.0.1/24 (lan0)
+//!                                          |                         |
+//!                                     gwa 10.99.0.10 (up0)      wlb 10.20.0.10
+//!                                     (gateway aws-use1,        (workload, no agent)
+//!                                      behind the NAT)
+//!                                     br0 10.10.0.1/24
+//!                                      |            |
+//!                              wla 10.10.0.10   ma 10.10.0.20
+//!                              (workload,       (member aws-use1: reaches gcp-usc1
+//!                               no agent)        only through routes its agent installs)
 //! ```
 
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use strait_tests::netns::{veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
@@ -24,18 +32,46 @@ fn ping(from: &Netns, to: &str) -> bool {
         .success()
 }
 
+/// Sends `bytes` of deterministic data over TCP from `client` to `server_ip` on `server` and
+/// returns (bytes sent hash, bytes received count and hash).
+fn tcp_transfer(server: &Netns, server_ip: &str, client: &Netns, bytes: usize) -> (String, String) {
+    const SERVER: &str = "import socket,hashlib\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',5001));s.listen(1);s.settimeout(30)\nc,_=s.accept();c.settimeout(30);h=hashlib.sha256();n=0\nwhile True:\n d=c.recv(65536)\n if not d: break\n h.update(d);n+=len(d)\nprint(n,h.hexdigest())";
+    let srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, "python3", "-c", SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(500));
+    let client_code = format!(
+        "import socket,hashlib\ndata=bytes((i*7+3)%251 for i in range({bytes}))\nc=socket.create_connection(('{server_ip}',5001),timeout=20);c.sendall(data);c.close()\nprint({bytes},hashlib.sha256(data).hexdigest())"
+    );
+    let sent = client.exec(&["python3", "-c", &client_code]);
+    assert!(
+        sent.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let received = srv.wait_with_output().expect("server");
+    (
+        String::from_utf8_lossy(&sent.stdout).trim().to_string(),
+        String::from_utf8_lossy(&received.stdout).trim().to_string(),
+    )
+}
+
 #[test]
-fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
+fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinator() {
     let inet = Netns::new("inet");
     let coord = Netns::new("coord");
+    let nata = Netns::new("nata");
     let gwa = Netns::new("gwa");
     let gwb = Netns::new("gwb");
     let wla = Netns::new("wla");
+    let ma = Netns::new("ma");
     let wlb = Netns::new("wlb");
     inet.sysctl("net.ipv4.ip_forward", "1");
     for (ns, inside, outside, net, host) in [
         (&coord, "up0", "c0", "198.51.100", "10"),
-        (&gwa, "up0", "a0", "192.0.2", "10"),
+        (&nata, "wan0", "a0", "192.0.2", "10"),
         (&gwb, "up0", "b0", "203.0.113", "10"),
     ] {
         veth(ns, inside, &inet, outside);
@@ -43,12 +79,39 @@ fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
         ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", inside]);
         ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
     }
-    for (gw, wl, net) in [(&gwa, &wla, "10.10.0"), (&gwb, &wlb, "10.20.0")] {
-        veth(gw, "lan0", wl, "eth0");
-        gw.ip(&["addr", "add", &format!("{net}.1/24"), "dev", "lan0"]);
-        wl.ip(&["addr", "add", &format!("{net}.10/24"), "dev", "eth0"]);
-        wl.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
+    // Site A's gateway sits behind a masquerading NAT.
+    veth(&gwa, "up0", &nata, "lan0");
+    nata.ip(&["addr", "add", "10.99.0.1/24", "dev", "lan0"]);
+    gwa.ip(&["addr", "add", "10.99.0.10/24", "dev", "up0"]);
+    gwa.ip(&["route", "add", "default", "via", "10.99.0.1"]);
+    nata.ip(&["route", "add", "10.10.0.0/24", "via", "10.99.0.10"]);
+    nata.sysctl("net.ipv4.ip_forward", "1");
+    let nft = nata.exec(&[
+        "nft",
+        "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100 ; } ; add rule ip nat post oifname \"wan0\" masquerade",
+    ]);
+    assert!(
+        nft.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+    // Site A's LAN: a bridge on the gateway with a workload and a member.
+    gwa.ip(&["link", "add", "br0", "type", "bridge"]);
+    gwa.ip(&["addr", "add", "10.10.0.1/24", "dev", "br0"]);
+    gwa.ip(&["link", "set", "br0", "up"]);
+    for (host, port, addr) in [(&wla, "lan0", "10.10.0.10"), (&ma, "lan1", "10.10.0.20")] {
+        veth(&gwa, port, host, "eth0");
+        gwa.ip(&["link", "set", port, "master", "br0"]);
+        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
     }
+    wla.ip(&["route", "add", "default", "via", "10.10.0.1"]);
+    // The member has no default route: it reaches the coordinator by a specific route and
+    // site B only through the routes its agent installs.
+    ma.ip(&["route", "add", "198.51.100.0/24", "via", "10.10.0.1"]);
+    veth(&gwb, "lan0", &wlb, "eth0");
+    gwb.ip(&["addr", "add", "10.20.0.1/24", "dev", "lan0"]);
+    wlb.ip(&["addr", "add", "10.20.0.10/24", "dev", "eth0"]);
+    wlb.ip(&["route", "add", "default", "via", "10.20.0.1"]);
 
     let mut c = Coordinator::init(
         &[
@@ -58,7 +121,6 @@ fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
         "",
     )
     .unwrap();
-    // Listen on the coordinator's uplink inside its namespace.
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
     let cfg = c.state().join("coordinator.toml");
     let text = std::fs::read_to_string(&cfg)
@@ -71,6 +133,7 @@ fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
 
     let ta = c.token("aws-use1", "gateway").unwrap();
     let tb = c.token("gcp-usc1", "gateway").unwrap();
+    let tm = c.token("aws-use1", "member").unwrap();
     let a = Agent::start_in_netns(
         &gwa.name,
         addr,
@@ -105,21 +168,40 @@ fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
         ],
     )
     .unwrap();
+    let m = Agent::start_in_netns(
+        &ma.name,
+        addr,
+        "aws-use1",
+        "ma",
+        "member",
+        &tm,
+        &["--endpoint", "private=10.10.0.20:51820"],
+    )
+    .unwrap();
 
     wait_for(
         Duration::from_secs(20),
-        "the gateways to learn each other",
+        "the gateways to learn each other and the member its routes",
         || {
-            let ma = a.saved_map()?;
-            let mb = b.saved_map()?;
-            (ma["peers"].get("gcp-usc1/gwb").is_some() && mb["peers"].get("aws-use1/gwa").is_some())
-                .then_some(())
+            let ma_map = m.saved_map()?;
+            (a.saved_map()?["peers"].get("gcp-usc1/gwb").is_some()
+                && b.saved_map()?["peers"].get("aws-use1/gwa").is_some()
+                && ma_map["routes"].get("10.20.0.0/16").is_some())
+            .then_some(())
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), c.log_text()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}\n{}",
+            a.proc.log_text(),
+            m.proc.log_text(),
+            c.log_text()
+        )
+    });
     let routes = gwa.ip(&["route", "show", "proto", "83"]);
     assert!(routes.contains("10.20.0.0/16 dev strait0"), "{routes}");
 
+    // Workload A <-> workload B (A behind NAT initiates; B answers through the mapping).
     wait_for(
         Duration::from_secs(15),
         "workload A to reach workload B",
@@ -135,6 +217,37 @@ fn workloads_in_two_sites_reach_each_other_through_the_gateways() {
         ping(&gwa, &b_overlay),
         "gateway A -> gateway B's overlay address"
     );
+
+    // The member reaches site B only through the route its agent installed via the gateway.
+    let member_routes = ma.ip(&["route", "show", "proto", "83"]);
+    assert!(
+        member_routes.contains("10.20.0.0/16 via 10.10.0.1"),
+        "{member_routes}"
+    );
+    assert!(ping(&ma, "10.20.0.10"), "member A -> workload B");
+
+    // A TCP transfer with a checksum compared at both ends.
+    let (sent, received) = tcp_transfer(&wlb, "10.20.0.10", &wla, 4 << 20);
+    assert_eq!(sent, received, "TCP transfer corrupted or incomplete");
+
+    // The coordinator dies: traffic keeps flowing for 10 s.
+    c.proc.as_mut().unwrap().kill();
+    let started = Instant::now();
+    let flow = wla.exec(&["ping", "-c", "20", "-i", "0.5", "-W", "1", "10.20.0.10"]);
+    let text = String::from_utf8_lossy(&flow.stdout);
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    assert!(
+        flow.status.success() && text.contains(" 0% packet loss"),
+        "traffic stopped without the coordinator:\n{text}"
+    );
+    // It comes back and the agents reconnect by themselves.
+    c.start().unwrap();
+    wait_for(Duration::from_secs(30), "the agents to reconnect", || {
+        let nodes = c.ctl_json(&["nodes"]).ok()?;
+        let nodes = nodes.as_array()?;
+        (nodes.len() == 3 && nodes.iter().all(|n| n["online"] == true)).then_some(())
+    })
+    .unwrap();
 
     // A clean stop leaves no Strait routes behind.
     let mut a = a;
