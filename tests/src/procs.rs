@@ -309,6 +309,21 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Agent> {
         let dir = tempfile::Builder::new().prefix("strait-agent-").tempdir()?;
+        Agent::run_in_netns(dir, netns, coordinator, site, node, role, token, extra)
+    }
+
+    /// Like [`Agent::start_in_netns`] with an existing state directory (a restart).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_in_netns(
+        dir: tempfile::TempDir,
+        netns: &str,
+        coordinator: SocketAddr,
+        site: &str,
+        node: &str,
+        role: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let mut cmd = command("strait-agent", Some(netns));
         cmd.args([
             "run", "--mesh", "prod", "--site", site, "--node", node, "--role", role,

@@ -257,4 +257,66 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
         left.trim().is_empty(),
         "routes left after a clean stop: {left}"
     );
+
+    // Gateway B restarts on a host where a connected network now overlaps site A's prefix:
+    // the route is refused, reported to the coordinator, and not installed; the rest is
+    // reconciled without duplicates.
+    let mut b = b;
+    b.proc.kill();
+    gwb.ip(&[
+        "link", "add", "clash0", "type", "veth", "peer", "name", "clash1",
+    ]);
+    gwb.ip(&["addr", "add", "10.10.5.1/24", "dev", "clash0"]);
+    gwb.ip(&["link", "set", "clash0", "up"]);
+    let b = Agent::run_in_netns(
+        b.dir,
+        &gwb.name,
+        addr,
+        "gcp-usc1",
+        "gwb",
+        "gateway",
+        "",
+        &[
+            "--prefix",
+            "10.20.0.0/16",
+            "--endpoint",
+            "public=203.0.113.10:51820",
+        ],
+    )
+    .unwrap();
+    let conflict = wait_for(
+        Duration::from_secs(20),
+        "the conflict to be reported",
+        || {
+            let routes = c.ctl_json(&["routes"]).ok()?;
+            routes
+                .as_array()?
+                .iter()
+                .find(|r| r["status"] == "conflict" && r["node"] == "gwb")
+                .cloned()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.proc.log_text()));
+    assert_eq!(conflict["prefix"], "10.10.0.0/16");
+    assert!(
+        conflict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connected route 10.10.5.0/24"),
+        "{conflict}"
+    );
+    let installed = gwb.ip(&["route", "show", "proto", "83"]);
+    assert!(
+        !installed.contains("10.10.0.0/16"),
+        "a conflicting route was installed: {installed}"
+    );
+    let mut lines: Vec<&str> = installed.lines().collect();
+    let count = lines.len();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(
+        lines.len(),
+        count,
+        "duplicate routes after a restart: {installed}"
+    );
 }
