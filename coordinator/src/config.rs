@@ -38,6 +38,28 @@ pub struct Config {
     pub pki: PkiConfig,
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    /// Plain WireGuard devices without an agent; gateways of other sites peer with them.
+    #[serde(default)]
+    pub external_peers: Vec<ExternalPeerConfig>,
+}
+
+/// A plain WireGuard device (an on-prem router, a legacy concentrator).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ExternalPeerConfig {
+    pub name: String,
+    /// The site the device serves (declared in `[[sites]]`).
+    pub site: String,
+    /// Its WireGuard public key (base64); its private key is never known to Strait.
+    pub public_key: String,
+    /// Where gateways reach it; without one, it must connect first (keepalive).
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
+    /// Prefixes behind it, inside its site's prefixes.
+    pub prefixes: Vec<IpNetwork>,
+    /// Its overlay address (inside `overlay-cidr`), if it has one.
+    #[serde(default)]
+    pub overlay_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +223,59 @@ impl Config {
                 }
             }
         }
+        let mut peer_names = BTreeSet::new();
+        for (i, p) in self.external_peers.iter().enumerate() {
+            let key = |k: &str| format!("key `external-peers[{i}].{k}`");
+            Label::parse("external peer name", &p.name).with_context(|| key("name"))?;
+            if !peer_names.insert(p.name.as_str()) {
+                bail!(
+                    "{}: external peer {:?} is declared twice",
+                    key("name"),
+                    p.name
+                );
+            }
+            let Some(site) = self.site(&p.site) else {
+                bail!(
+                    "{}: site {:?} is not declared in [[sites]]",
+                    key("site"),
+                    p.site
+                );
+            };
+            {
+                use base64::Engine;
+                let ok = base64::engine::general_purpose::STANDARD
+                    .decode(&p.public_key)
+                    .is_ok_and(|k| k.len() == 32);
+                if !ok {
+                    bail!(
+                        "{}: not a base64 WireGuard public key (run `wg pubkey` on the device)",
+                        key("public-key")
+                    );
+                }
+            }
+            for prefix in &p.prefixes {
+                if !site
+                    .prefixes
+                    .iter()
+                    .any(|own| crate::policy::contains(*own, *prefix))
+                {
+                    bail!(
+                        "{}: {prefix} is outside site {}'s prefixes",
+                        key("prefixes"),
+                        site.name
+                    );
+                }
+            }
+            if let Some(ip) = p.overlay_ip {
+                if !self.overlay_cidr.contains(std::net::IpAddr::V4(ip)) {
+                    bail!(
+                        "{}: {ip} is outside overlay-cidr {}",
+                        key("overlay-ip"),
+                        self.overlay_cidr
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -233,6 +308,22 @@ prefixes = ["10.20.0.0/16"]
 full-mesh = true
 "#;
 
+    const EXT: &str = r#"
+[[external-peers]]
+name = "dc1"
+site = "aws-use1"
+public-key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+endpoint = "198.18.0.10:51820"
+prefixes = ["10.10.9.0/24"]
+overlay-ip = "100.64.255.1"
+"#;
+
+    #[test]
+    fn external_peers_parse() {
+        let c = parse(&format!("{GOOD}\n{EXT}")).unwrap();
+        assert_eq!(c.external_peers[0].name, "dc1");
+    }
+
     #[test]
     fn good_config_has_defaults() {
         let c = parse(GOOD).unwrap();
@@ -263,6 +354,19 @@ full-mesh = true
                 "duration",
             ),
             (format!("{GOOD}\n[pki]\nmode = \"magic\""), "pki.mode"),
+            (
+                format!("{GOOD}\n{EXT}").replace("aws-use1\"\npublic", "nowhere\"\npublic"),
+                "not declared",
+            ),
+            (format!("{GOOD}\n{EXT}").replace("AAAA", "AA"), "public-key"),
+            (
+                format!("{GOOD}\n{EXT}").replace("10.10.9.0/24", "10.99.0.0/24"),
+                "outside site aws-use1",
+            ),
+            (
+                format!("{GOOD}\n{EXT}").replace("100.64.255.1", "10.0.0.1"),
+                "overlay-ip",
+            ),
         ];
         for (text, needle) in cases {
             let err = format!("{:#}", parse(&text).unwrap_err());

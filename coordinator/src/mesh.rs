@@ -298,7 +298,17 @@ impl Mesh {
                 let IpNetwork::V4(cidr) = self.config.overlay_cidr else {
                     unreachable!("config validation refuses an IPv6 overlay")
                 };
-                let used: BTreeSet<Ipv4Addr> = self.nodes.values().map(|n| n.overlay_ip).collect();
+                let used: BTreeSet<Ipv4Addr> = self
+                    .nodes
+                    .values()
+                    .map(|n| n.overlay_ip)
+                    .chain(
+                        self.config
+                            .external_peers
+                            .iter()
+                            .filter_map(|e| e.overlay_ip),
+                    )
+                    .collect();
                 overlay::allocate(cidr, &used).ok_or(CoreError::OverlayExhausted(cidr))?
             }
         };
@@ -533,7 +543,39 @@ impl Mesh {
                     online: p.online,
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut peers = peers;
+        for ext in &self.config.external_peers {
+            let mut allowed: Vec<IpNetwork> = ext
+                .overlay_ip
+                .and_then(|ip| Ipv4Network::new(ip, 32).ok())
+                .map(IpNetwork::V4)
+                .into_iter()
+                .collect();
+            allowed.extend(ext.prefixes.iter().copied());
+            peers.push(Arc::new(PeerView {
+                id: format!("external/{}", ext.name),
+                site: ext.site.clone(),
+                name: ext.name.clone(),
+                kind: PeerKind::External,
+                role: None,
+                wg_public_key: ext.public_key.clone(),
+                endpoints: ext
+                    .endpoint
+                    .map(|address| Endpoint {
+                        address,
+                        kind: EndpointKind::Public,
+                        cost: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                allowed_ips: allowed,
+                overlay_ip: ext.overlay_ip,
+                online: true,
+            }));
+        }
+        // Sessions diff peer lists by merging them in id order.
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
         let mut site_routes = BTreeMap::new();
         for site in &self.config.sites {
             let mut routes = BTreeMap::new();
@@ -553,6 +595,16 @@ impl Mesh {
                     for (prefix, owner) in &owners {
                         if owner.site != site.name {
                             add(*prefix, &owner.site);
+                        }
+                    }
+                    for ext in self
+                        .config
+                        .external_peers
+                        .iter()
+                        .filter(|e| e.site != site.name)
+                    {
+                        for prefix in &ext.prefixes {
+                            add(*prefix, &ext.site);
                         }
                     }
                     add(self.config.overlay_cidr, "overlay");
@@ -588,6 +640,68 @@ impl Mesh {
     /// The map of the node `key`, or `None` if it is not registered.
     pub fn map_for(&self, key: &NodeKey) -> Option<NetworkMap> {
         Some(self.views.view(key)?.to_map(&self.views.mesh))
+    }
+
+    /// A wg-quick style configuration for the external peer `name`: its interface (with a
+    /// placeholder for the private key Strait never knows) and one `[Peer]` per gateway of
+    /// the other sites.
+    pub fn external_peer_config(&self, name: &str) -> Result<String, CoreError> {
+        use std::fmt::Write as _;
+        let ext = self
+            .config
+            .external_peers
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| CoreError::NoSuchNode(format!("external/{name}")))?;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# WireGuard configuration for external peer {name} (site {}) of Strait mesh {}.",
+            ext.site, self.config.mesh
+        );
+        let _ = writeln!(
+            s,
+            "# Strait never knows this device's private key: generate it on the device"
+        );
+        let _ = writeln!(
+            s,
+            "# (`wg genkey`), put it below, and give its public key to the coordinator config."
+        );
+        let _ = writeln!(s, "[Interface]");
+        let _ = writeln!(s, "PrivateKey = <this device's private key>");
+        if let Some(ep) = ext.endpoint {
+            let _ = writeln!(s, "ListenPort = {}", ep.port());
+        }
+        if let Some(ip) = ext.overlay_ip {
+            let _ = writeln!(s, "Address = {ip}/32");
+        }
+        for p in self
+            .views
+            .peers
+            .iter()
+            .filter(|p| p.kind == PeerKind::Agent && p.site != ext.site)
+        {
+            let _ = writeln!(
+                s,
+                "\n# {} {}",
+                p.role.map(|r| r.as_str()).unwrap_or("node"),
+                p.id
+            );
+            let _ = writeln!(s, "[Peer]");
+            let _ = writeln!(s, "PublicKey = {}", p.wg_public_key);
+            if let Some(ep) = p
+                .endpoints
+                .iter()
+                .filter(|e| e.kind != EndpointKind::Private)
+                .min_by_key(|e| (e.kind != EndpointKind::Interconnect, e.cost.unwrap_or(0)))
+            {
+                let _ = writeln!(s, "Endpoint = {}", ep.address);
+            }
+            let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(s, "AllowedIPs = {}", allowed.join(", "));
+            let _ = writeln!(s, "PersistentKeepalive = 25");
+        }
+        Ok(s)
     }
 
     // ---- operator views ----

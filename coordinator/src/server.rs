@@ -362,16 +362,26 @@ async fn handle_stream(
         }
         Request::Renew { csr_pem } => renew(&c, &identity, &csr_pem),
         Request::Status => Response::Status(c.core().mesh.status(c.pki.name())),
-        Request::Nodes => Response::Nodes { nodes: c.core().mesh.nodes() },
-        Request::Routes => Response::Routes { routes: c.core().mesh.routes() },
-        Request::Links => Response::Links { links: c.core().mesh.links() },
+        Request::Nodes => Response::Nodes {
+            nodes: c.core().mesh.nodes(),
+        },
+        Request::Routes => Response::Routes {
+            routes: c.core().mesh.routes(),
+        },
+        Request::Links => Response::Links {
+            links: c.core().mesh.links(),
+        },
         Request::Graph => Response::Graph(c.core().mesh.graph()),
-        Request::CreateToken { site, role, ttl_secs } => create_token(&c, &site, role, ttl_secs),
+        Request::CreateToken {
+            site,
+            role,
+            ttl_secs,
+        } => create_token(&c, &site, role, ttl_secs),
         Request::Revoke { node } => revoke(&c, &node),
-        Request::ExternalPeerConfig { name } => error(
-            ErrorCode::NotFound,
-            format!("no external peer {name:?}: external peers are not supported by this coordinator yet"),
-        ),
+        Request::ExternalPeerConfig { name } => match c.core().mesh.external_peer_config(&name) {
+            Ok(config) => Response::ExternalPeerConfig { config },
+            Err(e) => Response::Error(core_err(e)),
+        },
     };
     if let Response::Error(e) = &response {
         tracing::info!(identity = %identity, request = kind, error = %e, "request refused");

@@ -113,12 +113,43 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     wlb.ip(&["addr", "add", "10.20.0.10/24", "dev", "eth0"]);
     wlb.ip(&["route", "add", "default", "via", "10.20.0.1"]);
 
+    // An on-prem WireGuard device without an agent, running wireguard-go.
+    let ext = Netns::new("ext");
+    veth(&ext, "up0", &inet, "e0");
+    inet.ip(&["addr", "add", "198.18.0.1/24", "dev", "e0"]);
+    ext.ip(&["addr", "add", "198.18.0.10/24", "dev", "up0"]);
+    ext.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+    ext.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ]);
+    ext.ip(&["addr", "add", "10.30.0.1/24", "dev", "lan0"]);
+    ext.ip(&["link", "set", "lan0", "up"]);
+    let genkey = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .expect("wg (wireguard-tools)");
+    let ext_private = String::from_utf8(genkey.stdout).unwrap().trim().to_string();
+    let mut pubkey = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(pubkey.stdin.as_mut().unwrap(), ext_private.as_bytes()).unwrap();
+    let ext_public = String::from_utf8(pubkey.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let external = format!(
+        "[[external-peers]]\nname = \"dc1\"\nsite = \"onprem\"\npublic-key = \"{ext_public}\"\nendpoint = \"198.18.0.10:51820\"\nprefixes = [\"10.30.0.0/24\"]\noverlay-ip = \"100.64.255.1\"\n"
+    );
     let mut c = Coordinator::init(
         &[
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
+            Site("onprem", "10.30.0.0/16"),
         ],
-        "",
+        &external,
     )
     .unwrap();
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
@@ -229,6 +260,81 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     // A TCP transfer with a checksum compared at both ends.
     let (sent, received) = tcp_transfer(&wlb, "10.20.0.10", &wla, 4 << 20);
     assert_eq!(sent, received, "TCP transfer corrupted or incomplete");
+
+    // The external device, configured from `straitctl external-peer config`, talks to site A.
+    wait_for(
+        Duration::from_secs(10),
+        "the gateways to peer with the external device",
+        || a.saved_map()?["peers"].get("external/dc1").map(|_| ()),
+    )
+    .unwrap();
+    let out = c.ctl(&["external-peer", "config", "dc1"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        config.contains("PrivateKey = <this device's private key>"),
+        "{config}"
+    );
+    assert!(
+        config.contains("Endpoint = 192.0.2.10:51820") && config.contains("10.10.0.0/16"),
+        "{config}"
+    );
+    let setconf: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address"))
+        .map(|l| l.replace("<this device's private key>", &ext_private) + "\n")
+        .collect();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("wg0.conf");
+    std::fs::write(&conf, setconf).unwrap();
+    let mut wg_go = Command::new("ip")
+        .args(["netns", "exec", &ext.name, "wireguard-go", "-f", "wg0"])
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wireguard-go");
+    wait_for(
+        Duration::from_secs(10),
+        "wireguard-go to create wg0",
+        || {
+            ext.exec(&["ip", "link", "show", "wg0"])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .unwrap();
+    let set = ext.exec(&["wg", "setconf", "wg0", conf.to_str().unwrap()]);
+    assert!(
+        set.status.success(),
+        "wg setconf: {}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    ext.ip(&["addr", "add", "100.64.255.1/32", "dev", "wg0"]);
+    ext.ip(&["link", "set", "wg0", "up"]);
+    for line in config
+        .lines()
+        .filter_map(|l| l.strip_prefix("AllowedIPs = "))
+    {
+        for prefix in line.split(", ") {
+            ext.ip(&["route", "add", prefix, "dev", "wg0"]);
+        }
+    }
+    let reached = wait_for(
+        Duration::from_secs(15),
+        "workload A to reach the external device",
+        || ping(&wla, "10.30.0.1").then_some(()),
+    );
+    let back = ping(&ext, "10.10.0.10");
+    let _ = wg_go.kill();
+    let _ = wg_go.wait();
+    reached.unwrap_or_else(|e| panic!("{e}\n{}", a.proc.log_text()));
+    assert!(back, "external device -> workload A");
 
     // The coordinator dies: traffic keeps flowing for 10 s.
     c.proc.as_mut().unwrap().kill();

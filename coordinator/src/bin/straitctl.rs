@@ -76,6 +76,17 @@ enum Command {
     },
     /// Revoke a node's certificates and remove it from the mesh (NODE or SITE/NODE).
     Revoke { node: String },
+    /// Plain WireGuard devices declared in the coordinator's [[external-peers]].
+    ExternalPeer {
+        #[command(subcommand)]
+        command: ExternalPeerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExternalPeerCommand {
+    /// Print a wg-quick style config for the device (its private key stays a placeholder).
+    Config { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +145,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             ttl_secs: ttl.as_secs(),
         },
         Command::Revoke { node } => Request::Revoke { node: node.clone() },
+        Command::ExternalPeer {
+            command: ExternalPeerCommand::Config { name },
+        } => Request::ExternalPeerConfig { name: name.clone() },
     };
     let response = ctl::request(&cli.coordinator, &cli.tls_dir, &request, cli.timeout).await?;
     let as_json = cli.output == Output::Json;
@@ -189,6 +203,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&serde_json::json!({ "node": node, "serials": serials }))
             } else {
                 format!("revoked {node} ({} certificate(s))\n", serials.len())
+            }
+        }
+        (_, Response::ExternalPeerConfig { config }) => {
+            if as_json {
+                json(&serde_json::json!({ "config": config }))
+            } else {
+                config
             }
         }
         (_, other) => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),

@@ -23,6 +23,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
             site("a", "10.1.0.0/16", false),
             site("b", "10.2.0.0/16", full_mesh_b),
         ],
+        external_peers: vec![],
     })
 }
 
