@@ -92,7 +92,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
 
     // wireguard-go in B, configured with wg.
     let wg_go = Command::new("ip")
-        .args(["netns", "exec", &b.0, "wireguard-go", "-f", "wg0"])
+        .args(["netns", "exec", &b.0, "wireguard-go", "-f", "wgi0"])
         .env("WG_PROCESS_FOREGROUND", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -100,7 +100,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         .expect("wireguard-go must be installed (apt-get install wireguard-go)");
     let _wg_go = WireguardGo(wg_go);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !b.exec(&["ip", "link", "show", "wg0"]).status.success() {
+    while !b.exec(&["ip", "link", "show", "wgi0"]).status.success() {
         assert!(Instant::now() < deadline, "wireguard-go did not create wg0");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -110,7 +110,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     let set = b.exec(&[
         "wg",
         "set",
-        "wg0",
+        "wgi0",
         "private-key",
         key_file.to_str().unwrap(),
         "listen-port",
@@ -127,8 +127,8 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         "wg set: {}",
         String::from_utf8_lossy(&set.stderr)
     );
-    b.ip(&["addr", "add", "100.64.0.2/10", "dev", "wg0"]);
-    b.ip(&["link", "set", "wg0", "up"]);
+    b.ip(&["addr", "add", "100.64.0.2/10", "dev", "wgi0"]);
+    b.ip(&["link", "set", "wgi0", "up"]);
 
     // Strait's engine in A, on its own thread inside the namespace.
     let path = format!("/run/netns/{}", a.0);
@@ -234,7 +234,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         String::from_utf8_lossy(&big.stdout)
     );
 
-    let show = b.exec(&["wg", "show", "wg0", "latest-handshakes"]);
+    let show = b.exec(&["wg", "show", "wgi0", "latest-handshakes"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(
         text.contains(&b64(a_public.as_bytes())) && !text.trim().ends_with("\t0"),

@@ -292,7 +292,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     let conf = conf_dir.path().join("wg0.conf");
     std::fs::write(&conf, setconf).unwrap();
     let mut wg_go = Command::new("ip")
-        .args(["netns", "exec", &ext.name, "wireguard-go", "-f", "wg0"])
+        .args(["netns", "exec", &ext.name, "wireguard-go", "-f", "wgx0"])
         .env("WG_PROCESS_FOREGROUND", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -302,27 +302,27 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
         Duration::from_secs(10),
         "wireguard-go to create wg0",
         || {
-            ext.exec(&["ip", "link", "show", "wg0"])
+            ext.exec(&["ip", "link", "show", "wgx0"])
                 .status
                 .success()
                 .then_some(())
         },
     )
     .unwrap();
-    let set = ext.exec(&["wg", "setconf", "wg0", conf.to_str().unwrap()]);
+    let set = ext.exec(&["wg", "setconf", "wgx0", conf.to_str().unwrap()]);
     assert!(
         set.status.success(),
         "wg setconf: {}",
         String::from_utf8_lossy(&set.stderr)
     );
-    ext.ip(&["addr", "add", "100.64.255.1/32", "dev", "wg0"]);
-    ext.ip(&["link", "set", "wg0", "up"]);
+    ext.ip(&["addr", "add", "100.64.255.1/32", "dev", "wgx0"]);
+    ext.ip(&["link", "set", "wgx0", "up"]);
     for line in config
         .lines()
         .filter_map(|l| l.strip_prefix("AllowedIPs = "))
     {
         for prefix in line.split(", ") {
-            ext.ip(&["route", "add", prefix, "dev", "wg0"]);
+            ext.ip(&["route", "add", prefix, "dev", "wgx0"]);
         }
     }
     let reached = wait_for(
