@@ -3,73 +3,10 @@
 //! overlay address, MTU and state; Strait's routes are added, reconciled idempotently and
 //! removed, conflicts are refused, and other owners' routes are left alone.
 
-use std::process::Command;
-
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use strait_agent::dataplane::netlink::Netlink;
 use strait_agent::dataplane::routes::{Route, Via, RTPROT_STRAIT};
-
-/// A namespace deleted on drop, even when the test fails.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("strait-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["netns", "add", &name]);
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-j"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ip(&all)).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 `ip` must be installed");
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed (these tests need root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a thread that has entered the namespace (netlink sockets belong to the
-/// namespace of the thread that opens them).
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}", ns.0);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("namespace file");
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid namespace fd affects only this thread, which is used for
-        // nothing else.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
+use strait_tests::netns::{in_netns, Netns};
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()

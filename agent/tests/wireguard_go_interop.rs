@@ -15,49 +15,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use strait_agent::dataplane::engine::{self, PeerSpec};
 use strait_agent::dataplane::netlink::Netlink;
 use strait_agent::dataplane::routes::{Route, Via};
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("strait-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        ip(&["netns", "add", &name]);
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 `ip` must be installed");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {} (these tests need root)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use strait_tests::netns::{enter, veth, Netns};
 
 /// wireguard-go in the foreground, killed on drop.
 struct WireguardGo(Child);
@@ -77,13 +35,9 @@ fn b64(bytes: &[u8]) -> String {
 fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     let a = Netns::new("wga");
     let b = Netns::new("wgb");
-    ip(&[
-        "link", "add", "a0", "netns", &a.0, "type", "veth", "peer", "name", "b0", "netns", &b.0,
-    ]);
+    veth(&a, "a0", &b, "b0");
     a.ip(&["addr", "add", "192.0.2.1/24", "dev", "a0"]);
-    a.ip(&["link", "set", "a0", "up"]);
     b.ip(&["addr", "add", "192.0.2.2/24", "dev", "b0"]);
-    b.ip(&["link", "set", "b0", "up"]);
 
     let a_secret = StaticSecret::from([11u8; 32]);
     let a_public = PublicKey::from(&a_secret);
@@ -92,7 +46,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
 
     // wireguard-go in B, configured with wg.
     let wg_go = Command::new("ip")
-        .args(["netns", "exec", &b.0, "wireguard-go", "-f", "wgi0"])
+        .args(["netns", "exec", &b.name, "wireguard-go", "-f", "wgi0"])
         .env("WG_PROCESS_FOREGROUND", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -131,17 +85,12 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     b.ip(&["link", "set", "wgi0", "up"]);
 
     // Strait's engine in A, on its own thread inside the namespace.
-    let path = format!("/run/netns/{}", a.0);
+    let path = a.path();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let b_key = *b_public.as_bytes();
     let engine_thread = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("namespace file");
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns");
+        enter(&path);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

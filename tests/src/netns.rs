@@ -76,3 +76,39 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
 }
+
+impl Netns {
+    /// `ip -n <ns> -j ARGS`, parsed (`Null` when the output is empty).
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The namespace's file, for `setns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+/// Enters the namespace at `path` on the calling thread (only this thread moves).
+pub fn enter(path: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("namespace file");
+    // SAFETY: setns on a valid namespace fd changes only the calling thread's namespace.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a new thread inside `ns` and returns its result (netlink sockets belong to
+/// the namespace of the thread that opens them).
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        enter(&path);
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}

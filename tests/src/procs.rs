@@ -324,29 +324,16 @@ impl Agent {
         token: &str,
         extra: &[&str],
     ) -> Result<Agent> {
-        let mut cmd = command("strait-agent", Some(netns));
-        cmd.args([
-            "run", "--mesh", "prod", "--site", site, "--node", node, "--role", role,
-        ])
-        .args([
-            "--coordinator",
-            &coordinator.to_string(),
-            "--dataplane",
-            "userspace",
-        ])
-        .args(["--heartbeat-interval", "500ms"])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("STRAIT_JOIN_TOKEN", token)
-        .args(extra);
-        let log = dir.path().join("agent.log");
-        let proc = Proc::spawn(&format!("agent {site}/{node}"), &mut cmd, log)?;
-        Ok(Agent {
+        Agent::launch(
             dir,
-            proc,
-            site: site.to_string(),
-            node: node.to_string(),
-        })
+            Some(netns),
+            coordinator,
+            site,
+            node,
+            role,
+            token,
+            extra,
+        )
     }
 
     /// Starts `strait-agent run --dataplane none` enrolling with `token`.
@@ -359,12 +346,15 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Agent> {
         let dir = tempfile::Builder::new().prefix("strait-agent-").tempdir()?;
-        Agent::start_in(dir, coordinator, site, node, role, token, extra)
+        Agent::launch(dir, None, coordinator, site, node, role, token, extra)
     }
 
-    /// Like [`Agent::start`] in an existing state directory.
-    pub fn start_in(
+    /// Runs the agent in `dir`: inside `netns` with the userspace data plane, or here with
+    /// the control plane only.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
         dir: tempfile::TempDir,
+        netns: Option<&str>,
         coordinator: SocketAddr,
         site: &str,
         node: &str,
@@ -372,7 +362,8 @@ impl Agent {
         token: &str,
         extra: &[&str],
     ) -> Result<Agent> {
-        let mut cmd = Command::new(bin("strait-agent"));
+        let dataplane = if netns.is_some() { "userspace" } else { "none" };
+        let mut cmd = command("strait-agent", netns);
         cmd.args([
             "run", "--mesh", "prod", "--site", site, "--node", node, "--role", role,
         ])
@@ -380,7 +371,7 @@ impl Agent {
             "--coordinator",
             &coordinator.to_string(),
             "--dataplane",
-            "none",
+            dataplane,
         ])
         .args(["--heartbeat-interval", "500ms"])
         .arg("--state-dir")
