@@ -251,6 +251,7 @@ pub async fn run(
     let mut from_net = vec![0u8; BUFFER];
     let mut out = vec![0u8; BUFFER];
     let mut timers = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut pending = Pending::default();
     loop {
         tokio::select! {
             n = tun.recv(&mut from_tun) => {
@@ -269,24 +270,29 @@ pub async fn run(
                         continue;
                     }
                 };
-                let mut to_net: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-                let mut to_tun: Vec<Vec<u8>> = Vec::new();
+                pending.clear();
                 engine.inbound(from, &from_net[..n], &mut out, |e| match e {
-                    Emit::Network(ep, b) => to_net.push((ep, b.to_vec())),
-                    Emit::Tun(b) => to_tun.push(b.to_vec()),
+                    Emit::Network(ep, b) => pending.push(Some(ep), b),
+                    Emit::Tun(b) => pending.push(None, b),
                 });
-                for (ep, b) in to_net {
-                    let _ = socket.send_to(&b, ep).await;
-                }
-                for b in to_tun {
-                    let _ = tun.send(&b).await;
+                for (to, bytes) in pending.iter() {
+                    match to {
+                        Some(ep) => {
+                            let _ = socket.send_to(bytes, ep).await;
+                        }
+                        None => {
+                            let _ = tun.send(bytes).await;
+                        }
+                    }
                 }
             }
             _ = timers.tick() => {
-                let mut to_net: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-                engine.tick(&mut out, |ep, b| to_net.push((ep, b.to_vec())));
-                for (ep, b) in to_net {
-                    let _ = socket.send_to(&b, ep).await;
+                pending.clear();
+                engine.tick(&mut out, |ep, b| pending.push(Some(ep), b));
+                for (to, bytes) in pending.iter() {
+                    if let Some(ep) = to {
+                        let _ = socket.send_to(bytes, ep).await;
+                    }
                 }
             }
             changed = peers.changed() => {
@@ -296,6 +302,33 @@ pub async fn run(
                 engine.set_peers(&peers.borrow_and_update());
             }
         }
+    }
+}
+
+/// Outputs of one datagram or timer pass, copied out of the shared output buffer so they can
+/// be sent after the engine returns. Its buffers are reused: no allocation per packet once
+/// warm.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Destination (`None`: the TUN device) and range in `bytes`.
+    items: Vec<(Option<SocketAddr>, usize, usize)>,
+}
+
+impl Pending {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+
+    fn push(&mut self, to: Option<SocketAddr>, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((to, start, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
+        self.items.iter().map(|&(to, s, e)| (to, &self.bytes[s..e]))
     }
 }
 
