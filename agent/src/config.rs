@@ -208,13 +208,15 @@ pub struct Config {
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
     pub tun_name: String,
-    pub mtu: u16,
+    /// TUN MTU; `None`: the underlay's MTU minus 80, found at start.
+    pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
     pub vault: Option<VaultSettings>,
 }
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// A 1500-byte underlay minus 80 bytes of WireGuard-over-IPv6 overhead.
+/// TUN MTU when the underlay's cannot be found (a 1500-byte underlay minus 80).
 pub const DEFAULT_MTU: u16 = 1420;
 
 impl Config {
@@ -336,9 +338,11 @@ impl Config {
         if tun_name.is_empty() || tun_name.len() > 15 || tun_name.contains(['/', ' ']) {
             bail!("key `tun-name`: {tun_name:?} is not a valid interface name (1-15 characters, no '/' or spaces)");
         }
-        let mtu = o.mtu.or(f.mtu).unwrap_or(DEFAULT_MTU);
-        if !(576..=9000).contains(&mtu) {
-            bail!("key `mtu`: {mtu} is out of range; use 576-9000 (the underlay MTU minus 80)");
+        let mtu = o.mtu.or(f.mtu);
+        if let Some(mtu) = mtu {
+            if !(576..=9000).contains(&mtu) {
+                bail!("key `mtu`: {mtu} is out of range; use 576-9000 (the underlay MTU minus 80)");
+            }
         }
         let persistent_keepalive = match o.persistent_keepalive.or(f.persistent_keepalive) {
             Some(0) => None,

@@ -70,6 +70,7 @@ async fn main() -> Result<()> {
                 let settings = dataplane::Settings {
                     tun_name: config.tun_name.clone(),
                     mtu: config.mtu,
+                    underlay_targets: config.coordinators.clone(),
                     listen_port: config.listen_port,
                     keepalive: config.persistent_keepalive,
                     forward: config.role == strait_pki::Role::Gateway,

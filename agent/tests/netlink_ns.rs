@@ -134,3 +134,39 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         "another owner's route was touched: {static_routes}"
     );
 }
+
+#[test]
+fn the_tun_mtu_follows_the_underlay_toward_the_coordinator() {
+    let ns = Netns::new("mtu");
+    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    ns.ip(&["link", "set", "up0", "mtu", "1380"]);
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    ns.ip(&["link", "set", "up0", "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    let (via_uplink, via_loopback, unresolvable) = in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::connect().unwrap();
+            let mtu = |t: &str| {
+                let nl = nl.clone();
+                let t = vec![t.to_string()];
+                async move { strait_agent::dataplane::tun_mtu(&nl, &t).await }
+            };
+            (
+                mtu("192.0.2.7:7443").await,
+                mtu("127.0.0.1:7443").await,
+                mtu("no-such-host.invalid:7443").await,
+            )
+        })
+    });
+    assert_eq!(via_uplink, 1300, "1380-byte underlay minus 80");
+    assert_eq!(
+        via_loopback,
+        strait_agent::config::DEFAULT_MTU,
+        "loopback is not an underlay"
+    );
+    assert_eq!(unresolvable, strait_agent::config::DEFAULT_MTU);
+}

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use strait_agent::dataplane::engine::{self, PeerSpec};
 use strait_agent::dataplane::netlink::Netlink;
+use strait_agent::dataplane::pump;
 use strait_agent::dataplane::routes::{Route, Via};
 use strait_tests::netns::{enter, veth, Netns};
 
@@ -118,9 +119,8 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
                 if !plan.conflicts.is_empty() {
                     return Err(format!("conflicts: {:?}", plan.conflicts));
                 }
-                let socket = tokio::net::UdpSocket::bind("0.0.0.0:51820")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let socket =
+                    std::net::UdpSocket::bind("0.0.0.0:51820").map_err(|e| e.to_string())?;
                 Ok::<_, String>((tun, socket))
             };
             let (tun, socket) = match setup.await {
@@ -141,7 +141,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
                 let _ = stop_rx.recv();
             });
             tokio::select! {
-                r = engine::run(tun, socket, a_secret, peers_rx) => { r.expect("engine"); }
+                r = pump::run(tun, socket, a_secret, peers_rx) => { r.expect("engine"); }
                 _ = stop => {}
             }
         });

@@ -1,7 +1,7 @@
 //! The WireGuard engine: one `Tunnel` per peer, the cryptokey routing table, and the IO
 //! loop that moves packets between the TUN device and one UDP socket.
 //!
-//! [`Engine`] holds the state and makes every per-packet decision; [`run`] is the thin shell
+//! [`Engine`] holds the state and makes every per-packet decision; `pump` is the IO shell
 //! that owns the TUN device, the socket and the timer, and applies peer changes live.
 
 use std::collections::HashMap;
@@ -11,10 +11,9 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
-use tokio::sync::watch;
 
 use super::lpm::PrefixTable;
-use super::tunnel::{Output, Tunnel, BUFFER};
+use super::tunnel::{Output, Tunnel};
 
 /// One peer as the engine should have it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,101 +236,6 @@ impl Engine {
     }
 }
 
-/// Runs the engine on the TUN device `tun` and a UDP socket on `port` until `peers`
-/// closes. Peer changes published on `peers` apply live.
-pub async fn run(
-    tun: tun_rs::AsyncDevice,
-    socket: tokio::net::UdpSocket,
-    secret: StaticSecret,
-    mut peers: watch::Receiver<Vec<PeerSpec>>,
-) -> std::io::Result<()> {
-    let mut engine = Engine::new(secret);
-    engine.set_peers(&peers.borrow_and_update());
-    let mut from_tun = vec![0u8; BUFFER];
-    let mut from_net = vec![0u8; BUFFER];
-    let mut out = vec![0u8; BUFFER];
-    let mut timers = tokio::time::interval(std::time::Duration::from_millis(250));
-    let mut pending = Pending::default();
-    loop {
-        tokio::select! {
-            n = tun.recv(&mut from_tun) => {
-                let n = n?;
-                if let Some((ep, bytes)) = engine.outbound(&from_tun[..n], &mut out) {
-                    if let Err(e) = socket.send_to(bytes, ep).await {
-                        tracing::trace!(%ep, error = %e, "send failed");
-                    }
-                }
-            }
-            r = socket.recv_from(&mut from_net) => {
-                let (n, from) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::trace!(error = %e, "recv failed");
-                        continue;
-                    }
-                };
-                pending.clear();
-                engine.inbound(from, &from_net[..n], &mut out, |e| match e {
-                    Emit::Network(ep, b) => pending.push(Some(ep), b),
-                    Emit::Tun(b) => pending.push(None, b),
-                });
-                for (to, bytes) in pending.iter() {
-                    match to {
-                        Some(ep) => {
-                            let _ = socket.send_to(bytes, ep).await;
-                        }
-                        None => {
-                            let _ = tun.send(bytes).await;
-                        }
-                    }
-                }
-            }
-            _ = timers.tick() => {
-                pending.clear();
-                engine.tick(&mut out, |ep, b| pending.push(Some(ep), b));
-                for (to, bytes) in pending.iter() {
-                    if let Some(ep) = to {
-                        let _ = socket.send_to(bytes, ep).await;
-                    }
-                }
-            }
-            changed = peers.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                engine.set_peers(&peers.borrow_and_update());
-            }
-        }
-    }
-}
-
-/// Outputs of one datagram or timer pass, copied out of the shared output buffer so they can
-/// be sent after the engine returns. Its buffers are reused: no allocation per packet once
-/// warm.
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    /// Destination (`None`: the TUN device) and range in `bytes`.
-    items: Vec<(Option<SocketAddr>, usize, usize)>,
-}
-
-impl Pending {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.items.clear();
-    }
-
-    fn push(&mut self, to: Option<SocketAddr>, data: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(data);
-        self.items.push((to, start, self.bytes.len()));
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
-        self.items.iter().map(|&(to, s, e)| (to, &self.bytes[s..e]))
-    }
-}
-
 /// Creates the TUN device `name` (no address yet; see `netlink::configure_link`).
 pub fn create_tun(name: &str, mtu: u16) -> std::io::Result<tun_rs::AsyncDevice> {
     tun_rs::DeviceBuilder::new()
@@ -343,6 +247,7 @@ pub fn create_tun(name: &str, mtu: u16) -> std::io::Result<tun_rs::AsyncDevice> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::tunnel::BUFFER;
 
     fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
         let total = 20 + payload.len();

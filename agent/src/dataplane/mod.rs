@@ -1,7 +1,8 @@
 //! The WireGuard data plane: a TUN device, one UDP socket, one boringtun tunnel per peer,
 //! routes in the kernel. [`run`] applies every map the control plane publishes.
 //!
-//! - [`engine`]: per-packet decisions and the IO loop.
+//! - [`engine`]: per-packet decisions (cryptokey routing, roaming, timers).
+//! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
@@ -10,6 +11,7 @@
 pub mod engine;
 pub mod lpm;
 pub mod netlink;
+pub mod pump;
 pub mod routes;
 pub mod tunnel;
 
@@ -32,7 +34,11 @@ use netlink::Netlink;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub tun_name: String,
-    pub mtu: u16,
+    /// TUN MTU; `None`: the MTU of the underlay interface toward `underlay_targets`, minus
+    /// WireGuard's 80 bytes of worst-case overhead.
+    pub mtu: Option<u16>,
+    /// Addresses (`host:port`) reached over the underlay, for finding its MTU.
+    pub underlay_targets: Vec<String>,
     pub listen_port: u16,
     /// Persistent keepalive toward every peer, in seconds (keeps NAT mappings open).
     pub keepalive: Option<u16>,
@@ -74,6 +80,52 @@ pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
         .collect()
 }
 
+/// WireGuard's worst-case overhead: outer IPv6 header 40 + UDP 8 + WireGuard 32.
+pub const WIREGUARD_OVERHEAD: u16 = 80;
+
+/// The TUN MTU for an underlay of `underlay` bytes, within what the agent accepts.
+pub fn mtu_for_underlay(underlay: u32) -> u16 {
+    let mtu = underlay.saturating_sub(u32::from(WIREGUARD_OVERHEAD));
+    mtu.clamp(576, 9000) as u16
+}
+
+/// The TUN MTU from the MTU of the interface this node reaches `targets` through (the first
+/// that resolves to a non-loopback route), or [`crate::config::DEFAULT_MTU`].
+pub async fn tun_mtu(nl: &Netlink, targets: &[String]) -> u16 {
+    for target in targets {
+        let Ok(addrs) = tokio::net::lookup_host(target.as_str()).await else {
+            continue;
+        };
+        for addr in addrs {
+            let local = std::net::UdpSocket::bind(if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })
+            .and_then(|s| s.connect(addr).and_then(|()| s.local_addr()));
+            let Ok(local) = local else { continue };
+            if local.ip().is_loopback() {
+                continue;
+            }
+            match nl.link_mtu_of_address(local.ip()).await {
+                Ok(Some((name, underlay))) => {
+                    let mtu = mtu_for_underlay(underlay);
+                    tracing::info!(interface = %name, underlay, mtu, toward = %addr, "TUN MTU from the underlay");
+                    return mtu;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "underlay MTU"),
+            }
+        }
+    }
+    let mtu = crate::config::DEFAULT_MTU;
+    tracing::info!(
+        mtu,
+        "underlay MTU not found (set `mtu` to choose); using the default"
+    );
+    mtu
+}
+
 fn enable_forwarding() -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
@@ -89,13 +141,17 @@ pub async fn run(
     conflicts: watch::Sender<Vec<Refusal>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let tun = engine::create_tun(&settings.tun_name, settings.mtu).with_context(|| {
+    let nl = Netlink::connect().context("opening a netlink socket")?;
+    let mtu = match settings.mtu {
+        Some(mtu) => mtu,
+        None => tun_mtu(&nl, &settings.underlay_targets).await,
+    };
+    let tun = engine::create_tun(&settings.tun_name, mtu).with_context(|| {
         format!(
             "creating TUN device {} (needs root or CAP_NET_ADMIN and /dev/net/tun)",
             settings.tun_name
         )
     })?;
-    let nl = Netlink::connect().context("opening a netlink socket")?;
     let index = nl
         .link_index(&settings.tun_name)
         .await?
@@ -107,28 +163,22 @@ pub async fn run(
     if settings.forward {
         enable_forwarding()?;
     }
-    let socket = tokio::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
-        .await
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
-    let mut engine = tokio::spawn(engine::run(tun, socket, secret, peers_rx));
-    tracing::info!(tun = %settings.tun_name, port = settings.listen_port, "data plane up");
+    let mut engine = tokio::spawn(pump::run(tun, socket, secret, peers_rx));
+    tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
-    let mut address: Option<IpNetwork> = None;
+    let mut link = TunLink {
+        nl: nl.clone(),
+        index,
+        mtu,
+        address: None,
+    };
     let result = loop {
         let map = maps.borrow_and_update().clone();
         if let Some(map) = map {
-            if let Err(e) = apply(
-                &nl,
-                index,
-                &settings,
-                &map,
-                &mut address,
-                &peers_tx,
-                &conflicts,
-            )
-            .await
-            {
+            if let Err(e) = apply(&mut link, &settings, &map, &peers_tx, &conflicts).await {
                 tracing::warn!(error = %format!("{e:#}"), "applying the map failed; retrying at the next change");
             }
         }
@@ -150,12 +200,18 @@ pub async fn run(
     result
 }
 
-async fn apply(
-    nl: &Netlink,
+/// The TUN device as configured so far.
+struct TunLink {
+    nl: Netlink,
     index: u32,
+    mtu: u16,
+    address: Option<IpNetwork>,
+}
+
+async fn apply(
+    link: &mut TunLink,
     settings: &Settings,
     map: &NetworkMap,
-    address: &mut Option<IpNetwork>,
     peers: &watch::Sender<Vec<PeerSpec>>,
     conflicts: &watch::Sender<Vec<Refusal>>,
 ) -> Result<()> {
@@ -166,13 +222,15 @@ async fn apply(
             IpAddr::V4(map.node.overlay_ip),
             map.node.overlay_cidr.prefix(),
         )?;
-        if *address != Some(want) {
-            nl.configure_link(index, want, settings.mtu.into()).await?;
-            *address = Some(want);
+        if link.address != Some(want) {
+            link.nl
+                .configure_link(link.index, want, link.mtu.into())
+                .await?;
+            link.address = Some(want);
         }
     }
     peers.send_replace(peer_specs(map, settings.keepalive));
-    let plan = nl.reconcile(&routes::desired(map), index).await?;
+    let plan = link.nl.reconcile(&routes::desired(map), link.index).await?;
     conflicts.send_if_modified(|current| {
         let changed = *current != plan.conflicts;
         if changed {

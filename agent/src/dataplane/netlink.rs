@@ -81,6 +81,44 @@ impl Netlink {
         }
     }
 
+    /// The name and MTU of the link that carries the local address `ip`.
+    pub async fn link_mtu_of_address(
+        &self,
+        ip: IpAddr,
+    ) -> Result<Option<(String, u32)>, NetlinkError> {
+        use netlink_packet_route::address::AddressAttribute;
+        use netlink_packet_route::link::LinkAttribute;
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs.try_next().await.map_err(err("listing addresses"))? {
+            let owns = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip)
+            });
+            if owns {
+                index = Some(msg.header.index);
+                break;
+            }
+        }
+        let Some(index) = index else { return Ok(None) };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let Some(link) = links
+            .try_next()
+            .await
+            .map_err(err(format!("reading link {index}")))?
+        else {
+            return Ok(None);
+        };
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        });
+        Ok(mtu.map(|m| (name.unwrap_or_else(|| index.to_string()), m)))
+    }
+
     /// Puts `address` on the link, sets its MTU and brings it up. Idempotent.
     pub async fn configure_link(
         &self,

@@ -1,0 +1,405 @@
+//! The IO shell around [`Engine`]: moves packets between the TUN device and the UDP socket.
+//!
+//! Two tasks, one per direction, so that on a multi-threaded runtime encryption and
+//! decryption run on different cores:
+//! - **outbound**: waits for the TUN device, reads every packet already queued (up to
+//!   [`BATCH`]), encrypts them under one lock of the engine into one contiguous buffer, and
+//!   sends runs of equal-sized datagrams to one peer as a single UDP GSO `sendmsg`;
+//! - **inbound**: receives up to 32 datagrams per `recvmmsg` (with UDP GRO, one buffer may
+//!   hold several datagrams of one sender), decrypts them under one lock, writes the packets
+//!   to the TUN device and sends any handshake answers.
+//!
+//! A third loop (the caller's task) runs the timers every 250 ms and applies peer changes.
+//! The engine's lock is never held across a syscall or an `.await`.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use boringtun::x25519::StaticSecret;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::engine::{Emit, Engine, PeerSpec};
+use super::tunnel::BUFFER;
+
+/// Most packets read from the TUN device per wake-up.
+pub const BATCH: usize = 64;
+/// Largest IP packet the TUN device hands us (its MTU is at most this).
+const MAX_PACKET: usize = 65535;
+/// Receive buffer for one (possibly GRO-coalesced) message.
+const RECV_SLOT: usize = 65535;
+/// Datagrams per `recvmmsg`.
+const RECV_BATCH: usize = 32;
+/// Largest UDP payload of one GSO send (an IPv4 datagram's limit; larger is refused).
+const MAX_GSO_BYTES: usize = 65507;
+/// Socket buffer size asked for in each direction.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+struct Shared {
+    engine: Mutex<Engine>,
+    tun: tun_rs::AsyncDevice,
+    udp: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock would be a bug in the engine; its state is still
+        // the best there is, so keep going rather than poisoning the data plane.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `contents` (one datagram, or several of `segment` bytes each) to `to`, waiting
+    /// while the socket buffer is full. Errors other than a full buffer are logged at TRACE
+    /// and the datagrams dropped, as a network would.
+    async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        let r = self
+            .udp
+            .async_io(Interest::WRITABLE, || {
+                self.state.send((&self.udp).into(), &transmit)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::trace!(%to, error = %e, "send failed");
+        }
+    }
+}
+
+/// Aborts the direction tasks when `run` ends or is dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Runs the data plane on `tun` and `socket` until `peers` closes (or the future is
+/// dropped). Peer changes published on `peers` apply live.
+pub async fn run(
+    tun: tun_rs::AsyncDevice,
+    socket: std::net::UdpSocket,
+    secret: StaticSecret,
+    mut peers: watch::Receiver<Vec<PeerSpec>>,
+) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let state = UdpSocketState::new((&socket).into())?;
+    for (what, r) in [
+        (
+            "receive",
+            state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER),
+        ),
+        (
+            "send",
+            state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER),
+        ),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not size the UDP {what} buffer");
+        }
+    }
+    let mut engine = Engine::new(secret);
+    engine.set_peers(&peers.borrow_and_update());
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        tun,
+        udp: UdpSocket::from_std(socket)?,
+        state,
+    });
+    let mut outbound = tokio::spawn(outbound(shared.clone()));
+    let mut inbound = tokio::spawn(inbound(shared.clone()));
+    let _abort = AbortOnDrop(vec![outbound.abort_handle(), inbound.abort_handle()]);
+    let mut timers = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut out = vec![0u8; BUFFER];
+    let mut pending = Pending::default();
+    loop {
+        tokio::select! {
+            _ = timers.tick() => {
+                pending.clear();
+                shared.engine().tick(&mut out, |ep, b| pending.push(Some(ep), b));
+                for (to, bytes) in pending.iter() {
+                    if let Some(ep) = to {
+                        shared.send(ep, bytes, None).await;
+                    }
+                }
+            }
+            changed = peers.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let specs = peers.borrow_and_update().clone();
+                shared.engine().set_peers(&specs);
+            }
+            r = &mut outbound => return finished("outbound", r),
+            r = &mut inbound => return finished("inbound", r),
+        }
+    }
+}
+
+fn finished(which: &str, r: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("{which} packets: {e}"))),
+        Err(e) => Err(io::Error::other(format!("{which} packets stopped: {e}"))),
+    }
+}
+
+/// TUN -> encrypt -> UDP.
+async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
+    let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
+    let mut lens = [0usize; BATCH];
+    // Encrypted datagrams back to back, so runs of them can go out as one GSO send.
+    let mut wire = vec![0u8; BATCH * BUFFER];
+    let mut batch = SendBatch::default();
+    loop {
+        lens[0] = shared.tun.recv(&mut packets[0]).await?;
+        let mut n = 1;
+        while n < BATCH {
+            match shared.tun.try_recv(&mut packets[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        batch.clear(shared.state.max_gso_segments());
+        {
+            let mut engine = shared.engine();
+            let mut cursor = 0;
+            for (packet, &len) in packets.iter().zip(&lens[..n]) {
+                let out = &mut wire[cursor..];
+                let base = out.as_ptr() as usize;
+                if let Some((ep, bytes)) = engine.outbound(&packet[..len], out) {
+                    let start = cursor + (bytes.as_ptr() as usize - base);
+                    let end = start + bytes.len();
+                    batch.push(ep, start, end);
+                    cursor = end;
+                }
+            }
+        }
+        for run in batch.runs() {
+            shared
+                .send(run.to, &wire[run.start..run.end], run.segment)
+                .await;
+        }
+    }
+}
+
+/// UDP -> decrypt -> TUN (and handshake answers -> UDP).
+async fn inbound(shared: Arc<Shared>) -> io::Result<()> {
+    let mut slots: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_SLOT]).collect();
+    let mut meta = [RecvMeta::default(); RECV_BATCH];
+    let mut out = vec![0u8; BUFFER];
+    let mut pending = Pending::default();
+    loop {
+        let n = {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                slots.iter_mut().map(|s| IoSliceMut::new(s)).collect();
+            match shared
+                .udp
+                .async_io(Interest::READABLE, || {
+                    shared
+                        .state
+                        .recv((&shared.udp).into(), &mut bufs, &mut meta)
+                })
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    // ICMP errors surface here (port unreachable from a stale endpoint);
+                    // they say nothing about this socket.
+                    tracing::trace!(error = %e, "recv failed");
+                    continue;
+                }
+            }
+        };
+        pending.clear();
+        {
+            let mut engine = shared.engine();
+            for (m, slot) in meta[..n].iter().zip(&slots) {
+                let stride = m.stride.max(1);
+                for datagram in slot[..m.len.min(slot.len())].chunks(stride) {
+                    engine.inbound(m.addr, datagram, &mut out, |e| match e {
+                        Emit::Network(ep, b) => pending.push(Some(ep), b),
+                        Emit::Tun(b) => pending.push(None, b),
+                    });
+                }
+            }
+        }
+        for (to, bytes) in pending.iter() {
+            match to {
+                Some(ep) => shared.send(ep, bytes, None).await,
+                None => {
+                    if let Err(e) = shared.tun.send(bytes).await {
+                        tracing::trace!(error = %e, "TUN write failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One GSO send: `contents` are datagrams of `segment` bytes (the last may be shorter).
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    to: SocketAddr,
+    start: usize,
+    end: usize,
+    segment: Option<usize>,
+}
+
+/// Groups encrypted datagrams, laid out back to back, into GSO sends: consecutive datagrams
+/// to the same peer and of the same size form one send; a shorter one ends it.
+#[derive(Debug, Default)]
+struct SendBatch {
+    runs: Vec<Run>,
+    /// Datagrams in the last run, and its segment size.
+    count: usize,
+    size: usize,
+    max_segments: usize,
+    closed: bool,
+}
+
+impl SendBatch {
+    fn clear(&mut self, max_segments: usize) {
+        self.runs.clear();
+        self.count = 0;
+        self.max_segments = max_segments.max(1);
+    }
+
+    /// Adds the datagram `start..end` for `to` (it must directly follow the previous one).
+    fn push(&mut self, to: SocketAddr, start: usize, end: usize) {
+        let len = end - start;
+        if let Some(last) = self.runs.last_mut() {
+            let joins = last.to == to
+                && last.end == start
+                && !self.closed
+                && len <= self.size
+                && self.count < self.max_segments
+                && end - last.start <= MAX_GSO_BYTES;
+            if joins {
+                last.end = end;
+                last.segment = Some(self.size);
+                self.count += 1;
+                // A shorter datagram can only be the last of a GSO send.
+                self.closed = len < self.size;
+                return;
+            }
+        }
+        self.runs.push(Run {
+            to,
+            start,
+            end,
+            segment: None,
+        });
+        self.count = 1;
+        self.size = len;
+        self.closed = false;
+    }
+
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.iter()
+    }
+}
+
+/// Outputs of one batch or timer pass, copied out of the shared output buffer so they can
+/// be written after the engine's lock is released. Its buffers are reused: no allocation per
+/// packet once warm.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Destination (`None`: the TUN device) and range in `bytes`.
+    items: Vec<(Option<SocketAddr>, usize, usize)>,
+}
+
+impl Pending {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+
+    fn push(&mut self, to: Option<SocketAddr>, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((to, start, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
+        self.items.iter().map(|&(to, s, e)| (to, &self.bytes[s..e]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a() -> SocketAddr {
+        "192.0.2.1:51820".parse().unwrap()
+    }
+    fn b() -> SocketAddr {
+        "198.51.100.1:51820".parse().unwrap()
+    }
+
+    fn runs(batch: &SendBatch) -> Vec<(SocketAddr, usize, usize, Option<usize>)> {
+        batch
+            .runs()
+            .map(|r| (r.to, r.start, r.end, r.segment))
+            .collect()
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_peer_form_one_gso_send() {
+        let mut batch = SendBatch::default();
+        batch.clear(64);
+        batch.push(a(), 0, 100);
+        batch.push(a(), 100, 200);
+        batch.push(a(), 200, 260); // shorter: ends the run
+        batch.push(a(), 260, 360);
+        assert_eq!(
+            runs(&batch),
+            vec![(a(), 0, 260, Some(100)), (a(), 260, 360, None)]
+        );
+    }
+
+    #[test]
+    fn another_peer_a_larger_datagram_or_the_segment_limit_starts_a_new_send() {
+        let mut batch = SendBatch::default();
+        batch.clear(2);
+        batch.push(a(), 0, 100);
+        batch.push(b(), 100, 200);
+        batch.push(b(), 200, 350); // larger than the run's segment
+        batch.push(b(), 350, 500);
+        batch.push(b(), 500, 650); // limit of 2 segments reached
+        batch.push(b(), 650, 800);
+        batch.push(b(), 800, 800 + MAX_GSO_BYTES - 149); // over the byte limit
+        assert_eq!(
+            runs(&batch),
+            vec![
+                (a(), 0, 100, None),
+                (b(), 100, 200, None),
+                (b(), 200, 500, Some(150)),
+                (b(), 500, 800, Some(150)),
+                (b(), 800, 800 + MAX_GSO_BYTES - 149, None),
+            ]
+        );
+        // Without GSO every datagram is its own send.
+        batch.clear(1);
+        batch.push(a(), 0, 100);
+        batch.push(a(), 100, 200);
+        assert_eq!(runs(&batch).len(), 2);
+    }
+}
