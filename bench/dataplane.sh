@@ -7,8 +7,10 @@
 #   up0 192.0.2.1/24 <---- veth ---->  up0 192.0.2.2/24
 #
 # Strait rounds run a real coordinator (in sbench-a) and two gateway agents; wireguard-go
-# rounds configure wireguard-go with `wg`. Each round: iperf3 single TCP stream and 4 streams
-# (10 s each), ping idle (200 x 10 ms). Needs root, iperf3, wireguard-go, wireguard-tools.
+# rounds configure wireguard-go with `wg`. Each round: iperf3 single TCP stream and 4 streams,
+# UDP with 64-byte payloads at full rate (delivered packets/s), ping idle (200 x 10 ms) and
+# ping while one TCP stream saturates the tunnel. Needs root, iperf3, wireguard-go,
+# wireguard-tools.
 #
 # usage: bench/dataplane.sh [ROUNDS]    (run from the repository root)
 set -euo pipefail
@@ -39,7 +41,14 @@ topology() {
 
 cpu_ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
 
-# measure NAME PEER_IP PID_A -> appends "name tcp1 tcp4 ping_p50 ping_p99 cpu_s_per_gb" to results
+# percentiles of ping times on stdin -> "p50 p99"
+percentiles() {
+  awk -F'time=' '/time=/{split($2,a," "); print a[1]}' | sort -n |
+    awk '{a[NR]=$1} END {if (NR == 0) print "nan nan"; else print a[int(NR*0.5)+0], a[int(NR*0.99)+0]}'
+}
+
+# measure NAME PEER_IP PID_A -> appends
+# "name tcp1 tcp4 udp64_kpps idle_p50 idle_p99 load_p50 load_p99 cpu_s_per_gb" to results
 measure() {
   local name=$1 peer=$2 pid=$3
   ip netns exec $Bn iperf3 -s -D -1 >/dev/null
@@ -54,16 +63,25 @@ measure() {
   sleep 0.5
   local tcp4
   tcp4=$(ip netns exec $A iperf3 -c "$peer" -t "$DURATION" -P 4 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
-  local pings
-  pings=$(ip netns exec $A ping -c 200 -i 0.01 -q -W 1 "$peer" >/dev/null; ip netns exec $A ping -c 200 -i 0.01 "$peer" | awk -F'time=' '/time=/{split($2,a," "); print a[1]}' | sort -n)
-  local p50 p99
-  p50=$(echo "$pings" | awk '{a[NR]=$1} END {print a[int(NR*0.5)]}')
-  p99=$(echo "$pings" | awk '{a[NR]=$1} END {print a[int(NR*0.99)]}')
+  ip netns exec $Bn iperf3 -s -D -1 >/dev/null
+  sleep 0.5
+  local udp
+  udp=$(ip netns exec $A iperf3 -c "$peer" -u -b 0 -l 64 -t "$DURATION" -J | python3 -c 'import json,sys; r=json.load(sys.stdin)["end"]["sum_received"]; print(r["bytes"]/64/r["seconds"]/1e3)')
+  local idle load
+  ip netns exec $A ping -c 20 -i 0.01 -q -W 1 "$peer" >/dev/null || true
+  idle=$( (ip netns exec $A ping -c 200 -i 0.01 -W 1 "$peer" || true) | percentiles)
+  ip netns exec $Bn iperf3 -s -D -1 >/dev/null
+  sleep 0.5
+  ip netns exec $A iperf3 -c "$peer" -t "$DURATION" >/dev/null &
+  local ipid=$!
+  sleep 1
+  load=$( (ip netns exec $A ping -c 300 -i 0.01 -W 1 "$peer" || true) | percentiles)
+  wait $ipid || true
   local cpu_per_gb
   cpu_per_gb=$(python3 -c "print(($t1-$t0)/100/($bytes1/1e9))")
-  echo "$name $tcp1 $tcp4 $p50 $p99 $cpu_per_gb" >> "$WORK/results"
-  printf '  %-12s tcp1 %6.2f Gbit/s  tcp4 %6.2f Gbit/s  ping p50 %s ms p99 %s ms  cpu %.2f s/GB (sender side)\n' \
-    "$name" "$tcp1" "$tcp4" "$p50" "$p99" "$cpu_per_gb"
+  echo "$name $tcp1 $tcp4 $udp $idle $load $cpu_per_gb" >> "$WORK/results"
+  printf '  %-12s tcp1 %5.2f Gbit/s  tcp4 %5.2f Gbit/s  udp64 %6.1f kpps  ping idle p50/p99 %s ms  loaded %s ms  cpu %.2f s/GB (sender)\n' \
+    "$name" "$tcp1" "$tcp4" "$udp" "${idle/ //}" "${load/ //}" "$cpu_per_gb"
 }
 
 strait_round() {
@@ -132,7 +150,8 @@ import sys, statistics
 rows = [l.split() for l in open(sys.argv[1])]
 def med(name, i):
     return statistics.median(float(r[i]) for r in rows if r[0] == name)
-cols = [("tcp1 Gbit/s", 1), ("tcp4 Gbit/s", 2), ("ping p50 ms", 3), ("ping p99 ms", 4), ("cpu s/GB", 5)]
+cols = [("tcp1 Gbit/s", 1), ("tcp4 Gbit/s", 2), ("udp64 kpps", 3), ("idle p50 ms", 4),
+        ("idle p99 ms", 5), ("load p50 ms", 6), ("load p99 ms", 7), ("cpu s/GB", 8)]
 print("\nmedians        " + "  ".join(f"{c:>12}" for c, _ in cols))
 for name in ("strait", "wireguard-go"):
     print(f"{name:<14} " + "  ".join(f"{med(name, i):>12.3f}" for _, i in cols))
