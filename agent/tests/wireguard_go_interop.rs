@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  netns A (this test's engine)            netns B (wireguard-go)
-//!  strait0 100.64.0.1/10                   wg0 100.64.0.2/10
+//!  strait0 100.64.0.1/10                   wgi<pid> 100.64.0.2/10
 //!  a0 192.0.2.1/24  <---- veth ---->  b0 192.0.2.2/24
 //! ```
 
@@ -44,10 +44,20 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     let a_public = PublicKey::from(&a_secret);
     let b_secret = StaticSecret::from([22u8; 32]);
     let b_public = PublicKey::from(&b_secret);
+    // wireguard-go's control socket (/var/run/wireguard/<interface>.sock) is shared by all
+    // namespaces: a name unique to this process lets test runs overlap.
+    let wg_if = format!("wgi{}", std::process::id());
 
     // wireguard-go in B, configured with wg.
     let wg_go = Command::new("ip")
-        .args(["netns", "exec", &b.name, "wireguard-go", "-f", "wgi0"])
+        .args([
+            "netns",
+            "exec",
+            &b.name,
+            "wireguard-go",
+            "-f",
+            wg_if.as_str(),
+        ])
         .env("WG_PROCESS_FOREGROUND", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,8 +65,16 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         .expect("wireguard-go must be installed (apt-get install wireguard-go)");
     let _wg_go = WireguardGo(wg_go);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !b.exec(&["ip", "link", "show", "wgi0"]).status.success() {
-        assert!(Instant::now() < deadline, "wireguard-go did not create wg0");
+    while !b
+        .exec(&["ip", "link", "show", wg_if.as_str()])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wireguard-go did not create {}",
+            wg_if
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let key_dir = tempfile::tempdir().unwrap();
@@ -65,7 +83,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     let set = b.exec(&[
         "wg",
         "set",
-        "wgi0",
+        wg_if.as_str(),
         "private-key",
         key_file.to_str().unwrap(),
         "listen-port",
@@ -82,8 +100,8 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         "wg set: {}",
         String::from_utf8_lossy(&set.stderr)
     );
-    b.ip(&["addr", "add", "100.64.0.2/10", "dev", "wgi0"]);
-    b.ip(&["link", "set", "wgi0", "up"]);
+    b.ip(&["addr", "add", "100.64.0.2/10", "dev", wg_if.as_str()]);
+    b.ip(&["link", "set", wg_if.as_str(), "up"]);
 
     // Strait's engine in A, on its own thread inside the namespace.
     let path = a.path();
@@ -183,7 +201,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         String::from_utf8_lossy(&big.stdout)
     );
 
-    let show = b.exec(&["wg", "show", "wgi0", "latest-handshakes"]);
+    let show = b.exec(&["wg", "show", wg_if.as_str(), "latest-handshakes"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(
         text.contains(&b64(a_public.as_bytes())) && !text.trim().ends_with("\t0"),

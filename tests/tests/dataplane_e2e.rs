@@ -291,8 +291,18 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = conf_dir.path().join("wg0.conf");
     std::fs::write(&conf, setconf).unwrap();
+    // wireguard-go's control socket (/var/run/wireguard/<interface>.sock) is shared by all
+    // namespaces: a name unique to this process lets test runs overlap.
+    let wg_if = format!("wgx{}", std::process::id());
     let mut wg_go = Command::new("ip")
-        .args(["netns", "exec", &ext.name, "wireguard-go", "-f", "wgx0"])
+        .args([
+            "netns",
+            "exec",
+            &ext.name,
+            "wireguard-go",
+            "-f",
+            wg_if.as_str(),
+        ])
         .env("WG_PROCESS_FOREGROUND", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -300,29 +310,29 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
         .expect("wireguard-go");
     wait_for(
         Duration::from_secs(10),
-        "wireguard-go to create wg0",
+        "wireguard-go to create its interface",
         || {
-            ext.exec(&["ip", "link", "show", "wgx0"])
+            ext.exec(&["ip", "link", "show", wg_if.as_str()])
                 .status
                 .success()
                 .then_some(())
         },
     )
     .unwrap();
-    let set = ext.exec(&["wg", "setconf", "wgx0", conf.to_str().unwrap()]);
+    let set = ext.exec(&["wg", "setconf", wg_if.as_str(), conf.to_str().unwrap()]);
     assert!(
         set.status.success(),
         "wg setconf: {}",
         String::from_utf8_lossy(&set.stderr)
     );
-    ext.ip(&["addr", "add", "100.64.255.1/32", "dev", "wgx0"]);
-    ext.ip(&["link", "set", "wgx0", "up"]);
+    ext.ip(&["addr", "add", "100.64.255.1/32", "dev", wg_if.as_str()]);
+    ext.ip(&["link", "set", wg_if.as_str(), "up"]);
     for line in config
         .lines()
         .filter_map(|l| l.strip_prefix("AllowedIPs = "))
     {
         for prefix in line.split(", ") {
-            ext.ip(&["route", "add", prefix, "dev", "wgx0"]);
+            ext.ip(&["route", "add", prefix, "dev", wg_if.as_str()]);
         }
     }
     let reached = wait_for(

@@ -236,12 +236,24 @@ impl Engine {
     }
 }
 
-/// Creates the TUN device `name` (no address yet; see `netlink::configure_link`).
+/// Creates the TUN device `name` (no address yet; see `netlink::configure_link`) with TCP
+/// segmentation offload and checksum offload (`IFF_VNET_HDR`), so the kernel hands over and
+/// accepts 64 KiB TCP segments; without kernel support, a plain TUN device.
 pub fn create_tun(name: &str, mtu: u16) -> std::io::Result<tun_rs::AsyncDevice> {
-    tun_rs::DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .build_async()
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(offload)
+            .build_async()
+    };
+    match build(true) {
+        Ok(tun) => Ok(tun),
+        Err(e) => {
+            tracing::info!(error = %e, "TUN offloads unavailable; using a plain TUN device");
+            build(false)
+        }
+    }
 }
 
 #[cfg(test)]

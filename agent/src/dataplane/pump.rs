@@ -2,12 +2,14 @@
 //!
 //! Two tasks, one per direction, so that on a multi-threaded runtime encryption and
 //! decryption run on different cores:
-//! - **outbound**: waits for the TUN device, reads every packet already queued (up to
-//!   [`BATCH`]), encrypts them under one lock of the engine into one contiguous buffer, and
+//! - **outbound**: waits for the TUN device, reads what is queued (with TUN offloads one read
+//!   may be a 64 KiB TCP segment, split here into MTU-sized packets; up to [`BATCH`]
+//!   packets), encrypts them under one lock of the engine into one contiguous buffer, and
 //!   sends runs of equal-sized datagrams to one peer as a single UDP GSO `sendmsg`;
 //! - **inbound**: receives up to 32 datagrams per `recvmmsg` (with UDP GRO, one buffer may
-//!   hold several datagrams of one sender), decrypts them under one lock, writes the packets
-//!   to the TUN device and sends any handshake answers.
+//!   hold several datagrams of one sender), decrypts them under one lock, then writes the
+//!   packets to the TUN device with consecutive TCP segments of a flow coalesced into one
+//!   write (GRO on the TUN side), and sends any handshake answers.
 //!
 //! A third loop (the caller's task) runs the timers every 250 ms and applies peer changes.
 //! The engine's lock is never held across a syscall or an `.await`.
@@ -21,12 +23,16 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
+use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::engine::{Emit, Engine, PeerSpec};
 use super::tunnel::BUFFER;
 
 /// Most packets read from the TUN device per wake-up.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = 128;
+/// Read again from the TUN device only while this many packet slots are free (one 64 KiB
+/// segment splits into about 46 packets at MTU 1420).
+const REFILL: usize = 64;
 /// Largest IP packet the TUN device hands us (its MTU is at most this).
 const MAX_PACKET: usize = 65535;
 /// Receive buffer for one (possibly GRO-coalesced) message.
@@ -128,11 +134,9 @@ pub async fn run(
         tokio::select! {
             _ = timers.tick() => {
                 pending.clear();
-                shared.engine().tick(&mut out, |ep, b| pending.push(Some(ep), b));
+                shared.engine().tick(&mut out, |ep, b| pending.push(ep, b));
                 for (to, bytes) in pending.iter() {
-                    if let Some(ep) = to {
-                        shared.send(ep, bytes, None).await;
-                    }
+                    shared.send(to, bytes, None).await;
                 }
             }
             changed = peers.changed() => {
@@ -156,23 +160,46 @@ fn finished(which: &str, r: Result<io::Result<()>, tokio::task::JoinError>) -> i
     }
 }
 
+/// Whether a TUN read error is about one malformed packet (dropped) rather than the device.
+fn packet_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Other | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+    )
+}
+
 /// TUN -> encrypt -> UDP.
 async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
+    // One raw read (virtio header + up to 64 KiB), split into packets.
+    let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
     let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
-    let mut lens = [0usize; BATCH];
+    let mut sizes = [0usize; BATCH];
     // Encrypted datagrams back to back, so runs of them can go out as one GSO send.
     let mut wire = vec![0u8; BATCH * BUFFER];
     let mut batch = SendBatch::default();
     loop {
-        lens[0] = shared.tun.recv(&mut packets[0]).await?;
-        let mut n = 1;
-        while n < BATCH {
-            match shared.tun.try_recv(&mut packets[n]) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
-                }
+        let mut n = match shared
+            .tun
+            .recv_multiple(&mut raw, &mut packets, &mut sizes, 0)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if packet_error(&e) => {
+                tracing::trace!(error = %e, "TUN packet dropped");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        while BATCH - n >= REFILL {
+            match shared
+                .tun
+                .try_recv_multiple(&mut raw, &mut packets[n..], &mut sizes[n..], 0)
+            {
+                Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if packet_error(&e) => {
+                    tracing::trace!(error = %e, "TUN packet dropped");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -180,7 +207,7 @@ async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
         {
             let mut engine = shared.engine();
             let mut cursor = 0;
-            for (packet, &len) in packets.iter().zip(&lens[..n]) {
+            for (packet, &len) in packets.iter().zip(&sizes[..n]) {
                 let out = &mut wire[cursor..];
                 let base = out.as_ptr() as usize;
                 if let Some((ep, bytes)) = engine.outbound(&packet[..len], out) {
@@ -205,6 +232,9 @@ async fn inbound(shared: Arc<Shared>) -> io::Result<()> {
     let mut meta = [RecvMeta::default(); RECV_BATCH];
     let mut out = vec![0u8; BUFFER];
     let mut pending = Pending::default();
+    // Decrypted packets, each after room for the virtio header the TUN write needs.
+    let mut to_tun = TunBatch::default();
+    let mut gro = GROTable::new();
     loop {
         let n = {
             let mut bufs: Vec<IoSliceMut<'_>> =
@@ -228,28 +258,62 @@ async fn inbound(shared: Arc<Shared>) -> io::Result<()> {
             }
         };
         pending.clear();
+        to_tun.clear();
         {
             let mut engine = shared.engine();
             for (m, slot) in meta[..n].iter().zip(&slots) {
                 let stride = m.stride.max(1);
                 for datagram in slot[..m.len.min(slot.len())].chunks(stride) {
                     engine.inbound(m.addr, datagram, &mut out, |e| match e {
-                        Emit::Network(ep, b) => pending.push(Some(ep), b),
-                        Emit::Tun(b) => pending.push(None, b),
+                        Emit::Network(ep, b) => pending.push(ep, b),
+                        Emit::Tun(b) => to_tun.push(b),
                     });
                 }
             }
         }
         for (to, bytes) in pending.iter() {
-            match to {
-                Some(ep) => shared.send(ep, bytes, None).await,
-                None => {
-                    if let Err(e) = shared.tun.send(bytes).await {
-                        tracing::trace!(error = %e, "TUN write failed");
-                    }
-                }
+            shared.send(to, bytes, None).await;
+        }
+        if to_tun.len > 0 {
+            let r = shared
+                .tun
+                .send_multiple(&mut gro, to_tun.packets(), TunBatch::OFFSET)
+                .await;
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "TUN write failed");
             }
         }
+    }
+}
+
+/// Packets for one batched TUN write; buffers are reused across batches.
+#[derive(Default)]
+struct TunBatch {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl TunBatch {
+    /// Room left before each packet for the virtio header.
+    const OFFSET: usize = VIRTIO_NET_HDR_LEN;
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(Self::OFFSET + 2048));
+        }
+        let buf = &mut self.bufs[self.len];
+        buf.clear();
+        buf.resize(Self::OFFSET, 0);
+        buf.extend_from_slice(packet);
+        self.len += 1;
+    }
+
+    fn packets(&mut self) -> &mut [Vec<u8>] {
+        &mut self.bufs[..self.len]
     }
 }
 
@@ -316,14 +380,14 @@ impl SendBatch {
     }
 }
 
-/// Outputs of one batch or timer pass, copied out of the shared output buffer so they can
-/// be written after the engine's lock is released. Its buffers are reused: no allocation per
+/// Datagrams of one batch or timer pass (handshakes, keepalives), copied out of the shared
+/// output buffer so they can be sent after the engine's lock is released. Its buffers are reused: no allocation per
 /// packet once warm.
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
-    /// Destination (`None`: the TUN device) and range in `bytes`.
-    items: Vec<(Option<SocketAddr>, usize, usize)>,
+    /// Destination and range in `bytes`.
+    items: Vec<(SocketAddr, usize, usize)>,
 }
 
 impl Pending {
@@ -332,13 +396,13 @@ impl Pending {
         self.items.clear();
     }
 
-    fn push(&mut self, to: Option<SocketAddr>, data: &[u8]) {
+    fn push(&mut self, to: SocketAddr, data: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         self.items.push((to, start, self.bytes.len()));
     }
 
-    fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.items.iter().map(|&(to, s, e)| (to, &self.bytes[s..e]))
     }
 }
