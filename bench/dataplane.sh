@@ -48,7 +48,7 @@ percentiles() {
 }
 
 # measure NAME PEER_IP PID_A -> appends
-# "name tcp1 tcp4 udp64_kpps idle_p50 idle_p99 load_p50 load_p99 cpu_s_per_gb" to results
+# "name tcp1 tcp4 udp64_kpps idle_p50 idle_p99 load_p50 load_p99 cpu_s_per_gb rss_mib" to results
 measure() {
   local name=$1 peer=$2 pid=$3
   ip netns exec $Bn iperf3 -s -D -1 >/dev/null
@@ -79,9 +79,11 @@ measure() {
   wait $ipid || true
   local cpu_per_gb
   cpu_per_gb=$(python3 -c "print(($t1-$t0)/100/($bytes1/1e9))")
-  echo "$name $tcp1 $tcp4 $udp $idle $load $cpu_per_gb" >> "$WORK/results"
-  printf '  %-12s tcp1 %5.2f Gbit/s  tcp4 %5.2f Gbit/s  udp64 %6.1f kpps  ping idle p50/p99 %s ms  loaded %s ms  cpu %.2f s/GB (sender)\n' \
-    "$name" "$tcp1" "$tcp4" "$udp" "${idle/ //}" "${load/ //}" "$cpu_per_gb"
+  # Peak resident memory of the sending side's process over the whole round.
+  local rss; rss=$(awk '/VmHWM/{print $2/1024}' /proc/"$pid"/status)
+  echo "$name $tcp1 $tcp4 $udp $idle $load $cpu_per_gb $rss" >> "$WORK/results"
+  printf '  %-12s tcp1 %5.2f Gbit/s  tcp4 %5.2f Gbit/s  udp64 %6.1f kpps  ping idle p50/p99 %s ms  loaded %s ms  cpu %.2f s/GB  peak RSS %.1f MiB (sender)\n' \
+    "$name" "$tcp1" "$tcp4" "$udp" "${idle/ //}" "${load/ //}" "$cpu_per_gb" "$rss"
 }
 
 strait_round() {
@@ -151,7 +153,8 @@ rows = [l.split() for l in open(sys.argv[1])]
 def med(name, i):
     return statistics.median(float(r[i]) for r in rows if r[0] == name)
 cols = [("tcp1 Gbit/s", 1), ("tcp4 Gbit/s", 2), ("udp64 kpps", 3), ("idle p50 ms", 4),
-        ("idle p99 ms", 5), ("load p50 ms", 6), ("load p99 ms", 7), ("cpu s/GB", 8)]
+        ("idle p99 ms", 5), ("load p50 ms", 6), ("load p99 ms", 7), ("cpu s/GB", 8),
+        ("RSS MiB", 9)]
 print("\nmedians        " + "  ".join(f"{c:>12}" for c, _ in cols))
 for name in ("strait", "wireguard-go"):
     print(f"{name:<14} " + "  ".join(f"{med(name, i):>12.3f}" for _, i in cols))

@@ -159,7 +159,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
                 let _ = stop_rx.recv();
             });
             tokio::select! {
-                r = pump::run(tun, socket, a_secret, peers_rx) => { r.expect("engine"); }
+                r = pump::run(tun, socket, a_secret, peers_rx, Default::default()) => { r.expect("engine"); }
                 _ = stop => {}
             }
         });

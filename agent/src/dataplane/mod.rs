@@ -166,7 +166,8 @@ pub async fn run(
     let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
-    let mut engine = tokio::spawn(pump::run(tun, socket, secret, peers_rx));
+    let counters = std::sync::Arc::new(pump::Counters::default());
+    let mut engine = tokio::spawn(pump::run(tun, socket, secret, peers_rx, counters));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
     let mut link = TunLink {
