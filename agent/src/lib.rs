@@ -10,4 +10,5 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod enroll;
+pub mod paths;
 pub mod wgkey;

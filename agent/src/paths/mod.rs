@@ -1,0 +1,12 @@
+//! Path probing and selection: every peer can be reached over several underlays
+//! (interconnect, private, public); the agent probes each, keeps figures per path and
+//! chooses the one traffic uses.
+//!
+//! - [`probe`]: the authenticated probe datagram (format, key derivation, MAC).
+//! - [`stats`]: RTT, jitter, loss and percentiles of one path (pure).
+//! - [`select`]: health with hysteresis and the choice of the active path (pure state
+//!   machine fed with probe outcomes and time).
+
+pub mod probe;
+pub mod select;
+pub mod stats;

@@ -1,0 +1,654 @@
+//! Path selection toward one peer: a pure state machine fed with probe outcomes and time.
+//!
+//! Every candidate path (one of the peer's endpoints) is probed at a fixed interval. A probe
+//! unanswered within the timeout is lost. Per path:
+//! - **Down** after `down_after` consecutive losses; **Up** again after `up_after` consecutive
+//!   replies.
+//! - **Degraded** (while not down) when its loss over the window reaches `degraded_loss`, or
+//!   its smoothed RTT exceeds `degraded_rtt_factor` times the best path's plus
+//!   `degraded_rtt_slack`; healthy again only below half that loss and 80 % of that RTT
+//!   (hysteresis).
+//!
+//! Selection prefers kinds (interconnect, then private, then public), then lower cost, among
+//! healthy paths. The active path changes at once when it goes down, or is degraded while
+//! another path is healthy. It moves back to a more preferred path only after that path has
+//! been healthy for `hold_down` (fail back), so a flapping link does not drag traffic with it.
+//! With every path down the active path stays as it was: WireGuard may still get through, and
+//! nothing better is known.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use strait_proto::msg::EndpointKind;
+
+use super::stats::PathStats;
+
+/// One way to reach the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub address: SocketAddr,
+    pub kind: EndpointKind,
+    /// Relative cost among paths of one kind (lower is preferred).
+    pub cost: u32,
+}
+
+impl Candidate {
+    /// Preference order: lower is better.
+    fn rank(&self) -> (u8, u32) {
+        let kind = match self.kind {
+            EndpointKind::Interconnect => 0,
+            EndpointKind::Private => 1,
+            EndpointKind::Public => 2,
+        };
+        (kind, self.cost)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// No verdict yet (not enough probes).
+    Unknown,
+    Up,
+    Degraded,
+    Down,
+}
+
+/// Tunables of selection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Probe interval (each path).
+    pub interval: Duration,
+    /// A probe unanswered this long is lost.
+    pub timeout: Duration,
+    pub down_after: u32,
+    pub up_after: u32,
+    pub degraded_loss: f64,
+    pub degraded_rtt_factor: f64,
+    pub degraded_rtt_slack: Duration,
+    pub hold_down: Duration,
+}
+
+impl Thresholds {
+    /// Defaults for a probe interval: timeout of one interval (at most 1 s), down after 3
+    /// losses, up after 2 replies, degraded at 10 % loss or 2x the best RTT + 10 ms, fail
+    /// back after 10 s.
+    pub fn for_interval(interval: Duration) -> Thresholds {
+        Thresholds {
+            interval,
+            timeout: interval.min(Duration::from_secs(1)),
+            down_after: 3,
+            up_after: 2,
+            degraded_loss: 0.10,
+            degraded_rtt_factor: 2.0,
+            degraded_rtt_slack: Duration::from_millis(10),
+            hold_down: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Path {
+    candidate: Candidate,
+    stats: PathStats,
+    health: Health,
+    degraded: bool,
+    misses: u32,
+    replies: u32,
+    /// Since when the path has been healthy (Up and not degraded).
+    healthy_since: Option<Instant>,
+    /// Probes in flight: (sequence number, sent at).
+    outstanding: Vec<(u64, Instant)>,
+    next_probe: Option<Instant>,
+}
+
+impl Path {
+    fn new(candidate: Candidate) -> Path {
+        Path {
+            candidate,
+            stats: PathStats::default(),
+            health: Health::Unknown,
+            degraded: false,
+            misses: 0,
+            replies: 0,
+            healthy_since: None,
+            outstanding: Vec::new(),
+            next_probe: None,
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.health == Health::Up
+    }
+}
+
+/// What a path looks like from outside, for reports and `straitctl links`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PathReport {
+    pub address: SocketAddr,
+    pub kind: EndpointKind,
+    pub health: Health,
+    pub active: bool,
+    pub srtt_us: Option<u64>,
+    pub p50_us: Option<u64>,
+    pub p95_us: Option<u64>,
+    pub jitter_us: u64,
+    pub loss: f64,
+}
+
+/// A change of the active path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    pub from: Option<SocketAddr>,
+    pub to: SocketAddr,
+}
+
+/// Path selection toward one peer.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    paths: Vec<Path>,
+    active: Option<usize>,
+    th: Thresholds,
+    next_seq: u64,
+}
+
+impl Selector {
+    pub fn new(candidates: &[Candidate], th: Thresholds) -> Selector {
+        let mut s = Selector {
+            paths: Vec::new(),
+            active: None,
+            th,
+            next_seq: 1,
+        };
+        s.set_candidates(candidates);
+        s
+    }
+
+    /// Replaces the candidates; paths whose address is unchanged keep their figures.
+    pub fn set_candidates(&mut self, candidates: &[Candidate]) {
+        let active = self.active();
+        let mut old = std::mem::take(&mut self.paths);
+        for c in candidates {
+            match old.iter().position(|p| p.candidate.address == c.address) {
+                Some(i) => {
+                    let mut p = old.swap_remove(i);
+                    p.candidate = *c;
+                    self.paths.push(p);
+                }
+                None => self.paths.push(Path::new(*c)),
+            }
+        }
+        self.active = active.and_then(|a| self.index_of(a));
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.th
+    }
+
+    fn index_of(&self, address: SocketAddr) -> Option<usize> {
+        self.paths
+            .iter()
+            .position(|p| p.candidate.address == address)
+    }
+
+    /// The path traffic should use, once one has been found healthy.
+    pub fn active(&self) -> Option<SocketAddr> {
+        self.active.map(|i| self.paths[i].candidate.address)
+    }
+
+    /// Probes to send now: (path address, sequence number). Each is recorded as in flight.
+    pub fn due(&mut self, now: Instant) -> Vec<(SocketAddr, u64)> {
+        let mut out = Vec::new();
+        for p in &mut self.paths {
+            if p.next_probe.is_some_and(|t| t > now) {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            p.outstanding.push((seq, now));
+            p.next_probe = Some(now + self.th.interval);
+            out.push((p.candidate.address, seq));
+        }
+        out
+    }
+
+    /// When `due` next has something to send.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.paths.iter().filter_map(|p| p.next_probe).min()
+    }
+
+    /// An authenticated reply to probe `seq`. Returns false (and changes nothing) for a
+    /// sequence number not in flight: late, duplicated or replayed.
+    pub fn on_reply(&mut self, seq: u64, now: Instant) -> Option<Switch> {
+        let found = self.paths.iter().enumerate().find_map(|(i, p)| {
+            p.outstanding
+                .iter()
+                .position(|(s, _)| *s == seq)
+                .map(|j| (i, j))
+        });
+        let (i, j) = found?;
+        let (_, sent) = self.paths[i].outstanding.swap_remove(j);
+        let p = &mut self.paths[i];
+        p.stats.record_reply(now.saturating_duration_since(sent));
+        p.misses = 0;
+        p.replies += 1;
+        if p.health != Health::Up && p.replies >= self.th.up_after {
+            if p.health == Health::Down {
+                // The outage is over: losses while it was down say nothing about the path
+                // now, so its loss figure starts afresh.
+                p.stats.clear_window();
+            }
+            p.health = Health::Up;
+        }
+        self.evaluate(now)
+    }
+
+    /// Expires probes past the timeout (each a loss) and re-evaluates the paths.
+    pub fn on_tick(&mut self, now: Instant) -> Option<Switch> {
+        let timeout = self.th.timeout;
+        for p in &mut self.paths {
+            let before = p.outstanding.len();
+            p.outstanding
+                .retain(|(_, sent)| now.saturating_duration_since(*sent) < timeout);
+            for _ in p.outstanding.len()..before {
+                p.stats.record_loss();
+                p.replies = 0;
+                p.misses += 1;
+            }
+            if p.misses >= self.th.down_after {
+                p.health = Health::Down;
+            }
+        }
+        self.evaluate(now)
+    }
+
+    /// Updates degradation and healthy-since, then the active path.
+    fn evaluate(&mut self, now: Instant) -> Option<Switch> {
+        let best_rtt = self
+            .paths
+            .iter()
+            .filter(|p| p.health == Health::Up)
+            .filter_map(|p| p.stats.srtt())
+            .min();
+        let th = self.th;
+        for p in &mut self.paths {
+            if p.health == Health::Down || p.health == Health::Unknown {
+                p.degraded = false;
+                p.healthy_since = None;
+                continue;
+            }
+            let loss = p.stats.loss();
+            let rtt_limit =
+                best_rtt.map(|b| b.mul_f64(th.degraded_rtt_factor) + th.degraded_rtt_slack);
+            let srtt = p.stats.srtt();
+            let over_rtt = |limit: Duration| srtt.is_some_and(|s| s > limit);
+            p.degraded = if p.degraded {
+                // Stays degraded until clearly better than the thresholds.
+                loss > th.degraded_loss / 2.0 || rtt_limit.is_some_and(|l| over_rtt(l.mul_f64(0.8)))
+            } else {
+                loss >= th.degraded_loss || rtt_limit.is_some_and(over_rtt)
+            };
+            p.health = if p.degraded {
+                Health::Degraded
+            } else {
+                Health::Up
+            };
+            if p.healthy() {
+                p.healthy_since.get_or_insert(now);
+            } else {
+                p.healthy_since = None;
+            }
+        }
+        let target = self.choose(now)?;
+        if Some(target) == self.active {
+            return None;
+        }
+        let from = self.active();
+        self.active = Some(target);
+        Some(Switch {
+            from,
+            to: self.paths[target].candidate.address,
+        })
+    }
+
+    /// The path to use now, or `None` to keep the current one.
+    fn choose(&self, now: Instant) -> Option<usize> {
+        let best_of = |want: Health| {
+            self.paths
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.health == want)
+                .min_by_key(|(_, p)| (p.candidate.rank(), p.stats.srtt()))
+                .map(|(i, _)| i)
+        };
+        let best_up = best_of(Health::Up);
+        let Some(current) = self.active else {
+            return best_up.or_else(|| best_of(Health::Degraded));
+        };
+        let cur = &self.paths[current];
+        match cur.health {
+            Health::Down | Health::Unknown => best_up.or_else(|| best_of(Health::Degraded)),
+            Health::Degraded => best_up,
+            Health::Up => {
+                // Fail back to a more preferred path once it has held up long enough.
+                let better = best_up.filter(|&b| {
+                    let p = &self.paths[b];
+                    p.candidate.rank() < cur.candidate.rank()
+                        && p.healthy_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= self.th.hold_down)
+                })?;
+                Some(better)
+            }
+        }
+    }
+
+    /// Every path's figures.
+    pub fn report(&self) -> Vec<PathReport> {
+        let us = |d: Duration| d.as_micros() as u64;
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PathReport {
+                address: p.candidate.address,
+                kind: p.candidate.kind,
+                health: p.health,
+                active: Some(i) == self.active,
+                srtt_us: p.stats.srtt().map(us),
+                p50_us: p.stats.rtt_percentile(50).map(us),
+                p95_us: p.stats.rtt_percentile(95).map(us),
+                jitter_us: us(p.stats.jitter()),
+                loss: p.stats.loss(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IC: &str = "192.0.2.10:51820";
+    const PUB: &str = "203.0.113.10:51820";
+
+    fn cands() -> Vec<Candidate> {
+        vec![
+            Candidate {
+                address: PUB.parse().unwrap(),
+                kind: EndpointKind::Public,
+                cost: 0,
+            },
+            Candidate {
+                address: IC.parse().unwrap(),
+                kind: EndpointKind::Interconnect,
+                cost: 0,
+            },
+        ]
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A simulated network: per path an RTT and whether a probe (by number) gets through.
+    struct Sim {
+        sel: Selector,
+        start: Instant,
+        now: Instant,
+        rtt: Vec<(SocketAddr, Duration)>,
+        /// (address, from, to, drop-every-nth): probes sent in [from, to) are lost when
+        /// their per-path count is a multiple of `nth` (1: all lost).
+        loss: Vec<(SocketAddr, Duration, Duration, u64)>,
+        sent: std::collections::HashMap<SocketAddr, u64>,
+        in_flight: Vec<(Instant, u64)>,
+        switches: Vec<(Duration, SocketAddr)>,
+    }
+
+    impl Sim {
+        fn new(interval_ms: u64) -> Sim {
+            let start = Instant::now();
+            Sim {
+                sel: Selector::new(
+                    &cands(),
+                    Thresholds::for_interval(Duration::from_millis(interval_ms)),
+                ),
+                start,
+                now: start,
+                // A cross-region pair: the internet is a little slower than the
+                // interconnect.
+                rtt: vec![
+                    (addr(IC), Duration::from_millis(20)),
+                    (addr(PUB), Duration::from_millis(28)),
+                ],
+                loss: Vec::new(),
+                sent: Default::default(),
+                in_flight: Vec::new(),
+                switches: Vec::new(),
+            }
+        }
+
+        fn t(&self) -> Duration {
+            self.now - self.start
+        }
+
+        fn rtt_of(&self, a: SocketAddr) -> Duration {
+            self.rtt.iter().find(|(x, _)| *x == a).unwrap().1
+        }
+
+        fn lost(&self, a: SocketAddr, n: u64) -> bool {
+            let t = self.t();
+            self.loss
+                .iter()
+                .any(|&(x, from, to, nth)| x == a && t >= from && t < to && n % nth == 0)
+        }
+
+        /// Runs until `until` (from start) in 5 ms steps.
+        fn run(&mut self, until_ms: u64) {
+            let until = self.start + Duration::from_millis(until_ms);
+            while self.now < until {
+                for (a, seq) in self.sel.due(self.now) {
+                    let n = self.sent.entry(a).or_default();
+                    *n += 1;
+                    let n = *n;
+                    if !self.lost(a, n) {
+                        self.in_flight.push((self.now + self.rtt_of(a), seq));
+                    }
+                }
+                let now = self.now;
+                let (ready, later): (Vec<_>, Vec<_>) =
+                    self.in_flight.drain(..).partition(|(at, _)| *at <= now);
+                self.in_flight = later;
+                for (_, seq) in ready {
+                    if let Some(s) = self.sel.on_reply(seq, now) {
+                        self.switches.push((self.t(), s.to));
+                    }
+                }
+                if let Some(s) = self.sel.on_tick(now) {
+                    self.switches.push((self.t(), s.to));
+                }
+                self.now += Duration::from_millis(5);
+            }
+        }
+
+        fn health(&self, a: &str) -> Health {
+            self.sel
+                .report()
+                .into_iter()
+                .find(|r| r.address == addr(a))
+                .unwrap()
+                .health
+        }
+    }
+
+    #[test]
+    fn the_interconnect_is_chosen_while_healthy() {
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        assert_eq!(sim.health(IC), Health::Up);
+        assert_eq!(sim.health(PUB), Health::Up);
+        let r = sim.sel.report();
+        let ic = r.iter().find(|r| r.address == addr(IC)).unwrap();
+        assert!(ic.active);
+        assert_eq!(ic.srtt_us, Some(20_000));
+        assert_eq!(ic.loss, 0.0);
+    }
+
+    #[test]
+    fn a_cut_interconnect_fails_over_within_a_second_and_fails_back_after_the_hold_down() {
+        let mut sim = Sim::new(200);
+        sim.run(3_000);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        // Cut from 3.0 s to 8.0 s.
+        sim.loss
+            .push((addr(IC), Duration::from_secs(3), Duration::from_secs(8), 1));
+        sim.run(8_000);
+        let (at, to) = sim.switches.last().copied().unwrap();
+        assert_eq!(to, addr(PUB));
+        let interruption = at - Duration::from_secs(3);
+        assert!(
+            interruption < Duration::from_secs(1),
+            "failover took {interruption:?}"
+        );
+        assert_eq!(sim.health(IC), Health::Down);
+        // Restored at 8 s: healthy again after two replies, but no fail back before the
+        // 10 s hold-down.
+        sim.run(17_000);
+        assert_eq!(sim.sel.active(), Some(addr(PUB)), "failed back too early");
+        sim.run(20_000);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        let (back, _) = *sim.switches.last().unwrap();
+        assert!(back >= Duration::from_secs(18), "failed back at {back:?}");
+    }
+
+    #[test]
+    fn a_flapping_interconnect_does_not_drag_traffic_back_and_forth() {
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        // Down for 1 s every 4 s, for a minute.
+        for k in 0..15u64 {
+            let from = Duration::from_secs(2 + 4 * k);
+            sim.loss
+                .push((addr(IC), from, from + Duration::from_secs(1), 1));
+        }
+        sim.run(62_000);
+        assert!(
+            sim.switches.len() <= 2,
+            "switched {} times: {:?}",
+            sim.switches.len(),
+            sim.switches
+        );
+        assert_eq!(sim.sel.active(), Some(addr(PUB)));
+    }
+
+    #[test]
+    fn loss_beyond_the_threshold_switches_and_loss_below_it_does_not() {
+        // 1 probe in 20 lost (5 %): below 10 %, stays.
+        let mut sim = Sim::new(200);
+        sim.loss
+            .push((addr(IC), Duration::ZERO, Duration::from_secs(3600), 20));
+        sim.run(30_000);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        assert_eq!(sim.health(IC), Health::Up);
+        // 1 in 4 lost (25 %): degraded, traffic moves to the public path.
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        sim.loss.push((
+            addr(IC),
+            Duration::from_secs(2),
+            Duration::from_secs(3600),
+            4,
+        ));
+        sim.run(30_000);
+        assert_eq!(sim.health(IC), Health::Degraded);
+        assert_eq!(sim.sel.active(), Some(addr(PUB)));
+    }
+
+    #[test]
+    fn a_slowly_degrading_path_is_left_when_its_rtt_passes_the_limit() {
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        // The interconnect slows down 5 ms per second; the public path stays at 28 ms.
+        let mut switched_at = None;
+        for sec in 3..40u64 {
+            sim.rtt[0].1 = Duration::from_millis(20 + 5 * (sec - 2));
+            sim.run(sec * 1_000);
+            if switched_at.is_none() && sim.sel.active() == Some(addr(PUB)) {
+                switched_at = Some(sim.rtt[0].1);
+            }
+        }
+        // The limit is the best healthy RTT (28 ms once the interconnect is slower)
+        // x 2 + 10 ms = 66 ms.
+        let at = switched_at.expect("never left the slow path");
+        assert!(
+            at > Duration::from_millis(60) && at < Duration::from_millis(100),
+            "left at {at:?}"
+        );
+    }
+
+    #[test]
+    fn with_both_paths_down_the_active_one_is_kept_and_recovery_is_picked_up() {
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        for a in [IC, PUB] {
+            sim.loss
+                .push((addr(a), Duration::from_secs(2), Duration::from_secs(6), 1));
+        }
+        sim.run(6_000);
+        assert_eq!(sim.health(IC), Health::Down);
+        assert_eq!(sim.health(PUB), Health::Down);
+        assert_eq!(
+            sim.sel.active(),
+            Some(addr(IC)),
+            "kept the last active path"
+        );
+        // Only the public path comes back.
+        sim.loss.push((
+            addr(IC),
+            Duration::from_secs(6),
+            Duration::from_secs(3600),
+            1,
+        ));
+        sim.run(8_000);
+        assert_eq!(sim.sel.active(), Some(addr(PUB)));
+    }
+
+    #[test]
+    fn replies_that_are_not_in_flight_change_nothing() {
+        let mut sel = Selector::new(
+            &cands(),
+            Thresholds::for_interval(Duration::from_millis(200)),
+        );
+        let t0 = Instant::now();
+        let probes = sel.due(t0);
+        assert_eq!(probes.len(), 2);
+        let before = sel.report();
+        assert_eq!(sel.on_reply(999, t0), None);
+        assert_eq!(sel.report(), before, "an unknown sequence number counted");
+        let (_, seq) = probes[0];
+        sel.on_reply(seq, t0 + Duration::from_millis(3));
+        let after_first = sel.report();
+        // The same reply again (a replay) is ignored.
+        sel.on_reply(seq, t0 + Duration::from_millis(4));
+        assert_eq!(sel.report(), after_first);
+    }
+
+    #[test]
+    fn changing_candidates_keeps_the_figures_of_unchanged_paths() {
+        let mut sim = Sim::new(200);
+        sim.run(2_000);
+        let ic_before = sim.sel.report()[1].clone();
+        let mut c = cands();
+        c.push(Candidate {
+            address: addr("198.51.100.10:51820"),
+            kind: EndpointKind::Private,
+            cost: 0,
+        });
+        sim.sel.set_candidates(&c);
+        let r = sim.sel.report();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1], ic_before);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        assert_eq!(r[2].health, Health::Unknown);
+    }
+}
