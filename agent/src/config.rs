@@ -41,6 +41,7 @@ pub struct FileConfig {
     pub endpoints: Option<Vec<Endpoint>>,
     pub prefixes: Option<Vec<IpNetwork>>,
     pub heartbeat_interval: Option<String>,
+    pub probe_interval: Option<String>,
     pub tun_name: Option<String>,
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
@@ -104,6 +105,9 @@ pub struct Overrides {
     /// How often to send heartbeats, e.g. 5s.
     #[arg(long, env = "STRAIT_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
+    /// How often to probe every path to every peer, e.g. 1s (200ms to 60s).
+    #[arg(long, env = "STRAIT_PROBE_INTERVAL")]
+    pub probe_interval: Option<String>,
     #[command(flatten)]
     pub vault: VaultOverrides,
 }
@@ -207,6 +211,7 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
+    pub probe_interval: Duration,
     pub tun_name: String,
     /// TUN MTU; `None`: the underlay's MTU minus 80, found at start.
     pub mtu: Option<u16>,
@@ -327,6 +332,17 @@ impl Config {
         {
             bail!("key `heartbeat-interval`: must be between 200ms and 60s");
         }
+        let probe_interval = match o.probe_interval.or(f.probe_interval) {
+            Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                anyhow::anyhow!(
+                    "key `probe-interval`: {s:?} is not a duration ({e}); write e.g. \"1s\""
+                )
+            })?,
+            None => Duration::from_secs(1),
+        };
+        if probe_interval < Duration::from_millis(200) || probe_interval > Duration::from_secs(60) {
+            bail!("key `probe-interval`: must be between 200ms and 60s");
+        }
         let vault = o.vault.apply(f.vault)?;
         if let Some(v) = &vault {
             v.to_config().context("key `vault`")?;
@@ -369,6 +385,7 @@ impl Config {
             endpoints,
             prefixes,
             heartbeat_interval,
+            probe_interval,
         })
     }
 

@@ -74,6 +74,7 @@ async fn main() -> Result<()> {
                     listen_port: config.listen_port,
                     keepalive: config.persistent_keepalive,
                     forward: config.role == strait_pki::Role::Gateway,
+                    probe_interval: config.probe_interval,
                 };
                 let mut stop = stop_tx.subscribe();
                 let secret = wg.secret().clone();

@@ -71,9 +71,15 @@ fn start(ns: &Netns, secret: StaticSecret, own: &str, peer: PeerSpec) -> Node {
             match setup.await {
                 Ok((tun, socket)) => {
                     let _ = ready_tx.send(Ok(()));
-                    pump::run(tun, socket, secret, peers_rx, c)
-                        .await
-                        .expect("engine");
+                    pump::run(
+                        tun,
+                        socket,
+                        engine::Engine::new(secret, Duration::from_secs(1)),
+                        peers_rx,
+                        c,
+                    )
+                    .await
+                    .expect("engine");
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -129,6 +135,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             endpoint: Some("192.0.2.2:51820".parse().unwrap()),
             allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
             keepalive: None,
+            candidates: vec![],
         },
     );
     let node_b = start(
@@ -140,6 +147,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             endpoint: Some("192.0.2.1:51820".parse().unwrap()),
             allowed_ips: vec!["100.64.0.1/32".parse().unwrap()],
             keepalive: None,
+            candidates: vec![],
         },
     );
 

@@ -153,13 +153,14 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
                 endpoint: Some("192.0.2.2:51820".parse().unwrap()),
                 allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
                 keepalive: None,
+                candidates: vec![],
             }]);
             let _ = ready_tx.send(Ok(()));
             let stop = tokio::task::spawn_blocking(move || {
                 let _ = stop_rx.recv();
             });
             tokio::select! {
-                r = pump::run(tun, socket, a_secret, peers_rx, Default::default()) => { r.expect("engine"); }
+                r = pump::run(tun, socket, engine::Engine::new(a_secret, Duration::from_secs(1)), peers_rx, Default::default()) => { r.expect("engine"); }
                 _ = stop => {}
             }
         });

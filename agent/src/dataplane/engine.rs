@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
@@ -14,6 +15,8 @@ use ipnetwork::IpNetwork;
 
 use super::lpm::PrefixTable;
 use super::tunnel::{Output, Tunnel};
+use crate::paths::probe::{self, Kind, Probe, ProbeKey};
+use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
 /// One peer as the engine should have it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +27,27 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<IpNetwork>,
     /// Persistent keepalive in seconds (for peers behind NAT).
     pub keepalive: Option<u16>,
+    /// Every path to the peer (its announced endpoints), probed to choose the endpoint.
+    /// Empty: no probing; `endpoint` is used, and roaming moves it.
+    pub candidates: Vec<Candidate>,
 }
 
 struct PeerState {
     tunnel: Tunnel,
     spec: PeerSpec,
+    probe_key: ProbeKey,
+    /// Path selection, when the peer has candidates.
+    selector: Option<Selector>,
+}
+
+impl PeerState {
+    /// Whether WireGuard roaming may move the endpoint to `from`: always without path
+    /// selection; with it, only to an address that is none of the peer's announced endpoints
+    /// (a NAT mapping that changed), since choosing among those is the selector's job.
+    fn may_roam_to(&self, from: SocketAddr) -> bool {
+        let selected = self.selector.as_ref().is_some_and(|s| s.active().is_some());
+        !selected || !self.spec.candidates.iter().any(|c| c.address == from)
+    }
 }
 
 /// Where a packet goes.
@@ -46,6 +65,10 @@ pub struct Engine {
     by_key: HashMap<[u8; 32], u32>,
     table: PrefixTable<u32>,
     next_index: u32,
+    /// This node's probe id, and peers by theirs.
+    own_id: [u8; 8],
+    by_id: HashMap<[u8; 8], u32>,
+    thresholds: Thresholds,
 }
 
 impl std::fmt::Debug for Engine {
@@ -57,15 +80,19 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(secret: StaticSecret) -> Engine {
+    /// An engine probing every path of every peer each `probe_interval`.
+    pub fn new(secret: StaticSecret, probe_interval: std::time::Duration) -> Engine {
         let public = PublicKey::from(&secret);
         Engine {
+            own_id: probe::id_of(&public),
             secret,
             public,
             peers: HashMap::new(),
             by_key: HashMap::new(),
             table: PrefixTable::new(),
             next_index: 1,
+            by_id: HashMap::new(),
+            thresholds: Thresholds::for_interval(probe_interval),
         }
     }
 
@@ -84,6 +111,7 @@ impl Engine {
         for key in gone {
             if let Some(idx) = self.by_key.remove(&key) {
                 self.peers.remove(&idx);
+                self.by_id.remove(&probe::id_of(&PublicKey::from(key)));
                 tracing::debug!(peer = idx, "peer removed");
             }
         }
@@ -91,8 +119,13 @@ impl Engine {
             match self.by_key.get(&spec.public_key) {
                 Some(idx) => {
                     if let Some(state) = self.peers.get_mut(idx) {
-                        // Keep a roamed endpoint if the map has none.
-                        let endpoint = spec.endpoint.or(state.spec.endpoint);
+                        // The selected path, else a roamed endpoint if the map has none.
+                        let endpoint = state
+                            .selector
+                            .as_ref()
+                            .and_then(Selector::active)
+                            .or(spec.endpoint)
+                            .or(state.spec.endpoint);
                         state.spec = spec.clone();
                         state.spec.endpoint = endpoint;
                     }
@@ -106,14 +139,18 @@ impl Engine {
                         spec.keepalive,
                         idx,
                     );
+                    let peer_public = PublicKey::from(spec.public_key);
                     self.peers.insert(
                         idx,
                         PeerState {
                             tunnel,
                             spec: spec.clone(),
+                            probe_key: ProbeKey::derive(&self.secret, &peer_public),
+                            selector: None,
                         },
                     );
                     self.by_key.insert(spec.public_key, idx);
+                    self.by_id.insert(probe::id_of(&peer_public), idx);
                     tracing::debug!(peer = idx, "peer added");
                 }
             }
@@ -122,6 +159,31 @@ impl Engine {
         for (idx, state) in &self.peers {
             for prefix in &state.spec.allowed_ips {
                 self.table.insert(*prefix, *idx);
+            }
+        }
+        // Paths to probe: the peer's endpoints, except those that the tunnels themselves
+        // would carry (an address inside some peer's allowed IPs, such as a remote site's
+        // private endpoint): a path through the tunnel is no underlay, and choosing it would
+        // send WireGuard into itself.
+        for (idx, state) in self.peers.iter_mut() {
+            let usable: Vec<Candidate> = state
+                .spec
+                .candidates
+                .iter()
+                .filter(|c| self.table.lookup(c.address.ip()).is_none())
+                .copied()
+                .collect();
+            if usable.len() < state.spec.candidates.len() {
+                tracing::debug!(
+                    peer = idx,
+                    skipped = state.spec.candidates.len() - usable.len(),
+                    "endpoints inside the overlay's routes are not probed"
+                );
+            }
+            match (&mut state.selector, usable.is_empty()) {
+                (Some(sel), false) => sel.set_candidates(&usable),
+                (None, false) => state.selector = Some(Selector::new(&usable, self.thresholds)),
+                (_, true) => state.selector = None,
             }
         }
     }
@@ -207,7 +269,7 @@ impl Engine {
             Output::Nothing => {}
         });
         match result {
-            Ok(()) if authenticated => {
+            Ok(()) if authenticated && state.may_roam_to(from) => {
                 // WireGuard roaming: answer where the peer last spoke from.
                 if state.spec.endpoint != Some(from) {
                     tracing::debug!(peer = idx, %from, "peer endpoint updated");
@@ -217,6 +279,103 @@ impl Engine {
             Ok(()) => {}
             Err(e) => tracing::trace!(peer = idx, %from, error = %e, "datagram refused"),
         }
+    }
+
+    /// A probe datagram from `from`: answers requests on the path they came in on, and
+    /// feeds replies to the peer's path selection. Forged, unknown or malformed probes are
+    /// dropped; probes never move the endpoint by themselves, only a selection does.
+    pub fn on_probe(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        mut emit: impl FnMut(SocketAddr, &[u8]),
+    ) {
+        let Ok(id) = probe::sender_of(datagram) else {
+            return;
+        };
+        let Some(&idx) = self.by_id.get(&id) else {
+            tracing::trace!(%from, "probe from no known peer; dropped");
+            return;
+        };
+        let Some(state) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        let p = match probe::decode(datagram, &state.probe_key) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(peer = idx, %from, error = %e, "probe refused");
+                return;
+            }
+        };
+        match p.kind {
+            Kind::Request => {
+                let reply = probe::encode(
+                    &Probe {
+                        kind: Kind::Reply,
+                        sender: self.own_id,
+                        seq: p.seq,
+                    },
+                    &state.probe_key,
+                );
+                emit(from, &reply);
+            }
+            Kind::Reply => {
+                if let Some(switch) = state.selector.as_mut().and_then(|s| s.on_reply(p.seq, now)) {
+                    Self::switch_path(idx, state, switch.to);
+                }
+            }
+        }
+    }
+
+    fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr) {
+        let kind = state
+            .spec
+            .candidates
+            .iter()
+            .find(|c| c.address == to)
+            .map(|c| format!("{:?}", c.kind).to_lowercase())
+            .unwrap_or_default();
+        tracing::info!(peer = idx, from = ?state.spec.endpoint, %to, kind, "path switched");
+        state.spec.endpoint = Some(to);
+    }
+
+    /// Path probing: expires unanswered probes, applies any change of path, and sends the
+    /// probes that are due. Call often (every 50 ms); each path is probed at the interval.
+    pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
+        let own_id = self.own_id;
+        for (idx, state) in self.peers.iter_mut() {
+            let Some(sel) = state.selector.as_mut() else {
+                continue;
+            };
+            let switch = sel.on_tick(now);
+            let due = sel.due(now);
+            if let Some(switch) = switch {
+                Self::switch_path(*idx, state, switch.to);
+            }
+            for (to, seq) in due {
+                let request = probe::encode(
+                    &Probe {
+                        kind: Kind::Request,
+                        sender: own_id,
+                        seq,
+                    },
+                    &state.probe_key,
+                );
+                emit(to, &request);
+            }
+        }
+    }
+
+    /// Every probed peer's paths: (peer public key, paths).
+    pub fn paths(&self) -> Vec<([u8; 32], Vec<PathReport>)> {
+        let mut out: Vec<_> = self
+            .peers
+            .values()
+            .filter_map(|s| Some((s.spec.public_key, s.selector.as_ref()?.report())))
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
     }
 
     /// Runs every tunnel's timers.
@@ -286,20 +445,22 @@ mod tests {
         let b_pub = *PublicKey::from(&b_secret).as_bytes();
         let a_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
         let b_addr: SocketAddr = "198.51.100.1:51820".parse().unwrap();
-        let mut a = Engine::new(a_secret);
+        let mut a = Engine::new(a_secret, std::time::Duration::from_secs(1));
         a.set_peers(&[PeerSpec {
             public_key: b_pub,
             endpoint: Some(b_addr),
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             keepalive: None,
+            candidates: vec![],
         }]);
-        let mut b = Engine::new(b_secret);
+        let mut b = Engine::new(b_secret, std::time::Duration::from_secs(1));
         // B does not know A's endpoint (A is behind NAT): it learns it.
         b.set_peers(&[PeerSpec {
             public_key: a_pub,
             endpoint: None,
             allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
             keepalive: None,
+            candidates: vec![],
         }]);
         (
             Node {
@@ -396,6 +557,7 @@ mod tests {
             endpoint: Some(b.addr),
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             keepalive: None,
+            candidates: vec![],
         }]);
         let (_, data) = a
             .engine
@@ -412,5 +574,80 @@ mod tests {
         // Removing the peer drops its traffic; the session of others is untouched.
         b.engine.set_peers(&[]);
         assert_eq!(b.engine.peer_count(), 0);
+    }
+
+    #[test]
+    fn probes_choose_the_endpoint_skip_overlay_addresses_and_ignore_forgeries() {
+        use crate::paths::select::Health;
+        use strait_proto::msg::EndpointKind;
+        let (mut a, mut b) = pair();
+        let b_pub = *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes();
+        let inside: SocketAddr = "10.2.0.1:51820".parse().unwrap();
+        a.engine.set_peers(&[PeerSpec {
+            public_key: b_pub,
+            endpoint: Some(b.addr),
+            allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+            keepalive: None,
+            candidates: vec![
+                Candidate {
+                    address: b.addr,
+                    kind: EndpointKind::Public,
+                    cost: 0,
+                },
+                // B's address on its own LAN: the tunnel itself would carry it.
+                Candidate {
+                    address: inside,
+                    kind: EndpointKind::Private,
+                    cost: 0,
+                },
+            ],
+        }]);
+        let t0 = Instant::now();
+        for round in 0..3u32 {
+            let now = t0 + std::time::Duration::from_secs(u64::from(round));
+            let mut requests = Vec::new();
+            a.engine
+                .probe_tick(now, |to, d| requests.push((to, d.to_vec())));
+            assert!(requests.iter().all(|(to, _)| *to == b.addr), "{requests:?}");
+            assert_eq!(requests.len(), 1);
+            let mut replies = Vec::new();
+            for (_, req) in &requests {
+                b.engine
+                    .on_probe(a.addr, req, now, |to, d| replies.push((to, d.to_vec())));
+            }
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].0, a.addr, "answered on the path it came in on");
+            // A forged reply (a third node's key) and a replay of a real one change nothing.
+            let forged = probe::encode(
+                &Probe {
+                    kind: Kind::Reply,
+                    sender: probe::id_of(&PublicKey::from(&StaticSecret::from([2u8; 32]))),
+                    seq: 1,
+                },
+                &ProbeKey::derive(
+                    &StaticSecret::from([9u8; 32]),
+                    &PublicKey::from(&StaticSecret::from([1u8; 32])),
+                ),
+            );
+            let before = a.engine.paths();
+            a.engine
+                .on_probe(b.addr, &forged, now, |_, _| panic!("answered a reply"));
+            assert_eq!(a.engine.paths(), before);
+            let later = now + std::time::Duration::from_millis(2);
+            a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            let after = a.engine.paths();
+            a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            assert_eq!(a.engine.paths(), after, "a replayed reply counted");
+        }
+        let paths = a.engine.paths();
+        assert_eq!(paths.len(), 1);
+        let report = &paths[0].1;
+        assert_eq!(
+            report.len(),
+            1,
+            "the overlay address was probed: {report:?}"
+        );
+        assert_eq!(report[0].health, Health::Up);
+        assert!(report[0].active);
     }
 }

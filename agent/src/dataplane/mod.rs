@@ -27,6 +27,7 @@ use strait_proto::msg::{EndpointKind, Refusal};
 use tokio::sync::watch;
 
 use crate::control::MapWatch;
+use crate::paths::select::Candidate;
 use engine::PeerSpec;
 use netlink::Netlink;
 
@@ -43,6 +44,8 @@ pub struct Settings {
     /// Persistent keepalive toward every peer, in seconds (keeps NAT mappings open).
     pub keepalive: Option<u16>,
     pub forward: bool,
+    /// How often every path to every peer is probed.
+    pub probe_interval: std::time::Duration,
 }
 
 /// Which of a remote peer's endpoints to use until path probing chooses: a dedicated
@@ -70,11 +73,21 @@ pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
                 .iter()
                 .min_by_key(|e| (endpoint_rank(e.kind), e.cost.unwrap_or(0)))
                 .map(|e| e.address);
+            let candidates = p
+                .endpoints
+                .iter()
+                .map(|e| Candidate {
+                    address: e.address,
+                    kind: e.kind,
+                    cost: e.cost.unwrap_or(0),
+                })
+                .collect();
             Some(PeerSpec {
                 public_key: key,
                 endpoint,
                 allowed_ips: p.allowed_ips.clone(),
                 keepalive,
+                candidates,
             })
         })
         .collect()
@@ -167,7 +180,13 @@ pub async fn run(
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let counters = std::sync::Arc::new(pump::Counters::default());
-    let mut engine = tokio::spawn(pump::run(tun, socket, secret, peers_rx, counters));
+    let mut engine = tokio::spawn(pump::run(
+        tun,
+        socket,
+        engine::Engine::new(secret, settings.probe_interval),
+        peers_rx,
+        counters,
+    ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
     let mut link = TunLink {

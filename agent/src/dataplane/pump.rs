@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use boringtun::x25519::StaticSecret;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -28,6 +27,8 @@ use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::engine::{Emit, Engine, PeerSpec};
 use super::tunnel::BUFFER;
+use crate::paths::probe;
+use std::time::Instant;
 
 /// Most packets read from the TUN device per wake-up.
 pub const BATCH: usize = 128;
@@ -133,7 +134,7 @@ impl Drop for AbortOnDrop {
 pub async fn run(
     tun: tun_rs::AsyncDevice,
     socket: std::net::UdpSocket,
-    secret: StaticSecret,
+    mut engine: Engine,
     mut peers: watch::Receiver<Vec<PeerSpec>>,
     counters: Arc<Counters>,
 ) -> io::Result<()> {
@@ -153,7 +154,6 @@ pub async fn run(
             tracing::debug!(error = %e, "could not size the UDP {what} buffer");
         }
     }
-    let mut engine = Engine::new(secret);
     engine.set_peers(&peers.borrow_and_update());
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
@@ -165,14 +165,24 @@ pub async fn run(
     let mut outbound = tokio::spawn(outbound(shared.clone()));
     let mut inbound = tokio::spawn(inbound(shared.clone()));
     let _abort = AbortOnDrop(vec![outbound.abort_handle(), inbound.abort_handle()]);
-    let mut timers = tokio::time::interval(std::time::Duration::from_millis(250));
+    // Probes are scheduled every 50 ms (each path at its own interval); WireGuard's timers
+    // run every fifth pass (250 ms).
+    let mut timers = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut pass = 0u32;
     let mut out = vec![0u8; BUFFER];
     let mut pending = Pending::default();
     loop {
         tokio::select! {
             _ = timers.tick() => {
                 pending.clear();
-                shared.engine().tick(&mut out, |ep, b| pending.push(ep, b));
+                {
+                    let mut engine = shared.engine();
+                    engine.probe_tick(Instant::now(), |ep, b| pending.push(ep, b));
+                    if pass % 5 == 0 {
+                        engine.tick(&mut out, |ep, b| pending.push(ep, b));
+                    }
+                }
+                pass = pass.wrapping_add(1);
                 for (to, bytes) in pending.iter() {
                     shared.send(to, bytes, None).await;
                 }
@@ -362,6 +372,7 @@ fn decrypt(
     to_tun: &mut TunBatch,
 ) -> bool {
     let mut engine = shared.engine();
+    let now = Instant::now();
     while let Some(m) = meta.get(cursor.0) {
         let data = &slots[cursor.0][..m.len.min(RECV_SLOT)];
         let stride = m.stride.max(1);
@@ -370,10 +381,15 @@ fn decrypt(
                 return false;
             }
             let end = (cursor.1 + stride).min(data.len());
-            engine.inbound(m.addr, &data[cursor.1..end], out, |e| match e {
-                Emit::Network(ep, b) => pending.push(ep, b),
-                Emit::Tun(b) => to_tun.push(b),
-            });
+            let datagram = &data[cursor.1..end];
+            if probe::is_probe(datagram) {
+                engine.on_probe(m.addr, datagram, now, |ep, b| pending.push(ep, b));
+            } else {
+                engine.inbound(m.addr, datagram, out, |e| match e {
+                    Emit::Network(ep, b) => pending.push(ep, b),
+                    Emit::Tun(b) => to_tun.push(b),
+                });
+            }
             cursor.1 = end;
         }
         *cursor = (cursor.0 + 1, 0);

@@ -1,0 +1,220 @@
+//! Path selection with real processes: two sites joined by two underlays, an "interconnect"
+//! veth link and the "internet" through a router namespace. Agents probe both every 200 ms.
+//! Root needed; every namespace is this test's own.
+//!
+//! ```text
+//!                   +------------------ inet (router) ------------------+
+//!                   | a0 192.0.2.1     c0 198.51.100.1    b0 203.0.113.1 |
+//!                   +----+-------------------+-------------------+------+
+//!                        |                   |                   |
+//!          gwa 192.0.2.10 (up0)      coord 198.51.100.10    gwb 203.0.113.10 (up0)
+//!          gateway aws-use1                                 gateway gcp-usc1
+//!          ic0 172.31.255.1/30 <====== interconnect ======> ic0 172.31.255.2/30
+//!          lan0 10.10.0.1/24                                lan0 10.20.0.1/24
+//!                |                                                 |
+//!          wla 10.10.0.10 (workload)                        wlb 10.20.0.10 (workload)
+//! ```
+
+use std::time::{Duration, Instant};
+
+use strait_tests::netns::{veth, Netns};
+use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+
+fn tx_packets(ns: &Netns, dev: &str) -> u64 {
+    ns.json(&["-s", "link", "show", dev])[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Pings `to` from namespace `from` `count` times at 10 ms; returns (sent, received).
+fn ping_flow(from: &str, to: &str, count: u32) -> (u32, u32) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from,
+            "ping",
+            "-q",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            to,
+        ])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
+    let inet = Netns::new("pinet");
+    let coord = Netns::new("pcoord");
+    let gwa = Netns::new("pgwa");
+    let gwb = Netns::new("pgwb");
+    let wla = Netns::new("pwla");
+    let wlb = Netns::new("pwlb");
+    inet.sysctl("net.ipv4.ip_forward", "1");
+    for (ns, outside, net, host) in [
+        (&coord, "c0", "198.51.100", "10"),
+        (&gwa, "a0", "192.0.2", "10"),
+        (&gwb, "b0", "203.0.113", "10"),
+    ] {
+        veth(ns, "up0", &inet, outside);
+        inet.ip(&["addr", "add", &format!("{net}.1/24"), "dev", outside]);
+        ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", "up0"]);
+        ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
+    }
+    veth(&gwa, "ic0", &gwb, "ic0");
+    gwa.ip(&["addr", "add", "172.31.255.1/30", "dev", "ic0"]);
+    gwb.ip(&["addr", "add", "172.31.255.2/30", "dev", "ic0"]);
+    for (gw, wl, net) in [(&gwa, &wla, "10.10.0"), (&gwb, &wlb, "10.20.0")] {
+        veth(gw, "lan0", wl, "eth0");
+        gw.ip(&["addr", "add", &format!("{net}.1/24"), "dev", "lan0"]);
+        wl.ip(&["addr", "add", &format!("{net}.10/24"), "dev", "eth0"]);
+        wl.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
+    }
+
+    let mut c = Coordinator::init(
+        &[
+            Site("aws-use1", "10.10.0.0/16"),
+            Site("gcp-usc1", "10.20.0.0/16"),
+        ],
+        "",
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
+    let cfg = c.state().join("coordinator.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&c.addr.to_string(), &addr.to_string());
+    std::fs::write(&cfg, text).unwrap();
+    c.addr = addr;
+    c.netns = Some(coord.name.clone());
+    c.start().unwrap();
+
+    let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str, public: &str| {
+        let token = c.token(site, "gateway").unwrap();
+        Agent::start_in_netns(
+            &ns.name,
+            addr,
+            site,
+            node,
+            "gateway",
+            &token,
+            &[
+                "--prefix",
+                prefix,
+                "--endpoint",
+                &format!("interconnect={ic}:51820"),
+                "--endpoint",
+                &format!("public={public}:51820"),
+                "--probe-interval",
+                "200ms",
+            ],
+        )
+        .unwrap()
+    };
+    let a = start(
+        &gwa,
+        "aws-use1",
+        "gwa",
+        "10.10.0.0/16",
+        "172.31.255.1",
+        "192.0.2.10",
+    );
+    let b = start(
+        &gwb,
+        "gcp-usc1",
+        "gwb",
+        "10.20.0.0/16",
+        "172.31.255.2",
+        "203.0.113.10",
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "workload A to reach workload B",
+        || (ping_flow(&wla.name, "10.20.0.10", 1).1 == 1).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), b.proc.log_text()));
+
+    // Healthy: traffic crosses the interconnect, not the internet.
+    std::thread::sleep(Duration::from_secs(1));
+    let (ic0, up0) = (tx_packets(&gwa, "ic0"), tx_packets(&gwa, "up0"));
+    let (sent, got) = ping_flow(&wla.name, "10.20.0.10", 200);
+    assert_eq!(sent, got);
+    let (ic1, up1) = (tx_packets(&gwa, "ic0"), tx_packets(&gwa, "up0"));
+    assert!(
+        ic1 - ic0 >= 200 && up1 - up0 < 100,
+        "interconnect +{} packets, internet +{} packets\n{}",
+        ic1 - ic0,
+        up1 - up0,
+        a.proc.log_text()
+    );
+
+    // Cut the interconnect 1 s into a 6 s flow of pings every 10 ms.
+    let flow = {
+        let wla = wla.name.clone();
+        std::thread::spawn(move || ping_flow(&wla, "10.20.0.10", 600))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    gwa.ip(&["link", "set", "ic0", "down"]);
+    let cut = Instant::now();
+    let (sent, got) = flow.join().unwrap();
+    let interruption = Duration::from_millis(10) * (sent - got);
+    println!(
+        "interconnect cut: {} of {sent} pings lost, interruption about {interruption:?}",
+        sent - got
+    );
+    assert!(
+        interruption < Duration::from_secs(1),
+        "interruption {interruption:?}\n{}\n{}",
+        a.proc.log_text(),
+        b.proc.log_text()
+    );
+    assert!(a.proc.log_text().contains("path switched"));
+
+    // Restored: no fail back before the 10 s hold-down, then back on the interconnect.
+    gwa.ip(&["link", "set", "ic0", "up"]);
+    let restored = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let ic0 = tx_packets(&gwa, "ic0");
+    let (sent, got) = ping_flow(&wla.name, "10.20.0.10", 100);
+    assert_eq!(sent, got);
+    let early = tx_packets(&gwa, "ic0") - ic0;
+    assert!(
+        early < 100,
+        "back on the interconnect {:?} after the restore (+{early} packets)",
+        restored.elapsed()
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "fail back to the interconnect",
+        || {
+            let before = tx_packets(&gwa, "ic0");
+            ping_flow(&wla.name, "10.20.0.10", 50);
+            (tx_packets(&gwa, "ic0") - before >= 50).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.proc.log_text()));
+    let back = restored.elapsed();
+    println!(
+        "failed back {back:?} after the restore (cut lasted {:?})",
+        restored - cut
+    );
+    assert!(
+        back >= Duration::from_secs(10),
+        "failed back after {back:?}"
+    );
+}
