@@ -18,7 +18,7 @@ use strait_pki::{CertBundle, Role};
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::map::NetworkMap;
 use strait_proto::msg::{
-    AgentEvent, ErrorCode, Refusal, Registration, Request, Response, SessionEvent,
+    AgentEvent, ErrorCode, PeerLink, Refusal, Registration, Request, Response, SessionEvent,
 };
 use strait_proto::{client, io as wire, ALPN};
 use tokio::sync::watch;
@@ -54,12 +54,20 @@ pub fn wildcard(target: SocketAddr) -> SocketAddr {
 /// What the agent knows, shared with the data plane.
 pub type MapWatch = watch::Receiver<Option<Arc<NetworkMap>>>;
 
+/// What the data plane tells the coordinator through the control session.
+pub struct DataplaneReports {
+    /// Routes the kernel refused.
+    pub conflicts: watch::Receiver<Vec<Refusal>>,
+    /// Tunnels and their paths (published every few seconds).
+    pub links: watch::Receiver<Vec<PeerLink>>,
+}
+
 /// Runs the agent's control plane until `shutdown` completes. The current map is
 /// published on `maps`.
 pub async fn run(
     config: Config,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
-    conflicts: watch::Receiver<Vec<Refusal>>,
+    reports: DataplaneReports,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
@@ -113,7 +121,7 @@ pub async fn run(
     let mut session = Session {
         config: &config,
         certs,
-        conflicts,
+        reports,
         maps,
         map_path,
         registration,
@@ -152,7 +160,7 @@ pub async fn run(
 struct Session<'a> {
     config: &'a Config,
     certs: CertStore,
-    conflicts: watch::Receiver<Vec<Refusal>>,
+    reports: DataplaneReports,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     map_path: PathBuf,
     registration: Registration,
@@ -166,7 +174,8 @@ impl Session<'_> {
         registration.have_version = self.maps.borrow().as_ref().map(|m| m.version);
         wire::write(&mut send, &Request::Subscribe(registration)).await?;
         // Report the current conflicts on every new session.
-        self.conflicts.mark_changed();
+        self.reports.conflicts.mark_changed();
+        self.reports.links.mark_changed();
 
         let (tx, mut events) = tokio::sync::mpsc::channel(64);
         let reader = tokio::spawn(async move {
@@ -228,11 +237,19 @@ impl Session<'_> {
                         }
                     }
                 }
-                changed = self.conflicts.changed() => {
+                changed = self.reports.conflicts.changed() => {
                     if changed.is_ok() {
-                        let conflicts = self.conflicts.borrow_and_update().clone();
+                        let conflicts = self.reports.conflicts.borrow_and_update().clone();
                         if let Err(e) = wire::write(&mut send, &AgentEvent::RouteConflicts { conflicts }).await {
                             break Err(anyhow::Error::from(e).context("reporting route conflicts"));
+                        }
+                    }
+                }
+                changed = self.reports.links.changed() => {
+                    if changed.is_ok() {
+                        let peers = self.reports.links.borrow_and_update().clone();
+                        if let Err(e) = wire::write(&mut send, &AgentEvent::LinkReport { peers }).await {
+                            break Err(anyhow::Error::from(e).context("reporting links"));
                         }
                     }
                 }

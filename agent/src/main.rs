@@ -63,6 +63,7 @@ async fn main() -> Result<()> {
             strait_agent::enroll::ensure_certificate(&config).await?;
             let (maps, maps_rx) = tokio::sync::watch::channel(None);
             let (conflicts_tx, conflicts_rx) = tokio::sync::watch::channel(Vec::new());
+            let (links_tx, links_rx) = tokio::sync::watch::channel(Vec::new());
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
             if config.dataplane == Dataplane::Userspace {
@@ -79,14 +80,25 @@ async fn main() -> Result<()> {
                 let mut stop = stop_tx.subscribe();
                 let secret = wg.secret().clone();
                 dataplane = Some(tokio::spawn(async move {
-                    dataplane::run(settings, secret, maps_rx, conflicts_tx, async move {
-                        let _ = stop.recv().await;
-                    })
+                    dataplane::run(
+                        settings,
+                        secret,
+                        maps_rx,
+                        conflicts_tx,
+                        links_tx,
+                        async move {
+                            let _ = stop.recv().await;
+                        },
+                    )
                     .await
                 }));
             }
             let mut stop = stop_tx.subscribe();
-            let control = control::run(config, maps, conflicts_rx, async move {
+            let reports = control::DataplaneReports {
+                conflicts: conflicts_rx,
+                links: links_rx,
+            };
+            let control = control::run(config, maps, reports, async move {
                 let _ = stop.recv().await;
             });
             tokio::pin!(control);

@@ -77,6 +77,7 @@ fn start(ns: &Netns, secret: StaticSecret, own: &str, peer: PeerSpec) -> Node {
                         engine::Engine::new(secret, Duration::from_secs(1)),
                         peers_rx,
                         c,
+                        watch::channel(Vec::new()).0,
                     )
                     .await
                     .expect("engine");

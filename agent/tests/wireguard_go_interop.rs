@@ -160,7 +160,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
                 let _ = stop_rx.recv();
             });
             tokio::select! {
-                r = pump::run(tun, socket, engine::Engine::new(a_secret, Duration::from_secs(1)), peers_rx, Default::default()) => { r.expect("engine"); }
+                r = pump::run(tun, socket, engine::Engine::new(a_secret, Duration::from_secs(1)), peers_rx, Default::default(), tokio::sync::watch::channel(Vec::new()).0) => { r.expect("engine"); }
                 _ = stop => {}
             }
         });

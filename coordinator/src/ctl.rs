@@ -290,11 +290,56 @@ pub fn render_routes(routes: &[RouteInfo]) -> String {
 }
 
 pub fn render_links(links: &[LinkInfo]) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows = links
         .iter()
-        .map(|l| vec![l.a.clone(), l.b.clone(), l.kind.clone(), l.state.clone()])
+        .map(|l| {
+            vec![
+                l.a.clone(),
+                l.b.clone(),
+                l.kind.clone(),
+                l.state.clone(),
+                opt(l.path.clone()),
+                opt(l.rtt_ms.map(|v| format!("{v:.1}ms"))),
+                opt(l.jitter_ms.map(|v| format!("{v:.1}ms"))),
+                opt(l.loss.map(|v| format!("{:.0}%", v * 100.0))),
+                opt(l.handshake_age_secs.map(|v| format!("{v}s ago"))),
+                opt(l.tx_bytes.map(human_bytes)),
+                opt(l.rx_bytes.map(human_bytes)),
+            ]
+        })
         .collect();
-    table(&["A", "B", "KIND", "STATE"], rows)
+    table(
+        &[
+            "A",
+            "B",
+            "KIND",
+            "STATE",
+            "PATH",
+            "RTT",
+            "JITTER",
+            "LOSS",
+            "HANDSHAKE",
+            "TX",
+            "RX",
+        ],
+        rows,
+    )
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Graphviz DOT: sites as clusters, nodes inside, links as edges.
@@ -323,11 +368,18 @@ pub fn render_dot(g: &GraphView) -> String {
             ("via-gateway", _) => "dashed",
             _ => "solid",
         };
+        let mut label = l.kind.clone();
+        if let Some(rtt) = l.rtt_ms {
+            label.push_str(&format!("\\n{rtt:.1} ms"));
+        }
+        if let Some(loss) = l.loss {
+            label.push_str(&format!(" {:.0}% loss", loss * 100.0));
+        }
         out.push_str(&format!(
             "  {} -- {} [label={}, style={style}];\n",
             q(&l.a),
             q(&l.b),
-            q(&l.kind)
+            q(&label)
         ));
     }
     out.push_str("}\n");
@@ -365,11 +417,26 @@ mod tests {
                 b: "b/gw".into(),
                 kind: "tunnel".into(),
                 state: "up".into(),
+                path: Some("interconnect 192.0.2.1:51820".into()),
+                rtt_ms: Some(12.5),
+                jitter_ms: Some(0.4),
+                loss: Some(0.0),
+                handshake_age_secs: Some(3),
+                tx_bytes: Some(2048),
+                rx_bytes: Some(10),
             }],
         };
         let dot = render_dot(&g);
         assert!(dot.starts_with("graph \"prod\" {"));
         assert!(dot.contains("subgraph cluster_0"));
         assert!(dot.contains("\"a/gw\" -- \"b/gw\""));
+        assert!(dot.contains("12.5 ms 0% loss"), "{dot}");
+        let table = render_links(&g.links);
+        assert!(
+            table.contains(
+                "interconnect 192.0.2.1:51820  12.5ms  0.4ms   0%    3s ago     2.0 KiB  10 B"
+            ),
+            "{table}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use strait_pki::{Fingerprint, Identity, Role};
 use strait_proto::map::{MapDelta, NetworkMap, PeerKind, PeerView, RouteView, SelfView};
 use strait_proto::msg::{
     Endpoint, EndpointKind, ErrorCode, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus,
-    NodeInfo, Refusal, Registered, Registration, RouteInfo, SiteInfo,
+    NodeInfo, PeerLink, Refusal, Registered, Registration, RouteInfo, SiteInfo,
 };
 
 use crate::config::{Config, SiteConfig};
@@ -42,6 +42,9 @@ pub struct NodeRecord {
     pub cert_not_after: u64,
     #[serde(default)]
     pub map_version: u64,
+    /// The agent's last link report (live health, not persisted).
+    #[serde(skip)]
+    pub links: Vec<PeerLink>,
 }
 
 impl NodeRecord {
@@ -333,6 +336,7 @@ impl Mesh {
             cert_serial: cert_serial.to_string(),
             cert_not_after,
             map_version: self.nodes.get(&key).map(|n| n.map_version).unwrap_or(0),
+            links: Vec::new(),
         };
         let mut ops = vec![StoreOp::PutNode(record.clone())];
         self.nodes.insert(key, record);
@@ -370,6 +374,14 @@ impl Mesh {
                 vec![StoreOp::PutNode(node.clone())]
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The agent's view of its tunnels. Live figures only: kept in memory, never stored,
+    /// and no map changes.
+    pub fn report_links(&mut self, key: &NodeKey, peers: Vec<PeerLink>) {
+        if let Some(node) = self.nodes.get_mut(key) {
+            node.links = peers;
         }
     }
 
@@ -965,11 +977,32 @@ impl NodeView {
 }
 
 fn link(a: &NodeRecord, b: &NodeRecord, kind: &str) -> LinkInfo {
+    let b_id = b.id();
+    let report = a.links.iter().find(|l| l.peer == b_id);
+    let active = report.and_then(|r| r.paths.iter().find(|p| p.active));
+    let ms = |us: u64| us as f64 / 1000.0;
     LinkInfo {
         a: a.id(),
-        b: b.id(),
+        b: b_id,
         kind: kind.to_string(),
         state: if a.online && b.online { "up" } else { "down" }.to_string(),
+        path: active
+            .map(|p| format!("{} {}", kind_name(p.kind), p.address))
+            .or_else(|| report.and_then(|r| r.endpoint).map(|e| format!("- {e}"))),
+        rtt_ms: active.and_then(|p| p.rtt_us).map(ms),
+        jitter_ms: active.map(|p| ms(p.jitter_us)),
+        loss: active.map(|p| p.loss),
+        handshake_age_secs: report.and_then(|r| r.handshake_age_secs),
+        tx_bytes: report.map(|r| r.tx_bytes),
+        rx_bytes: report.map(|r| r.rx_bytes),
+    }
+}
+
+fn kind_name(kind: EndpointKind) -> &'static str {
+    match kind {
+        EndpointKind::Interconnect => "interconnect",
+        EndpointKind::Private => "private",
+        EndpointKind::Public => "public",
     }
 }
 

@@ -644,6 +644,12 @@ async fn session(
                     Ok(Some(AgentEvent::RouteConflicts { conflicts })) => {
                         let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts))));
                     }
+                    Ok(Some(AgentEvent::LinkReport { peers })) => {
+                        let _ = c.mutate(|mesh| {
+                            mesh.report_links(&key, peers);
+                            Ok(((), Vec::new()))
+                        });
+                    }
                     Ok(None) => break,
                     Err(wire::IoError::Stream(e)) => {
                         tracing::info!(identity = %identity, error = %e, "session ended: connection lost");

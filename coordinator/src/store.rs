@@ -201,6 +201,7 @@ mod tests {
             cert_serial: "01".into(),
             cert_not_after: 9,
             map_version: 3,
+            links: Vec::new(),
         }
     }
 

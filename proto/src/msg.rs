@@ -168,6 +168,49 @@ pub enum AgentEvent {
     RouteConflicts {
         conflicts: Vec<Refusal>,
     },
+    /// The data plane's view of each tunnel: paths and their figures, traffic, handshake.
+    LinkReport {
+        peers: Vec<PeerLink>,
+    },
+}
+
+/// One tunnel as its agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PeerLink {
+    /// `site/node` of the peer.
+    pub peer: String,
+    /// Where WireGuard sends now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds since the last handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_age_secs: Option<u64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Every probed path.
+    #[serde(default)]
+    pub paths: Vec<PathFigures>,
+}
+
+/// One path's figures from probing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PathFigures {
+    pub address: SocketAddr,
+    pub kind: EndpointKind,
+    /// `unknown`, `up`, `degraded` or `down`.
+    pub health: String,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_us: Option<u64>,
+    pub jitter_us: u64,
+    /// Fraction of recent probes lost (0-1).
+    pub loss: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,6 +384,23 @@ pub struct LinkInfo {
     pub kind: String,
     /// `up` when both ends are online, `down` otherwise.
     pub state: String,
+    /// Tunnels: the path in use as `a` reports it (`kind address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Tunnels: smoothed RTT, jitter and loss of that path, in ms and fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Tunnels: seconds since the last handshake, bytes sent and received by `a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_age_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

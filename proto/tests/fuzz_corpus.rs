@@ -163,6 +163,13 @@ fn link() -> LinkInfo {
         b: "external/office".into(),
         kind: "tunnel".into(),
         state: "up".into(),
+        path: None,
+        rtt_ms: None,
+        jitter_ms: None,
+        loss: None,
+        handshake_age_secs: None,
+        tx_bytes: None,
+        rx_bytes: None,
     }
 }
 

@@ -163,6 +163,33 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         a.proc.log_text()
     );
 
+    // The operator sees it: `straitctl links` shows the path in use and its figures.
+    let link_shows = |what: &str| {
+        let out = c.ctl(&["links"]).ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .any(|l| l.starts_with("aws-use1/gwa") && l.contains(what))
+            .then_some(text)
+    };
+    let table = wait_for(
+        Duration::from_secs(12),
+        "links to show the interconnect",
+        || link_shows("interconnect 172.31.255.2:51820"),
+    )
+    .unwrap();
+    println!("{table}");
+    let links = c.ctl_json(&["links"]).unwrap();
+    let tunnel = &links.as_array().unwrap()[0];
+    assert!(
+        tunnel["rtt-ms"].as_f64().is_some_and(|r| r > 0.0),
+        "{tunnel}"
+    );
+    assert_eq!(tunnel["loss"].as_f64(), Some(0.0), "{tunnel}");
+    assert!(
+        tunnel["tx-bytes"].as_u64().is_some_and(|b| b > 0),
+        "{tunnel}"
+    );
+
     // Cut the interconnect 1 s into a 6 s flow of pings every 10 ms.
     let flow = {
         let wla = wla.name.clone();
@@ -184,6 +211,12 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         b.proc.log_text()
     );
     assert!(a.proc.log_text().contains("path switched"));
+    wait_for(
+        Duration::from_secs(12),
+        "links to show the public path",
+        || link_shows("public 203.0.113.10:51820"),
+    )
+    .unwrap();
 
     // Restored: no fail back before the 10 s hold-down, then back on the interconnect.
     gwa.ip(&["link", "set", "ic0", "up"]);

@@ -50,6 +50,18 @@ impl PeerState {
     }
 }
 
+/// A peer's tunnel as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub public_key: [u8; 32],
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the last handshake.
+    pub last_handshake: Option<std::time::Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub paths: Vec<PathReport>,
+}
+
 /// Where a packet goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Emit<'a> {
@@ -365,6 +377,31 @@ impl Engine {
                 emit(to, &request);
             }
         }
+    }
+
+    /// Every peer's tunnel and paths, ordered by public key.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|s| {
+                let stats = s.tunnel.stats();
+                PeerStatus {
+                    public_key: s.spec.public_key,
+                    endpoint: s.spec.endpoint,
+                    last_handshake: stats.last_handshake,
+                    tx_bytes: stats.tx_bytes as u64,
+                    rx_bytes: stats.rx_bytes as u64,
+                    paths: s
+                        .selector
+                        .as_ref()
+                        .map(Selector::report)
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.public_key);
+        out
     }
 
     /// Every probed peer's paths: (peer public key, paths).

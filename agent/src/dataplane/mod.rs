@@ -23,7 +23,7 @@ use base64::Engine as _;
 use boringtun::x25519::StaticSecret;
 use ipnetwork::IpNetwork;
 use strait_proto::map::NetworkMap;
-use strait_proto::msg::{EndpointKind, Refusal};
+use strait_proto::msg::{EndpointKind, PathFigures, PeerLink, Refusal};
 use tokio::sync::watch;
 
 use crate::control::MapWatch;
@@ -139,6 +139,40 @@ pub async fn tun_mtu(nl: &Netlink, targets: &[String]) -> u16 {
     mtu
 }
 
+/// The engine's status in the coordinator's terms: peers by `site/node`.
+pub fn peer_links(map: &NetworkMap, status: &[engine::PeerStatus]) -> Vec<PeerLink> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    status
+        .iter()
+        .filter_map(|s| {
+            let key = b64.encode(s.public_key);
+            let (id, _) = map.peers.iter().find(|(_, p)| p.wg_public_key == key)?;
+            Some(PeerLink {
+                peer: id.clone(),
+                endpoint: s.endpoint,
+                handshake_age_secs: s.last_handshake.map(|d| d.as_secs()),
+                tx_bytes: s.tx_bytes,
+                rx_bytes: s.rx_bytes,
+                paths: s
+                    .paths
+                    .iter()
+                    .map(|p| PathFigures {
+                        address: p.address,
+                        kind: p.kind,
+                        health: format!("{:?}", p.health).to_lowercase(),
+                        active: p.active,
+                        rtt_us: p.srtt_us,
+                        p50_us: p.p50_us,
+                        p95_us: p.p95_us,
+                        jitter_us: p.jitter_us,
+                        loss: p.loss,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 fn enable_forwarding() -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
@@ -152,6 +186,7 @@ pub async fn run(
     secret: StaticSecret,
     mut maps: MapWatch,
     conflicts: watch::Sender<Vec<Refusal>>,
+    links: watch::Sender<Vec<PeerLink>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let nl = Netlink::connect().context("opening a netlink socket")?;
@@ -180,12 +215,14 @@ pub async fn run(
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let counters = std::sync::Arc::new(pump::Counters::default());
+    let (status_tx, mut status) = watch::channel(Vec::new());
     let mut engine = tokio::spawn(pump::run(
         tun,
         socket,
         engine::Engine::new(secret, settings.probe_interval),
         peers_rx,
         counters,
+        status_tx,
     ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
@@ -195,15 +232,32 @@ pub async fn run(
         mtu,
         address: None,
     };
+    let mut map_changed = true;
     let result = loop {
-        let map = maps.borrow_and_update().clone();
-        if let Some(map) = map {
-            if let Err(e) = apply(&mut link, &settings, &map, &peers_tx, &conflicts).await {
-                tracing::warn!(error = %format!("{e:#}"), "applying the map failed; retrying at the next change");
+        if map_changed {
+            let map = maps.borrow_and_update().clone();
+            if let Some(map) = map {
+                if let Err(e) = apply(&mut link, &settings, &map, &peers_tx, &conflicts).await {
+                    tracing::warn!(error = %format!("{e:#}"), "applying the map failed; retrying at the next change");
+                }
             }
         }
+        map_changed = false;
         tokio::select! {
-            changed = maps.changed() => if changed.is_err() { break Ok(()) },
+            changed = maps.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                map_changed = true;
+            }
+            changed = status.changed() => {
+                if changed.is_ok() {
+                    let report = status.borrow_and_update().clone();
+                    if let Some(map) = maps.borrow().as_ref() {
+                        links.send_replace(peer_links(map, &report));
+                    }
+                }
+            }
             _ = &mut shutdown => break Ok(()),
             r = &mut engine => break match r {
                 Ok(Ok(())) => Ok(()),

@@ -25,7 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
-use super::engine::{Emit, Engine, PeerSpec};
+use super::engine::{Emit, Engine, PeerSpec, PeerStatus};
 use super::tunnel::BUFFER;
 use crate::paths::probe;
 use std::time::Instant;
@@ -43,6 +43,8 @@ const RECV_SLOT: usize = 65535;
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload of one GSO send (an IPv4 datagram's limit; larger is refused).
 const MAX_GSO_BYTES: usize = 65507;
+/// Timer passes (50 ms each) between publications of the tunnels' status (5 s).
+const STATUS_PASSES: u32 = 100;
 /// UDP send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 4 << 20;
 /// UDP receive buffer asked for (capped by `net.core.rmem_max`). This is the queue in front
@@ -137,6 +139,7 @@ pub async fn run(
     mut engine: Engine,
     mut peers: watch::Receiver<Vec<PeerSpec>>,
     counters: Arc<Counters>,
+    status: watch::Sender<Vec<PeerStatus>>,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let state = UdpSocketState::new((&socket).into())?;
@@ -180,6 +183,9 @@ pub async fn run(
                     engine.probe_tick(Instant::now(), |ep, b| pending.push(ep, b));
                     if pass % 5 == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
+                    }
+                    if pass % STATUS_PASSES == 0 {
+                        status.send_replace(engine.status());
                     }
                 }
                 pass = pass.wrapping_add(1);
