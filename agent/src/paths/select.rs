@@ -23,6 +23,9 @@ use strait_proto::msg::EndpointKind;
 
 use super::stats::PathStats;
 
+/// Probes in a path's window before its loss can make it degraded.
+pub const MIN_LOSS_SAMPLES: usize = 10;
+
 /// One way to reach the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -283,6 +286,13 @@ impl Selector {
                 best_rtt.map(|b| b.mul_f64(th.degraded_rtt_factor) + th.degraded_rtt_slack);
             let srtt = p.stats.srtt();
             let over_rtt = |limit: Duration| srtt.is_some_and(|s| s > limit);
+            // Loss needs a few samples to mean anything (one loss in the first probes
+            // after a start or a recovery is no 20 % loss path).
+            let loss = if p.stats.samples() >= MIN_LOSS_SAMPLES {
+                loss
+            } else {
+                0.0
+            };
             p.degraded = if p.degraded {
                 // Stays degraded until clearly better than the thresholds.
                 loss > th.degraded_loss / 2.0 || rtt_limit.is_some_and(|l| over_rtt(l.mul_f64(0.8)))
