@@ -221,6 +221,20 @@ pub struct Config {
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// A 1500-byte underlay minus 80 bytes of WireGuard-over-IPv6 overhead.
+/// An interval setting `key` (200ms to 60s), `default` when unset.
+fn interval(key: &str, value: Option<String>, default: Duration) -> Result<Duration> {
+    let d = match value {
+        Some(s) => humantime::parse_duration(&s).map_err(|e| {
+            anyhow::anyhow!("key `{key}`: {s:?} is not a duration ({e}); write e.g. \"5s\"")
+        })?,
+        None => default,
+    };
+    if d < Duration::from_millis(200) || d > Duration::from_secs(60) {
+        bail!("key `{key}`: must be between 200ms and 60s");
+    }
+    Ok(d)
+}
+
 /// TUN MTU when the underlay's cannot be found (a 1500-byte underlay minus 80).
 pub const DEFAULT_MTU: u16 = 1420;
 
@@ -319,30 +333,16 @@ impl Config {
         } else {
             o.prefixes
         };
-        let heartbeat_interval = match o.heartbeat_interval.or(f.heartbeat_interval) {
-            Some(s) => humantime::parse_duration(&s).map_err(|e| {
-                anyhow::anyhow!(
-                    "key `heartbeat-interval`: {s:?} is not a duration ({e}); write e.g. \"5s\""
-                )
-            })?,
-            None => Duration::from_secs(5),
-        };
-        if heartbeat_interval < Duration::from_millis(200)
-            || heartbeat_interval > Duration::from_secs(60)
-        {
-            bail!("key `heartbeat-interval`: must be between 200ms and 60s");
-        }
-        let probe_interval = match o.probe_interval.or(f.probe_interval) {
-            Some(s) => humantime::parse_duration(&s).map_err(|e| {
-                anyhow::anyhow!(
-                    "key `probe-interval`: {s:?} is not a duration ({e}); write e.g. \"1s\""
-                )
-            })?,
-            None => Duration::from_secs(1),
-        };
-        if probe_interval < Duration::from_millis(200) || probe_interval > Duration::from_secs(60) {
-            bail!("key `probe-interval`: must be between 200ms and 60s");
-        }
+        let heartbeat_interval = interval(
+            "heartbeat-interval",
+            o.heartbeat_interval.or(f.heartbeat_interval),
+            Duration::from_secs(5),
+        )?;
+        let probe_interval = interval(
+            "probe-interval",
+            o.probe_interval.or(f.probe_interval),
+            Duration::from_secs(1),
+        )?;
         let vault = o.vault.apply(f.vault)?;
         if let Some(v) = &vault {
             v.to_config().context("key `vault`")?;

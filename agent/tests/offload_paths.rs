@@ -10,94 +10,16 @@
 //!  a0 192.0.2.1/24  <-------- veth -------->  b0 192.0.2.2/24
 //! ```
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use boringtun::x25519::{PublicKey, StaticSecret};
-use strait_agent::dataplane::engine::{self, PeerSpec};
-use strait_agent::dataplane::netlink::Netlink;
-use strait_agent::dataplane::pump::{self, Counters};
-use strait_tests::netns::{enter, veth, Netns};
-use tokio::sync::watch;
-
-/// An engine running on its own thread inside a namespace; stops when dropped.
-struct Node {
-    counters: Arc<Counters>,
-    peers: Option<watch::Sender<Vec<PeerSpec>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // Closing the peer channel ends `pump::run`.
-        self.peers.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start(ns: &Netns, secret: StaticSecret, own: &str, peer: PeerSpec) -> Node {
-    let path = ns.path();
-    let own: ipnetwork::IpNetwork = own.parse().unwrap();
-    let counters = Arc::new(Counters::default());
-    let (peers_tx, peers_rx) = watch::channel(vec![peer]);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let c = counters.clone();
-    let thread = std::thread::spawn(move || {
-        enter(&path);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let setup = async {
-                let tun = engine::create_tun("strait0", 1420).map_err(|e| format!("tun: {e}"))?;
-                let nl = Netlink::connect().map_err(|e| e.to_string())?;
-                let index = nl
-                    .link_index("strait0")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("no strait0")?;
-                nl.configure_link(index, own, 1420)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let socket =
-                    std::net::UdpSocket::bind("0.0.0.0:51820").map_err(|e| e.to_string())?;
-                Ok::<_, String>((tun, socket))
-            };
-            match setup.await {
-                Ok((tun, socket)) => {
-                    let _ = ready_tx.send(Ok(()));
-                    pump::run(
-                        tun,
-                        socket,
-                        engine::Engine::new(secret, Duration::from_secs(1)),
-                        peers_rx,
-                        c,
-                        watch::channel(Vec::new()).0,
-                    )
-                    .await
-                    .expect("engine");
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("engine thread")
-        .expect("engine setup");
-    Node {
-        counters,
-        peers: Some(peers_tx),
-        thread: Some(thread),
-    }
-}
+use common::start;
+use strait_agent::dataplane::engine::PeerSpec;
+use strait_agent::dataplane::pump::Counters;
+use strait_tests::netns::{veth, Netns};
 
 /// The kernel's (rx, tx) packet counters of `strait0` in `ns`: rx = writes by the engine,
 /// tx = packets (or 64 KiB segments) handed to the engine.
@@ -131,6 +53,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
         &a,
         a_secret,
         "100.64.0.1/10",
+        vec![],
         PeerSpec {
             public_key: b_key,
             endpoint: Some("192.0.2.2:51820".parse().unwrap()),
@@ -143,6 +66,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
         &b,
         b_secret,
         "100.64.0.2/10",
+        vec![],
         PeerSpec {
             public_key: a_key,
             endpoint: Some("192.0.2.1:51820".parse().unwrap()),

@@ -7,16 +7,16 @@
 //!  a0 192.0.2.1/24  <---- veth ---->  b0 192.0.2.2/24
 //! ```
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
-use strait_agent::dataplane::engine::{self, PeerSpec};
-use strait_agent::dataplane::netlink::Netlink;
-use strait_agent::dataplane::pump;
+use strait_agent::dataplane::engine::PeerSpec;
 use strait_agent::dataplane::routes::{Route, Via};
-use strait_tests::netns::{enter, veth, Netns};
+use strait_tests::netns::{veth, Netns};
 
 /// wireguard-go in the foreground, killed on drop.
 struct WireguardGo(Child);
@@ -104,71 +104,22 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     b.ip(&["link", "set", wg_if.as_str(), "up"]);
 
     // Strait's engine in A, on its own thread inside the namespace.
-    let path = a.path();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let b_key = *b_public.as_bytes();
-    let engine_thread = std::thread::spawn(move || {
-        enter(&path);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let setup = async {
-                let tun = engine::create_tun("strait0", 1420).map_err(|e| format!("tun: {e}"))?;
-                let nl = Netlink::connect().map_err(|e| e.to_string())?;
-                let index = nl
-                    .link_index("strait0")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("no strait0")?;
-                nl.configure_link(index, "100.64.0.1/10".parse().unwrap(), 1420)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let route = Route {
-                    prefix: "100.64.0.2/32".parse().unwrap(),
-                    via: Via::Tun,
-                };
-                let plan = nl
-                    .reconcile(&[route], index)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !plan.conflicts.is_empty() {
-                    return Err(format!("conflicts: {:?}", plan.conflicts));
-                }
-                let socket =
-                    std::net::UdpSocket::bind("0.0.0.0:51820").map_err(|e| e.to_string())?;
-                Ok::<_, String>((tun, socket))
-            };
-            let (tun, socket) = match setup.await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let (_peers_tx, peers_rx) = tokio::sync::watch::channel(vec![PeerSpec {
-                public_key: b_key,
-                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
-                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
-                keepalive: None,
-                candidates: vec![],
-            }]);
-            let _ = ready_tx.send(Ok(()));
-            let stop = tokio::task::spawn_blocking(move || {
-                let _ = stop_rx.recv();
-            });
-            tokio::select! {
-                r = pump::run(tun, socket, engine::Engine::new(a_secret, Duration::from_secs(1)), peers_rx, Default::default(), tokio::sync::watch::channel(Vec::new()).0) => { r.expect("engine"); }
-                _ = stop => {}
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("engine thread")
-        .expect("engine setup");
+    let engine = common::start(
+        &a,
+        a_secret,
+        "100.64.0.1/10",
+        vec![Route {
+            prefix: "100.64.0.2/32".parse().unwrap(),
+            via: Via::Tun,
+        }],
+        PeerSpec {
+            public_key: *b_public.as_bytes(),
+            endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+            allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
+            keepalive: None,
+            candidates: vec![],
+        },
+    );
 
     // A -> B (the engine initiates the handshake), then B -> A.
     let ping = a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "100.64.0.2"]);
@@ -209,6 +160,5 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         "{text}"
     );
 
-    stop_tx.send(()).unwrap();
-    engine_thread.join().unwrap();
+    drop(engine);
 }

@@ -77,6 +77,16 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.ip(&["link", "set", b_if, "up"]);
 }
 
+/// Connects `ns` to the router namespace `router` on `net`.0/24 (a documentation range,
+/// say): `inside` in `ns` gets `net.host`, `outside` in the router gets `net.1`, and `ns`
+/// routes everything through the router.
+pub fn uplink(router: &Netns, outside: &str, ns: &Netns, inside: &str, net: &str, host: &str) {
+    veth(ns, inside, router, outside);
+    router.ip(&["addr", "add", &format!("{net}.1/24"), "dev", outside]);
+    ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", inside]);
+    ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
+}
+
 impl Netns {
     /// `ip -n <ns> -j ARGS`, parsed (`Null` when the output is empty).
     pub fn json(&self, args: &[&str]) -> serde_json::Value {

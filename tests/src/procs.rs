@@ -206,6 +206,18 @@ impl Coordinator {
         self.dir.path().join("state")
     }
 
+    /// Makes the coordinator (not yet started) listen on `addr` inside namespace `netns`,
+    /// where straitctl will run too.
+    pub fn move_to(&mut self, netns: &str, addr: SocketAddr) -> Result<()> {
+        let cfg = self.state().join("coordinator.toml");
+        let text =
+            std::fs::read_to_string(&cfg)?.replace(&self.addr.to_string(), &addr.to_string());
+        std::fs::write(&cfg, text)?;
+        self.addr = addr;
+        self.netns = Some(netns.to_string());
+        Ok(())
+    }
+
     pub fn operator_dir(&self) -> PathBuf {
         self.state().join("operator")
     }

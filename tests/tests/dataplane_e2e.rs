@@ -23,7 +23,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strait_tests::netns::{veth, Netns};
+use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
 
 fn ping(from: &Netns, to: &str) -> bool {
@@ -69,16 +69,9 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     let ma = Netns::new("ma");
     let wlb = Netns::new("wlb");
     inet.sysctl("net.ipv4.ip_forward", "1");
-    for (ns, inside, outside, net, host) in [
-        (&coord, "up0", "c0", "198.51.100", "10"),
-        (&nata, "wan0", "a0", "192.0.2", "10"),
-        (&gwb, "up0", "b0", "203.0.113", "10"),
-    ] {
-        veth(ns, inside, &inet, outside);
-        inet.ip(&["addr", "add", &format!("{net}.1/24"), "dev", outside]);
-        ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", inside]);
-        ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
-    }
+    uplink(&inet, "c0", &coord, "up0", "198.51.100", "10");
+    uplink(&inet, "a0", &nata, "wan0", "192.0.2", "10");
+    uplink(&inet, "b0", &gwb, "up0", "203.0.113", "10");
     // Site A's gateway sits behind a masquerading NAT.
     veth(&gwa, "up0", &nata, "lan0");
     nata.ip(&["addr", "add", "10.99.0.1/24", "dev", "lan0"]);
@@ -153,13 +146,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     )
     .unwrap();
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let cfg = c.state().join("coordinator.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&c.addr.to_string(), &addr.to_string());
-    std::fs::write(&cfg, text).unwrap();
-    c.addr = addr;
-    c.netns = Some(coord.name.clone());
+    c.move_to(&coord.name, addr).unwrap();
     c.start().unwrap();
 
     let ta = c.token("aws-use1", "gateway").unwrap();

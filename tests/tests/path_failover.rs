@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use strait_tests::netns::{veth, Netns};
+use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
 
 fn tx_packets(ns: &Netns, dev: &str) -> u64 {
@@ -66,16 +66,9 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     let wla = Netns::new("pwla");
     let wlb = Netns::new("pwlb");
     inet.sysctl("net.ipv4.ip_forward", "1");
-    for (ns, outside, net, host) in [
-        (&coord, "c0", "198.51.100", "10"),
-        (&gwa, "a0", "192.0.2", "10"),
-        (&gwb, "b0", "203.0.113", "10"),
-    ] {
-        veth(ns, "up0", &inet, outside);
-        inet.ip(&["addr", "add", &format!("{net}.1/24"), "dev", outside]);
-        ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", "up0"]);
-        ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
-    }
+    uplink(&inet, "c0", &coord, "up0", "198.51.100", "10");
+    uplink(&inet, "a0", &gwa, "up0", "192.0.2", "10");
+    uplink(&inet, "b0", &gwb, "up0", "203.0.113", "10");
     veth(&gwa, "ic0", &gwb, "ic0");
     gwa.ip(&["addr", "add", "172.31.255.1/30", "dev", "ic0"]);
     gwb.ip(&["addr", "add", "172.31.255.2/30", "dev", "ic0"]);
@@ -95,13 +88,7 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     )
     .unwrap();
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let cfg = c.state().join("coordinator.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&c.addr.to_string(), &addr.to_string());
-    std::fs::write(&cfg, text).unwrap();
-    c.addr = addr;
-    c.netns = Some(coord.name.clone());
+    c.move_to(&coord.name, addr).unwrap();
     c.start().unwrap();
 
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str, public: &str| {
