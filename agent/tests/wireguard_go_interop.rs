@@ -9,24 +9,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use strait_agent::dataplane::engine::PeerSpec;
 use strait_agent::dataplane::routes::{Route, Via};
-use strait_tests::netns::{veth, Netns};
-
-/// wireguard-go in the foreground, killed on drop.
-struct WireguardGo(Child);
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use strait_tests::netns::{veth, Netns, WireguardGo};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -44,39 +31,9 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     let a_public = PublicKey::from(&a_secret);
     let b_secret = StaticSecret::from([22u8; 32]);
     let b_public = PublicKey::from(&b_secret);
-    // wireguard-go's control socket (/var/run/wireguard/<interface>.sock) is shared by all
-    // namespaces: a name unique to this process lets test runs overlap.
-    let wg_if = format!("wgi{}", std::process::id());
-
     // wireguard-go in B, configured with wg.
-    let wg_go = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &b.name,
-            "wireguard-go",
-            "-f",
-            wg_if.as_str(),
-        ])
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wireguard-go must be installed (apt-get install wireguard-go)");
-    let _wg_go = WireguardGo(wg_go);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !b
-        .exec(&["ip", "link", "show", wg_if.as_str()])
-        .status
-        .success()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "wireguard-go did not create {}",
-            wg_if
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let wg_go = WireguardGo::start(&b, "wgi");
+    let wg_if = &wg_go.interface;
     let key_dir = tempfile::tempdir().unwrap();
     let key_file = key_dir.path().join("b.key");
     std::fs::write(&key_file, b64(&b_secret.to_bytes())).unwrap();

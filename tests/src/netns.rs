@@ -122,3 +122,48 @@ pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 's
     .join()
     .expect("namespace thread")
 }
+
+/// Debian's `wireguard-go` running in the foreground inside a namespace; killed on drop.
+pub struct WireguardGo {
+    child: std::process::Child,
+    /// The interface it created.
+    pub interface: String,
+}
+
+impl WireguardGo {
+    /// Starts wireguard-go in `ns` and waits (at most 10 s) for its interface. The name is
+    /// `<prefix><pid>`: wireguard-go's control socket (`/var/run/wireguard/<if>.sock`) is
+    /// shared by all namespaces, so a name unique to this process lets test runs overlap.
+    pub fn start(ns: &Netns, prefix: &str) -> WireguardGo {
+        let interface = format!("{prefix}{}", std::process::id());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "wireguard-go", "-f", &interface])
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wireguard-go must be installed (apt-get install wireguard-go)");
+        let wg = WireguardGo { child, interface };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ns
+            .exec(&["ip", "link", "show", &wg.interface])
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wireguard-go did not create {}",
+                wg.interface
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        wg
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -23,7 +23,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strait_tests::netns::{uplink, veth, Netns};
+use strait_tests::netns::{uplink, veth, Netns, WireguardGo};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
 
 fn ping(from: &Netns, to: &str) -> bool {
@@ -278,34 +278,8 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = conf_dir.path().join("wg0.conf");
     std::fs::write(&conf, setconf).unwrap();
-    // wireguard-go's control socket (/var/run/wireguard/<interface>.sock) is shared by all
-    // namespaces: a name unique to this process lets test runs overlap.
-    let wg_if = format!("wgx{}", std::process::id());
-    let mut wg_go = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ext.name,
-            "wireguard-go",
-            "-f",
-            wg_if.as_str(),
-        ])
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wireguard-go");
-    wait_for(
-        Duration::from_secs(10),
-        "wireguard-go to create its interface",
-        || {
-            ext.exec(&["ip", "link", "show", wg_if.as_str()])
-                .status
-                .success()
-                .then_some(())
-        },
-    )
-    .unwrap();
+    let wg_go = WireguardGo::start(&ext, "wgx");
+    let wg_if = &wg_go.interface;
     let set = ext.exec(&["wg", "setconf", wg_if.as_str(), conf.to_str().unwrap()]);
     assert!(
         set.status.success(),
@@ -328,8 +302,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
         || ping(&wla, "10.30.0.1").then_some(()),
     );
     let back = ping(&ext, "10.10.0.10");
-    let _ = wg_go.kill();
-    let _ = wg_go.wait();
+    drop(wg_go);
     reached.unwrap_or_else(|e| panic!("{e}\n{}", a.proc.log_text()));
     assert!(back, "external device -> workload A");
 
