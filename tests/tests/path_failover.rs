@@ -177,15 +177,58 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         "{tunnel}"
     );
 
-    // Cut the interconnect 1 s into a 6 s flow of pings every 10 ms.
+    // A third party on the internet floods gwa with forged probe replies claiming to be gwb
+    // (its real probe id, every plausible sequence number, MACs it cannot compute), hoping to
+    // keep the dead interconnect looking alive. It must change nothing.
+    let b_key = a.saved_map().unwrap()["peers"]["gcp-usc1/gwb"]["wg-public-key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    const FORGER: &str = "import base64,os,socket,sys,time\nsid=base64.b64decode(sys.argv[1])[:8]\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nn=0\nend=time.time()+4\nwhile time.time()<end:\n for seq in range(1,1001):\n  s.sendto(b'SP\\x01\\x02'+sid+seq.to_bytes(8,'big')+os.urandom(16),('192.0.2.10',51820));n+=1\n time.sleep(0.1)\nprint(n)";
+    let forger = {
+        let x = Netns::new("pforge");
+        veth(&x, "up0", &inet, "x0");
+        inet.ip(&["addr", "add", "198.18.0.1/24", "dev", "x0"]);
+        x.ip(&["addr", "add", "198.18.0.66/24", "dev", "up0"]);
+        x.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+        x
+    };
+    let forged_rx0 = gwa.json(&["-s", "link", "show", "up0"])[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // Cut the interconnect 1 s into a 6 s flow of pings every 10 ms, while the forger sends.
     let flow = {
         let wla = wla.name.clone();
         std::thread::spawn(move || ping_flow(&wla, "10.20.0.10", 600))
+    };
+    let forging = {
+        let x = forger.name.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &x, "python3", "-c", FORGER, &b_key])
+                .output()
+                .expect("python3")
+        })
     };
     std::thread::sleep(Duration::from_secs(1));
     gwa.ip(&["link", "set", "ic0", "down"]);
     let cut = Instant::now();
     let (sent, got) = flow.join().unwrap();
+    let forged = forging.join().unwrap();
+    let forged: u64 = String::from_utf8_lossy(&forged.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("forger: {}", String::from_utf8_lossy(&forged.stderr)));
+    let arrived = gwa.json(&["-s", "link", "show", "up0"])[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+        - forged_rx0;
+    println!("forger sent {forged} forged replies; gwa's uplink received {arrived} packets");
+    assert!(
+        arrived >= forged / 2,
+        "the forged replies did not reach gwa"
+    );
     let interruption = Duration::from_millis(10) * (sent - got);
     println!(
         "interconnect cut: {} of {sent} pings lost, interruption about {interruption:?}",
