@@ -6,7 +6,7 @@
 use ipnetwork::IpNetwork;
 use strait_agent::dataplane::netlink::Netlink;
 use strait_agent::dataplane::routes::{Route, Via, RTPROT_STRAIT};
-use strait_tests::netns::{in_netns, Netns};
+use strait_tests::netns::{block_on_in, Netns};
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
@@ -55,29 +55,23 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         tun("10.10.0.0/16"),
         tun("192.168.77.0/24"),
     ];
-    let (first, second, index) = in_netns(&ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (first, second, index) = block_on_in(&ns, move || async move {
+        let nl = Netlink::connect().unwrap();
+        let index = nl
+            .link_index("strait0")
+            .await
+            .unwrap()
+            .expect("strait0 exists");
+        assert_eq!(nl.link_index("nope0").await.unwrap(), None);
+        nl.configure_link(index, net("100.64.0.1/10"), 1420)
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let nl = Netlink::connect().unwrap();
-            let index = nl
-                .link_index("strait0")
-                .await
-                .unwrap()
-                .expect("strait0 exists");
-            assert_eq!(nl.link_index("nope0").await.unwrap(), None);
-            nl.configure_link(index, net("100.64.0.1/10"), 1420)
-                .await
-                .unwrap();
-            nl.configure_link(index, net("100.64.0.1/10"), 1420)
-                .await
-                .unwrap();
-            let first = nl.reconcile(&desired, index).await.unwrap();
-            let second = nl.reconcile(&desired, index).await.unwrap();
-            (first, second, index)
-        })
+        nl.configure_link(index, net("100.64.0.1/10"), 1420)
+            .await
+            .unwrap();
+        let first = nl.reconcile(&desired, index).await.unwrap();
+        let second = nl.reconcile(&desired, index).await.unwrap();
+        (first, second, index)
     });
     assert_eq!(first.add.len(), 2, "{first:?}");
     assert_eq!(first.conflicts.len(), 2, "{first:?}");
@@ -114,17 +108,11 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
 
     // A smaller desired set removes only the stale route; shutdown removes all of ours and
     // nothing else.
-    let removed = in_netns(&ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nl = Netlink::connect().unwrap();
-            let p = nl.reconcile(&[tun("100.64.0.2/32")], index).await.unwrap();
-            assert_eq!(p.remove.len(), 1);
-            nl.remove_all().await.unwrap()
-        })
+    let removed = block_on_in(&ns, move || async move {
+        let nl = Netlink::connect().unwrap();
+        let p = nl.reconcile(&[tun("100.64.0.2/32")], index).await.unwrap();
+        assert_eq!(p.remove.len(), 1);
+        nl.remove_all().await.unwrap()
     });
     assert_eq!(removed, 1);
     assert!(strait_routes(&ns).is_empty());
@@ -143,24 +131,18 @@ fn the_tun_mtu_follows_the_underlay_toward_the_coordinator() {
     ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
     ns.ip(&["link", "set", "up0", "up"]);
     ns.ip(&["link", "set", "lo", "up"]);
-    let (via_uplink, via_loopback, unresolvable) = in_netns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let nl = Netlink::connect().unwrap();
-            let mtu = |t: &str| {
-                let nl = nl.clone();
-                let t = vec![t.to_string()];
-                async move { strait_agent::dataplane::tun_mtu(&nl, &t).await }
-            };
-            (
-                mtu("192.0.2.7:7443").await,
-                mtu("127.0.0.1:7443").await,
-                mtu("no-such-host.invalid:7443").await,
-            )
-        })
+    let (via_uplink, via_loopback, unresolvable) = block_on_in(&ns, || async {
+        let nl = Netlink::connect().unwrap();
+        let mtu = |t: &str| {
+            let nl = nl.clone();
+            let t = vec![t.to_string()];
+            async move { strait_agent::dataplane::tun_mtu(&nl, &t).await }
+        };
+        (
+            mtu("192.0.2.7:7443").await,
+            mtu("127.0.0.1:7443").await,
+            mtu("no-such-host.invalid:7443").await,
+        )
     });
     assert_eq!(via_uplink, 1300, "1380-byte underlay minus 80");
     assert_eq!(

@@ -167,3 +167,19 @@ impl Drop for WireguardGo {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the future `f` makes on a single-threaded tokio runtime on a new thread inside `ns`
+/// (so netlink sockets and TUN devices it opens belong to `ns`), and returns its output.
+pub fn block_on_in<T, F>(ns: &Netns, f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(f())
+    })
+}
