@@ -20,12 +20,18 @@ use strait_proto::map::NetworkMap;
 use strait_proto::msg::{
     AgentEvent, ErrorCode, PeerLink, Refusal, Registration, Request, Response, SessionEvent,
 };
+use strait_proto::probe::ProbeEvent;
 use strait_proto::{client, io as wire, ALPN};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::commands;
 use crate::config::Config;
+use crate::dataplane::pump::PingRequest;
 use crate::enroll::{ensure_certificate, resolve};
 use crate::wgkey::WgKey;
+
+/// Operator commands one node runs at once.
+const MAX_COMMANDS: usize = 4;
 
 /// Reconnect delay after `attempt` consecutive failures: 500 ms doubling to 30 s, plus up
 /// to 25% jitter (`jitter` in `[0, 1)`).
@@ -54,12 +60,15 @@ pub fn wildcard(target: SocketAddr) -> SocketAddr {
 /// What the agent knows, shared with the data plane.
 pub type MapWatch = watch::Receiver<Option<Arc<NetworkMap>>>;
 
-/// What the data plane tells the coordinator through the control session.
-pub struct DataplaneReports {
+/// What the data plane tells the coordinator through the control session, and how the
+/// session asks the data plane for on-demand probes.
+pub struct DataplaneChannels {
     /// Routes the kernel refused.
     pub conflicts: watch::Receiver<Vec<Refusal>>,
     /// Tunnels and their paths (published every few seconds).
     pub links: watch::Receiver<Vec<PeerLink>>,
+    /// On-demand probes (`None` without a userspace data plane).
+    pub pings: Option<mpsc::Sender<PingRequest>>,
 }
 
 /// Runs the agent's control plane until `shutdown` completes. The current map is
@@ -67,7 +76,7 @@ pub struct DataplaneReports {
 pub async fn run(
     config: Config,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
-    reports: DataplaneReports,
+    reports: DataplaneChannels,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
@@ -118,9 +127,11 @@ pub async fn run(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         have_version: None,
     };
+    let commands = commands::Context::new(reports.pings.clone());
     let mut session = Session {
         config: &config,
         certs,
+        commands,
         reports,
         maps,
         map_path,
@@ -160,7 +171,8 @@ pub async fn run(
 struct Session<'a> {
     config: &'a Config,
     certs: CertStore,
-    reports: DataplaneReports,
+    commands: commands::Context,
+    reports: DataplaneChannels,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     map_path: PathBuf,
     registration: Registration,
@@ -192,6 +204,9 @@ impl Session<'_> {
             self.config.heartbeat_interval,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Commands an operator asked for run in their own tasks and report here.
+        let (probe_tx, mut probe_events) = mpsc::channel::<AgentEvent>(256);
+        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut map: Option<NetworkMap> = None;
         let result = loop {
             tokio::select! {
@@ -229,6 +244,22 @@ impl Session<'_> {
                             let current = current.clone();
                             self.publish(&current);
                         }
+                        SessionEvent::Command(command) => {
+                            tracing::info!(command = command.id, action = ?command.action, "operator command");
+                            running.retain(|t| !t.is_finished());
+                            if running.len() >= MAX_COMMANDS {
+                                let event = AgentEvent::Probe {
+                                    id: command.id,
+                                    event: ProbeEvent::Failed { message: format!("this node already runs {MAX_COMMANDS} commands; try again later") },
+                                };
+                                if let Err(e) = wire::write(&mut send, &event).await {
+                                    break Err(anyhow::Error::from(e).context("answering a command"));
+                                }
+                                continue;
+                            }
+                            let current = self.maps.borrow().clone();
+                            running.push(commands::spawn(command, current, self.commands.clone(), probe_tx.clone()));
+                        }
                         SessionEvent::Closing(e) => {
                             if e.code == ErrorCode::Revoked {
                                 tracing::error!("this node was revoked; enroll again with a new join token");
@@ -253,6 +284,11 @@ impl Session<'_> {
                         }
                     }
                 }
+                Some(event) = probe_events.recv() => {
+                    if let Err(e) = wire::write(&mut send, &event).await {
+                        break Err(anyhow::Error::from(e).context("reporting a command's progress"));
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let version = map.as_ref().map(|m| m.version).unwrap_or(0);
                     if let Err(e) = wire::write(&mut send, &AgentEvent::Heartbeat { map_version: version }).await {
@@ -262,6 +298,9 @@ impl Session<'_> {
             }
         };
         reader.abort();
+        for task in running {
+            task.abort();
+        }
         if let Some(reason) = conn.close_reason() {
             return Err(anyhow::anyhow!("connection closed: {reason}"));
         }

@@ -5,7 +5,12 @@
 //! - [`enroll`]: the first certificate, from a join token and a CSR.
 //! - [`control`]: the session with the coordinator: register, apply maps, heartbeat,
 //!   reconnect; the last map is kept in the state directory.
+//! - [`commands`]: probes an operator asks for through the coordinator (RTT per path,
+//!   throughput transfers).
+//! - [`dataplane`]: the WireGuard engine, its IO and the kernel's routes.
+//! - [`paths`]: path probing and selection.
 
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod dataplane;

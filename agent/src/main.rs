@@ -66,7 +66,10 @@ async fn main() -> Result<()> {
             let (links_tx, links_rx) = tokio::sync::watch::channel(Vec::new());
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
+            let mut pings = None;
             if config.dataplane == Dataplane::Userspace {
+                let (pings_tx, pings_rx) = tokio::sync::mpsc::channel(16);
+                pings = Some(pings_tx);
                 let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
                 let settings = dataplane::Settings {
                     tun_name: config.tun_name.clone(),
@@ -86,6 +89,7 @@ async fn main() -> Result<()> {
                         maps_rx,
                         conflicts_tx,
                         links_tx,
+                        pings_rx,
                         async move {
                             let _ = stop.recv().await;
                         },
@@ -94,9 +98,10 @@ async fn main() -> Result<()> {
                 }));
             }
             let mut stop = stop_tx.subscribe();
-            let reports = control::DataplaneReports {
+            let reports = control::DataplaneChannels {
                 conflicts: conflicts_rx,
                 links: links_rx,
+                pings,
             };
             let control = control::run(config, maps, reports, async move {
                 let _ = stop.recv().await;

@@ -41,6 +41,29 @@ pub struct Config {
     /// Plain WireGuard devices without an agent; gateways of other sites peer with them.
     #[serde(default)]
     pub external_peers: Vec<ExternalPeerConfig>,
+    /// Scheduled throughput probes between tunnel peers; off unless configured (transfers
+    /// cost egress).
+    #[serde(default)]
+    pub throughput_probes: Option<ThroughputProbes>,
+}
+
+/// Shortest interval between scheduled throughput probes.
+pub const MIN_THROUGHPUT_PROBE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Scheduled throughput probes: one pair of tunnel peers per `interval`, in turn.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ThroughputProbes {
+    /// Time between two probes (at least 10 minutes).
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Length of each transfer (1 to 30 s).
+    #[serde(default = "default_probe_duration", with = "duration")]
+    pub duration: Duration,
+}
+
+fn default_probe_duration() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// A plain WireGuard device (an on-prem router, a legacy concentrator).
@@ -179,6 +202,18 @@ impl Config {
         }
         if self.heartbeat_timeout < Duration::from_secs(2) {
             bail!("key `heartbeat-timeout`: must be at least 2s");
+        }
+        if let Some(t) = &self.throughput_probes {
+            if t.interval < MIN_THROUGHPUT_PROBE_INTERVAL {
+                bail!(
+                    "key `throughput-probes.interval`: {} is too often; scheduled transfers cost egress, so the minimum is 10m",
+                    humantime::format_duration(t.interval)
+                );
+            }
+            let max = u64::from(strait_proto::probe::MAX_THROUGHPUT_SECS);
+            if t.duration < Duration::from_secs(1) || t.duration > Duration::from_secs(max) {
+                bail!("key `throughput-probes.duration`: use 1s to {max}s");
+            }
         }
         if self.pki.agent_cert_lifetime < Duration::from_secs(60) {
             bail!("key `pki.agent-cert-lifetime`: must be at least 60s");
@@ -354,6 +389,14 @@ overlay-ip = "100.64.255.1"
                 "duration",
             ),
             (format!("{GOOD}\n[pki]\nmode = \"magic\""), "pki.mode"),
+            (
+                format!("{GOOD}\n[throughput-probes]\ninterval = \"1m\""),
+                "throughput-probes.interval",
+            ),
+            (
+                format!("{GOOD}\n[throughput-probes]\ninterval = \"1h\"\nduration = \"2m\""),
+                "throughput-probes.duration",
+            ),
             (
                 format!("{GOOD}\n{EXT}").replace("aws-use1\"\npublic", "nowhere\"\npublic"),
                 "not declared",

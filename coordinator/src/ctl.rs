@@ -8,10 +8,13 @@ use anyhow::{Context, Result};
 use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::{CertBundle, Role};
 use strait_proto::client::{self, ClientError};
+use strait_proto::frame::MAX_FRAME;
 use strait_proto::msg::{
-    ErrorCode, GraphView, LinkInfo, MeshStatus, NodeInfo, Request, Response, RouteInfo,
+    EndpointKind, ErrorBody, ErrorCode, GraphView, LinkInfo, MeshStatus, NodeInfo, Request,
+    Response, RouteInfo,
 };
-use strait_proto::ALPN;
+use strait_proto::probe::{mbit_per_s, ProbeEvent};
+use strait_proto::{io as wire, ALPN};
 
 /// Exit codes scripts can rely on.
 pub mod exit {
@@ -60,14 +63,13 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         .unwrap_or(exit::FAILED)
 }
 
-/// Sends one request to the coordinator at `addr`, authenticating with the operator
-/// certificate in `tls_dir` (`cert.pem`, `key.pem`, `ca.pem`).
-pub async fn request(
+/// Connects to the coordinator at `addr` with the operator certificate in `tls_dir`
+/// (`cert.pem`, `key.pem`, `ca.pem`).
+async fn connect(
     addr: &str,
     tls_dir: &Path,
-    req: &Request,
     timeout: Duration,
-) -> Result<Response> {
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let bundle = CertBundle::load(tls_dir).map_err(|e| {
         fail(
             exit::UNREACHABLE,
@@ -100,29 +102,92 @@ pub async fn request(
     let conn = client::connect(&endpoint, addr, quic_client_config(tls)?, timeout)
         .await
         .map_err(|e| fail(exit::UNREACHABLE, e.to_string()))?;
-    let response = client::call(&conn, req, timeout).await.map_err(|e| match e {
+    Ok((endpoint, conn))
+}
+
+fn client_error(e: ClientError) -> anyhow::Error {
+    match e {
         ClientError::Connection(c) => fail(
             exit::UNREACHABLE,
             format!("the coordinator closed the connection: {c} (is the certificate from this mesh's CA, unexpired and not revoked?)"),
         ),
         other => fail(exit::UNREACHABLE, other.to_string()),
-    })?;
+    }
+}
+
+fn refused(e: &ErrorBody) -> anyhow::Error {
+    let code = match e.code {
+        ErrorCode::Unauthenticated | ErrorCode::PermissionDenied | ErrorCode::Revoked => {
+            exit::DENIED
+        }
+        ErrorCode::NotFound => exit::NOT_FOUND,
+        ErrorCode::BadRequest | ErrorCode::InvalidToken => exit::INVALID,
+        ErrorCode::Unsupported | ErrorCode::Unavailable | ErrorCode::Internal => exit::FAILED,
+    };
+    fail(code, format!("coordinator refused: {e}"))
+}
+
+/// Sends one request to the coordinator at `addr`, authenticating with the operator
+/// certificate in `tls_dir`.
+pub async fn request(
+    addr: &str,
+    tls_dir: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response> {
+    let (endpoint, conn) = connect(addr, tls_dir, timeout).await?;
+    let response = client::call(&conn, req, timeout)
+        .await
+        .map_err(client_error)?;
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     match response {
-        Response::Error(e) => {
-            let code = match e.code {
-                ErrorCode::Unauthenticated | ErrorCode::PermissionDenied | ErrorCode::Revoked => {
-                    exit::DENIED
-                }
-                ErrorCode::NotFound => exit::NOT_FOUND,
-                ErrorCode::BadRequest | ErrorCode::InvalidToken => exit::INVALID,
-                ErrorCode::Unsupported | ErrorCode::Internal => exit::FAILED,
-            };
-            Err(fail(code, format!("coordinator refused: {e}")))
-        }
+        Response::Error(e) => Err(refused(&e)),
         ok => Ok(ok),
     }
+}
+
+/// Sends `req` and hands every answer to `on` as it arrives, until the coordinator says the
+/// probe is done. `idle` bounds the wait for each answer.
+pub async fn stream(
+    addr: &str,
+    tls_dir: &Path,
+    req: &Request,
+    idle: Duration,
+    mut on: impl FnMut(Response),
+) -> Result<()> {
+    let (endpoint, conn) = connect(addr, tls_dir, idle).await?;
+    let result = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| client_error(e.into()))?;
+        wire::write(&mut send, req)
+            .await
+            .map_err(|e| client_error(e.into()))?;
+        let _ = send.finish();
+        loop {
+            let next = tokio::time::timeout(idle, wire::read::<Response, _>(&mut recv, MAX_FRAME))
+                .await
+                .map_err(|_| {
+                    fail(
+                        exit::UNREACHABLE,
+                        format!(
+                            "no answer from the coordinator within {}",
+                            humantime::format_duration(idle)
+                        ),
+                    )
+                })?
+                .map_err(|e| client_error(e.into()))?;
+            match next {
+                None => return Err(client_error(ClientError::NoAnswer)),
+                Some(Response::ProbeDone) => return Ok(()),
+                Some(Response::Error(e)) => return Err(refused(&e)),
+                Some(other) => on(other),
+            }
+        }
+    }
+    .await;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    result
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -306,6 +371,7 @@ pub fn render_links(links: &[LinkInfo]) -> String {
                 opt(l.handshake_age_secs.map(|v| format!("{v}s ago"))),
                 opt(l.tx_bytes.map(human_bytes)),
                 opt(l.rx_bytes.map(human_bytes)),
+                opt(l.throughput_mbps.map(human_rate)),
             ]
         })
         .collect();
@@ -322,9 +388,132 @@ pub fn render_links(links: &[LinkInfo]) -> String {
             "HANDSHAKE",
             "TX",
             "RX",
+            "THROUGHPUT",
         ],
         rows,
     )
+}
+
+/// Mbit/s as people read it: `940 Mbit/s`, `3.62 Gbit/s`.
+pub fn human_rate(mbps: f64) -> String {
+    if mbps >= 1000.0 {
+        format!("{:.2} Gbit/s", mbps / 1000.0)
+    } else {
+        format!("{mbps:.0} Mbit/s")
+    }
+}
+
+/// How `straitctl probe` shows a probe's events: one line per reply or loss (like `ping`),
+/// progress while a transfer runs, and a summary per path at the end.
+#[derive(Debug, Default)]
+pub struct ProbeView {
+    paths: Vec<PathTally>,
+    result: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct PathTally {
+    kind: EndpointKind,
+    address: SocketAddr,
+    sent: u32,
+    rtts_us: Vec<u64>,
+}
+
+fn kind_str(kind: EndpointKind) -> &'static str {
+    kind.as_str()
+}
+
+impl ProbeView {
+    /// The line to print for `event` from `node` toward `peer`, if any.
+    pub fn line(&mut self, peer: &str, event: &ProbeEvent) -> Option<String> {
+        match event {
+            ProbeEvent::Pong {
+                seq,
+                kind,
+                address,
+                active,
+                rtt_us,
+            } => {
+                let t = self.tally(*kind, *address);
+                t.sent += 1;
+                t.rtts_us.push(*rtt_us);
+                Some(format!(
+                    "pong from {peer} via {} {address}{} seq={seq} in {:.2} ms",
+                    kind_str(*kind),
+                    if *active { " (active)" } else { "" },
+                    *rtt_us as f64 / 1000.0
+                ))
+            }
+            ProbeEvent::Lost { seq, kind, address } => {
+                self.tally(*kind, *address).sent += 1;
+                Some(format!(
+                    "no pong from {peer} via {} {address} seq={seq} (timed out)",
+                    kind_str(*kind)
+                ))
+            }
+            ProbeEvent::Progress { elapsed_ms, bytes } => Some(format!(
+                "{:5.1} s  {:>10} sent  {:>12}",
+                *elapsed_ms as f64 / 1000.0,
+                human_bytes(*bytes),
+                human_rate(mbit_per_s(*bytes, *elapsed_ms))
+            )),
+            ProbeEvent::Throughput { bytes, elapsed_ms } => {
+                self.result = Some((*bytes, *elapsed_ms));
+                None
+            }
+            ProbeEvent::Listening { .. } | ProbeEvent::Failed { .. } | ProbeEvent::Done => None,
+        }
+    }
+
+    fn tally(&mut self, kind: EndpointKind, address: SocketAddr) -> &mut PathTally {
+        let i = match self.paths.iter().position(|p| p.address == address) {
+            Some(i) => i,
+            None => {
+                self.paths.push(PathTally {
+                    kind,
+                    address,
+                    sent: 0,
+                    rtts_us: Vec::new(),
+                });
+                self.paths.len() - 1
+            }
+        };
+        &mut self.paths[i]
+    }
+
+    /// The closing lines: per path replies, loss and RTT min/avg/max; or the throughput.
+    pub fn summary(&self, from: &str, to: &str) -> String {
+        if let Some((bytes, elapsed_ms)) = self.result {
+            return format!(
+                "{from} -> {to}: {} through the tunnel ({} received in {:.2} s)\n",
+                human_rate(mbit_per_s(bytes, elapsed_ms)),
+                human_bytes(bytes),
+                elapsed_ms as f64 / 1000.0
+            );
+        }
+        let mut out = String::new();
+        for p in &self.paths {
+            let got = p.rtts_us.len() as u32;
+            let loss = 100.0 * f64::from(p.sent - got) / f64::from(p.sent.max(1));
+            out.push_str(&format!(
+                "--- {from} -> {to} via {} {}: {} sent, {got} received, {loss:.0}% loss",
+                kind_str(p.kind),
+                p.address,
+                p.sent
+            ));
+            if let (Some(min), Some(max)) = (p.rtts_us.iter().min(), p.rtts_us.iter().max()) {
+                let avg = p.rtts_us.iter().sum::<u64>() as f64 / f64::from(got);
+                out.push_str(&format!(
+                    ", rtt min/avg/max {:.2}/{:.2}/{:.2} ms",
+                    *min as f64 / 1000.0,
+                    avg / 1000.0,
+                    *max as f64 / 1000.0
+                ));
+            }
+            out.push('\n');
+        }
+        out
+    }
 }
 
 fn human_bytes(b: u64) -> String {
@@ -424,6 +613,8 @@ mod tests {
                 handshake_age_secs: Some(3),
                 tx_bytes: Some(2048),
                 rx_bytes: Some(10),
+                throughput_mbps: Some(3620.0),
+                throughput_at: Some(1),
             }],
         };
         let dot = render_dot(&g);
@@ -434,9 +625,56 @@ mod tests {
         let table = render_links(&g.links);
         assert!(
             table.contains(
-                "interconnect 192.0.2.1:51820  12.5ms  0.4ms   0%    3s ago     2.0 KiB  10 B"
+                "interconnect 192.0.2.1:51820  12.5ms  0.4ms   0%    3s ago     2.0 KiB  10 B  3.62 Gbit/s"
             ),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn probe_view_prints_replies_losses_and_a_summary_per_path() {
+        let ic: SocketAddr = "172.31.255.2:51820".parse().unwrap();
+        let inet: SocketAddr = "203.0.113.10:51820".parse().unwrap();
+        let mut v = ProbeView::default();
+        let pong = |seq, rtt_us| ProbeEvent::Pong {
+            seq,
+            kind: EndpointKind::Interconnect,
+            address: ic,
+            active: true,
+            rtt_us,
+        };
+        assert_eq!(
+            v.line("b/gw", &pong(1, 400)).unwrap(),
+            "pong from b/gw via interconnect 172.31.255.2:51820 (active) seq=1 in 0.40 ms"
+        );
+        v.line("b/gw", &pong(2, 600));
+        let lost = ProbeEvent::Lost {
+            seq: 1,
+            kind: EndpointKind::Public,
+            address: inet,
+        };
+        assert!(v.line("b/gw", &lost).unwrap().contains("no pong"));
+        assert_eq!(
+            v.summary("a/gw", "b/gw"),
+            "--- a/gw -> b/gw via interconnect 172.31.255.2:51820: 2 sent, 2 received, 0% loss, rtt min/avg/max 0.40/0.50/0.60 ms\n\
+             --- a/gw -> b/gw via public 203.0.113.10:51820: 1 sent, 0 received, 100% loss\n"
+        );
+        let mut t = ProbeView::default();
+        let progress = ProbeEvent::Progress {
+            elapsed_ms: 1000,
+            bytes: 12_500_000,
+        };
+        assert!(t.line("b/gw", &progress).unwrap().contains("100 Mbit/s"));
+        t.line(
+            "b/gw",
+            &ProbeEvent::Throughput {
+                bytes: 500_000_000,
+                elapsed_ms: 2000,
+            },
+        );
+        assert_eq!(
+            t.summary("a/gw", "b/gw"),
+            "a/gw -> b/gw: 2.00 Gbit/s through the tunnel (476.8 MiB received in 2.00 s)\n"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: `coordinator.toml`, validated at start.
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
+//! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod logging;
 pub mod mesh;
 pub mod overlay;
 pub mod policy;
+pub mod probes;
 pub mod renew_own;
 pub mod server;
 pub mod store;

@@ -45,6 +45,10 @@ pub struct NodeRecord {
     /// The agent's last link report (live health, not persisted).
     #[serde(skip)]
     pub links: Vec<PeerLink>,
+    /// The last throughput measured from this node to each peer (`site/node` ->
+    /// (Mbit/s, Unix seconds)); live, not persisted.
+    #[serde(skip)]
+    pub throughput: BTreeMap<String, (f64, u64)>,
 }
 
 impl NodeRecord {
@@ -59,6 +63,17 @@ impl NodeRecord {
 
 /// `(site, node name)`.
 pub type NodeKey = (String, String);
+
+/// Two nodes with a tunnel between them, both online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePair {
+    pub a: NodeKey,
+    pub b: NodeKey,
+    pub a_id: String,
+    pub b_id: String,
+    pub a_overlay: Ipv4Addr,
+    pub b_overlay: Ipv4Addr,
+}
 
 /// A revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +134,10 @@ pub enum CoreError {
     NotANode(String),
     #[error("WireGuard public key {0:?} is not 32 bytes of base64")]
     BadPublicKey(String),
+    #[error("{a} and {b} have no tunnel between them (members reach other sites through their gateway); probe two gateways, or nodes of full-mesh sites")]
+    NoTunnel { a: String, b: String },
+    #[error("node {0} is offline; `straitctl nodes` shows when it was last seen")]
+    Offline(String),
 }
 
 impl CoreError {
@@ -128,9 +147,11 @@ impl CoreError {
             CoreError::NoSuchNode(_) => ErrorCode::NotFound,
             CoreError::OverlayExhausted(_) => ErrorCode::Internal,
             CoreError::NotANode(_) => ErrorCode::PermissionDenied,
+            CoreError::Offline(_) => ErrorCode::Unavailable,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
-            | CoreError::BadPublicKey(_) => ErrorCode::BadRequest,
+            | CoreError::BadPublicKey(_)
+            | CoreError::NoTunnel { .. } => ErrorCode::BadRequest,
         }
     }
 }
@@ -337,6 +358,11 @@ impl Mesh {
             cert_not_after,
             map_version: self.nodes.get(&key).map(|n| n.map_version).unwrap_or(0),
             links: Vec::new(),
+            throughput: self
+                .nodes
+                .get(&key)
+                .map(|n| n.throughput.clone())
+                .unwrap_or_default(),
         };
         let mut ops = vec![StoreOp::PutNode(record.clone())];
         self.nodes.insert(key, record);
@@ -382,6 +408,58 @@ impl Mesh {
     pub fn report_links(&mut self, key: &NodeKey, peers: Vec<PeerLink>) {
         if let Some(node) = self.nodes.get_mut(key) {
             node.links = peers;
+        }
+    }
+
+    /// Two online nodes with a tunnel between them, for a probe from `from` to `to`.
+    pub fn probe_pair(&self, from: &str, to: &str) -> Result<ProbePair, CoreError> {
+        let a = self.resolve(from)?;
+        let b = self.resolve(to)?;
+        let get = |k: &NodeKey| {
+            self.nodes
+                .get(k)
+                .ok_or_else(|| CoreError::NoSuchNode(format!("{}/{}", k.0, k.1)))
+        };
+        let (na, nb) = (get(&a)?, get(&b)?);
+        if !self.peers_of(na).iter().any(|p| p.key() == b) {
+            return Err(CoreError::NoTunnel {
+                a: na.id(),
+                b: nb.id(),
+            });
+        }
+        for n in [na, nb] {
+            if !n.online {
+                return Err(CoreError::Offline(n.id()));
+            }
+        }
+        Ok(ProbePair {
+            a_id: na.id(),
+            b_id: nb.id(),
+            a_overlay: na.overlay_ip,
+            b_overlay: nb.overlay_ip,
+            a,
+            b,
+        })
+    }
+
+    /// Every pair of online nodes with a tunnel between them, ordered.
+    pub fn tunnel_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        for n in self.nodes.values().filter(|n| n.online) {
+            for p in self.peers_of(n) {
+                if p.online && n.id() < p.id() {
+                    pairs.push((n.id(), p.id()));
+                }
+            }
+        }
+        pairs.sort();
+        pairs
+    }
+
+    /// A throughput measured from `a` to `b` (live, not persisted).
+    pub fn record_throughput(&mut self, a: &NodeKey, b_id: &str, mbps: f64, at: u64) {
+        if let Some(node) = self.nodes.get_mut(a) {
+            node.throughput.insert(b_id.to_string(), (mbps, at));
         }
     }
 
@@ -981,6 +1059,12 @@ fn link(a: &NodeRecord, b: &NodeRecord, kind: &str) -> LinkInfo {
     let report = a.links.iter().find(|l| l.peer == b_id);
     let active = report.and_then(|r| r.paths.iter().find(|p| p.active));
     let ms = |us: u64| us as f64 / 1000.0;
+    // The most recent throughput measured in either direction.
+    let throughput = [a.throughput.get(&b_id), b.throughput.get(&a.id())]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(_, at)| *at)
+        .copied();
     LinkInfo {
         a: a.id(),
         b: b_id,
@@ -995,6 +1079,8 @@ fn link(a: &NodeRecord, b: &NodeRecord, kind: &str) -> LinkInfo {
         handshake_age_secs: report.and_then(|r| r.handshake_age_secs),
         tx_bytes: report.map(|r| r.tx_bytes),
         rx_bytes: report.map(|r| r.rx_bytes),
+        throughput_mbps: throughput.map(|(mbps, _)| mbps),
+        throughput_at: throughput.map(|(_, at)| at),
     }
 }
 

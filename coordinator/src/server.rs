@@ -19,11 +19,13 @@ use strait_proto::msg::{
     close, AgentEvent, EnrollRequest, ErrorBody, ErrorCode, Registration, Request, Response,
     SessionEvent, TokenCreated,
 };
+use strait_proto::probe::{mbit_per_s, ProbeRequest};
 use strait_proto::{io as wire, ALPN};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, StoreOp, Views};
+use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, ProbePair, StoreOp, Views};
+use crate::probes::{self, Probes};
 use crate::store::Store;
 
 /// Largest request an unauthenticated peer may send (a token and a CSR).
@@ -102,6 +104,8 @@ pub struct Coordinator {
     /// The views of the current map version; sessions wake on every change.
     views: watch::Sender<Arc<Views>>,
     sessions: Mutex<HashMap<NodeKey, quinn::Connection>>,
+    /// Commands to agents for operators' probes, and their events.
+    probes: Probes,
 }
 
 impl Coordinator {
@@ -119,6 +123,7 @@ impl Coordinator {
             pki,
             views,
             sessions: Mutex::new(HashMap::new()),
+            probes: Probes::default(),
         }))
     }
 
@@ -190,6 +195,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let ticker = tokio::spawn(tick_loop(coordinator.clone()));
+    let scheduled = coordinator
+        .config
+        .throughput_probes
+        .clone()
+        .map(|t| tokio::spawn(throughput_schedule(coordinator.clone(), t)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -207,6 +217,9 @@ pub async fn serve(
         }
     }
     ticker.abort();
+    if let Some(s) = scheduled {
+        s.abort();
+    }
     endpoint.close(close::SHUTDOWN.into(), b"coordinator shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
@@ -360,6 +373,10 @@ async fn handle_stream(
             session(c, conn, peer, identity, reg, send, recv).await;
             return;
         }
+        Request::Probe(req) => {
+            probe(&c, &identity, req, &mut send).await;
+            return;
+        }
         Request::Renew { csr_pem } => renew(&c, &identity, &csr_pem),
         Request::Status => Response::Status(c.core().mesh.status(c.pki.name())),
         Request::Nodes => Response::Nodes {
@@ -387,6 +404,109 @@ async fn handle_stream(
         tracing::info!(identity = %identity, request = kind, error = %e, "request refused");
     }
     respond(&mut send, &response).await;
+}
+
+/// An operator's probe: validated here, run by the agents, each event relayed on `send`
+/// as it comes, then `ProbeDone` (or the error).
+async fn probe(
+    c: &Arc<Coordinator>,
+    identity: &Identity,
+    req: ProbeRequest,
+    send: &mut SendStream,
+) {
+    if let Err(message) = req.validate() {
+        respond(send, &error(ErrorCode::BadRequest, message)).await;
+        return;
+    }
+    let pair = c.core().mesh.probe_pair(&req.from, &req.to);
+    let pair = match pair {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(identity = %identity, error = %e, "probe refused");
+            respond(send, &Response::Error(core_err(e))).await;
+            return;
+        }
+    };
+    tracing::info!(identity = %identity, from = %pair.a_id, to = %pair.b_id, throughput = ?req.throughput_secs, "probe");
+    let (tx, mut rx) = mpsc::channel(64);
+    let work = run_probe(c, &pair, &req, tx);
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            Some(response) = rx.recv() => {
+                if wire::write(send, &response).await.is_err() {
+                    return; // the operator left; the agents finish on their own
+                }
+            }
+        }
+    };
+    while let Ok(response) = rx.try_recv() {
+        if wire::write(send, &response).await.is_err() {
+            return;
+        }
+    }
+    let last = match result {
+        Ok(()) => Response::ProbeDone,
+        Err(e) => {
+            tracing::info!(identity = %identity, error = %e, "probe failed");
+            Response::Error(e)
+        }
+    };
+    respond(send, &last).await;
+}
+
+async fn run_probe(
+    c: &Coordinator,
+    pair: &ProbePair,
+    req: &ProbeRequest,
+    out: mpsc::Sender<Response>,
+) -> Result<(), ErrorBody> {
+    match req.throughput_secs {
+        None => probes::ping(&c.probes, pair, req.count, req.interval_ms, &out).await,
+        Some(secs) => {
+            let m = probes::throughput(&c.probes, pair, secs, &out).await?;
+            let mbps = mbit_per_s(m.bytes, m.elapsed_ms);
+            c.core()
+                .mesh
+                .record_throughput(&pair.a, &pair.b_id, mbps, unix_now());
+            tracing::info!(from = %pair.a_id, to = %pair.b_id, mbps, bytes = m.bytes, "throughput measured");
+            Ok(())
+        }
+    }
+}
+
+/// Scheduled throughput probes: every `interval`, the next pair of online tunnel peers.
+async fn throughput_schedule(c: Arc<Coordinator>, t: crate::config::ThroughputProbes) {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + t.interval, t.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(String, String)> = None;
+    let secs = t.duration.as_secs() as u32;
+    loop {
+        every.tick().await;
+        let pair = {
+            let core = c.core();
+            let pairs = core.mesh.tunnel_pairs();
+            probes::next_pair(&pairs, last.as_ref())
+                .cloned()
+                .and_then(|(a, b)| core.mesh.probe_pair(&a, &b).ok().map(|p| ((a, b), p)))
+        };
+        let Some((ids, pair)) = pair else { continue };
+        last = Some(ids);
+        let (tx, mut rx) = mpsc::channel(64);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let req = ProbeRequest {
+            from: pair.a_id.clone(),
+            to: pair.b_id.clone(),
+            count: 0,
+            interval_ms: 0,
+            throughput_secs: Some(secs),
+        };
+        if let Err(e) = run_probe(&c, &pair, &req, tx).await {
+            tracing::warn!(from = %pair.a_id, to = %pair.b_id, error = %e, "scheduled throughput probe failed");
+        }
+        let _ = drain.await;
+    }
 }
 
 fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
@@ -584,6 +704,7 @@ async fn session(
     {
         return;
     }
+    let (command_tx, mut commands) = c.probes.attach(&key);
     // Frames are read in their own task: a read cut short by `select!` would lose bytes.
     let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
@@ -628,6 +749,11 @@ async fn session(
                 }
                 current = next;
             }
+            Some(command) = commands.recv() => {
+                if wire::write(&mut send, &SessionEvent::Command(command)).await.is_err() {
+                    break;
+                }
+            }
             _ = &mut flush, if latest.is_some() => {
                 if let Some(next) = latest.take() {
                     if wire::write(&mut send, &SessionEvent::Delta(current.delta(&next))).await.is_err() {
@@ -643,6 +769,9 @@ async fn session(
                     }
                     Ok(Some(AgentEvent::RouteConflicts { conflicts })) => {
                         let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts))));
+                    }
+                    Ok(Some(AgentEvent::Probe { id, event })) => {
+                        c.probes.deliver(&key, id, event);
                     }
                     Ok(Some(AgentEvent::LinkReport { peers })) => {
                         let _ = c.mutate(|mesh| {
@@ -665,6 +794,7 @@ async fn session(
         }
     }
     reader.abort();
+    c.probes.detach(&key, &command_tx);
     let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
     if sessions
         .get(&key)

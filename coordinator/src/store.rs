@@ -202,6 +202,7 @@ mod tests {
             cert_not_after: 9,
             map_version: 3,
             links: Vec::new(),
+            throughput: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //!   and never buffers more than one frame, whatever the input.
 //! - [`msg`]: the versioned messages carried in frames.
 //! - [`map`]: network maps (what one node needs to know), their deltas and how to apply them.
+//! - [`probe`]: probes operators ask agents to run (live RTT per path, throughput).
 
 #[cfg(feature = "io")]
 pub mod client;
@@ -14,6 +15,7 @@ pub mod fuzzing;
 pub mod io;
 pub mod map;
 pub mod msg;
+pub mod probe;
 mod role;
 
 pub use role::Role;

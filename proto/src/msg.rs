@@ -17,6 +17,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::map::{MapDelta, NetworkMap};
+use crate::probe::{Command, ProbeEvent, ProbeRequest};
 use crate::Role;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,9 @@ pub enum Request {
     ExternalPeerConfig {
         name: String,
     },
+    /// Live RTT per path, or a throughput transfer, between two tunnel peers. Answered
+    /// with [`Response::Probe`] events as they happen, then [`Response::ProbeDone`].
+    Probe(ProbeRequest),
 }
 
 impl Request {
@@ -72,6 +76,7 @@ impl Request {
             Request::CreateToken { .. } => "token-create",
             Request::Revoke { .. } => "revoke",
             Request::ExternalPeerConfig { .. } => "external-peer-config",
+            Request::Probe(_) => "probe",
         }
     }
 }
@@ -155,6 +160,8 @@ pub enum SessionEvent {
     Delta(MapDelta),
     /// The session ends (revocation, shutdown); the stream closes after this.
     Closing(ErrorBody),
+    /// Something an operator asked this node to run (`straitctl probe`).
+    Command(Command),
 }
 
 /// Agent -> coordinator on a session stream.
@@ -171,6 +178,11 @@ pub enum AgentEvent {
     /// The data plane's view of each tunnel: paths and their figures, traffic, handshake.
     LinkReport {
         peers: Vec<PeerLink>,
+    },
+    /// What happened while running a [`Command`].
+    Probe {
+        id: u64,
+        event: ProbeEvent,
     },
 }
 
@@ -232,16 +244,40 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Response {
-    Enrolled { cert_pem: String, ca_pem: String },
-    Renewed { cert_pem: String, ca_pem: String },
+    Enrolled {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Renewed {
+        cert_pem: String,
+        ca_pem: String,
+    },
     Status(MeshStatus),
-    Nodes { nodes: Vec<NodeInfo> },
-    Routes { routes: Vec<RouteInfo> },
-    Links { links: Vec<LinkInfo> },
+    Nodes {
+        nodes: Vec<NodeInfo>,
+    },
+    Routes {
+        routes: Vec<RouteInfo>,
+    },
+    Links {
+        links: Vec<LinkInfo>,
+    },
     Graph(GraphView),
     Token(TokenCreated),
-    Revoked { node: String, serials: Vec<String> },
-    ExternalPeerConfig { config: String },
+    Revoked {
+        node: String,
+        serials: Vec<String>,
+    },
+    ExternalPeerConfig {
+        config: String,
+    },
+    /// One event of a running probe; `node` is the agent that reported it.
+    Probe {
+        node: String,
+        event: ProbeEvent,
+    },
+    /// The probe is over.
+    ProbeDone,
     Error(ErrorBody),
 }
 
@@ -268,6 +304,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The coordinator cannot do this in its PKI mode (e.g. enrollment with Vault).
     Unsupported,
+    /// The node or service needed is not reachable now (offline, no session).
+    Unavailable,
     Internal,
 }
 
@@ -281,6 +319,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not-found",
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -401,6 +440,11 @@ pub struct LinkInfo {
     pub tx_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_bytes: Option<u64>,
+    /// The last throughput measured from `a` to `b` (Mbit/s) and when (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_mbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

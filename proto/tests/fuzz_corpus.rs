@@ -11,6 +11,7 @@ use strait_proto::frame;
 use strait_proto::fuzzing;
 use strait_proto::map::{NetworkMap, PeerKind, PeerView, RouteView, SelfView};
 use strait_proto::msg::*;
+use strait_proto::probe::{Action, Command, ProbeEvent, ProbeRequest};
 use strait_proto::Role;
 
 fn corpus_dir() -> PathBuf {
@@ -170,6 +171,8 @@ fn link() -> LinkInfo {
         handshake_age_secs: None,
         tx_bytes: None,
         rx_bytes: None,
+        throughput_mbps: Some(940.5),
+        throughput_at: Some(1_700_000_000),
     }
 }
 
@@ -369,6 +372,46 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                 enc(&AgentEvent::RouteConflicts {
                     conflicts: vec![refusal()],
                 }),
+            ],
+        ),
+        // Operators' probes: the request, the commands agents get, the events they send.
+        (
+            "probes",
+            3,
+            vec![
+                enc(&Request::Probe(ProbeRequest {
+                    from: "aws-use1/gw".into(),
+                    to: "gcp-usc1/gw".into(),
+                    count: 5,
+                    interval_ms: 1000,
+                    throughput_secs: Some(5),
+                })),
+                enc(&SessionEvent::Command(Command {
+                    id: 7,
+                    action: Action::ThroughputSend {
+                        to: "100.64.0.2:40000".parse().unwrap(),
+                        nonce: "00112233445566778899aabbccddeeff".into(),
+                        secs: 5,
+                    },
+                })),
+                enc(&AgentEvent::Probe {
+                    id: 7,
+                    event: ProbeEvent::Pong {
+                        seq: 1,
+                        kind: EndpointKind::Interconnect,
+                        address: "172.31.255.2:51820".parse().unwrap(),
+                        active: true,
+                        rtt_us: 412,
+                    },
+                }),
+                enc(&Response::Probe {
+                    node: "aws-use1/gw".into(),
+                    event: ProbeEvent::Throughput {
+                        bytes: 1 << 30,
+                        elapsed_ms: 5012,
+                    },
+                }),
+                enc(&Response::ProbeDone),
             ],
         ),
         // Framing edge cases.

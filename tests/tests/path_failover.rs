@@ -177,6 +177,97 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         "{tunnel}"
     );
 
+    // `straitctl probe`: live RTT on every path, one line per reply, then a summary.
+    let out = c
+        .ctl(&[
+            "probe",
+            "aws-use1/gwa",
+            "gcp-usc1/gwb",
+            "-n",
+            "3",
+            "-i",
+            "200ms",
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in [
+        "via interconnect 172.31.255.2:51820 (active)",
+        "via public 203.0.113.10:51820 seq",
+    ] {
+        let pongs = text
+            .lines()
+            .filter(|l| l.starts_with("pong from gcp-usc1/gwb") && l.contains(path))
+            .count();
+        assert_eq!(pongs, 3, "3 pongs {path}:\n{text}");
+    }
+    assert!(
+        text.contains("3 sent, 3 received, 0% loss, rtt min/avg/max"),
+        "{text}"
+    );
+    // A pair without a tunnel is refused with the reason (exit 6: invalid request).
+    let out = c.ctl(&["probe", "gwa", "gwa"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("have no tunnel between them"), "{err}");
+
+    // Throughput through the tunnel: progress each second, the receiver's count at the end,
+    // and `links` keeps the last figure.
+    let out = c
+        .ctl(&[
+            "-o",
+            "json",
+            "probe",
+            "gwa",
+            "gwb",
+            "--throughput",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let progress = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "progress")
+        .count();
+    let result = events
+        .iter()
+        .find(|e| e["event"]["type"] == "throughput")
+        .unwrap_or_else(|| panic!("no result in {text}"));
+    let bytes = result["event"]["bytes"].as_u64().unwrap();
+    let ms = result["event"]["elapsed-ms"].as_u64().unwrap();
+    let mbps = bytes as f64 * 8.0 / (ms as f64 / 1000.0) / 1e6;
+    println!(
+        "throughput probe: {bytes} bytes in {ms} ms = {mbps:.0} Mbit/s, {progress} progress events"
+    );
+    assert!(progress >= 1, "{text}");
+    assert!(bytes >= 1 << 20 && ms >= 2000, "{text}");
+    let links = c.ctl_json(&["links"]).unwrap();
+    let recorded = links[0]["throughput-mbps"].as_f64().unwrap_or(0.0);
+    assert!(
+        (recorded - mbps).abs() < 1.0,
+        "links shows {recorded}, measured {mbps}"
+    );
+    let table = String::from_utf8_lossy(&c.ctl(&["links"]).unwrap().stdout).into_owned();
+    assert!(
+        table.contains("THROUGHPUT") && table.contains("bit/s"),
+        "{table}"
+    );
+
     // A third party on the internet floods gwa with forged probe replies claiming to be gwb
     // (its real probe id, every plausible sequence number, MACs it cannot compute), hoping to
     // keep the dead interconnect looking alive. It must change nothing.

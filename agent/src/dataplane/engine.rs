@@ -15,6 +15,7 @@ use ipnetwork::IpNetwork;
 
 use super::lpm::PrefixTable;
 use super::tunnel::{Output, Tunnel};
+use crate::paths::ping::{PingOutcome, Pings};
 use crate::paths::probe::{self, Kind, Probe, ProbeKey};
 use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
@@ -81,6 +82,18 @@ pub struct Engine {
     own_id: [u8; 8],
     by_id: HashMap<[u8; 8], u32>,
     thresholds: Thresholds,
+    /// Probes sent on demand for an operator.
+    pings: Pings,
+}
+
+/// One on-demand probe sent on one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingSent {
+    pub seq: u64,
+    pub address: SocketAddr,
+    pub kind: strait_proto::msg::EndpointKind,
+    /// Whether the path carries the tunnel now.
+    pub active: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -105,6 +118,7 @@ impl Engine {
             next_index: 1,
             by_id: HashMap::new(),
             thresholds: Thresholds::for_interval(probe_interval),
+            pings: Pings::default(),
         }
     }
 
@@ -124,6 +138,7 @@ impl Engine {
             if let Some(idx) = self.by_key.remove(&key) {
                 self.peers.remove(&idx);
                 self.by_id.remove(&probe::id_of(&PublicKey::from(key)));
+                self.pings.forget_peer(idx);
                 tracing::debug!(peer = idx, "peer removed");
             }
         }
@@ -332,6 +347,9 @@ impl Engine {
                 );
                 emit(from, &reply);
             }
+            Kind::Reply if Pings::is_ping(p.seq) => {
+                self.pings.on_reply(idx, p.seq, now);
+            }
             Kind::Reply => {
                 if let Some(switch) = state.selector.as_mut().and_then(|s| s.on_reply(p.seq, now)) {
                     Self::switch_path(idx, state, switch.to);
@@ -377,6 +395,47 @@ impl Engine {
                 emit(to, &request);
             }
         }
+    }
+
+    /// Sends one on-demand probe on every probed path to the peer with `public_key` (apart
+    /// from selection: the replies change no figures). `None`: no such peer, or it has no
+    /// probed paths. Outcomes come from [`Engine::take_ping_outcomes`].
+    pub fn ping(
+        &mut self,
+        public_key: &[u8; 32],
+        now: Instant,
+        mut emit: impl FnMut(SocketAddr, &[u8]),
+    ) -> Option<Vec<PingSent>> {
+        let idx = *self.by_key.get(public_key)?;
+        let state = self.peers.get(&idx)?;
+        let paths = state.selector.as_ref()?.report();
+        let mut sent = Vec::new();
+        for path in paths {
+            let Some(seq) = self.pings.start(idx, now) else {
+                break;
+            };
+            let request = probe::encode(
+                &Probe {
+                    kind: Kind::Request,
+                    sender: self.own_id,
+                    seq,
+                },
+                &state.probe_key,
+            );
+            emit(path.address, &request);
+            sent.push(PingSent {
+                seq,
+                address: path.address,
+                kind: path.kind,
+                active: path.active,
+            });
+        }
+        Some(sent)
+    }
+
+    /// Replies to on-demand probes since the last call, and those lost by `now`.
+    pub fn take_ping_outcomes(&mut self, now: Instant) -> Vec<PingOutcome> {
+        self.pings.take(now)
     }
 
     /// Every peer's tunnel and paths, ordered by public key.

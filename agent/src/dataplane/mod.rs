@@ -180,13 +180,15 @@ fn enable_forwarding() -> Result<()> {
 
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
 /// run left, then follows `maps` (peers, overlay address, routes), reporting refused routes
-/// on `conflicts`. At a clean stop every Strait route is removed.
+/// on `conflicts` and tunnel figures on `links`, and sends the on-demand probes asked for on
+/// `pings`. At a clean stop every Strait route is removed.
 pub async fn run(
     settings: Settings,
     secret: StaticSecret,
     mut maps: MapWatch,
     conflicts: watch::Sender<Vec<Refusal>>,
     links: watch::Sender<Vec<PeerLink>>,
+    pings: tokio::sync::mpsc::Receiver<pump::PingRequest>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let nl = Netlink::connect().context("opening a netlink socket")?;
@@ -223,6 +225,7 @@ pub async fn run(
         peers_rx,
         counters,
         status_tx,
+        pings,
     ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);

@@ -11,9 +11,11 @@
 //!   packets to the TUN device with consecutive TCP segments of a flow coalesced into one
 //!   write (GRO on the TUN side), and sends any handshake answers.
 //!
-//! A third loop (the caller's task) runs the timers every 250 ms and applies peer changes.
+//! A third loop (the caller's task) runs the timers (path probes every 50 ms, WireGuard's
+//! every 250 ms), applies peer changes and sends on-demand probes ([`PingRequest`]).
 //! The engine's lock is never held across a syscall or an `.await`.
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
-use super::engine::{Emit, Engine, PeerSpec, PeerStatus};
+use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent};
 use super::tunnel::BUFFER;
+use crate::paths::ping::PingOutcome;
 use crate::paths::probe;
 use std::time::Instant;
 
@@ -120,6 +123,16 @@ impl Shared {
     }
 }
 
+/// An on-demand probe of every path to one peer (`straitctl probe`).
+#[derive(Debug)]
+pub struct PingRequest {
+    pub peer: [u8; 32],
+    /// The probes sent, one per path (`None`: no such peer or no probed path).
+    pub sent: oneshot::Sender<Option<Vec<PingSent>>>,
+    /// Where their outcomes go (each reply, or its loss after the timeout).
+    pub outcomes: mpsc::Sender<PingOutcome>,
+}
+
 /// Aborts the direction tasks when `run` ends or is dropped.
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
 
@@ -140,6 +153,7 @@ pub async fn run(
     mut peers: watch::Receiver<Vec<PeerSpec>>,
     counters: Arc<Counters>,
     status: watch::Sender<Vec<PeerStatus>>,
+    mut pings: mpsc::Receiver<PingRequest>,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let state = UdpSocketState::new((&socket).into())?;
@@ -174,13 +188,23 @@ pub async fn run(
     let mut pass = 0u32;
     let mut out = vec![0u8; BUFFER];
     let mut pending = Pending::default();
+    let mut pings_open = true;
+    // Where each on-demand probe's outcome goes, by sequence number.
+    let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
     loop {
         tokio::select! {
             _ = timers.tick() => {
                 pending.clear();
                 {
                     let mut engine = shared.engine();
-                    engine.probe_tick(Instant::now(), |ep, b| pending.push(ep, b));
+                    let now = Instant::now();
+                    for outcome in engine.take_ping_outcomes(now) {
+                        if let Some(waiter) = ping_waiters.remove(&outcome.seq) {
+                            let _ = waiter.try_send(outcome);
+                        }
+                    }
+                    ping_waiters.retain(|_, w| !w.is_closed());
+                    engine.probe_tick(now, |ep, b| pending.push(ep, b));
                     if pass % 5 == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }
@@ -189,6 +213,21 @@ pub async fn run(
                     }
                 }
                 pass = pass.wrapping_add(1);
+                for (to, bytes) in pending.iter() {
+                    shared.send(to, bytes, None).await;
+                }
+            }
+            request = pings.recv(), if pings_open => {
+                let Some(request) = request else {
+                    pings_open = false;
+                    continue;
+                };
+                pending.clear();
+                let sent = shared.engine().ping(&request.peer, Instant::now(), |ep, b| pending.push(ep, b));
+                for p in sent.iter().flatten() {
+                    ping_waiters.insert(p.seq, request.outcomes.clone());
+                }
+                let _ = request.sent.send(sent);
                 for (to, bytes) in pending.iter() {
                     shared.send(to, bytes, None).await;
                 }

@@ -4,9 +4,11 @@
 //!
 //! - [`probe`]: the authenticated probe datagram (format, key derivation, MAC).
 //! - [`stats`]: RTT, jitter, loss and percentiles of one path (pure).
+//! - [`ping`]: probes sent on demand for an operator, apart from the selection's.
 //! - [`select`]: health with hysteresis and the choice of the active path (pure state
 //!   machine fed with probe outcomes and time).
 
+pub mod ping;
 pub mod probe;
 pub mod select;
 pub mod stats;

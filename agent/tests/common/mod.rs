@@ -82,7 +82,9 @@ pub fn start(
                     let _ = ready_tx.send(Ok(()));
                     let engine = engine::Engine::new(secret, Duration::from_secs(1));
                     let (status, _) = watch::channel(Vec::new());
-                    pump::run(tun, socket, engine, peers_rx, c, status)
+                    // No on-demand probes here: the sender is dropped at once.
+                    let (_, pings) = tokio::sync::mpsc::channel(1);
+                    pump::run(tun, socket, engine, peers_rx, c, status, pings)
                         .await
                         .expect("engine");
                 }

@@ -230,6 +230,7 @@ impl Sim {
                 };
                 let now = Instant::now();
                 match ev {
+                    SessionEvent::Command(_) => {}
                     SessionEvent::Snapshot(_) => {
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(());

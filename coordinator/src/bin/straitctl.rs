@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strait_coordinator::ctl::{self, exit};
 use strait_pki::Role;
 use strait_proto::msg::{Request, Response};
+use strait_proto::probe::ProbeRequest;
 
 /// Inspect and operate a Strait mesh (connects to the coordinator with an operator certificate).
 ///
@@ -76,6 +77,26 @@ enum Command {
     },
     /// Revoke a node's certificates and remove it from the mesh (NODE or SITE/NODE).
     Revoke { node: String },
+    /// Probe the tunnel from node FROM to node TO: RTT on every path, one line per reply
+    /// (like `ping`), or with --throughput a transfer through the tunnel in Mbit/s.
+    Probe {
+        /// The probing node (NODE or SITE/NODE).
+        from: String,
+        /// The probed node; it must be a tunnel peer of FROM (two gateways, say).
+        to: String,
+        /// RTT rounds, each one probe per path.
+        #[arg(long, short = 'n', default_value_t = 5)]
+        count: u32,
+        /// Time between rounds.
+        #[arg(long, short = 'i', default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Measure throughput instead: FROM sends to TO through the tunnel.
+        #[arg(long)]
+        throughput: bool,
+        /// Length of the throughput transfer (1s to 30s).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Plain WireGuard devices declared in the coordinator's [[external-peers]].
     ExternalPeer {
         #[command(subcommand)]
@@ -130,8 +151,79 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
+/// `straitctl probe`: events printed as they come, then a summary.
+async fn probe(cli: &Cli, request: &Request, from: &str, to: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let as_json = cli.output == Output::Json;
+    let tty = std::io::stdout().is_terminal();
+    let mut view = ctl::ProbeView::default();
+    let mut overwrite = false;
+    let throughput = matches!(request, Request::Probe(r) if r.throughput_secs.is_some());
+    if !as_json {
+        if throughput {
+            println!("{from} -> {to}: throughput through the tunnel");
+        } else {
+            println!("{from} -> {to}: probing every path");
+        }
+    }
+    // Each answer comes within a round (or a progress second); a transfer's result may take
+    // its whole slack.
+    let idle = cli.timeout.max(Duration::from_secs(40));
+    ctl::stream(&cli.coordinator, &cli.tls_dir, request, idle, |response| {
+        let Response::Probe { node, event } = response else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        if as_json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "node": node, "event": event })
+            );
+            return;
+        }
+        let progress = matches!(event, strait_proto::probe::ProbeEvent::Progress { .. });
+        if let Some(line) = view.line(to, &event) {
+            if progress && tty {
+                let _ = write!(out, "\r{line}");
+                overwrite = true;
+            } else {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = out.flush();
+        }
+    })
+    .await?;
+    if overwrite {
+        println!();
+    }
+    if !as_json {
+        print!("{}", view.summary(from, to));
+    }
+    Ok(())
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::Probe {
+        from,
+        to,
+        count,
+        interval,
+        throughput,
+        duration,
+    } = &cli.command
+    {
+        let request = Request::Probe(ProbeRequest {
+            from: from.clone(),
+            to: to.clone(),
+            count: *count,
+            interval_ms: interval.as_millis() as u64,
+            throughput_secs: throughput.then_some(duration.as_secs() as u32),
+        });
+        return probe(cli, &request, from, to).await;
+    }
     let request = match &cli.command {
+        Command::Probe { .. } => unreachable!("handled above"),
         Command::Status => Request::Status,
         Command::Nodes => Request::Nodes,
         Command::Routes => Request::Routes,

@@ -24,6 +24,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
             site("b", "10.2.0.0/16", full_mesh_b),
         ],
         external_peers: vec![],
+        throughput_probes: None,
     })
 }
 
