@@ -159,13 +159,14 @@ async fn probe(cli: &Cli, request: &Request, from: &str, to: &str) -> anyhow::Re
     let mut view = ctl::ProbeView::default();
     let mut overwrite = false;
     let throughput = matches!(request, Request::Probe(r) if r.throughput_secs.is_some());
-    if !as_json {
+    // The header waits for the first event, so a refused probe prints only the error.
+    let mut header = (!as_json).then(|| {
         if throughput {
-            println!("{from} -> {to}: throughput through the tunnel");
+            format!("{from} -> {to}: throughput through the tunnel")
         } else {
-            println!("{from} -> {to}: probing every path");
+            format!("{from} -> {to}: probing every path")
         }
-    }
+    });
     // Each answer comes within a round (or a progress second); a transfer's result may take
     // its whole slack.
     let idle = cli.timeout.max(Duration::from_secs(40));
@@ -174,6 +175,9 @@ async fn probe(cli: &Cli, request: &Request, from: &str, to: &str) -> anyhow::Re
             return;
         };
         let mut out = std::io::stdout().lock();
+        if let Some(h) = header.take() {
+            let _ = writeln!(out, "{h}");
+        }
         if as_json {
             let _ = writeln!(
                 out,
