@@ -42,6 +42,7 @@ pub struct FileConfig {
     pub prefixes: Option<Vec<IpNetwork>>,
     pub heartbeat_interval: Option<String>,
     pub probe_interval: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
     pub tun_name: Option<String>,
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
@@ -108,6 +109,9 @@ pub struct Overrides {
     /// How often to probe every path to every peer, e.g. 1s (200ms to 60s).
     #[arg(long, env = "STRAIT_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
+    /// Address for /metrics, /healthz and /readyz over HTTP, e.g. 0.0.0.0:9464 (off if unset).
+    #[arg(long, env = "STRAIT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub vault: VaultOverrides,
 }
@@ -212,6 +216,8 @@ pub struct Config {
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
     pub probe_interval: Duration,
+    /// Where /metrics, /healthz and /readyz are served; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub tun_name: String,
     /// TUN MTU; `None`: the underlay's MTU minus 80, found at start.
     pub mtu: Option<u16>,
@@ -386,6 +392,7 @@ impl Config {
             prefixes,
             heartbeat_interval,
             probe_interval,
+            metrics_listen: o.metrics_listen.or(f.metrics_listen),
         })
     }
 

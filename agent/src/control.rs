@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use strait_observe::Readiness;
 use strait_pki::ca::{bundle_from_signed, generate_csr};
 use strait_pki::material::{parse_certs, write_file};
 use strait_pki::renewal::{self, CertSource};
@@ -28,6 +29,7 @@ use crate::commands;
 use crate::config::Config;
 use crate::dataplane::pump::PingRequest;
 use crate::enroll::{ensure_certificate, resolve};
+use crate::metrics::AgentMetrics;
 use crate::wgkey::WgKey;
 
 /// Operator commands one node runs at once.
@@ -71,18 +73,27 @@ pub struct DataplaneChannels {
     pub pings: Option<mpsc::Sender<PingRequest>>,
 }
 
+/// What the control plane tells the metrics endpoint.
+pub struct Telemetry {
+    pub metrics: Arc<AgentMetrics>,
+    /// Ready once the node holds a network map.
+    pub readiness: Arc<Readiness>,
+}
+
 /// Runs the agent's control plane until `shutdown` completes. The current map is
 /// published on `maps`.
 pub async fn run(
     config: Config,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     reports: DataplaneChannels,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
     let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
     tracing::info!(identity = %bundle.identity, wg_public_key = %wg.public_base64(), "agent starting");
     let certs = CertStore::new(bundle)?;
+    telemetry.metrics.set_certs(certs.clone());
     let renewal_task = match &config.vault {
         None => {
             renewal::spawn(
@@ -116,6 +127,7 @@ pub async fn run(
                 "using the last known map until a coordinator answers"
             );
             maps.send_replace(Some(Arc::new(map)));
+            telemetry.readiness.set_ready();
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "ignoring the saved map"),
@@ -133,6 +145,7 @@ pub async fn run(
         certs,
         commands,
         reports,
+        telemetry: &telemetry,
         maps,
         map_path,
         registration,
@@ -146,6 +159,7 @@ pub async fn run(
         let started = Instant::now();
         tokio::select! {
             result = session.run(&addr) => {
+                telemetry.metrics.set_session_up(false);
                 match result {
                     Ok(()) => tracing::info!(coordinator = %addr, "session ended"),
                     Err(e) => tracing::warn!(coordinator = %addr, error = %format!("{e:#}"), "session failed"),
@@ -173,6 +187,7 @@ struct Session<'a> {
     certs: CertStore,
     commands: commands::Context,
     reports: DataplaneChannels,
+    telemetry: &'a Telemetry,
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     map_path: PathBuf,
     registration: Registration,
@@ -219,6 +234,7 @@ impl Session<'_> {
                     match event {
                         SessionEvent::Registered(r) => {
                             tracing::info!(coordinator = %addr, overlay_ip = %r.overlay_ip, "registered");
+                            self.telemetry.metrics.set_session_up(true);
                             for refusal in &r.refused {
                                 tracing::warn!(prefix = %refusal.prefix, reason = %refusal.reason, "coordinator refused an advertised prefix");
                             }
@@ -313,6 +329,7 @@ impl Session<'_> {
             tracing::warn!(error = %e, "could not save the map");
         }
         self.maps.send_replace(Some(Arc::new(map.clone())));
+        self.telemetry.readiness.set_ready();
     }
 }
 

@@ -9,11 +9,13 @@
 //!   throughput transfers).
 //! - [`dataplane`]: the WireGuard engine, its IO and the kernel's routes.
 //! - [`paths`]: path probing and selection.
+//! - [`metrics`]: Prometheus metrics read at scrape time.
 
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod enroll;
+pub mod metrics;
 pub mod paths;
 pub mod wgkey;

@@ -1,12 +1,25 @@
 //! `strait-agent`: the node agent.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use strait_agent::config::{Config, Dataplane, Overrides};
+use strait_agent::dataplane::pump::Counters;
+use strait_agent::metrics::AgentMetrics;
 use strait_agent::wgkey::WgKey;
 use strait_agent::{control, dataplane};
+use strait_observe::Readiness;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The Strait node agent.
 #[derive(Parser, Debug)]
@@ -67,6 +80,27 @@ async fn main() -> Result<()> {
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
             let mut pings = None;
+            let counters = Arc::new(Counters::default());
+            let metrics = Arc::new(AgentMetrics::new(
+                links_rx.clone(),
+                conflicts_rx.clone(),
+                (config.dataplane == Dataplane::Userspace).then(|| counters.clone()),
+            ));
+            let readiness = Arc::new(Readiness::new("no network map yet"));
+            let _metrics_server = match config.metrics_listen {
+                Some(addr) => {
+                    let listener = strait_observe::http::bind(addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                    Some(AbortOnDrop(tokio::spawn(strait_observe::http::serve(
+                        listener,
+                        Arc::new(metrics.registry()),
+                        readiness.clone(),
+                    ))))
+                }
+                None => None,
+            };
             if config.dataplane == Dataplane::Userspace {
                 let (pings_tx, pings_rx) = tokio::sync::mpsc::channel(16);
                 pings = Some(pings_tx);
@@ -87,8 +121,11 @@ async fn main() -> Result<()> {
                         settings,
                         secret,
                         maps_rx,
-                        conflicts_tx,
-                        links_tx,
+                        dataplane::Reports {
+                            conflicts: conflicts_tx,
+                            links: links_tx,
+                            counters,
+                        },
                         pings_rx,
                         async move {
                             let _ = stop.recv().await;
@@ -103,7 +140,8 @@ async fn main() -> Result<()> {
                 links: links_rx,
                 pings,
             };
-            let control = control::run(config, maps, reports, async move {
+            let telemetry = control::Telemetry { metrics, readiness };
+            let control = control::run(config, maps, reports, telemetry, async move {
                 let _ = stop.recv().await;
             });
             tokio::pin!(control);

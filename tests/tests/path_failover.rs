@@ -109,6 +109,8 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
                 &format!("public={public}:51820"),
                 "--probe-interval",
                 "200ms",
+                "--metrics-listen",
+                &format!("{public}:9464"),
             ],
         )
         .unwrap()
@@ -175,6 +177,46 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     assert!(
         tunnel["tx-bytes"].as_u64().is_some_and(|b| b > 0),
         "{tunnel}"
+    );
+
+    // Prometheus sees the same: the active path, its RTT, readiness.
+    let curl = |path: &str| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &gwa.name,
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(format!("http://192.0.2.10:9464{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let metrics = curl("/metrics");
+    let ic = r#"{peer="gcp-usc1/gwb",path_kind="interconnect",address="172.31.255.2:51820"}"#;
+    for line in [
+        format!("strait_path_active{ic} 1"),
+        format!("strait_path_up{ic} 1"),
+        "strait_coordinator_session_up 1".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!("strait_path_rtt_seconds{ic} 0.")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strait_cert_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        curl("/readyz").ends_with("ready\n\n200"),
+        "{}",
+        curl("/readyz")
     );
 
     // `straitctl probe`: live RTT on every path, one line per reply, then a summary.

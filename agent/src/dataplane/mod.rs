@@ -178,19 +178,33 @@ fn enable_forwarding() -> Result<()> {
         .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
 }
 
+/// What the data plane reports while it runs.
+pub struct Reports {
+    /// Routes the kernel refused.
+    pub conflicts: watch::Sender<Vec<Refusal>>,
+    /// Tunnels and their paths, every few seconds.
+    pub links: watch::Sender<Vec<PeerLink>>,
+    /// IO counters, updated as packets move.
+    pub counters: std::sync::Arc<pump::Counters>,
+}
+
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
-/// run left, then follows `maps` (peers, overlay address, routes), reporting refused routes
-/// on `conflicts` and tunnel figures on `links`, and sends the on-demand probes asked for on
-/// `pings`. At a clean stop every Strait route is removed.
+/// run left, then follows `maps` (peers, overlay address, routes), publishing on `reports`,
+/// and sends the on-demand probes asked for on `pings`. At a clean stop every Strait route
+/// is removed.
 pub async fn run(
     settings: Settings,
     secret: StaticSecret,
     mut maps: MapWatch,
-    conflicts: watch::Sender<Vec<Refusal>>,
-    links: watch::Sender<Vec<PeerLink>>,
+    reports: Reports,
     pings: tokio::sync::mpsc::Receiver<pump::PingRequest>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let Reports {
+        conflicts,
+        links,
+        counters,
+    } = reports;
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let mtu = match settings.mtu {
         Some(mtu) => mtu,
@@ -216,7 +230,6 @@ pub async fn run(
     let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
-    let counters = std::sync::Arc::new(pump::Counters::default());
     let (status_tx, mut status) = watch::channel(Vec::new());
     let mut engine = tokio::spawn(pump::run(
         tun,

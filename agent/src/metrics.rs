@@ -1,0 +1,325 @@
+//! The agent's Prometheus metrics, read at scrape time from what the agent already keeps:
+//! the data plane's latest link report (paths, bytes, handshakes), its route conflicts, its
+//! IO counters, the current certificate and whether a coordinator session is up. Nothing
+//! here is on the packet path. Served by `strait_observe::http` at `metrics-listen`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use strait_pki::tls::CertStore;
+use strait_proto::msg::{PeerLink, Refusal};
+use tokio::sync::watch;
+
+use crate::dataplane::pump::Counters;
+
+/// What the agent's metrics are read from.
+pub struct AgentMetrics {
+    links: watch::Receiver<Vec<PeerLink>>,
+    conflicts: watch::Receiver<Vec<Refusal>>,
+    counters: Option<Arc<Counters>>,
+    certs: OnceLock<CertStore>,
+    session_up: AtomicBool,
+    started: Instant,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new(
+        links: watch::Receiver<Vec<PeerLink>>,
+        conflicts: watch::Receiver<Vec<Refusal>>,
+        counters: Option<Arc<Counters>>,
+    ) -> AgentMetrics {
+        AgentMetrics {
+            links,
+            conflicts,
+            counters,
+            certs: OnceLock::new(),
+            session_up: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// The node's certificate store, once it has one (its expiry is exported).
+    pub fn set_certs(&self, certs: CertStore) {
+        let _ = self.certs.set(certs);
+    }
+
+    /// Whether a session with a coordinator is up.
+    pub fn set_session_up(&self, up: bool) {
+        self.session_up.store(up, Ordering::Relaxed);
+    }
+
+    /// A registry with these metrics.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Shared(self.clone())));
+        r
+    }
+}
+
+#[derive(Debug)]
+struct Shared(Arc<AgentMetrics>);
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One metric with a series per label set.
+fn family<L: prometheus_client::encoding::EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: Vec<(L, f64)>,
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        let enc = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(enc)?,
+            _ => ConstGauge::new(value).encode(enc)?,
+        }
+    }
+    Ok(())
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for Shared {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let links = m.links.borrow().clone();
+        let mut rtt: Vec<(Labels, f64)> = Vec::new();
+        let mut jitter = Vec::new();
+        let mut loss = Vec::new();
+        let mut active = Vec::new();
+        let mut up = Vec::new();
+        let mut tx = Vec::new();
+        let mut rx = Vec::new();
+        let mut handshake = Vec::new();
+        for peer in &links {
+            let p: Labels = vec![("peer", peer.peer.clone())];
+            tx.push((p.clone(), peer.tx_bytes as f64));
+            rx.push((p.clone(), peer.rx_bytes as f64));
+            if let Some(age) = peer.handshake_age_secs {
+                handshake.push((p.clone(), age as f64));
+            }
+            for path in &peer.paths {
+                let l: Labels = vec![
+                    ("peer", peer.peer.clone()),
+                    ("path_kind", path.kind.as_str().to_string()),
+                    ("address", path.address.to_string()),
+                ];
+                if let Some(us) = path.rtt_us {
+                    rtt.push((l.clone(), us as f64 / 1e6));
+                }
+                jitter.push((l.clone(), path.jitter_us as f64 / 1e6));
+                loss.push((l.clone(), path.loss));
+                active.push((l.clone(), f64::from(u8::from(path.active))));
+                up.push((l, f64::from(u8::from(path.health == "up"))));
+            }
+        }
+        use MetricType::{Counter, Gauge};
+        family(
+            &mut e,
+            "strait_path_rtt_seconds",
+            "Smoothed round-trip time of a path, from probes",
+            Gauge,
+            rtt,
+        )?;
+        family(
+            &mut e,
+            "strait_path_jitter_seconds",
+            "Jitter of a path (RFC 3550), from probes",
+            Gauge,
+            jitter,
+        )?;
+        family(
+            &mut e,
+            "strait_path_loss_ratio",
+            "Fraction of the last 32 probes lost on a path",
+            Gauge,
+            loss,
+        )?;
+        family(
+            &mut e,
+            "strait_path_active",
+            "1 for the path the tunnel uses now",
+            Gauge,
+            active,
+        )?;
+        family(
+            &mut e,
+            "strait_path_up",
+            "1 while a path is healthy (not degraded or down)",
+            Gauge,
+            up,
+        )?;
+        family(
+            &mut e,
+            "strait_peer_tx_bytes",
+            "Bytes sent through the tunnel to a peer (this session)",
+            Counter,
+            tx,
+        )?;
+        family(
+            &mut e,
+            "strait_peer_rx_bytes",
+            "Bytes received through the tunnel from a peer (this session)",
+            Counter,
+            rx,
+        )?;
+        family(
+            &mut e,
+            "strait_peer_handshake_age_seconds",
+            "Time since the last WireGuard handshake with a peer",
+            Gauge,
+            handshake,
+        )?;
+        gauge(
+            &mut e,
+            "strait_peers",
+            "Tunnels this node has",
+            links.len() as f64,
+        )?;
+        let conflicts = m.conflicts.borrow().len();
+        gauge(
+            &mut e,
+            "strait_route_conflicts",
+            "Routes the kernel refused (overlapping a connected or foreign route)",
+            conflicts as f64,
+        )?;
+        if let Some(c) = &m.counters {
+            let series = |out: &std::sync::atomic::AtomicU64,
+                          inn: &std::sync::atomic::AtomicU64| {
+                vec![
+                    (
+                        vec![("direction", "outbound".to_string())],
+                        Counters::get(out) as f64,
+                    ),
+                    (
+                        vec![("direction", "inbound".to_string())],
+                        Counters::get(inn) as f64,
+                    ),
+                ]
+            };
+            family(
+                &mut e,
+                "strait_dataplane_packets",
+                "Packets from the TUN device (outbound) and datagrams from the network (inbound)",
+                Counter,
+                series(&c.tun_read_packets, &c.udp_recv_datagrams),
+            )?;
+            family(&mut e, "strait_dataplane_syscalls", "TUN reads (outbound) and UDP receives (inbound); packets per syscall show batching", Counter, series(&c.tun_reads, &c.udp_recvs))?;
+        }
+        if let Some(certs) = m.certs.get() {
+            let b = certs.bundle();
+            gauge(
+                &mut e,
+                "strait_cert_expiry_timestamp_seconds",
+                "When this node's certificate expires (Unix time)",
+                unix(b.not_after),
+            )?;
+        }
+        gauge(
+            &mut e,
+            "strait_coordinator_session_up",
+            "1 while a session with a coordinator is up",
+            f64::from(u8::from(m.session_up.load(Ordering::Relaxed))),
+        )?;
+        gauge(
+            &mut e,
+            "strait_agent_uptime_seconds",
+            "Time since the agent started",
+            m.started.elapsed().as_secs_f64(),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_proto::msg::{EndpointKind, PathFigures};
+
+    #[test]
+    fn link_reports_become_labelled_series() {
+        let (links_tx, links) = watch::channel(Vec::new());
+        let (_c, conflicts) = watch::channel(vec![Refusal {
+            prefix: "10.0.0.0/8".into(),
+            reason: "overlaps".into(),
+        }]);
+        let m = Arc::new(AgentMetrics::new(
+            links,
+            conflicts,
+            Some(Arc::new(Counters::default())),
+        ));
+        let r = m.registry();
+        let text = |r: &Registry| {
+            let mut s = String::new();
+            prometheus_client::encoding::text::encode(&mut s, r).unwrap();
+            s
+        };
+        let before = text(&r);
+        assert!(before.contains("strait_route_conflicts 1"), "{before}");
+        assert!(!before.contains("strait_path_rtt_seconds"), "no paths yet");
+        links_tx.send_replace(vec![PeerLink {
+            peer: "gcp-usc1/gw".into(),
+            endpoint: None,
+            handshake_age_secs: Some(12),
+            tx_bytes: 2048,
+            rx_bytes: 10,
+            paths: vec![PathFigures {
+                address: "172.31.255.2:51820".parse().unwrap(),
+                kind: EndpointKind::Interconnect,
+                health: "up".into(),
+                active: true,
+                rtt_us: Some(1500),
+                p50_us: None,
+                p95_us: None,
+                jitter_us: 250,
+                loss: 0.25,
+            }],
+        }]);
+        let after = text(&r);
+        let labels =
+            r#"{peer="gcp-usc1/gw",path_kind="interconnect",address="172.31.255.2:51820"}"#;
+        for line in [
+            format!("strait_path_rtt_seconds{labels} 0.0015"),
+            format!("strait_path_loss_ratio{labels} 0.25"),
+            format!("strait_path_active{labels} 1"),
+            r#"strait_peer_tx_bytes_total{peer="gcp-usc1/gw"} 2048"#.to_string(),
+            r#"strait_peer_handshake_age_seconds{peer="gcp-usc1/gw"} 12"#.to_string(),
+            r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
+        ] {
+            assert!(after.contains(&line), "missing {line} in\n{after}");
+        }
+    }
+}
