@@ -45,6 +45,9 @@ pub struct Config {
     /// cost egress).
     #[serde(default)]
     pub throughput_probes: Option<ThroughputProbes>,
+    /// Where /metrics, /healthz and /readyz are served over HTTP (off if unset).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Shortest interval between scheduled throughput probes.

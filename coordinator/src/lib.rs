@@ -4,6 +4,7 @@
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
 //! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
+//! - [`metrics`]: Prometheus metrics (served at `metrics-listen`).
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod config;
@@ -11,6 +12,7 @@ pub mod ctl;
 pub mod init;
 pub mod logging;
 pub mod mesh;
+pub mod metrics;
 pub mod overlay;
 pub mod policy;
 pub mod probes;

@@ -154,8 +154,30 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
             (certs, cas, Pki::Vault, renewal)
         }
     };
-    let endpoint = server::bind(config.listen, certs, &cas)?;
+    // Bind the metrics address first: a bad address is refused before serving anything.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            strait_observe::http::bind(addr)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("key `metrics-listen`")?,
+        ),
+        None => None,
+    };
+    let endpoint = server::bind(config.listen, certs.clone(), &cas)?;
     let coordinator = Coordinator::new(config.clone(), Box::new(store), pki)?;
+    coordinator.watch_own_cert(certs);
+    let metrics_server = metrics_listener.map(|listener| {
+        tracing::info!(addr = ?config.metrics_listen, "serving /metrics, /healthz and /readyz");
+        let readiness = Arc::new(strait_observe::Readiness::new("starting"));
+        // The store is loaded and the QUIC endpoint bound: ready.
+        readiness.set_ready();
+        tokio::spawn(strait_observe::http::serve(
+            listener,
+            Arc::new(coordinator.metrics.registry()),
+            readiness,
+        ))
+    });
     tracing::info!(
         listen = %endpoint.local_addr()?,
         mesh = %config.mesh,
@@ -164,6 +186,9 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
     );
     server::serve(coordinator, endpoint, shutdown_signal()).await?;
     renewal.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -442,6 +442,12 @@ impl Mesh {
         })
     }
 
+    /// Registered nodes, and how many of them are online.
+    pub fn node_counts(&self) -> (usize, usize) {
+        let online = self.nodes.values().filter(|n| n.online).count();
+        (self.nodes.len(), online)
+    }
+
     /// Every pair of online nodes with a tunnel between them, ordered.
     pub fn tunnel_pairs(&self) -> Vec<(String, String)> {
         let mut pairs = Vec::new();

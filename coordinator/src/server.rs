@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, ProbePair, StoreOp, Views};
+use crate::metrics::{CoordinatorMetrics, Refusal};
 use crate::probes::{self, Probes};
 use crate::store::Store;
 
@@ -106,6 +107,11 @@ pub struct Coordinator {
     sessions: Mutex<HashMap<NodeKey, quinn::Connection>>,
     /// Commands to agents for operators' probes, and their events.
     probes: Probes,
+    pub metrics: CoordinatorMetrics,
+    /// When the current map version was published (for the fan-out histogram).
+    published: Mutex<(u64, std::time::Instant)>,
+    /// This coordinator's own certificate (its expiry is exported).
+    own_cert: std::sync::OnceLock<CertStore>,
 }
 
 impl Coordinator {
@@ -124,7 +130,15 @@ impl Coordinator {
             views,
             sessions: Mutex::new(HashMap::new()),
             probes: Probes::default(),
+            metrics: CoordinatorMetrics::default(),
+            published: Mutex::new((0, std::time::Instant::now())),
+            own_cert: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Exports the expiry of `certs`, this coordinator's certificate.
+    pub fn watch_own_cert(&self, certs: CertStore) {
+        let _ = self.own_cert.set(certs);
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -149,13 +163,19 @@ impl Coordinator {
         // Two mutations may finish in either order after releasing the lock; never let an
         // older version replace a newer one.
         if let Some(v) = views {
-            self.views.send_if_modified(|cur| {
+            let version = v.version;
+            let published = self.views.send_if_modified(|cur| {
                 let newer = v.version > cur.version;
                 if newer {
                     *cur = v;
                 }
                 newer
             });
+            if published {
+                *self.published.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (version, std::time::Instant::now());
+                self.metrics.map_version.set(version as i64);
+            }
         }
         Ok(out)
     }
@@ -209,7 +229,10 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => handle_connection(c, conn).await,
-                        Err(e) => tracing::info!(error = %e, "handshake refused"),
+                        Err(e) => {
+                            c.metrics.refused(Refusal::Handshake);
+                            tracing::info!(error = %e, "handshake refused");
+                        }
                     }
                 });
             }
@@ -231,6 +254,14 @@ async fn tick_loop(c: Arc<Coordinator>) {
         every.tick().await;
         let now = unix_now();
         let _ = c.mutate(|mesh| Ok(((), mesh.tick(now))));
+        let (total, online) = c.core().mesh.node_counts();
+        c.metrics.nodes_total.set(total as i64);
+        c.metrics.nodes_online.set(online as i64);
+        if let Some(certs) = c.own_cert.get() {
+            c.metrics
+                .cert_expiry
+                .set(unix(certs.bundle().not_after) as f64);
+        }
     }
 }
 
@@ -268,6 +299,7 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
     let peer = match peer_of(&conn) {
         Ok(p) => p,
         Err(e) => {
+            c.metrics.refused(Refusal::BadIdentity);
             tracing::warn!(remote = %conn.remote_address(), error = %e, "refused: unusable certificate");
             conn.close(close::BAD_IDENTITY.into(), e.as_bytes());
             return;
@@ -275,6 +307,7 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
     };
     if let Some(id) = &peer.identity {
         if id.mesh() != c.config.mesh {
+            c.metrics.refused(Refusal::OtherMesh);
             tracing::warn!(remote = %peer.addr, identity = %id, "refused: certificate of another mesh");
             conn.close(
                 close::BAD_IDENTITY.into(),
@@ -283,6 +316,7 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
             return;
         }
         if c.core().mesh.is_revoked(&peer.serial) {
+            c.metrics.refused(Refusal::Revoked);
             tracing::warn!(remote = %peer.addr, identity = %id, serial = %peer.serial, "refused: revoked certificate");
             conn.close(close::REVOKED.into(), b"certificate revoked");
             return;
@@ -323,6 +357,7 @@ async fn handle_stream(
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
+                c.metrics.refused(Refusal::BadFrame);
                 tracing::warn!(remote = %peer.addr, error = %e, "refused: bad request frame");
                 respond(
                     &mut send,
@@ -341,6 +376,7 @@ async fn handle_stream(
             }
         };
     let kind = request.kind();
+    c.metrics.request(kind);
     let identity = match (&peer.identity, &request) {
         (_, Request::Enroll(req)) => {
             let r = enroll(&c, req);
@@ -349,6 +385,7 @@ async fn handle_stream(
         }
         (Some(id), _) => id.clone(),
         (None, _) => {
+            c.metrics.refused(Refusal::Unauthenticated);
             tracing::warn!(remote = %peer.addr, request = kind, "refused: no client certificate");
             let r = error(
                 ErrorCode::Unauthenticated,
@@ -359,6 +396,7 @@ async fn handle_stream(
         }
     };
     if request.is_operator_command() && identity.role() != Role::Operator {
+        c.metrics.refused(Refusal::NotOperator);
         tracing::warn!(remote = %peer.addr, identity = %identity, request = kind, "refused: not an operator");
         let r = error(
             ErrorCode::PermissionDenied,
@@ -516,7 +554,11 @@ fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
     };
     let token: JoinToken = match req.token.parse() {
         Ok(t) => t,
-        Err(e) => return error(ErrorCode::InvalidToken, e.to_string()),
+        Err(e) => {
+            c.metrics.enrollment(false);
+            c.metrics.refused(Refusal::Token);
+            return error(ErrorCode::InvalidToken, e.to_string());
+        }
     };
     let identity = match Identity::node(&c.config.mesh, &req.site, &req.node, req.role) {
         Ok(i) => i,
@@ -545,6 +587,7 @@ fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
     });
     match result {
         Ok(leaf) => {
+            c.metrics.enrollment(true);
             tracing::info!(identity = %identity, token = token.id(), "enrolled");
             Response::Enrolled {
                 cert_pem: certs_to_pem(&[leaf]),
@@ -552,6 +595,10 @@ fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
             }
         }
         Err(e) => {
+            c.metrics.enrollment(false);
+            if e.code == ErrorCode::InvalidToken {
+                c.metrics.refused(Refusal::Token);
+            }
             tracing::warn!(identity = %identity, token = token.id(), error = %e, "enrollment refused");
             Response::Error(e)
         }
@@ -669,6 +716,7 @@ async fn session(
     let registered = match registered {
         Ok(r) => r,
         Err(e) => {
+            c.metrics.refused(Refusal::Registration);
             tracing::warn!(identity = %identity, error = %e, "registration refused");
             let _ = wire::write(&mut send, &SessionEvent::Closing(e)).await;
             let _ = send.finish();
@@ -705,6 +753,7 @@ async fn session(
         return;
     }
     let (command_tx, mut commands) = c.probes.attach(&key);
+    c.metrics.agents_connected.inc();
     // Frames are read in their own task: a read cut short by `select!` would lose bytes.
     let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
@@ -746,6 +795,10 @@ async fn session(
                 latest = None;
                 if wire::write(&mut send, &SessionEvent::Delta(delta)).await.is_err() {
                     break;
+                }
+                let (version, at) = *c.published.lock().unwrap_or_else(|p| p.into_inner());
+                if version == next.version {
+                    c.metrics.fanout.observe(at.elapsed().as_secs_f64());
                 }
                 current = next;
             }
@@ -795,6 +848,7 @@ async fn session(
     }
     reader.abort();
     c.probes.detach(&key, &command_tx);
+    c.metrics.agents_connected.dec();
     let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
     if sessions
         .get(&key)

@@ -84,7 +84,7 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
         ],
-        "",
+        "metrics-listen = \"198.51.100.10:9465\"",
     )
     .unwrap();
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
@@ -180,22 +180,23 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     );
 
     // Prometheus sees the same: the active path, its RTT, readiness.
-    let curl = |path: &str| {
+    let curl_in = |ns: &Netns, url: &str| {
         let out = std::process::Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &gwa.name,
+                &ns.name,
                 "curl",
                 "-s",
                 "-w",
                 "\n%{http_code}",
             ])
-            .arg(format!("http://192.0.2.10:9464{path}"))
+            .arg(url)
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let curl = |path: &str| curl_in(&gwa, &format!("http://192.0.2.10:9464{path}"));
     let metrics = curl("/metrics");
     let ic = r#"{peer="gcp-usc1/gwb",path_kind="interconnect",address="172.31.255.2:51820"}"#;
     for line in [
@@ -218,6 +219,18 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         "{}",
         curl("/readyz")
     );
+
+    // And the coordinator's: both agents connected, map changes fanned out, requests counted.
+    let metrics = curl_in(&coord, "http://198.51.100.10:9465/metrics");
+    for part in [
+        "strait_coordinator_agents_connected 2",
+        "strait_coordinator_fanout_seconds_count ",
+        "strait_coordinator_requests_total{kind=\"links\"} ",
+        "strait_coordinator_cert_expiry_timestamp_seconds ",
+    ] {
+        assert!(metrics.contains(part), "no {part} in\n{metrics}");
+    }
+    assert!(metrics.trim_end().ends_with("200"), "{metrics}");
 
     // `straitctl probe`: live RTT on every path, one line per reply, then a summary.
     let out = c

@@ -25,6 +25,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         ],
         external_peers: vec![],
         throughput_probes: None,
+        metrics_listen: None,
     })
 }
 

@@ -1,0 +1,176 @@
+//! The coordinator's Prometheus metrics. Counters and the fan-out histogram are updated
+//! where things happen (connections, requests, sessions); the rest is set when it changes.
+//! Served by `strait_observe::http` at `metrics-listen`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type ByLabel = Family<Vec<(&'static str, String)>, Counter>;
+
+/// Why a connection or request was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed (no certificate where one is needed, foreign CA, expired...).
+    Handshake,
+    /// The certificate names no usable identity.
+    BadIdentity,
+    OtherMesh,
+    Revoked,
+    /// A request that needs a certificate came without one.
+    Unauthenticated,
+    /// An operator command from a node or coordinator certificate.
+    NotOperator,
+    BadFrame,
+    /// Registration refused (identity, site or prefix rules).
+    Registration,
+    /// A join token was refused.
+    Token,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "tls-handshake",
+            Refusal::BadIdentity => "bad-identity",
+            Refusal::OtherMesh => "other-mesh",
+            Refusal::Revoked => "revoked",
+            Refusal::Unauthenticated => "no-client-certificate",
+            Refusal::NotOperator => "not-operator",
+            Refusal::BadFrame => "bad-frame",
+            Refusal::Registration => "registration",
+            Refusal::Token => "join-token",
+        }
+    }
+}
+
+/// Every metric the coordinator exports.
+#[derive(Debug)]
+pub struct CoordinatorMetrics {
+    pub agents_connected: Gauge,
+    pub map_version: Gauge,
+    pub nodes_online: Gauge,
+    pub nodes_total: Gauge,
+    /// Time from a map change to its delta being written on each session.
+    pub fanout: Histogram,
+    refused: ByLabel,
+    enrollments: ByLabel,
+    requests: ByLabel,
+    pub cert_expiry: Gauge<f64, AtomicU64>,
+}
+
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        // 1 ms to ~16 s.
+        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
+        CoordinatorMetrics {
+            agents_connected: Gauge::default(),
+            map_version: Gauge::default(),
+            nodes_online: Gauge::default(),
+            nodes_total: Gauge::default(),
+            fanout: Histogram::new(buckets),
+            refused: ByLabel::default(),
+            enrollments: ByLabel::default(),
+            requests: ByLabel::default(),
+            cert_expiry: Gauge::default(),
+        }
+    }
+}
+
+impl CoordinatorMetrics {
+    pub fn refused(&self, why: Refusal) {
+        self.refused
+            .get_or_create(&vec![("reason", why.label().to_string())])
+            .inc();
+    }
+
+    pub fn enrollment(&self, ok: bool) {
+        let result = if ok { "enrolled" } else { "refused" };
+        self.enrollments
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// A request of `kind` (`Request::kind`) was received.
+    pub fn request(&self, kind: &'static str) {
+        self.requests
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// A registry exporting these metrics (they stay shared with `self`).
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("strait_coordinator");
+        r.register(
+            "agents_connected",
+            "Agents with a session on this coordinator",
+            self.agents_connected.clone(),
+        );
+        r.register(
+            "map_version",
+            "Current network map version",
+            self.map_version.clone(),
+        );
+        r.register(
+            "nodes_online",
+            "Registered nodes seen recently",
+            self.nodes_online.clone(),
+        );
+        r.register("nodes", "Registered nodes", self.nodes_total.clone());
+        r.register(
+            "fanout_seconds",
+            "Time from a map change to its delta written on an agent's session",
+            self.fanout.clone(),
+        );
+        r.register(
+            "refused",
+            "Connections and requests refused, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "enrollments",
+            "Enrollments with a join token, by result",
+            self.enrollments.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests received, by kind",
+            self.requests.clone(),
+        );
+        r.register(
+            "cert_expiry_timestamp_seconds",
+            "When this coordinator's certificate expires (Unix time)",
+            self.cert_expiry.clone(),
+        );
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carry_their_reason() {
+        let m = CoordinatorMetrics::default();
+        m.refused(Refusal::OtherMesh);
+        m.refused(Refusal::OtherMesh);
+        m.enrollment(true);
+        m.fanout.observe(0.004);
+        m.agents_connected.set(3);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for line in [
+            r#"strait_coordinator_refused_total{reason="other-mesh"} 2"#,
+            r#"strait_coordinator_enrollments_total{result="enrolled"} 1"#,
+            "strait_coordinator_agents_connected 3",
+            "strait_coordinator_fanout_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
