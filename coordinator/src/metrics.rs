@@ -127,7 +127,7 @@ impl CoordinatorMetrics {
             self.fanout.clone(),
         );
         r.register(
-            "refused",
+            "refused_connections",
             "Connections and requests refused, by reason",
             self.refused.clone(),
         );
@@ -165,7 +165,7 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
         for line in [
-            r#"strait_coordinator_refused_total{reason="other-mesh"} 2"#,
+            r#"strait_coordinator_refused_connections_total{reason="other-mesh"} 2"#,
             r#"strait_coordinator_enrollments_total{result="enrolled"} 1"#,
             "strait_coordinator_agents_connected 3",
             "strait_coordinator_fanout_seconds_count 1",

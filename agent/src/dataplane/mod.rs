@@ -173,9 +173,16 @@ pub fn peer_links(map: &NetworkMap, status: &[engine::PeerStatus]) -> Vec<PeerLi
         .collect()
 }
 
+/// Turns IPv4 forwarding on, unless it already is (in a container `/proc/sys` is often
+/// read-only, and the node's own setup, e.g. an init container or sysctl.d, has done it).
 fn enable_forwarding() -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").with_context(|| {
+        format!("enabling IPv4 forwarding ({PATH}); set net.ipv4.ip_forward=1 on the node or give the agent write access")
+    })
 }
 
 /// What the data plane reports while it runs.

@@ -1,0 +1,140 @@
+# The seed's layout: a primary site in AWS us-east-1 and a second one in GCP us-central1,
+# joined by a Strait gateway in each (over the internet here; add interconnect_address on
+# both for a Direct Connect + Cloud Interconnect or Megaport path). Each VPC routes the
+# other's prefix to its gateway.
+
+locals {
+  aws_site = "aws-use1"
+  gcp_site = "gcp-usc1"
+
+  # The gateways' [vault] table: a per-site PKI role (strait-gateway-<site>) and AppRole.
+  vault_config = <<-EOT
+    [vault]
+    address = "${var.vault_address}"
+    mount = "pki"
+    role = "strait-gateway-%s"
+    auth = "approle"
+    auth-mount = "approle"
+    role-id = "%s"
+    secret-id-file = "/run/credentials/strait-agent.service/secret_vault-secret-id"
+    cert-ttl = "24h"
+  EOT
+}
+
+# --- AWS: VPC, a public subnet for the gateway, a private one for workloads -------------
+
+data "aws_availability_zones" "available" {
+  state = "available"
+}
+
+resource "aws_vpc" "main" {
+  cidr_block           = var.aws_vpc_cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+  tags                 = { Name = "strait-${local.aws_site}" }
+}
+
+resource "aws_internet_gateway" "main" {
+  vpc_id = aws_vpc.main.id
+  tags   = { Name = "strait-${local.aws_site}" }
+}
+
+resource "aws_subnet" "public" {
+  vpc_id            = aws_vpc.main.id
+  cidr_block        = cidrsubnet(var.aws_vpc_cidr, 8, 0)
+  availability_zone = data.aws_availability_zones.available.names[0]
+  tags              = { Name = "strait-${local.aws_site}-public" }
+}
+
+resource "aws_subnet" "private" {
+  vpc_id            = aws_vpc.main.id
+  cidr_block        = cidrsubnet(var.aws_vpc_cidr, 8, 1)
+  availability_zone = data.aws_availability_zones.available.names[0]
+  tags              = { Name = "strait-${local.aws_site}-private" }
+}
+
+resource "aws_route_table" "public" {
+  vpc_id = aws_vpc.main.id
+  tags   = { Name = "strait-${local.aws_site}-public" }
+}
+
+resource "aws_route" "public_internet" {
+  route_table_id         = aws_route_table.public.id
+  destination_cidr_block = "0.0.0.0/0"
+  gateway_id             = aws_internet_gateway.main.id
+}
+
+resource "aws_route_table" "private" {
+  vpc_id = aws_vpc.main.id
+  tags   = { Name = "strait-${local.aws_site}-private" }
+}
+
+resource "aws_route_table_association" "public" {
+  subnet_id      = aws_subnet.public.id
+  route_table_id = aws_route_table.public.id
+}
+
+resource "aws_route_table_association" "private" {
+  subnet_id      = aws_subnet.private.id
+  route_table_id = aws_route_table.private.id
+}
+
+module "aws_gateway" {
+  source = "../../modules/aws-gateway"
+
+  name         = "gw-1"
+  mesh         = var.mesh
+  site         = local.aws_site
+  coordinators = var.coordinators
+
+  vpc_id          = aws_vpc.main.id
+  subnet_id       = aws_subnet.public.id
+  local_prefixes  = [var.aws_vpc_cidr]
+  remote_prefixes = [var.gcp_vpc_cidr]
+  route_table_ids = [aws_route_table.public.id, aws_route_table.private.id]
+
+  # Only the GCP gateway connects to this one.
+  peer_public_cidrs = ["${module.gcp_gateway.public_ip}/32"]
+
+  strait_release_url    = var.strait_release_url
+  strait_release_sha256 = var.strait_release_sha256
+  agent_config_extra    = format(local.vault_config, local.aws_site, var.aws_gateway_approle.role_id)
+  agent_secrets         = { "vault-secret-id" = var.aws_gateway_approle.secret_id }
+}
+
+# --- GCP: a custom-mode network and one subnetwork --------------------------------------
+
+resource "google_compute_network" "main" {
+  name                    = "strait-${local.gcp_site}"
+  auto_create_subnetworks = false
+  routing_mode            = "REGIONAL"
+}
+
+resource "google_compute_subnetwork" "main" {
+  name          = "strait-${local.gcp_site}"
+  network       = google_compute_network.main.id
+  region        = var.gcp_region
+  ip_cidr_range = cidrsubnet(var.gcp_vpc_cidr, 4, 0)
+}
+
+module "gcp_gateway" {
+  source = "../../modules/gcp-gateway"
+
+  name         = "gw-1"
+  mesh         = var.mesh
+  site         = local.gcp_site
+  coordinators = var.coordinators
+
+  zone            = "${var.gcp_region}-a"
+  network         = google_compute_network.main.self_link
+  subnetwork      = google_compute_subnetwork.main.self_link
+  local_prefixes  = [var.gcp_vpc_cidr]
+  remote_prefixes = [var.aws_vpc_cidr]
+
+  peer_public_cidrs = ["${module.aws_gateway.public_ip}/32"]
+
+  strait_release_url    = var.strait_release_url
+  strait_release_sha256 = var.strait_release_sha256
+  agent_config_extra    = format(local.vault_config, local.gcp_site, var.gcp_gateway_approle.role_id)
+  agent_secrets         = { "vault-secret-id" = var.gcp_gateway_approle.secret_id }
+}

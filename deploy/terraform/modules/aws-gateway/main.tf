@@ -1,0 +1,186 @@
+data "aws_subnet" "this" {
+  id = var.subnet_id
+}
+
+data "aws_ami" "ubuntu" {
+  count       = var.ami_id == null ? 1 : 0
+  most_recent = true
+  owners      = ["099720109477"] # Canonical
+
+  filter {
+    name   = "name"
+    values = ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]
+  }
+
+  filter {
+    name   = "virtualization-type"
+    values = ["hvm"]
+  }
+}
+
+locals {
+  ami_id     = var.ami_id != null ? var.ami_id : data.aws_ami.ubuntu[0].id
+  private_ip = var.private_ip != null ? var.private_ip : cidrhost(data.aws_subnet.this.cidr_block, 10)
+  tags       = merge(var.tags, { "strait.dev/site" = var.site, "strait.dev/role" = "gateway" })
+
+  endpoints = concat(
+    var.interconnect_address == null ? [] : [{ address = var.interconnect_address, kind = "interconnect" }],
+    [
+      { address = "${local.private_ip}:${var.wireguard_port}", kind = "private" },
+      { address = "${aws_eip.this.public_ip}:${var.wireguard_port}", kind = "public" },
+    ],
+  )
+
+  agent_toml = templatefile("${path.module}/../../templates/agent.toml.tftpl", {
+    mesh           = var.mesh
+    site           = var.site
+    node           = var.name
+    coordinators   = var.coordinators
+    wireguard_port = var.wireguard_port
+    mtu            = var.mtu
+    metrics_port   = var.metrics_port
+    endpoints      = local.endpoints
+    prefixes       = var.local_prefixes
+    extra          = var.agent_config_extra
+  })
+
+  user_data = templatefile("${path.module}/../../templates/cloud-init.yaml.tftpl", {
+    agent_toml     = local.agent_toml
+    agent_secrets  = var.agent_secrets
+    release_url    = var.strait_release_url
+    release_sha256 = var.strait_release_sha256
+    install_files = {
+      "install.sh"                 = file("${path.module}/../../../systemd/install.sh")
+      "strait-agent.service"       = file("${path.module}/../../../systemd/strait-agent.service")
+      "strait-coordinator.service" = file("${path.module}/../../../systemd/strait-coordinator.service")
+      "90-strait-gateway.conf"     = file("${path.module}/../../../systemd/90-strait-gateway.conf")
+    }
+  })
+}
+
+# A stable public address: it is the gateway's `public` endpoint in the mesh.
+resource "aws_eip" "this" {
+  domain = "vpc"
+  tags   = merge(local.tags, { Name = var.name })
+}
+
+resource "aws_security_group" "this" {
+  name_prefix = "${var.name}-"
+  description = "Strait gateway ${var.name} (site ${var.site})"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = var.name })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "wireguard" {
+  for_each          = toset(var.peer_public_cidrs)
+  security_group_id = aws_security_group.this.id
+  description       = "Strait WireGuard and path probes from other sites"
+  ip_protocol       = "udp"
+  from_port         = var.wireguard_port
+  to_port           = var.wireguard_port
+  cidr_ipv4         = each.value
+}
+
+# Hosts of the site send cross-site traffic to the gateway (route tables below), and
+# members' tunnels to it arrive on the WireGuard port: admit the site's own ranges.
+resource "aws_vpc_security_group_ingress_rule" "site" {
+  for_each          = toset(var.local_prefixes)
+  security_group_id = aws_security_group.this.id
+  description       = "Traffic from the site to forward to other sites"
+  ip_protocol       = "-1"
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "coordinator" {
+  for_each          = toset(var.coordinator_ingress_cidrs)
+  security_group_id = aws_security_group.this.id
+  description       = "strait-coordinator (QUIC)"
+  ip_protocol       = "udp"
+  from_port         = var.coordinator_port
+  to_port           = var.coordinator_port
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "metrics" {
+  for_each          = toset(var.metrics_ingress_cidrs)
+  security_group_id = aws_security_group.this.id
+  description       = "Strait agent metrics"
+  ip_protocol       = "tcp"
+  from_port         = var.metrics_port
+  to_port           = var.metrics_port
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "ssh" {
+  for_each          = toset(var.ssh_ingress_cidrs)
+  security_group_id = aws_security_group.this.id
+  description       = "SSH"
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_egress_rule" "all" {
+  security_group_id = aws_security_group.this.id
+  description       = "Tunnels, the coordinator, Vault, the release download, forwarded traffic"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_instance" "this" {
+  ami                    = local.ami_id
+  instance_type          = var.instance_type
+  subnet_id              = var.subnet_id
+  private_ip             = local.private_ip
+  vpc_security_group_ids = [aws_security_group.this.id]
+  key_name               = var.key_name
+
+  # The gateway forwards packets that are neither from nor to its own addresses.
+  source_dest_check = false
+
+  # cloud-init decompresses gzip user data; compressed, the install bundle stays well
+  # under EC2's 16 KiB limit.
+  user_data_base64 = base64gzip(local.user_data)
+
+  metadata_options {
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    http_endpoint               = "enabled"
+  }
+
+  root_block_device {
+    volume_type = "gp3"
+    volume_size = 16
+    encrypted   = true
+  }
+
+  tags        = merge(local.tags, { Name = var.name })
+  volume_tags = merge(local.tags, { Name = var.name })
+
+  lifecycle {
+    # A new AMI release should not replace a running gateway; roll it deliberately.
+    ignore_changes = [ami]
+  }
+}
+
+resource "aws_eip_association" "this" {
+  allocation_id        = aws_eip.this.id
+  network_interface_id = aws_instance.this.primary_network_interface_id
+}
+
+# Each given route table sends each remote site's prefix to the gateway's primary ENI.
+resource "aws_route" "remote" {
+  for_each = {
+    for pair in setproduct(var.route_table_ids, var.remote_prefixes) :
+    "${pair[0]}|${pair[1]}" => { route_table_id = pair[0], prefix = pair[1] }
+  }
+
+  route_table_id         = each.value.route_table_id
+  destination_cidr_block = each.value.prefix
+  network_interface_id   = aws_instance.this.primary_network_interface_id
+}
