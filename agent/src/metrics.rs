@@ -281,6 +281,14 @@ mod tests {
             conflicts,
             Some(Arc::new(Counters::default())),
         ));
+        let ca = strait_pki::ca::BuiltinCa::generate("prod").unwrap();
+        let id = strait_pki::Identity::node("prod", "aws-use1", "gw", strait_pki::Role::Gateway)
+            .unwrap();
+        let lifetime = std::time::Duration::from_secs(3600);
+        let bundle = ca
+            .issue(&id, strait_pki::ca::Validity::for_lifetime(lifetime))
+            .unwrap();
+        m.set_certs(CertStore::new(bundle).unwrap());
         let r = m.registry();
         let text = |r: &Registry| {
             let mut s = String::new();
@@ -321,5 +329,23 @@ mod tests {
         ] {
             assert!(after.contains(&line), "missing {line} in\n{after}");
         }
+        // Every agent metric the Grafana dashboard queries exists.
+        let dashboard = include_str!("../../deploy/grafana/strait-dashboard.json");
+        for name in metric_names(dashboard) {
+            if !name.starts_with("strait_coordinator_") {
+                assert!(
+                    after.contains(&format!("\n{name}")),
+                    "the dashboard queries {name}, which the agent does not export"
+                );
+            }
+        }
+    }
+
+    /// `strait_...` names in `text`.
+    fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("strait_") && w.len() > "strait_".len())
+            .map(str::to_string)
+            .collect()
     }
 }

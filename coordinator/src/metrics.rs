@@ -172,5 +172,22 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        // Every coordinator metric the Grafana dashboard queries exists.
+        m.enrollment(false);
+        m.cert_expiry.set(1.0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        let dashboard = include_str!("../../deploy/grafana/strait-dashboard.json");
+        let names: std::collections::BTreeSet<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("strait_coordinator_"))
+            .collect();
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "the dashboard queries {name}, which the coordinator does not export"
+            );
+        }
     }
 }
