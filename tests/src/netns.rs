@@ -22,6 +22,18 @@ fn ip(args: &[&str]) -> String {
 }
 
 impl Netns {
+    /// Packets sent by `dev` in this namespace so far (its kernel counter).
+    pub fn tx_packets(&self, dev: &str) -> u64 {
+        self.json(&["-s", "link", "show", dev])[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Pings `to` from this namespace: see [`ping_flow`].
+    pub fn ping_flow(&self, to: &str, count: u32) -> (u32, u32) {
+        ping_flow(&self.name, to, count)
+    }
+
     /// A new namespace `s<tag>-<pid>` (short: interface names inside are ours to choose).
     pub fn new(tag: &str) -> Netns {
         let name = format!("s{tag}-{}", std::process::id());
@@ -182,4 +194,27 @@ where
             .expect("tokio runtime")
             .block_on(f())
     })
+}
+
+/// Pings `to` from namespace `ns` `count` times at 10 ms (1 s timeout each); returns
+/// (sent, received).
+pub fn ping_flow(ns: &str, to: &str, count: u32) -> (u32, u32) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-q", "-i", "0.01", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to)
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
 }

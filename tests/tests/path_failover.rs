@@ -17,45 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use strait_tests::netns::{uplink, veth, Netns};
+use strait_tests::netns::{ping_flow, uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
-
-fn tx_packets(ns: &Netns, dev: &str) -> u64 {
-    ns.json(&["-s", "link", "show", dev])[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Pings `to` from namespace `from` `count` times at 10 ms; returns (sent, received).
-fn ping_flow(from: &str, to: &str, count: u32) -> (u32, u32) {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            from,
-            "ping",
-            "-q",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            to,
-        ])
-        .output()
-        .expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
 
 #[test]
 fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
@@ -134,16 +97,16 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     wait_for(
         Duration::from_secs(20),
         "workload A to reach workload B",
-        || (ping_flow(&wla.name, "10.20.0.10", 1).1 == 1).then_some(()),
+        || (wla.ping_flow("10.20.0.10", 1).1 == 1).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), b.proc.log_text()));
 
     // Healthy: traffic crosses the interconnect, not the internet.
     std::thread::sleep(Duration::from_secs(1));
-    let (ic0, up0) = (tx_packets(&gwa, "ic0"), tx_packets(&gwa, "up0"));
-    let (sent, got) = ping_flow(&wla.name, "10.20.0.10", 200);
+    let (ic0, up0) = (gwa.tx_packets("ic0"), gwa.tx_packets("up0"));
+    let (sent, got) = wla.ping_flow("10.20.0.10", 200);
     assert_eq!(sent, got);
-    let (ic1, up1) = (tx_packets(&gwa, "ic0"), tx_packets(&gwa, "up0"));
+    let (ic1, up1) = (gwa.tx_packets("ic0"), gwa.tx_packets("up0"));
     assert!(
         ic1 - ic0 >= 200 && up1 - up0 < 100,
         "interconnect +{} packets, internet +{} packets\n{}",
@@ -398,10 +361,10 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     gwa.ip(&["link", "set", "ic0", "up"]);
     let restored = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
-    let ic0 = tx_packets(&gwa, "ic0");
-    let (sent, got) = ping_flow(&wla.name, "10.20.0.10", 100);
+    let ic0 = gwa.tx_packets("ic0");
+    let (sent, got) = wla.ping_flow("10.20.0.10", 100);
     assert_eq!(sent, got);
-    let early = tx_packets(&gwa, "ic0") - ic0;
+    let early = gwa.tx_packets("ic0") - ic0;
     assert!(
         early < 100,
         "back on the interconnect {:?} after the restore (+{early} packets)",
@@ -411,9 +374,9 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         Duration::from_secs(15),
         "fail back to the interconnect",
         || {
-            let before = tx_packets(&gwa, "ic0");
-            ping_flow(&wla.name, "10.20.0.10", 50);
-            (tx_packets(&gwa, "ic0") - before >= 50).then_some(())
+            let before = gwa.tx_packets("ic0");
+            wla.ping_flow("10.20.0.10", 50);
+            (gwa.tx_packets("ic0") - before >= 50).then_some(())
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", a.proc.log_text()));

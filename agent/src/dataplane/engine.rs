@@ -43,11 +43,15 @@ struct PeerState {
 
 impl PeerState {
     /// Whether WireGuard roaming may move the endpoint to `from`: always without path
-    /// selection; with it, only to an address that is none of the peer's announced endpoints
-    /// (a NAT mapping that changed), since choosing among those is the selector's job.
+    /// selection; with it, to an address that is none of the peer's announced endpoints (a
+    /// NAT mapping that changed), or back to the selected path itself (after the endpoint
+    /// had roamed to a NAT mapping that the peer has since left), but never to another
+    /// announced endpoint, since choosing among those is the selector's job.
     fn may_roam_to(&self, from: SocketAddr) -> bool {
-        let selected = self.selector.as_ref().is_some_and(|s| s.active().is_some());
-        !selected || !self.spec.candidates.iter().any(|c| c.address == from)
+        let Some(active) = self.selector.as_ref().and_then(Selector::active) else {
+            return true;
+        };
+        from == active || !self.spec.candidates.iter().any(|c| c.address == from)
     }
 }
 
@@ -359,6 +363,9 @@ impl Engine {
     }
 
     fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr) {
+        if state.spec.endpoint == Some(to) {
+            return;
+        }
         let kind = state
             .spec
             .candidates
@@ -532,6 +539,69 @@ mod tests {
     struct Node {
         engine: Engine,
         addr: SocketAddr,
+    }
+
+    #[test]
+    fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
+        let ic: SocketAddr = "172.31.255.2:51820".parse().unwrap();
+        let public: SocketAddr = "203.0.113.10:51820".parse().unwrap();
+        let nat: SocketAddr = "172.31.255.5:50487".parse().unwrap();
+        let candidates = vec![
+            Candidate {
+                address: ic,
+                kind: strait_proto::msg::EndpointKind::Interconnect,
+                cost: 0,
+            },
+            Candidate {
+                address: public,
+                kind: strait_proto::msg::EndpointKind::Public,
+                cost: 0,
+            },
+        ];
+        let th = Thresholds::for_interval(std::time::Duration::from_secs(1));
+        let mut selector = Selector::new(&candidates, th);
+        // Only the public path answers: it becomes the active one.
+        let t0 = Instant::now();
+        let mut now = t0;
+        for _ in 0..3 {
+            for (to, seq) in selector.due(now) {
+                if to == public {
+                    selector.on_reply(seq, now + std::time::Duration::from_millis(1));
+                }
+            }
+            now += th.interval;
+            selector.on_tick(now);
+        }
+        assert_eq!(selector.active(), Some(public));
+        let state = PeerState {
+            tunnel: Tunnel::new(
+                StaticSecret::from([1u8; 32]),
+                PublicKey::from(&StaticSecret::from([2u8; 32])),
+                None,
+                1,
+            ),
+            spec: PeerSpec {
+                public_key: [2u8; 32],
+                endpoint: Some(nat),
+                allowed_ips: vec![],
+                keepalive: None,
+                candidates,
+            },
+            probe_key: ProbeKey::derive(
+                &StaticSecret::from([1u8; 32]),
+                &PublicKey::from(&StaticSecret::from([2u8; 32])),
+            ),
+            selector: Some(selector),
+        };
+        assert!(state.may_roam_to(public), "back to the selected path");
+        assert!(
+            !state.may_roam_to(ic),
+            "another announced endpoint: the selector decides"
+        );
+        assert!(
+            state.may_roam_to("198.51.100.7:4000".parse().unwrap()),
+            "a new NAT mapping"
+        );
     }
 
     fn pair() -> (Node, Node) {
