@@ -5,7 +5,7 @@
 
 use ipnetwork::IpNetwork;
 use strait_agent::dataplane::netlink::Netlink;
-use strait_agent::dataplane::routes::{Route, Via, RTPROT_STRAIT};
+use strait_agent::dataplane::routes::{Route, Via, RTPROT_STRAIT, STRAIT_TABLE};
 use strait_tests::netns::{block_on_in, Netns};
 
 fn net(s: &str) -> IpNetwork {
@@ -13,7 +13,15 @@ fn net(s: &str) -> IpNetwork {
 }
 
 fn strait_routes(ns: &Netns) -> Vec<String> {
-    let v = ns.json(&["route", "show", "proto", &RTPROT_STRAIT.to_string()]);
+    let table = STRAIT_TABLE.to_string();
+    let v = ns.json(&[
+        "route",
+        "show",
+        "table",
+        &table,
+        "proto",
+        &RTPROT_STRAIT.to_string(),
+    ]);
     let mut out: Vec<String> = v
         .as_array()
         .map(|a| {
@@ -71,8 +79,22 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
             .unwrap();
         let first = nl.reconcile(&desired, index).await.unwrap();
         let second = nl.reconcile(&desired, index).await.unwrap();
+        nl.ensure_rules().await.unwrap();
+        nl.ensure_rules().await.unwrap();
         (first, second, index)
     });
+    // One rule per family sends everything but the WireGuard socket's marked datagrams
+    // through Strait's table; the main table keeps nothing of Strait's.
+    for family in ["-4", "-6"] {
+        let rules = ns.ip(&[family, "rule", "show"]);
+        let ours = rules
+            .lines()
+            .filter(|l| l.contains(&format!("lookup {STRAIT_TABLE}")))
+            .collect::<Vec<_>>();
+        assert_eq!(ours.len(), 1, "{rules}");
+        assert!(ours[0].contains("not from all fwmark 0x5354"), "{rules}");
+    }
+    assert_eq!(ns.ip(&["route", "show", "proto", "83"]), "", "main table");
     assert_eq!(first.add.len(), 2, "{first:?}");
     assert_eq!(first.conflicts.len(), 2, "{first:?}");
     assert!(
@@ -112,8 +134,13 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         let nl = Netlink::connect().unwrap();
         let p = nl.reconcile(&[tun("100.64.0.2/32")], index).await.unwrap();
         assert_eq!(p.remove.len(), 1);
+        nl.remove_rules().await.unwrap();
         nl.remove_all().await.unwrap()
     });
+    assert!(
+        !ns.ip(&["rule", "show"]).contains("5354"),
+        "rule left behind"
+    );
     assert_eq!(removed, 1);
     assert!(strait_routes(&ns).is_empty());
     let static_routes = ns.ip(&["route", "show", "proto", "static"]);

@@ -216,7 +216,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
             c.log_text()
         )
     });
-    let routes = gwa.ip(&["route", "show", "proto", "83"]);
+    let routes = gwa.ip(&["route", "show", "table", "21332", "proto", "83"]);
     assert!(routes.contains("10.20.0.0/16 dev strait0"), "{routes}");
 
     // Workload A <-> workload B (A behind NAT initiates; B answers through the mapping).
@@ -237,7 +237,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     );
 
     // The member reaches site B only through the route its agent installed via the gateway.
-    let member_routes = ma.ip(&["route", "show", "proto", "83"]);
+    let member_routes = ma.ip(&["route", "show", "table", "21332", "proto", "83"]);
     assert!(
         member_routes.contains("10.20.0.0/16 via 10.10.0.1"),
         "{member_routes}"
@@ -325,13 +325,18 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     })
     .unwrap();
 
-    // A clean stop leaves no Strait routes behind.
+    // A clean stop leaves no Strait routes or rules behind.
     let mut a = a;
     a.proc.stop();
-    let left = gwa.ip(&["route", "show", "proto", "83"]);
+    let left = gwa.ip(&["route", "show", "table", "21332", "proto", "83"]);
     assert!(
         left.trim().is_empty(),
         "routes left after a clean stop: {left}"
+    );
+    let rules = gwa.ip(&["rule", "show"]);
+    assert!(
+        !rules.contains("lookup 21332"),
+        "routing rule left after a clean stop: {rules}"
     );
 
     // Gateway B restarts on a host where a connected network now overlaps site A's prefix:
@@ -381,7 +386,7 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
             .contains("connected route 10.10.5.0/24"),
         "{conflict}"
     );
-    let installed = gwb.ip(&["route", "show", "proto", "83"]);
+    let installed = gwb.ip(&["route", "show", "table", "21332", "proto", "83"]);
     assert!(
         !installed.contains("10.10.0.0/16"),
         "a conflicting route was installed: {installed}"

@@ -192,25 +192,11 @@ impl Engine {
                 self.table.insert(*prefix, *idx);
             }
         }
-        // Paths to probe: the peer's endpoints, except those that the tunnels themselves
-        // would carry (an address inside some peer's allowed IPs, such as a remote site's
-        // private endpoint): a path through the tunnel is no underlay, and choosing it would
-        // send WireGuard into itself.
-        for (idx, state) in self.peers.iter_mut() {
-            let usable: Vec<Candidate> = state
-                .spec
-                .candidates
-                .iter()
-                .filter(|c| self.table.lookup(c.address.ip()).is_none())
-                .copied()
-                .collect();
-            if usable.len() < state.spec.candidates.len() {
-                tracing::debug!(
-                    peer = idx,
-                    skipped = state.spec.candidates.len() - usable.len(),
-                    "endpoints inside the overlay's routes are not probed"
-                );
-            }
+        // Paths to probe: every announced endpoint. One inside the prefixes the tunnels
+        // carry (a gateway reached over an interconnect by its VPC address) is fine: the
+        // WireGuard socket's datagrams are marked and skip Strait's routing table.
+        for state in self.peers.values_mut() {
+            let usable = state.spec.candidates.clone();
             match (&mut state.selector, usable.is_empty()) {
                 (Some(sel), false) => sel.set_candidates(&usable),
                 (None, false) => state.selector = Some(Selector::new(&usable, self.thresholds)),
@@ -743,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn probes_choose_the_endpoint_skip_overlay_addresses_and_ignore_forgeries() {
+    fn probes_choose_the_endpoint_and_ignore_forgeries() {
         use crate::paths::select::Health;
         use strait_proto::msg::EndpointKind;
         let (mut a, mut b) = pair();
@@ -760,7 +746,8 @@ mod tests {
                     kind: EndpointKind::Public,
                     cost: 0,
                 },
-                // B's address on its own LAN: the tunnel itself would carry it.
+                // B's address on its own LAN, inside the prefixes the tunnel carries: probed
+                // too (the marked socket takes the underlay), but it never answers here.
                 Candidate {
                     address: inside,
                     kind: EndpointKind::Private,
@@ -774,10 +761,10 @@ mod tests {
             let mut requests = Vec::new();
             a.engine
                 .probe_tick(now, |to, d| requests.push((to, d.to_vec())));
-            assert!(requests.iter().all(|(to, _)| *to == b.addr), "{requests:?}");
-            assert_eq!(requests.len(), 1);
+            assert_eq!(requests.len(), 2, "{requests:?}");
+            assert!(requests.iter().any(|(to, _)| *to == inside));
             let mut replies = Vec::new();
-            for (_, req) in &requests {
+            for (_, req) in requests.iter().filter(|(to, _)| *to == b.addr) {
                 b.engine
                     .on_probe(a.addr, req, now, |to, d| replies.push((to, d.to_vec())));
             }
@@ -808,12 +795,11 @@ mod tests {
         let paths = a.engine.paths();
         assert_eq!(paths.len(), 1);
         let report = &paths[0].1;
-        assert_eq!(
-            report.len(),
-            1,
-            "the overlay address was probed: {report:?}"
-        );
-        assert_eq!(report[0].health, Health::Up);
-        assert!(report[0].active);
+        assert_eq!(report.len(), 2, "{report:?}");
+        let public = report.iter().find(|p| p.address == b.addr).unwrap();
+        assert_eq!(public.health, Health::Up);
+        assert!(public.active);
+        let lan = report.iter().find(|p| p.address == inside).unwrap();
+        assert!(lan.health != Health::Up && !lan.active, "{lan:?}");
     }
 }

@@ -231,11 +231,20 @@ pub async fn run(
     if stale > 0 {
         tracing::info!(routes = stale, "removed routes left by an earlier run");
     }
+    nl.ensure_rules().await.map_err(|e| {
+        anyhow::Error::from(e)
+            .context("installing the policy rule for Strait's routing table (needs CAP_NET_ADMIN)")
+    })?;
     if settings.forward {
         enable_forwarding()?;
     }
     let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
+    // The tunnel's own datagrams skip Strait's routing table (see `routes`): they take the
+    // underlay even toward an address inside a prefix the tunnel carries.
+    socket2::SockRef::from(&socket)
+        .set_mark(routes::FWMARK)
+        .context("marking the WireGuard socket (SO_MARK needs CAP_NET_ADMIN)")?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let (status_tx, mut status) = watch::channel(Vec::new());
     let mut engine = tokio::spawn(pump::run(
@@ -293,6 +302,9 @@ pub async fn run(
     match nl.remove_all().await {
         Ok(n) => tracing::info!(routes = n, "data plane stopped; routes removed"),
         Err(e) => tracing::warn!(error = %e, "could not remove routes at shutdown"),
+    }
+    if let Err(e) = nl.remove_rules().await {
+        tracing::warn!(error = %e, "could not remove the routing rule at shutdown");
     }
     result
 }

@@ -1,6 +1,7 @@
-//! The only code that talks netlink: the overlay address, MTU and state of the TUN link, and
-//! the routes Strait owns (protocol [`RTPROT_STRAIT`]) in the main table. Adding something
-//! that exists is not an error; reconciliation applies a [`Plan`] computed by `routes`.
+//! The only code that talks netlink: the overlay address, MTU and state of the TUN link, the
+//! routes Strait owns (protocol [`RTPROT_STRAIT`], in [`STRAIT_TABLE`]) and the rule that
+//! sends every packet not marked [`FWMARK`] through that table first. Adding something that
+//! exists is not an error; reconciliation applies a [`Plan`] computed by `routes`.
 
 use std::net::IpAddr;
 
@@ -9,9 +10,13 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
-use super::routes::{plan, KernelRoute, Plan, Route, Via, RTPROT_STRAIT};
+use super::routes::{
+    plan, KernelRoute, Plan, Route, Via, FWMARK, MAIN_TABLE, RTPROT_STRAIT, RULE_PRIORITY,
+    STRAIT_TABLE,
+};
 
 /// A netlink failure, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +152,7 @@ impl Netlink {
             )))
     }
 
-    /// Routes in the main table.
+    /// Routes in the main table and in [`STRAIT_TABLE`].
     pub async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut out = Vec::new();
         for request in [
@@ -169,7 +174,8 @@ impl Netlink {
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.prefix.network(), route.prefix.prefix())
             .map_err(err(format!("building route {}", route.prefix)))?
-            .protocol(RouteProtocol::from(RTPROT_STRAIT));
+            .protocol(RouteProtocol::from(RTPROT_STRAIT))
+            .table_id(STRAIT_TABLE);
         builder = match route.via {
             Via::Tun => builder.output_interface(tun),
             Via::Gateway(gw) => builder
@@ -195,7 +201,8 @@ impl Netlink {
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.prefix.network(), route.prefix.prefix())
             .map_err(err(format!("building route {}", route.prefix)))?
-            .protocol(RouteProtocol::from(route.protocol));
+            .protocol(RouteProtocol::from(route.protocol))
+            .table_id(route.table);
         if let Some(oif) = route.oif {
             builder = builder.output_interface(oif);
         }
@@ -221,6 +228,84 @@ impl Netlink {
             tracing::warn!(prefix = %c.prefix, reason = %c.reason, "route refused");
         }
         Ok(p)
+    }
+
+    /// Strait's rules (IPv4 and IPv6): `not fwmark FWMARK lookup STRAIT_TABLE`, one each.
+    async fn our_rules(&self) -> Result<Vec<RuleMessage>, NetlinkError> {
+        let mut out = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let mut rules = self.handle.rule().get(version).execute();
+            while let Some(msg) = rules.try_next().await.map_err(err("listing rules"))? {
+                let table = msg.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                });
+                let priority = msg.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                });
+                if table == Some(STRAIT_TABLE) && priority == Some(RULE_PRIORITY) {
+                    out.push(msg);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs the rules that send every packet not marked [`FWMARK`] (everything but the
+    /// WireGuard socket's own datagrams) through [`STRAIT_TABLE`] before the main table.
+    pub async fn ensure_rules(&self) -> Result<(), NetlinkError> {
+        let have = self.our_rules().await?;
+        for v6 in [false, true] {
+            let family = if v6 {
+                netlink_packet_route::AddressFamily::Inet6
+            } else {
+                netlink_packet_route::AddressFamily::Inet
+            };
+            if have.iter().any(|r| r.header.family == family) {
+                continue;
+            }
+            let add = self
+                .handle
+                .rule()
+                .add()
+                .table_id(STRAIT_TABLE)
+                .priority(RULE_PRIORITY)
+                .fw_mark(FWMARK)
+                .action(RuleAction::ToTable);
+            let r = if v6 {
+                let mut req = add.v6();
+                req.message_mut().header.flags |= RuleFlags::Invert;
+                req.execute().await
+            } else {
+                let mut req = add.v4();
+                req.message_mut().header.flags |= RuleFlags::Invert;
+                req.execute().await
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => {
+                    return Err(err(format!(
+                        "adding rule `not fwmark {FWMARK:#x} lookup {STRAIT_TABLE}` ({})",
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ))(e))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes Strait's rules; ones already gone are fine.
+    pub async fn remove_rules(&self) -> Result<(), NetlinkError> {
+        for rule in self.our_rules().await? {
+            match self.handle.rule().del(rule).execute().await {
+                Ok(()) => {}
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return Err(err("removing Strait's routing rule")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Removes every route Strait owns (at shutdown, or stale ones after a crash).
@@ -252,9 +337,10 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
             _ => {}
         }
     }
-    if table != RouteHeader::RT_TABLE_MAIN as u32 {
+    if table != RouteHeader::RT_TABLE_MAIN as u32 && table != STRAIT_TABLE {
         return None;
     }
+    debug_assert_eq!(RouteHeader::RT_TABLE_MAIN as u32, MAIN_TABLE);
     let len = msg.header.destination_prefix_length;
     let prefix = match destination {
         Some(ip) => IpNetwork::new(ip, len).ok()?,
@@ -265,6 +351,7 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
     };
     Some(KernelRoute {
         prefix,
+        table,
         protocol: u8::from(msg.header.protocol),
         oif,
         gateway,

@@ -3,7 +3,13 @@
 //!
 //! Strait owns exactly the routes tagged with [`RTPROT_STRAIT`]; it never touches another
 //! owner's route. A desired route that would overlap a connected route or another owner's
-//! route is refused (and reported), never installed.
+//! route in the main table is refused (and reported), never installed.
+//!
+//! Strait's routes live in their own table, [`STRAIT_TABLE`], consulted before the main
+//! table by every packet except those marked [`FWMARK`]: the agent marks its WireGuard
+//! socket, so the tunnel's own datagrams and probes take the underlay even to an address
+//! inside a prefix the tunnel carries (a gateway reached over an interconnect by its VPC
+//! address), as wg-quick does.
 
 use std::net::IpAddr;
 
@@ -15,6 +21,14 @@ use strait_proto::msg::Refusal;
 pub const RTPROT_STRAIT: u8 = 83;
 /// `RTPROT_KERNEL`: routes the kernel adds for an interface's own addresses.
 pub const RTPROT_KERNEL: u8 = 2;
+/// The routing table holding Strait's routes ("ST").
+pub const STRAIT_TABLE: u32 = 0x5354;
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// The mark on the WireGuard socket's packets: they skip [`STRAIT_TABLE`].
+pub const FWMARK: u32 = 0x5354;
+/// Priority of the rule `not fwmark FWMARK lookup STRAIT_TABLE` (before main's 32766).
+pub const RULE_PRIORITY: u32 = 5354;
 
 /// Where a route sends packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,10 +45,11 @@ pub struct Route {
     pub via: Via,
 }
 
-/// A route as the kernel reports it (main table).
+/// A route as the kernel reports it (main table or [`STRAIT_TABLE`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
     pub prefix: IpNetwork,
+    pub table: u32,
     pub protocol: u8,
     /// Output interface index.
     pub oif: Option<u32>,
@@ -87,19 +102,26 @@ fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
 }
 
 fn matches(route: &Route, k: &KernelRoute, tun: u32) -> bool {
-    k.prefix == route.prefix
+    k.table == STRAIT_TABLE
+        && k.prefix == route.prefix
         && match route.via {
             Via::Tun => k.oif == Some(tun),
             Via::Gateway(gw) => k.gateway == Some(gw),
         }
 }
 
-/// The plan from `actual` (the kernel's main table) to `desired`. `tun` is the index of
-/// Strait's TUN device: routes on it (such as the overlay's connected route) never conflict.
+/// The plan from `actual` (the kernel's main table and [`STRAIT_TABLE`]) to `desired`,
+/// installed in [`STRAIT_TABLE`]. `tun` is the index of Strait's TUN device: routes on it
+/// (such as the overlay's connected route) never conflict. Strait's routes found anywhere
+/// else (an older version's, in main) are removed.
 pub fn plan(desired: &[Route], actual: &[KernelRoute], tun: u32) -> Plan {
     let mut out = Plan::default();
     let (ours, others): (Vec<&KernelRoute>, Vec<&KernelRoute>) =
         actual.iter().partition(|k| k.protocol == RTPROT_STRAIT);
+    let others: Vec<&KernelRoute> = others
+        .into_iter()
+        .filter(|k| k.table == MAIN_TABLE)
+        .collect();
     let mut keep: Vec<&KernelRoute> = Vec::new();
     for route in desired {
         let conflict = others.iter().find(|k| {
@@ -150,6 +172,11 @@ mod tests {
     fn kernel(p: &str, protocol: u8, oif: u32) -> KernelRoute {
         KernelRoute {
             prefix: net(p),
+            table: if protocol == RTPROT_STRAIT {
+                STRAIT_TABLE
+            } else {
+                MAIN_TABLE
+            },
             protocol,
             oif: Some(oif),
             gateway: None,
@@ -272,6 +299,7 @@ mod tests {
         };
         let have = vec![KernelRoute {
             prefix: net("10.20.0.0/16"),
+            table: STRAIT_TABLE,
             protocol: RTPROT_STRAIT,
             oif: Some(2),
             gateway: Some("10.10.0.1".parse().unwrap()),
@@ -279,5 +307,22 @@ mod tests {
         let p = plan(&[gw("10.10.0.2")], &have, TUN);
         assert_eq!(p.add, vec![gw("10.10.0.2")]);
         assert_eq!(p.remove, have);
+    }
+
+    #[test]
+    fn routes_of_an_older_version_in_main_move_to_the_strait_table() {
+        let mut old = kernel("10.20.0.0/16", RTPROT_STRAIT, TUN);
+        old.table = MAIN_TABLE;
+        let want = Route {
+            prefix: net("10.20.0.0/16"),
+            via: Via::Tun,
+        };
+        let p = plan(&[want], std::slice::from_ref(&old), TUN);
+        assert_eq!((p.add, p.remove), (vec![want], vec![old]));
+        // Another owner's routes in other tables are not Strait's business.
+        let mut elsewhere = kernel("10.20.0.0/16", 4, 3);
+        elsewhere.table = 100;
+        let p = plan(&[want], &[elsewhere], TUN);
+        assert!(p.conflicts.is_empty() && p.add == vec![want]);
     }
 }

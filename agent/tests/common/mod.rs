@@ -73,8 +73,12 @@ pub fn start(
                 if !plan.conflicts.is_empty() {
                     return Err(format!("conflicts: {:?}", plan.conflicts));
                 }
+                nl.ensure_rules().await.map_err(|e| e.to_string())?;
                 let socket =
                     std::net::UdpSocket::bind("0.0.0.0:51820").map_err(|e| e.to_string())?;
+                socket2::SockRef::from(&socket)
+                    .set_mark(strait_agent::dataplane::routes::FWMARK)
+                    .map_err(|e| e.to_string())?;
                 Ok::<_, String>((tun, socket))
             };
             match setup.await {

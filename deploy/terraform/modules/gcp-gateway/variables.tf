@@ -86,7 +86,7 @@ variable "peer_public_cidrs" {
 }
 
 variable "interconnect_address" {
-  description = "Optional address:port at which other sites reach this gateway over a dedicated link (Cloud Interconnect, Megaport), announced as an `interconnect` endpoint. It must lie outside every prefix the mesh carries (e.g. on the link's transit subnet): peers skip endpoints inside those prefixes, which their tunnel would carry."
+  description = "Optional address:port at which other sites reach this gateway over a dedicated link (Cloud Interconnect, Megaport), announced as an `interconnect` endpoint. Usually the instance's VPC address: the agent's WireGuard datagrams skip Strait's routing table, so an address inside the prefixes the mesh carries is reached over the underlay."
   type        = string
   default     = null
 }
