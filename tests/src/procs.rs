@@ -218,6 +218,20 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A started coordinator listening on `addr` inside namespace `netns`, for `sites`, with
+    /// `extra_config` added to its config (see [`Coordinator::init`]).
+    pub fn start_in(
+        netns: &str,
+        addr: SocketAddr,
+        sites: &[Site<'_>],
+        extra_config: &str,
+    ) -> Result<Coordinator> {
+        let mut c = Coordinator::init(sites, extra_config)?;
+        c.move_to(netns, addr)?;
+        c.start()?;
+        Ok(c)
+    }
+
     pub fn operator_dir(&self) -> PathBuf {
         self.state().join("operator")
     }

@@ -136,7 +136,10 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     let external = format!(
         "[[external-peers]]\nname = \"dc1\"\nsite = \"onprem\"\npublic-key = \"{ext_public}\"\nendpoint = \"198.18.0.10:51820\"\nprefixes = [\"10.30.0.0/24\"]\noverlay-ip = \"100.64.255.1\"\n"
     );
-    let mut c = Coordinator::init(
+    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
+    let mut c = Coordinator::start_in(
+        &coord.name,
+        addr,
         &[
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
@@ -145,9 +148,6 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
         &external,
     )
     .unwrap();
-    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    c.move_to(&coord.name, addr).unwrap();
-    c.start().unwrap();
 
     let ta = c.token("aws-use1", "gateway").unwrap();
     let tb = c.token("gcp-usc1", "gateway").unwrap();

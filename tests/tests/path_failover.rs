@@ -35,14 +35,13 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     veth(&gwa, "ic0", &gwb, "ic0");
     gwa.ip(&["addr", "add", "172.31.255.1/30", "dev", "ic0"]);
     gwb.ip(&["addr", "add", "172.31.255.2/30", "dev", "ic0"]);
-    for (gw, wl, net) in [(&gwa, &wla, "10.10.0"), (&gwb, &wlb, "10.20.0")] {
-        veth(gw, "lan0", wl, "eth0");
-        gw.ip(&["addr", "add", &format!("{net}.1/24"), "dev", "lan0"]);
-        wl.ip(&["addr", "add", &format!("{net}.10/24"), "dev", "eth0"]);
-        wl.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
-    }
+    uplink(&gwa, "lan0", &wla, "eth0", "10.10.0", "10");
+    uplink(&gwb, "lan0", &wlb, "eth0", "10.20.0", "10");
 
-    let mut c = Coordinator::init(
+    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
+    let c = Coordinator::start_in(
+        &coord.name,
+        addr,
         &[
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
@@ -50,9 +49,6 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
         "metrics-listen = \"198.51.100.10:9465\"",
     )
     .unwrap();
-    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    c.move_to(&coord.name, addr).unwrap();
-    c.start().unwrap();
 
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str, public: &str| {
         let token = c.token(site, "gateway").unwrap();

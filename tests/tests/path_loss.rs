@@ -77,12 +77,8 @@ fn loss_beyond_the_threshold_moves_traffic_and_loss_below_it_does_not() {
     ic.ip(&["addr", "add", "172.31.255.2/30", "dev", "ica"]);
     ic.ip(&["addr", "add", "172.31.255.5/30", "dev", "icb"]);
     gwb.ip(&["addr", "add", "172.31.255.6/30", "dev", "ic0"]);
-    for (gw, wl, net) in [(&gwa, &wla, "10.10.0"), (&gwb, &wlb, "10.20.0")] {
-        veth(gw, "lan0", wl, "eth0");
-        gw.ip(&["addr", "add", &format!("{net}.1/24"), "dev", "lan0"]);
-        wl.ip(&["addr", "add", &format!("{net}.10/24"), "dev", "eth0"]);
-        wl.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
-    }
+    uplink(&gwa, "lan0", &wla, "eth0", "10.10.0", "10");
+    uplink(&gwb, "lan0", &wlb, "eth0", "10.20.0", "10");
     // The drop pattern is reproducible: the same seed and traffic drop the same datagrams.
     let seed = std::env::var("PATH_LOSS_SEED")
         .ok()
@@ -100,7 +96,10 @@ fn loss_beyond_the_threshold_moves_traffic_and_loss_below_it_does_not() {
     )
     .unwrap();
 
-    let mut c = Coordinator::init(
+    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
+    let c = Coordinator::start_in(
+        &coord.name,
+        addr,
         &[
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
@@ -108,9 +107,6 @@ fn loss_beyond_the_threshold_moves_traffic_and_loss_below_it_does_not() {
         "",
     )
     .unwrap();
-    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    c.move_to(&coord.name, addr).unwrap();
-    c.start().unwrap();
 
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, endpoints: &[&str]| {
         let token = c.token(site, "gateway").unwrap();

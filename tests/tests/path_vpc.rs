@@ -110,7 +110,10 @@ fn gateways_reach_each_other_over_an_interconnect_by_addresses_the_tunnel_carrie
         );
     }
 
-    let mut c = Coordinator::init(
+    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
+    let c = Coordinator::start_in(
+        &coord.name,
+        addr,
         &[
             Site("aws-use1", "10.10.0.0/16"),
             Site("gcp-usc1", "10.20.0.0/16"),
@@ -118,9 +121,6 @@ fn gateways_reach_each_other_over_an_interconnect_by_addresses_the_tunnel_carrie
         "",
     )
     .unwrap();
-    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    c.move_to(&coord.name, addr).unwrap();
-    c.start().unwrap();
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str| {
         let token = c.token(site, "gateway").unwrap();
         let endpoint = format!("interconnect={ic}:51820");
