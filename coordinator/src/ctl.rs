@@ -122,7 +122,10 @@ fn refused(e: &ErrorBody) -> anyhow::Error {
         }
         ErrorCode::NotFound => exit::NOT_FOUND,
         ErrorCode::BadRequest | ErrorCode::InvalidToken => exit::INVALID,
-        ErrorCode::Unsupported | ErrorCode::Unavailable | ErrorCode::Internal => exit::FAILED,
+        ErrorCode::Unsupported
+        | ErrorCode::Unavailable
+        | ErrorCode::RateLimited
+        | ErrorCode::Internal => exit::FAILED,
     };
     fail(code, format!("coordinator refused: {e}"))
 }

@@ -5,6 +5,7 @@
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
 //! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
 //! - [`metrics`]: Prometheus metrics (served at `metrics-listen`).
+//! - [`ratelimit`]: failed-attempt limits per client address (join tokens; pure).
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod overlay;
 pub mod policy;
 pub mod probes;
+pub mod ratelimit;
 pub mod renew_own;
 pub mod server;
 pub mod store;

@@ -30,6 +30,8 @@ pub enum Refusal {
     Registration,
     /// A join token was refused.
     Token,
+    /// Too many bad join tokens from one address.
+    RateLimited,
 }
 
 impl Refusal {
@@ -44,6 +46,7 @@ impl Refusal {
             Refusal::BadFrame => "bad-frame",
             Refusal::Registration => "registration",
             Refusal::Token => "join-token",
+            Refusal::RateLimited => "rate-limited",
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, ProbePair, StoreOp, Views};
 use crate::metrics::{CoordinatorMetrics, Refusal};
 use crate::probes::{self, Probes};
+use crate::ratelimit::FailureLimiter;
 use crate::store::Store;
 
 /// Largest request an unauthenticated peer may send (a token and a CSR).
@@ -112,7 +113,14 @@ pub struct Coordinator {
     published: Mutex<(u64, std::time::Instant)>,
     /// This coordinator's own certificate (its expiry is exported).
     own_cert: std::sync::OnceLock<CertStore>,
+    /// Bad join tokens per client address.
+    enroll_failures: Mutex<FailureLimiter>,
 }
+
+/// Bad join tokens an address may present at once, then one more per
+/// [`ENROLL_FAILURE_EVERY`] (a mistyped token is fine; guessing is not).
+pub const ENROLL_FAILURE_BURST: u32 = 10;
+pub const ENROLL_FAILURE_EVERY: Duration = Duration::from_secs(6);
 
 impl Coordinator {
     pub fn new(
@@ -133,12 +141,23 @@ impl Coordinator {
             metrics: CoordinatorMetrics::default(),
             published: Mutex::new((0, std::time::Instant::now())),
             own_cert: std::sync::OnceLock::new(),
+            enroll_failures: Mutex::new(FailureLimiter::new(
+                ENROLL_FAILURE_BURST,
+                ENROLL_FAILURE_EVERY,
+                100_000,
+            )),
         }))
     }
 
     /// Exports the expiry of `certs`, this coordinator's certificate.
     pub fn watch_own_cert(&self, certs: CertStore) {
         let _ = self.own_cert.set(certs);
+    }
+
+    fn enroll_failures(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.enroll_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -379,7 +398,7 @@ async fn handle_stream(
     c.metrics.request(kind);
     let identity = match (&peer.identity, &request) {
         (_, Request::Enroll(req)) => {
-            let r = enroll(&c, req);
+            let r = enroll(&c, req, peer.addr.ip());
             respond(&mut send, &r).await;
             return;
         }
@@ -547,16 +566,35 @@ async fn throughput_schedule(c: Arc<Coordinator>, t: crate::config::ThroughputPr
     }
 }
 
-fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
+/// An enrollment from `from`. Addresses that keep presenting bad join tokens are held back
+/// (see [`ENROLL_FAILURE_BURST`]).
+fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Response {
     let ca = match c.pki.builtin("enrollment with a join token") {
         Ok(ca) => ca,
         Err(r) => return *r,
+    };
+    let limited = c.enroll_failures().check(from, std::time::Instant::now());
+    if let Err(wait) = limited {
+        c.metrics.enrollment(false);
+        c.metrics.refused(Refusal::RateLimited);
+        tracing::warn!(%from, "enrollment refused: too many bad join tokens from this address");
+        return error(
+            ErrorCode::RateLimited,
+            format!(
+                "too many enrollments with bad join tokens from {from}; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+    }
+    let bad_token = |c: &Coordinator| {
+        c.metrics.refused(Refusal::Token);
+        c.enroll_failures().failed(from, std::time::Instant::now());
     };
     let token: JoinToken = match req.token.parse() {
         Ok(t) => t,
         Err(e) => {
             c.metrics.enrollment(false);
-            c.metrics.refused(Refusal::Token);
+            bad_token(c);
             return error(ErrorCode::InvalidToken, e.to_string());
         }
     };
@@ -597,7 +635,7 @@ fn enroll(c: &Coordinator, req: &EnrollRequest) -> Response {
         Err(e) => {
             c.metrics.enrollment(false);
             if e.code == ErrorCode::InvalidToken {
-                c.metrics.refused(Refusal::Token);
+                bad_token(c);
             }
             tracing::warn!(identity = %identity, token = token.id(), error = %e, "enrollment refused");
             Response::Error(e)

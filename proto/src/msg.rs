@@ -306,6 +306,8 @@ pub enum ErrorCode {
     Unsupported,
     /// The node or service needed is not reachable now (offline, no session).
     Unavailable,
+    /// Too many failed attempts from this client; the message says when to retry.
+    RateLimited,
     Internal,
 }
 
@@ -320,6 +322,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate-limited",
             ErrorCode::Internal => "internal",
         }
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use strait_pki::ca::{BuiltinCa, Validity};
 use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::{CertBundle, Identity, Role};
-use strait_proto::msg::{ErrorCode, Request, Response};
+use strait_proto::msg::{EnrollRequest, ErrorCode, Request, Response};
 use strait_proto::{client, ALPN};
-use strait_tests::procs::{Agent, Coordinator, Site};
+use strait_tests::procs::{free_tcp_port, http_get, metric, Agent, Coordinator, Site};
 
 const SITES: &[Site<'static>] = &[Site("aws-use1", "10.10.0.0/16")];
 
@@ -55,7 +55,9 @@ fn assert_error(r: &Response, code: ErrorCode, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_are_refused_and_others_still_served() {
-    let mut c = Coordinator::init(SITES, "").unwrap();
+    let metrics_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut c = Coordinator::init(SITES, &format!("metrics-listen = \"{metrics_addr}\"")).unwrap();
     c.start().unwrap();
     let operator = CertBundle::load(&c.operator_dir()).unwrap();
 
@@ -152,6 +154,27 @@ async fn hostile_clients_are_refused_and_others_still_served() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("operator certificate"));
     }
 
+    // Guessing join tokens: an address gets 10 bad tokens, then waits.
+    let mut guesses = Vec::new();
+    for i in 0..13 {
+        let guess = Request::Enroll(EnrollRequest {
+            token: format!("strait1.guess{i}"),
+            site: "aws-use1".into(),
+            node: format!("n{i}"),
+            role: Role::Gateway,
+            csr_pem: String::new(),
+        });
+        let r = client::call(&anon, &guess, Duration::from_secs(5))
+            .await
+            .unwrap();
+        match r {
+            Response::Error(e) => guesses.push(e.code),
+            other => panic!("a guessed token was accepted: {other:?}"),
+        }
+    }
+    assert_eq!(guesses[..10], [ErrorCode::InvalidToken; 10], "{guesses:?}");
+    assert_eq!(guesses[10..], [ErrorCode::RateLimited; 3], "{guesses:?}");
+
     // Through all of it the coordinator kept serving.
     let status = c.ctl_json(&["status"]).unwrap();
     assert_eq!(status["mesh"], "prod");
@@ -159,4 +182,23 @@ async fn hostile_clients_are_refused_and_others_still_served() {
     assert!(log.contains("refused: no client certificate"), "{log}");
     assert!(log.contains("refused: not an operator"), "{log}");
     assert!(log.contains("refused: bad request frame"), "{log}");
+
+    // Each refusal is counted by reason.
+    let text = http_get(metrics_addr, "/metrics").unwrap();
+    let refused = |reason: &str| {
+        metric(
+            &text,
+            &format!("strait_coordinator_refused_connections_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(refused("no-client-certificate"), 2.0, "{text}");
+    assert_eq!(refused("bad-frame"), 5.0, "{text}");
+    assert!(
+        refused("tls-handshake") >= 2.0,
+        "wrong ALPN, foreign CA: {text}"
+    );
+    assert_eq!(refused("not-operator"), 3.0, "{text}");
+    assert_eq!(refused("join-token"), 10.0, "{text}");
+    assert_eq!(refused("rate-limited"), 3.0, "{text}");
 }
