@@ -611,7 +611,11 @@ impl Mesh {
         self.views.clone()
     }
 
+    /// Builds the views of the current version. Parts equal to the previous version's are
+    /// shared with it (the same `Arc`), so versions that sessions still hold cost only what
+    /// changed, and sessions recognise unchanged parts by pointer.
     fn rebuild_views(&mut self) {
+        let prev = self.views.clone();
         let owners = self.prefix_owners();
         let peers = self
             .nodes
@@ -626,7 +630,7 @@ impl Mesh {
                         .iter()
                         .filter(|prefix| owners.get(prefix).map(|o| o.key()) == Some(p.key())),
                 );
-                Arc::new(PeerView {
+                let view = PeerView {
                     id: p.id(),
                     site: p.site.clone(),
                     name: p.name.clone(),
@@ -637,7 +641,11 @@ impl Mesh {
                     allowed_ips: allowed,
                     overlay_ip: Some(p.overlay_ip),
                     online: p.online,
-                })
+                };
+                match prev.peers.binary_search_by(|old| old.id.cmp(&view.id)) {
+                    Ok(i) if *prev.peers[i] == view => prev.peers[i].clone(),
+                    _ => Arc::new(view),
+                }
             })
             .collect::<Vec<_>>();
         let mut peers = peers;
@@ -706,7 +714,11 @@ impl Mesh {
                     add(self.config.overlay_cidr, "overlay");
                 }
             }
-            site_routes.insert(site.name.clone(), Arc::new(routes));
+            let routes = match prev.site_routes.get(&site.name) {
+                Some(old) if **old == routes => old.clone(),
+                _ => Arc::new(routes),
+            };
+            site_routes.insert(site.name.clone(), routes);
         }
         let nodes = self
             .nodes
@@ -721,7 +733,11 @@ impl Mesh {
                     accepted: n.accepted.clone(),
                     refused: n.refused.clone(),
                 };
-                (n.key(), (Arc::new(own), self.tunnel_capable(n)))
+                let own = match prev.nodes.get(&n.key()) {
+                    Some((old, _)) if **old == own => old.clone(),
+                    _ => Arc::new(own),
+                };
+                (n.key(), (own, self.tunnel_capable(n)))
             })
             .collect();
         self.views = Arc::new(Views {

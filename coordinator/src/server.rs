@@ -776,11 +776,17 @@ async fn session(
             old.close(close::SHUTDOWN.into(), b"replaced by a newer session");
         }
     }
-    let views = versions.borrow_and_update().clone();
-    let Some(mut current) = views.view(&key) else {
-        return;
+    // Only this node's parts of the views are kept across the writes: a whole `Views` held
+    // by every session while it waits on a slow peer would keep one version per session
+    // alive (memory quadratic in the number of agents during a burst of changes).
+    let (mut current, snapshot) = {
+        let views = versions.borrow_and_update().clone();
+        let Some(current) = views.view(&key) else {
+            return;
+        };
+        let snapshot = current.to_map(views.mesh());
+        (current, snapshot)
     };
-    let snapshot = current.to_map(views.mesh());
     if wire::write(&mut send, &SessionEvent::Registered(registered))
         .await
         .is_err()
@@ -813,8 +819,8 @@ async fn session(
         tokio::select! {
             changed = versions.changed() => {
                 if changed.is_err() { break }
-                let views = versions.borrow_and_update().clone();
-                let Some(next) = views.view(&key) else {
+                let next = versions.borrow_and_update().clone().view(&key);
+                let Some(next) = next else {
                     let body = ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
                     let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
                     break;

@@ -134,7 +134,19 @@ fn start_coordinator(args: &Args) -> Result<(CoordinatorProcess, SocketAddr, Pat
         "heartbeat-timeout = \"120s\"",
     );
     std::fs::write(&config, text)?;
-    let child = Command::new(sibling("strait-coordinator")?)
+    // BENCH_COORDINATOR_WRAPPER="heaptrack -o /tmp/coord" runs the coordinator under a
+    // profiler (the figures are then the profiler's, not the coordinator's).
+    let wrapper = std::env::var("BENCH_COORDINATOR_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut serve = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(sibling("strait-coordinator")?);
+            c
+        }
+        None => Command::new(sibling("strait-coordinator")?),
+    };
+    let child = serve
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
