@@ -87,6 +87,11 @@ impl Layout {
     pub fn database(&self) -> PathBuf {
         self.root.join("strait.db")
     }
+    /// The secret behind the QUIC endpoint's stateless resets and connection IDs (kept
+    /// across restarts, so a restarted coordinator can reset its previous run's connections).
+    pub fn quic_secret(&self) -> PathBuf {
+        self.root.join("quic.key")
+    }
 }
 
 fn private_dir(path: &Path) -> Result<()> {

@@ -164,7 +164,8 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
         ),
         None => None,
     };
-    let endpoint = server::bind(config.listen, certs.clone(), &cas)?;
+    let quic = server::endpoint_config(&layout.quic_secret())?;
+    let endpoint = server::bind(config.listen, certs.clone(), &cas, quic)?;
     let coordinator = Coordinator::new(config.clone(), Box::new(store), pki)?;
     coordinator.watch_own_cert(certs);
     let metrics_server = metrics_listener.map(|listener| {

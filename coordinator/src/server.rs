@@ -204,11 +204,62 @@ fn core_err(e: CoreError) -> ErrorBody {
     ErrorBody::new(e.code(), e.to_string())
 }
 
-/// Binds the QUIC endpoint presenting `certs` and trusting client certificates from `cas`.
+/// Length of the secret behind the endpoint's stateless resets and connection IDs.
+const ENDPOINT_SECRET_LEN: usize = 32;
+
+/// The QUIC endpoint settings that must survive a restart, from the secret in `path`
+/// (created, random and 0600, when missing): the key authenticating stateless resets and the
+/// key of the connection IDs. A coordinator restarted after a crash then recognises the
+/// connection IDs of its previous run and answers their packets with a stateless reset the
+/// agents can verify, and they reconnect at once. With new keys it would drop those packets
+/// as noise, and every agent would wait for its idle timeout (30 s) before reconnecting.
+pub fn endpoint_config(path: &std::path::Path) -> Result<quinn::EndpointConfig> {
+    let secret = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = vec![0u8; ENDPOINT_SECRET_LEN];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| anyhow::anyhow!("no randomness for the QUIC endpoint secret"))?;
+            strait_pki::material::write_file(path, &bytes, 0o600)?;
+            bytes
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if secret.len() != ENDPOINT_SECRET_LEN {
+        anyhow::bail!(
+            "{} holds {} bytes instead of {ENDPOINT_SECRET_LEN}; remove it and a new one is made",
+            path.display(),
+            secret.len()
+        );
+    }
+    let derive = |label: &[u8]| {
+        ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            label,
+        )
+    };
+    let reset = derive(b"strait quic stateless reset");
+    let cid = derive(b"strait quic connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        reset.as_ref(),
+    )));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
+}
+
+/// Binds the QUIC endpoint presenting `certs` and trusting client certificates from `cas`,
+/// with `endpoint` from [`endpoint_config`].
 pub fn bind(
     listen: SocketAddr,
     certs: CertStore,
     cas: &[rustls_pki_types::CertificateDer<'static>],
+    endpoint: quinn::EndpointConfig,
 ) -> Result<quinn::Endpoint> {
     let tls = tls::server_config(cas, certs, ClientAuth::OptionalForEnrollment, ALPN)?;
     let mut server = tls::quic_server_config(tls)?;
@@ -224,7 +275,11 @@ pub fn bind(
             Duration::from_secs(30).try_into().context("idle timeout")?,
         ));
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, listen).with_context(|| format!("binding UDP {listen}"))
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    quinn::Endpoint::new(endpoint, Some(server), socket, runtime)
+        .with_context(|| format!("serving QUIC on UDP {listen}"))
 }
 
 /// Serves until `shutdown` completes.
@@ -899,5 +954,28 @@ async fn session(
         .is_some_and(|s| s.stable_id() == conn.stable_id())
     {
         sessions.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_secret_is_made_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quic.key");
+        endpoint_config(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        assert_eq!(first.len(), ENDPOINT_SECRET_LEN);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A restart reads the same secret, so it resets the previous run's connections.
+        endpoint_config(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        std::fs::write(&path, b"short").unwrap();
+        let e = endpoint_config(&path).unwrap_err().to_string();
+        assert!(e.contains("holds 5 bytes instead of 32"), "{e}");
     }
 }
