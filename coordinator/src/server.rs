@@ -271,6 +271,10 @@ pub fn bind(
         .stream_receive_window((256u32 << 10).into())
         .receive_window((1u32 << 20).into())
         .send_window(1 << 20)
+        // No UDP GSO: control traffic is a few datagrams at a time, and with GSO every
+        // connection keeps a send buffer for a whole batch (about 13 KiB each, 65 MB at
+        // 5,000 agents; measured with heaptrack).
+        .enable_segmentation_offload(false)
         .max_idle_timeout(Some(
             Duration::from_secs(30).try_into().context("idle timeout")?,
         ));
