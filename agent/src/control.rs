@@ -35,6 +35,12 @@ use crate::wgkey::WgKey;
 /// Operator commands one node runs at once.
 const MAX_COMMANDS: usize = 4;
 
+/// QUIC keep-alives on the session, so a silent coordinator is told from an idle one.
+const SESSION_KEEPALIVE: Duration = Duration::from_secs(2);
+/// A session with nothing received for this long is over (the coordinator died or the path
+/// is gone); the agent then tries the next coordinator.
+const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reconnect delay after `attempt` consecutive failures: 500 ms doubling to 30 s, plus up
 /// to 25% jitter (`jitter` in `[0, 1)`).
 pub fn backoff(attempt: u32, jitter: f64) -> Duration {
@@ -346,7 +352,15 @@ async fn connect(config: &Config, certs: &CertStore, addr: &str) -> Result<quinn
     let endpoint = quinn::Endpoint::client(wildcard(target)).context("opening a UDP socket")?;
     let mut quic = quic_client_config(tls)?;
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A coordinator that died (rather than closing the session) is noticed after
+    // SESSION_IDLE_TIMEOUT of silence; the agent then moves to the next coordinator.
+    transport
+        .keep_alive_interval(Some(SESSION_KEEPALIVE))
+        .max_idle_timeout(Some(
+            SESSION_IDLE_TIMEOUT
+                .try_into()
+                .context("session idle timeout")?,
+        ));
     quic.transport_config(Arc::new(transport));
     Ok(client::connect(&endpoint, target, quic, Duration::from_secs(5)).await?)
 }

@@ -173,6 +173,18 @@ fn config_text(opts: &InitOptions) -> String {
         "# A node without a heartbeat for this long is shown offline (it stays in maps)."
     );
     let _ = writeln!(s, "heartbeat-timeout = \"15s\"\n");
+    let _ = writeln!(
+        s,
+        "# The registry is in state-dir (SQLite) for one coordinator. For several coordinators"
+    );
+    let _ = writeln!(
+        s,
+        "# sharing one PostgreSQL or CockroachDB database (HA), see README.md, \"Coordinator HA\":"
+    );
+    let _ = writeln!(
+        s,
+        "# [store]\n# kind = \"postgres\"\n# url-file = \"/etc/strait/db-url\"  # postgres://user:password@host:5432/db?sslmode=require, mode 0600\n"
+    );
     let _ = writeln!(s, "[pki]");
     let _ = writeln!(
         s,

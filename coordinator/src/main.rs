@@ -6,9 +6,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use strait_coordinator::config::Config;
+use strait_coordinator::config::StoreKind;
 use strait_coordinator::init::{init, InitOptions, Layout, SiteSpec};
 use strait_coordinator::server::{self, Coordinator, Pki};
-use strait_coordinator::store::SqliteStore;
+use strait_coordinator::store::postgres::PgStore;
+use strait_coordinator::store::{SqliteStore, Store};
 use strait_coordinator::{logging, renew_own};
 use strait_pki::ca::BuiltinCa;
 use strait_pki::renewal;
@@ -106,7 +108,18 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
     let layout = Layout::new(&config.state_dir);
     std::fs::create_dir_all(&layout.root)
         .with_context(|| format!("creating state directory {}", layout.root.display()))?;
-    let store = SqliteStore::open(&layout.database())?;
+    let store: Box<dyn Store> = match config.store.kind {
+        StoreKind::Sqlite => Box::new(SqliteStore::open(&layout.database())?),
+        StoreKind::Postgres => {
+            let settings = config.store.clone();
+            // Connecting blocks (with a timeout); keep it off the async workers.
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&settings))
+                .await
+                .context("opening the store")??;
+            tracing::info!(store = ?store, "registry in PostgreSQL, shared with any other coordinator using it");
+            Box::new(store)
+        }
+    };
     let (certs, cas, pki, renewal) = match &config.pki.vault {
         None => {
             let ca = BuiltinCa::load(&layout.root, &config.mesh)
@@ -166,7 +179,7 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
     };
     let quic = server::endpoint_config(&layout.quic_secret())?;
     let endpoint = server::bind(config.listen, certs.clone(), &cas, quic)?;
-    let coordinator = Coordinator::new(config.clone(), Box::new(store), pki)?;
+    let coordinator = Coordinator::new(config.clone(), store, pki)?;
     coordinator.watch_own_cert(certs);
     let metrics_server = metrics_listener.map(|listener| {
         tracing::info!(addr = ?config.metrics_listen, "serving /metrics, /healthz and /readyz");

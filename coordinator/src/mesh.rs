@@ -107,6 +107,19 @@ pub enum StoreOp {
     SetVersion(u64),
 }
 
+/// When a coordinator last heard from a node whose session it holds. Coordinators sharing a
+/// store exchange these so each knows which nodes are alive without a store write (and a
+/// new map version) per heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub site: String,
+    pub name: String,
+    /// Unix seconds of the last heartbeat.
+    pub last_seen: u64,
+    /// The map version the node acknowledged last.
+    pub map_version: u64,
+}
+
 /// Everything the store holds, as loaded at start.
 #[derive(Debug, Clone, Default)]
 pub struct Persisted {
@@ -390,6 +403,30 @@ impl Mesh {
             self.bump(&mut ops);
         }
         ops
+    }
+
+    /// Liveness other coordinators recorded (see [`Presence`]): moves `last_seen` and the
+    /// acknowledged map version forward. In memory only; no map change.
+    pub fn observe(&mut self, seen: &[Presence]) {
+        for p in seen {
+            if let Some(node) = self.nodes.get_mut(&(p.site.clone(), p.name.clone())) {
+                node.last_seen = node.last_seen.max(p.last_seen);
+                node.map_version = node.map_version.max(p.map_version);
+            }
+        }
+    }
+
+    /// Keeps what `old` (the registry this one replaces after a reload from a shared store)
+    /// knew but never stored: link reports, throughput, and the latest heartbeats.
+    pub fn carry_live(&mut self, old: &Mesh) {
+        for (key, node) in self.nodes.iter_mut() {
+            if let Some(o) = old.nodes.get(key) {
+                node.links = o.links.clone();
+                node.throughput = o.throughput.clone();
+                node.last_seen = node.last_seen.max(o.last_seen);
+                node.map_version = node.map_version.max(o.map_version);
+            }
+        }
     }
 
     /// Route conflicts a node's data plane reported.

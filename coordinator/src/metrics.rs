@@ -64,6 +64,8 @@ pub struct CoordinatorMetrics {
     enrollments: ByLabel,
     requests: ByLabel,
     pub cert_expiry: Gauge<f64, AtomicU64>,
+    /// Reloads of a shared store after another coordinator wrote to it.
+    pub store_reloads: Counter,
 }
 
 impl Default for CoordinatorMetrics {
@@ -80,6 +82,7 @@ impl Default for CoordinatorMetrics {
             enrollments: ByLabel::default(),
             requests: ByLabel::default(),
             cert_expiry: Gauge::default(),
+            store_reloads: Counter::default(),
         }
     }
 }
@@ -143,6 +146,11 @@ impl CoordinatorMetrics {
             "requests",
             "Requests received, by kind",
             self.requests.clone(),
+        );
+        r.register(
+            "store_reloads",
+            "Registry reloads after another coordinator changed the shared store",
+            self.store_reloads.clone(),
         );
         r.register(
             "cert_expiry_timestamp_seconds",

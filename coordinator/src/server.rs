@@ -24,11 +24,13 @@ use strait_proto::{io as wire, ALPN};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, ProbePair, StoreOp, Views};
+use crate::mesh::{
+    CoreError, IssuedCert, Mesh, NodeKey, NodeView, Presence, ProbePair, StoreOp, Views,
+};
 use crate::metrics::{CoordinatorMetrics, Refusal};
 use crate::probes::{self, Probes};
 use crate::ratelimit::FailureLimiter;
-use crate::store::Store;
+use crate::store::{Store, StoreError, Watcher};
 
 /// Largest request an unauthenticated peer may send (a token and a CSR).
 const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
@@ -36,6 +38,9 @@ const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
 const VERSION_ONLY_DELAY: Duration = Duration::from_millis(300);
 /// Streams a connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How many times a change is made again after another coordinator sharing the store
+/// changed it first.
+const MAX_ATTEMPTS: u32 = 8;
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
@@ -82,19 +87,103 @@ impl Pki {
 struct Core {
     mesh: Mesh,
     store: Box<dyn Store>,
+    /// A shared store's write failed and the registry could not be reloaded since: memory
+    /// may hold a change the store does not, so nothing is announced until a reload.
+    diverged: bool,
+}
+
+fn store_err(e: &StoreError) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Internal,
+        format!("the coordinator could not persist the change: {e}"),
+    )
 }
 
 impl Core {
-    /// Persists `ops`. A store failure is logged and reported; the in-memory registry
+    /// Replaces the registry with the store's (shared stores: another coordinator wrote),
+    /// keeping the live data that is never stored.
+    fn reload(&mut self, config: &Arc<Config>) -> Result<(), StoreError> {
+        let persisted = self.store.load()?;
+        self.replace(config, persisted);
+        Ok(())
+    }
+
+    fn replace(&mut self, config: &Arc<Config>, persisted: crate::mesh::Persisted) {
+        let mut mesh = Mesh::new(config.clone(), persisted);
+        mesh.carry_live(&self.mesh);
+        self.mesh = mesh;
+        self.diverged = false;
+    }
+
+    /// Whether another coordinator sharing the store changed it, in which case the
+    /// registry is reloaded (and true returned).
+    fn refresh(&mut self, config: &Arc<Config>) -> bool {
+        match self.store.changed_elsewhere() {
+            Ok(true) => match self.reload(config) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading the shared store failed");
+                    false
+                }
+            },
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the shared store changed");
+                false
+            }
+        }
+    }
+
+    /// Runs `f` and persists its ops. With a shared store, `f` runs again on the store's
+    /// fresh state when another coordinator wrote first, and a refusal is checked against
+    /// fresh state (the token it names may have just been created elsewhere). A store
+    /// failure is logged and reported; with a private store, the in-memory registry
     /// already holds the change.
-    fn persist(&mut self, ops: &[StoreOp]) -> Result<(), ErrorBody> {
-        self.store.apply(ops).map_err(|e| {
-            tracing::error!(error = %e, "store write failed");
-            ErrorBody::new(
-                ErrorCode::Internal,
-                format!("the coordinator could not persist the change: {e}"),
-            )
-        })
+    fn run<T>(
+        &mut self,
+        config: &Arc<Config>,
+        f: &mut impl FnMut(&mut Mesh) -> Result<(T, Vec<StoreOp>), ErrorBody>,
+    ) -> Result<T, ErrorBody> {
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= MAX_ATTEMPTS;
+            attempt += 1;
+            let (out, ops) = match f(&mut self.mesh) {
+                Ok(done) => done,
+                Err(e) => {
+                    if !last && self.store.is_shared() && self.refresh(config) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            match self.store.apply(&ops) {
+                Ok(()) => {
+                    self.diverged = false;
+                    return Ok(out);
+                }
+                Err(StoreError::Conflict) if !last => {
+                    tracing::debug!(attempt, "another coordinator wrote first; reloading");
+                    if let Err(e) = self.reload(config) {
+                        // `f`'s change, made on stale state, is in memory only.
+                        self.diverged = true;
+                        tracing::error!(error = %e, "reloading the shared store failed");
+                        return Err(store_err(&e));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed");
+                    if self.store.is_shared() {
+                        // Do not keep (or announce) a change the store may not hold.
+                        if let Err(e) = self.reload(config) {
+                            self.diverged = true;
+                            tracing::warn!(error = %e, "reloading the shared store failed; retrying in the background");
+                        }
+                    }
+                    return Err(store_err(&e));
+                }
+            }
+        }
     }
 }
 
@@ -133,7 +222,11 @@ impl Coordinator {
         let (views, _) = watch::channel(mesh.views());
         Ok(Arc::new(Coordinator {
             config,
-            core: Mutex::new(Core { mesh, store }),
+            core: Mutex::new(Core {
+                mesh,
+                store,
+                diverged: false,
+            }),
             pki,
             views,
             sessions: Mutex::new(HashMap::new()),
@@ -167,36 +260,165 @@ impl Coordinator {
     }
 
     /// Runs `f` on the core, persists its ops and announces a new version if it changed.
+    /// With a shared store `f` may run more than once (each time on fresh state).
     fn mutate<T>(
         &self,
-        f: impl FnOnce(&mut Mesh) -> Result<(T, Vec<StoreOp>), ErrorBody>,
+        mut f: impl FnMut(&mut Mesh) -> Result<(T, Vec<StoreOp>), ErrorBody>,
     ) -> Result<T, ErrorBody> {
         let (out, views) = {
             let mut core = self.core();
             let before = core.mesh.version();
-            let (out, ops) = f(&mut core.mesh)?;
-            core.persist(&ops)?;
-            let changed = core.mesh.version() != before;
+            let out = core.run(&self.config, &mut f);
+            let changed = core.mesh.version() != before && !core.diverged;
             (out, changed.then(|| core.mesh.views()))
         };
+        if let Some(v) = views {
+            self.publish(v);
+        }
+        out
+    }
+
+    /// Announces `v` to the sessions unless a newer version is out already.
+    fn publish(&self, v: Arc<Views>) {
         // Two mutations may finish in either order after releasing the lock; never let an
         // older version replace a newer one.
-        if let Some(v) = views {
-            let version = v.version;
-            let published = self.views.send_if_modified(|cur| {
-                let newer = v.version > cur.version;
-                if newer {
-                    *cur = v;
+        let version = v.version;
+        let published = self.views.send_if_modified(|cur| {
+            let newer = v.version > cur.version;
+            if newer {
+                *cur = v;
+            }
+            newer
+        });
+        if published {
+            *self.published.lock().unwrap_or_else(|p| p.into_inner()) =
+                (version, std::time::Instant::now());
+            self.metrics.map_version.set(version as i64);
+        }
+    }
+
+    /// One round of the shared-store work: reloads when another coordinator wrote, and, if
+    /// `presence` is due, records the heartbeats of this coordinator's sessions and takes
+    /// the others'.
+    fn sync_once(&self, s: &mut SyncState, presence: bool) {
+        let outcome = self.sync_round(s, presence);
+        match (&outcome, s.failing) {
+            (Err(e), false) => {
+                tracing::warn!(error = %e, "shared store unreachable; serving the registry as last loaded");
+            }
+            (Ok(()), true) => tracing::info!("shared store reachable again"),
+            _ => {}
+        }
+        s.failing = outcome.is_err();
+    }
+
+    fn sync_round(&self, s: &mut SyncState, presence: bool) -> Result<(), StoreError> {
+        let generation = s.watcher.generation()?;
+        let behind = |core: &Core| core.store.generation().is_none_or(|seen| generation > seen);
+        if behind(&self.core()) {
+            // Read on the watcher's connection, without holding the registry lock.
+            let (loaded, persisted) = s.watcher.load()?;
+            let views = {
+                let mut core = self.core();
+                // A write through this coordinator meanwhile makes the snapshot old.
+                if core.store.generation().is_none_or(|seen| loaded > seen) {
+                    let before = core.mesh.version();
+                    core.replace(&self.config, persisted);
+                    core.store.adopt(loaded);
+                    self.metrics.store_reloads.inc();
+                    (core.mesh.version() != before).then(|| core.mesh.views())
+                } else {
+                    None
                 }
-                newer
-            });
-            if published {
-                *self.published.lock().unwrap_or_else(|p| p.into_inner()) =
-                    (version, std::time::Instant::now());
-                self.metrics.map_version.set(version as i64);
+            };
+            if let Some(v) = views {
+                tracing::debug!(
+                    version = v.version,
+                    "map changed through another coordinator"
+                );
+                self.publish(v);
             }
         }
-        Ok(out)
+        if !presence {
+            return Ok(());
+        }
+        let keys: Vec<NodeKey> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let rows: Vec<Presence> = {
+            let core = self.core();
+            keys.iter()
+                .filter_map(|k| core.mesh.node(k))
+                .map(|n| Presence {
+                    site: n.site.clone(),
+                    name: n.name.clone(),
+                    last_seen: n.last_seen,
+                    map_version: n.map_version,
+                })
+                .filter(|p| {
+                    s.written.get(&(p.site.clone(), p.name.clone()))
+                        != Some(&(p.last_seen, p.map_version))
+                })
+                .collect()
+        };
+        s.watcher.put_presence(&rows)?;
+        let connected: std::collections::HashSet<&NodeKey> = keys.iter().collect();
+        s.written.retain(|k, _| connected.contains(k));
+        for p in rows {
+            s.written
+                .insert((p.site, p.name), (p.last_seen, p.map_version));
+        }
+        let all = s.watcher.presence()?;
+        self.core().mesh.observe(&all);
+        Ok(())
+    }
+}
+
+/// The background work of a coordinator on a shared store.
+struct SyncState {
+    watcher: Box<dyn Watcher>,
+    /// What this coordinator last recorded for each of its sessions.
+    written: HashMap<NodeKey, (u64, u64)>,
+    failing: bool,
+}
+
+/// How often a coordinator on a shared store records its sessions' heartbeats: a quarter
+/// of the heartbeat timeout (so another coordinator never takes a live node for offline),
+/// at most every 250 ms and at least every 2 s.
+fn presence_interval(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(2))
+}
+
+/// Follows a shared store: other coordinators' changes are loaded and announced within a
+/// poll interval; heartbeats are exchanged every [`presence_interval`].
+async fn sync_loop(c: Arc<Coordinator>, watcher: Box<dyn Watcher>) {
+    let poll = watcher.poll_interval();
+    let every = presence_interval(c.config.heartbeat_timeout);
+    let state = Arc::new(Mutex::new(SyncState {
+        watcher,
+        written: HashMap::new(),
+        failing: false,
+    }));
+    let mut next_presence = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = tokio::time::Instant::now();
+        let presence = now >= next_presence;
+        if presence {
+            next_presence = now + every;
+        }
+        let (c, state) = (c.clone(), state.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            c.sync_once(&mut s, presence);
+        })
+        .await;
     }
 }
 
@@ -293,6 +515,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let ticker = tokio::spawn(tick_loop(coordinator.clone()));
+    let watcher = coordinator.core().store.watcher();
+    let sync = watcher.map(|w| {
+        tracing::info!(
+            poll = ?w.poll_interval(),
+            "shared store: following changes made through other coordinators"
+        );
+        tokio::spawn(sync_loop(coordinator.clone(), w))
+    });
     let scheduled = coordinator
         .config
         .throughput_probes
@@ -318,6 +548,9 @@ pub async fn serve(
         }
     }
     ticker.abort();
+    if let Some(s) = sync {
+        s.abort();
+    }
     if let Some(s) = scheduled {
         s.abort();
     }
@@ -924,16 +1157,14 @@ async fn session(
                         let _ = c.mutate(|mesh| Ok(((), mesh.heartbeat(&key, map_version, unix_now()))));
                     }
                     Ok(Some(AgentEvent::RouteConflicts { conflicts })) => {
-                        let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts))));
+                        let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts.clone()))));
                     }
                     Ok(Some(AgentEvent::Probe { id, event })) => {
                         c.probes.deliver(&key, id, event);
                     }
                     Ok(Some(AgentEvent::LinkReport { peers })) => {
-                        let _ = c.mutate(|mesh| {
-                            mesh.report_links(&key, peers);
-                            Ok(((), Vec::new()))
-                        });
+                        // Live figures: never stored, no map change.
+                        c.core().mesh.report_links(&key, peers);
                     }
                     Ok(None) => break,
                     Err(wire::IoError::Stream(e)) => {

@@ -3,6 +3,7 @@
 pub mod impair;
 pub mod lab;
 pub mod netns;
+pub mod postgres;
 pub mod procs;
 pub mod quic;
 pub mod rustyvault;

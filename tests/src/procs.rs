@@ -169,14 +169,32 @@ impl Drop for Proc {
     }
 }
 
+/// Copies directory `from` to `to` recursively, keeping permission bits.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// A site for [`Coordinator::init`]: `name:cloud:region:prefixes`.
 pub struct Site<'a>(pub &'a str, pub &'a str);
 
 /// A coordinator with its own state directory.
 pub struct Coordinator {
+    // Declared before `dir`, so the process (and its log, printed on a panic) goes first.
+    pub proc: Option<Proc>,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
-    pub proc: Option<Proc>,
     starts: u32,
     /// The network namespace the coordinator and straitctl run in (None: this one).
     pub netns: Option<String>,
@@ -236,6 +254,31 @@ impl Coordinator {
 
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// A second coordinator of the same mesh (not yet started): a copy of this one's state
+    /// directory (CA, certificates, config) listening on another port. With a shared store
+    /// (`[store] kind = "postgres"`) both serve one mesh.
+    pub fn replica(&self) -> Result<Coordinator> {
+        let dir = tempfile::Builder::new().prefix("strait-coord-").tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse()?;
+        let state = dir.path().join("state");
+        copy_dir(&self.state(), &state)?;
+        let cfg = state.join("coordinator.toml");
+        let text = std::fs::read_to_string(&cfg)?
+            .replace(&self.addr.to_string(), &addr.to_string())
+            .replace(
+                &format!("{:?}", self.state().display().to_string()),
+                &format!("{:?}", state.display().to_string()),
+            );
+        std::fs::write(&cfg, text)?;
+        Ok(Coordinator {
+            dir,
+            addr,
+            proc: None,
+            starts: 0,
+            netns: self.netns.clone(),
+        })
     }
 
     /// Makes the coordinator (not yet started) listen on `addr` inside namespace `netns`,
@@ -348,8 +391,9 @@ impl Coordinator {
 
 /// An agent process with its own state directory.
 pub struct Agent {
-    pub dir: tempfile::TempDir,
+    // Declared before `dir`, so the process (and its log, printed on a panic) goes first.
     pub proc: Proc,
+    pub dir: tempfile::TempDir,
     pub site: String,
     pub node: String,
 }

@@ -26,6 +26,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         external_peers: vec![],
         throughput_probes: None,
         metrics_listen: None,
+        store: Default::default(),
     })
 }
 
@@ -226,6 +227,54 @@ fn silent_nodes_go_offline_but_stay_in_maps() {
     // It comes back with a heartbeat.
     assert!(!mesh.heartbeat(&key("b", "gw"), v, 112).is_empty());
     assert!(mesh.map_for(&key("a", "gw")).unwrap().peers["b/gw"].online);
+}
+
+#[test]
+fn presence_from_other_coordinators_keeps_nodes_online_and_reloads_keep_live_data() {
+    let mut store = Persisted::default();
+    let mut mesh = Mesh::new(config(false), Persisted::default());
+    three_nodes(&mut mesh, &mut store);
+    let v = mesh.version();
+    // b/gw's session is on another coordinator, which saw it at 108.
+    let elsewhere = Presence {
+        site: "b".into(),
+        name: "gw".into(),
+        last_seen: 108,
+        map_version: v,
+    };
+    mesh.observe(std::slice::from_ref(&elsewhere));
+    mesh.heartbeat(&key("a", "gw"), v, 108);
+    mesh.heartbeat(&key("a", "m1"), v, 108);
+    assert!(mesh.tick(111).is_empty(), "nobody is silent");
+    assert_eq!(mesh.version(), v, "presence is no map change");
+    // An older report never moves last_seen back.
+    mesh.observe(&[Presence {
+        last_seen: 90,
+        map_version: 0,
+        ..elsewhere.clone()
+    }]);
+    let b = |m: &Mesh| m.node(&key("b", "gw")).cloned().unwrap();
+    assert_eq!((b(&mesh).last_seen, b(&mesh).map_version), (108, v));
+
+    // A reload from the store (another coordinator wrote) keeps what was never stored.
+    mesh.report_links(
+        &key("a", "gw"),
+        vec![PeerLink {
+            peer: "b/gw".into(),
+            endpoint: None,
+            handshake_age_secs: Some(1),
+            tx_bytes: 1,
+            rx_bytes: 2,
+            paths: vec![],
+        }],
+    );
+    let mut reloaded = Mesh::new(config(false), store.clone());
+    assert_eq!(reloaded.node(&key("a", "gw")).unwrap().last_seen, 100);
+    reloaded.carry_live(&mesh);
+    let gw = reloaded.node(&key("a", "gw")).unwrap();
+    assert_eq!((gw.last_seen, gw.map_version, gw.links.len()), (108, v, 1));
+    assert_eq!(b(&reloaded).last_seen, 108);
+    assert!(reloaded.tick(111).is_empty());
 }
 
 #[test]
