@@ -173,6 +173,41 @@ fn revoke(c: &Coordinator, node: &str) {
     );
 }
 
+/// A gateway `site/gw2` registers through `via` (listening on `addr`): how long until it is
+/// in `watcher`'s map after its own registration, and how long after `straitctl revoke`
+/// through `via` started until it is out of that map.
+fn propagation(
+    via: &Coordinator,
+    addr: SocketAddr,
+    site: &str,
+    prefix: &str,
+    watcher: &Agent,
+) -> (Duration, Duration) {
+    let id = format!("{site}/gw2");
+    let gw = gateway(
+        &[addr],
+        site,
+        "gw2",
+        &via.token(site, "gateway").unwrap(),
+        prefix,
+    );
+    wait_for(Duration::from_secs(20), &format!("{id} registered"), || {
+        gw.map_version()
+    })
+    .unwrap();
+    let joined = time_until(Duration::from_secs(5), &format!("{id} in the map"), || {
+        peers(watcher).contains(&id)
+    });
+    let start = Instant::now();
+    revoke(via, &id);
+    time_until(
+        Duration::from_secs(5),
+        &format!("{id} out of the map"),
+        || !peers(watcher).contains(&id),
+    );
+    (joined, start.elapsed())
+}
+
 #[test]
 fn two_coordinators_on_one_postgres_serve_one_mesh() {
     let pg = Postgres::start().unwrap();
@@ -202,28 +237,10 @@ fn two_coordinators_on_one_postgres_serve_one_mesh() {
     assert!(peers(&x).contains("gcp-usc1/gw1") && peers(&y).contains("aws-use1/gw1"));
     assert_eq!(overlay_ips(&a), overlay_ips(&b));
 
-    // A -> B: a gateway registering through A appears in the map of B's agent; revoking it
-    // through A removes it from that map, each within a second.
-    let gw2 = gateway(
-        &[pa],
-        "aws-use1",
-        "gw2",
-        &a.token("aws-use1", "gateway").unwrap(),
-        "10.10.0.0/16",
-    );
-    wait_for(Duration::from_secs(20), "aws-use1/gw2 registered", || {
-        gw2.map_version()
-    })
-    .unwrap();
-    let joined = time_until(Duration::from_secs(5), "gw2 in y's map", || {
-        peers(&y).contains("aws-use1/gw2")
-    });
-    let start = Instant::now();
-    revoke(&a, "aws-use1/gw2");
-    time_until(Duration::from_secs(5), "gw2 out of y's map", || {
-        !peers(&y).contains("aws-use1/gw2")
-    });
-    let revoked_ab = start.elapsed();
+    // A -> B and B -> A: a gateway registering through one coordinator appears in the map of
+    // the other's agent; revoking it through the first removes it from that map, each within
+    // a second.
+    let (joined, revoked_ab) = propagation(&a, pa, "aws-use1", "10.10.0.0/16", &y);
     eprintln!(
         "A -> B: registration through A in B's agent's map {joined:?} after the new node's own; \
          revocation through A out of B's agent's map {revoked_ab:?} after `straitctl revoke` started"
@@ -233,36 +250,13 @@ fn two_coordinators_on_one_postgres_serve_one_mesh() {
         revoked_ab < PROPAGATION,
         "revocation A -> B took {revoked_ab:?}"
     );
-    drop(gw2);
-
-    // B -> A, the same.
-    let gw3 = gateway(
-        &[pb],
-        "gcp-usc1",
-        "gw2",
-        &b.token("gcp-usc1", "gateway").unwrap(),
-        "10.20.0.0/16",
-    );
-    wait_for(Duration::from_secs(20), "gcp-usc1/gw2 registered", || {
-        gw3.map_version()
-    })
-    .unwrap();
-    let joined = time_until(Duration::from_secs(5), "gcp gw2 in x's map", || {
-        peers(&x).contains("gcp-usc1/gw2")
-    });
-    let start = Instant::now();
-    revoke(&b, "gcp-usc1/gw2");
-    time_until(Duration::from_secs(5), "gcp gw2 out of x's map", || {
-        !peers(&x).contains("gcp-usc1/gw2")
-    });
-    let revoked_ba = start.elapsed();
+    let (joined, revoked_ba) = propagation(&b, pb, "gcp-usc1", "10.20.0.0/16", &x);
     eprintln!("B -> A: registration {joined:?}, revocation {revoked_ba:?} (straitctl included)");
     assert!(joined < PROPAGATION, "registration B -> A took {joined:?}");
     assert!(
         revoked_ba < PROPAGATION,
         "revocation B -> A took {revoked_ba:?}"
     );
-    drop(gw3);
     // The revoked gateway cannot come back through the other coordinator either.
     let out = a.ctl(&["nodes"]).unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("gw2"));
