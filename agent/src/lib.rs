@@ -16,6 +16,8 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod enroll;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod paths;
 pub mod wgkey;

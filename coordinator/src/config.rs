@@ -1,6 +1,6 @@
 //! The coordinator's configuration (`coordinator.toml`, kebab-case), validated at start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -158,6 +158,9 @@ impl StoreConfig {
         Ok(())
     }
 }
+
+/// The site part of external peers' ids (`external/<name>`): no site may have this name.
+pub const EXTERNAL_SITE: &str = "external";
 
 /// Shortest interval between scheduled throughput probes.
 pub const MIN_THROUGHPUT_PROBE_INTERVAL: Duration = Duration::from_secs(600);
@@ -335,6 +338,11 @@ impl Config {
         for (i, site) in self.sites.iter().enumerate() {
             Label::parse("site name", &site.name)
                 .with_context(|| format!("key `sites[{i}].name`"))?;
+            if site.name == EXTERNAL_SITE {
+                bail!(
+                    "key `sites[{i}].name`: {EXTERNAL_SITE:?} is reserved (external peers are named {EXTERNAL_SITE}/<name>, which a node of such a site would clash with); choose another name"
+                );
+            }
             if !names.insert(site.name.as_str()) {
                 bail!(
                     "key `sites[{i}].name`: site {:?} is declared twice",
@@ -372,6 +380,10 @@ impl Config {
             }
         }
         let mut peer_names = BTreeSet::new();
+        // Two peers of one map cannot share a destination: no prefix or overlay address is
+        // given to two external peers.
+        let mut carried: BTreeMap<IpNetwork, &str> = BTreeMap::new();
+        let mut addresses: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
         for (i, p) in self.external_peers.iter().enumerate() {
             let key = |k: &str| format!("key `external-peers[{i}].{k}`");
             Label::parse("external peer name", &p.name).with_context(|| key("name"))?;
@@ -413,6 +425,13 @@ impl Config {
                         site.name
                     );
                 }
+                let network = IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(*prefix);
+                if let Some(other) = carried.insert(network, &p.name) {
+                    bail!(
+                        "{}: {prefix} is also external peer {other}'s; give each prefix to one peer",
+                        key("prefixes")
+                    );
+                }
             }
             if let Some(ip) = p.overlay_ip {
                 if !self.overlay_cidr.contains(std::net::IpAddr::V4(ip)) {
@@ -420,6 +439,12 @@ impl Config {
                         "{}: {ip} is outside overlay-cidr {}",
                         key("overlay-ip"),
                         self.overlay_cidr
+                    );
+                }
+                if let Some(other) = addresses.insert(ip, &p.name) {
+                    bail!(
+                        "{}: {ip} is also external peer {other}'s",
+                        key("overlay-ip")
                     );
                 }
             }
@@ -568,6 +593,29 @@ overlay-ip = "100.64.255.1"
             (
                 format!("{GOOD}\n[store]\nkind = \"postgres\"\nurl = \"postgres://db/s\"\npoll-interval = \"1ms\""),
                 "store.poll-interval",
+            ),
+            // Found by the fuzz harness's checks: a site named external (its node gw and an
+            // external peer gw would both be external/gw), and two external peers with one
+            // prefix or overlay address (two peers of one map with one destination).
+            (
+                GOOD.replace("gcp-usc1", "external"),
+                "\"external\" is reserved",
+            ),
+            (
+                format!(
+                    "{GOOD}\n{EXT}\n{}",
+                    EXT.replace("dc1", "dc2")
+                        .replace("100.64.255.1", "100.64.255.2")
+                ),
+                "also external peer dc1's",
+            ),
+            (
+                format!(
+                    "{GOOD}\n{EXT}\n{}",
+                    EXT.replace("dc1", "dc2")
+                        .replace("10.10.9.0/24", "10.10.8.0/24")
+                ),
+                "100.64.255.1 is also external peer dc1's",
             ),
         ];
         for (text, needle) in cases {

@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod ctl;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod init;
 pub mod logging;
 pub mod mesh;

@@ -322,10 +322,23 @@ impl Mesh {
                 })
             })
             .collect();
+        let external: Vec<policy::External<'_>> = self
+            .config
+            .external_peers
+            .iter()
+            .flat_map(|e| {
+                e.prefixes.iter().map(|p| policy::External {
+                    prefix: *p,
+                    site: &e.site,
+                    node: &e.name,
+                })
+            })
+            .collect();
         let (accepted, refused) = policy::check(
             &site_cfg,
             &self.config.sites,
             &claimed,
+            &external,
             self.config.overlay_cidr,
             &reg.prefixes,
         );
@@ -695,7 +708,7 @@ impl Mesh {
                 .collect();
             allowed.extend(ext.prefixes.iter().copied());
             peers.push(Arc::new(PeerView {
-                id: format!("external/{}", ext.name),
+                id: format!("{}/{}", crate::config::EXTERNAL_SITE, ext.name),
                 site: ext.site.clone(),
                 name: ext.name.clone(),
                 kind: PeerKind::External,

@@ -13,14 +13,20 @@ pub struct Claimed<'a> {
     pub node: &'a str,
 }
 
+/// A prefix an external peer carries (`node` is the peer's name).
+pub type External<'a> = Claimed<'a>;
+
 /// Splits `advertised` into accepted prefixes and refusals (each naming the conflict).
 ///
 /// A prefix is refused if it covers the default route, overlaps a prefix another site
-/// declares or already carries, or lies outside every prefix of the node's own site.
+/// declares or already carries, is exactly a prefix an external peer carries (both would
+/// route it, and peers of one map cannot share a destination), or lies outside every prefix
+/// of the node's own site.
 pub fn check(
     site: &SiteConfig,
     sites: &[SiteConfig],
     claimed: &[Claimed<'_>],
+    external: &[External<'_>],
     overlay: IpNetwork,
     advertised: &[IpNetwork],
 ) -> (Vec<IpNetwork>, Vec<Refusal>) {
@@ -28,7 +34,7 @@ pub fn check(
     let mut refused = Vec::new();
     for &p in advertised {
         let p = normalize(p);
-        match refusal_reason(site, sites, claimed, overlay, p) {
+        match refusal_reason(site, sites, claimed, external, overlay, p) {
             None if !accepted.contains(&p) => accepted.push(p),
             None => {}
             Some(reason) => refused.push(Refusal {
@@ -48,6 +54,7 @@ fn refusal_reason(
     site: &SiteConfig,
     sites: &[SiteConfig],
     claimed: &[Claimed<'_>],
+    external: &[External<'_>],
     overlay: IpNetwork,
     p: IpNetwork,
 ) -> Option<String> {
@@ -69,6 +76,12 @@ fn refusal_reason(
         return Some(format!(
             "overlaps {} carried by {}/{}",
             c.prefix, c.site, c.node
+        ));
+    }
+    if let Some(e) = external.iter().find(|e| normalize(e.prefix) == p) {
+        return Some(format!(
+            "is carried by external peer {} of site {}",
+            e.node, e.site
         ));
     }
     if !site.prefixes.iter().any(|own| contains(*own, p)) {
@@ -131,6 +144,7 @@ mod tests {
             &a,
             &sites,
             &claimed,
+            &[],
             overlay,
             &[
                 net("10.1.0.0/16"),
@@ -156,11 +170,33 @@ mod tests {
             &d,
             &[c_open, d.clone()],
             &claimed,
+            &[],
             overlay,
             &[net("172.16.5.128/25")],
         );
         assert!(ok.is_empty());
         assert!(refused[0].reason.contains("carried by c/gw"), "{refused:?}");
+        // Exactly a prefix an external peer of the site carries (found by the fuzz harness's
+        // checks): both would route it. A prefix containing it is fine (the longer prefix
+        // wins).
+        let external = [External {
+            prefix: net("10.1.9.7/24"),
+            site: "a",
+            node: "dc1",
+        }];
+        let (ok, refused) = check(
+            &a,
+            std::slice::from_ref(&a),
+            &[],
+            &external,
+            overlay,
+            &[net("10.1.9.0/24"), net("10.1.0.0/16")],
+        );
+        assert_eq!(ok, vec![net("10.1.0.0/16")]);
+        assert!(
+            refused[0].reason.contains("external peer dc1 of site a"),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 
 pub mod ca;
 pub mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod material;
 pub mod renewal;

@@ -225,13 +225,14 @@ fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;
+    // Checked: a lifetime too long to count in seconds is no lifetime (found by fuzzing).
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return None,
-    };
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86400),
+        _ => None,
+    }?;
     (secs > 0).then(|| Duration::from_secs(secs))
 }
 
@@ -989,6 +990,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cert-ttl"));
+        // Overflowed (a panic with overflow checks) before; found by the `configs` fuzzer.
+        bad.cert_ttl = "4584946418820579308m".into();
+        assert!(bad.cert_ttl().unwrap_err().to_string().contains("cert-ttl"));
+        bad.cert_ttl = format!("{}s", u64::MAX);
+        assert_eq!(bad.cert_ttl().unwrap(), Duration::from_secs(u64::MAX));
     }
 
     /// The test parses the TOML subset by hand (pki has no TOML dependency).

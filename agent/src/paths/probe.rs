@@ -114,9 +114,14 @@ pub fn encode(probe: &Probe, key: &ProbeKey) -> [u8; PROBE_LEN] {
     };
     out[4..12].copy_from_slice(&probe.sender);
     out[12..20].copy_from_slice(&probe.seq.to_be_bytes());
-    let tag = hmac::sign(&key.0, &out[..SIGNED]);
-    out[SIGNED..].copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+    sign(&mut out, key);
     out
+}
+
+/// Writes the MAC of the first 20 bytes into the last 16.
+pub(crate) fn sign(datagram: &mut [u8; PROBE_LEN], key: &ProbeKey) {
+    let tag = hmac::sign(&key.0, &datagram[..SIGNED]);
+    datagram[SIGNED..].copy_from_slice(&tag.as_ref()[..MAC_LEN]);
 }
 
 /// Checks and parses a probe.
