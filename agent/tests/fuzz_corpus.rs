@@ -5,51 +5,19 @@
 //! `fuzz/README.md` for running the fuzzer itself.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use strait_agent::fuzzing;
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn replay(target: &str, check: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("corpus entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "{} holds only {} files: the corpus is missing",
-        dir.display(),
-        files.len()
-    );
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "fuzz input {} panics", path.display());
-    }
-}
+use strait_proto::fuzzing::{replay_corpus, write_seed};
 
 #[test]
 fn configs_corpus_replays_cleanly() {
-    replay("configs", fuzzing::agent_config);
+    replay_corpus("configs", fuzzing::agent_config);
 }
 
 #[test]
 fn probes_corpus_replays_cleanly() {
-    replay("probes", fuzzing::probes);
-}
-
-fn write(dir: &Path, name: &str, data: &[u8], check: fn(&[u8])) {
-    check(data);
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    replay_corpus("probes", fuzzing::probes);
 }
 
 /// Writes the agent's seed inputs into both corpora. Run by hand when the config or the
@@ -59,14 +27,13 @@ fn write(dir: &Path, name: &str, data: &[u8], check: fn(&[u8])) {
 #[test]
 #[ignore = "writes fuzz/corpus/{configs,probes}; run by hand"]
 fn write_seed_corpus() {
-    let configs = corpus_dir("configs");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     for (name, path) in [
         ("agent-systemd", "deploy/systemd/agent.example.toml"),
         ("agent-kubernetes", "deploy/kubernetes/base/agent.toml"),
     ] {
         let text = fs::read(root.join(path)).unwrap();
-        write(&configs, name, &text, fuzzing::agent_config);
+        write_seed("configs", name, &text, fuzzing::agent_config);
     }
     let minimal = "mesh = \"prod\"\nsite = \"aws-use1\"\nnode = \"gw-1\"\nrole = \"gateway\"\n\
                    coordinators = [\"192.0.2.1:7443\", \"[2001:db8::1]:7443\"]\n\
@@ -107,12 +74,11 @@ fn write_seed_corpus() {
         ("agent-member-hostname", minimal.replace("node = \"gw-1\"\n", "").replace("gateway", "member")),
     ];
     for (name, text) in agent_seeds {
-        write(&configs, name, text.as_bytes(), fuzzing::agent_config);
+        write_seed("configs", name, text.as_bytes(), fuzzing::agent_config);
     }
 
-    let probes = corpus_dir("probes");
     for (name, data) in probe_seeds() {
-        write(&probes, name, &data, fuzzing::probes);
+        write_seed("probes", name, &data, fuzzing::probes);
     }
 }
 

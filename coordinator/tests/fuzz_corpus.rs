@@ -5,51 +5,19 @@
 //! `agent/tests/fuzz_corpus.rs`. See `fuzz/README.md` for running the fuzzer itself.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use strait_coordinator::fuzzing;
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn replay(target: &str, check: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("corpus entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "{} holds only {} files: the corpus is missing",
-        dir.display(),
-        files.len()
-    );
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "fuzz input {} panics", path.display());
-    }
-}
+use strait_proto::fuzzing::{replay_corpus, write_seed};
 
 #[test]
 fn messages_corpus_replays_cleanly() {
-    replay("messages", fuzzing::messages);
+    replay_corpus("messages", fuzzing::messages);
 }
 
 #[test]
 fn configs_corpus_replays_cleanly() {
-    replay("configs", fuzzing::coordinator_config);
-}
-
-fn write(dir: &Path, name: &str, data: &[u8], check: fn(&[u8])) {
-    check(data);
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    replay_corpus("configs", fuzzing::coordinator_config);
 }
 
 /// Writes the coordinator's seed inputs into both corpora. Run by hand when the config or
@@ -59,7 +27,6 @@ fn write(dir: &Path, name: &str, data: &[u8], check: fn(&[u8])) {
 #[test]
 #[ignore = "writes fuzz/corpus/{configs,messages}; run by hand"]
 fn write_seed_corpus() {
-    let configs = corpus_dir("configs");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     for (name, path) in [
         (
@@ -72,7 +39,7 @@ fn write_seed_corpus() {
         ),
     ] {
         let text = fs::read(root.join(path)).unwrap();
-        write(&configs, name, &text, fuzzing::coordinator_config);
+        write_seed("configs", name, &text, fuzzing::coordinator_config);
     }
     let good = "mesh = \"prod\"\nstate-dir = \"/tmp/x\"\n\
                 [[sites]]\nname = \"aws-use1\"\ncloud = \"aws\"\nregion = \"us-east-1\"\n\
@@ -132,12 +99,16 @@ fn write_seed_corpus() {
         ("coordinator-bad-duration", format!("heartbeat-timeout = \"soon\"\n{good}")),
     ];
     for (name, text) in seeds {
-        write(&configs, name, text.as_bytes(), fuzzing::coordinator_config);
+        write_seed(
+            "configs",
+            name,
+            text.as_bytes(),
+            fuzzing::coordinator_config,
+        );
     }
 
-    let messages = corpus_dir("messages");
     for (name, data) in message_seeds() {
-        write(&messages, name, &data, fuzzing::messages);
+        write_seed("messages", name, &data, fuzzing::messages);
     }
 }
 

@@ -2,35 +2,11 @@
 //! checks as the fuzzer, so plain `cargo test` catches a regression on any input the fuzzer
 //! ever found interesting. See `fuzz/README.md` for running the fuzzer itself.
 
-use std::fs;
-use std::path::PathBuf;
-
 use strait_pki::fuzzing;
-
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tokens")
-}
 
 #[test]
 fn fuzz_corpus_replays_cleanly() {
-    let dir = corpus_dir();
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("corpus entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "{} holds only {} files: the corpus is missing",
-        dir.display(),
-        files.len()
-    );
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| fuzzing::tokens(&data));
-        assert!(outcome.is_ok(), "fuzz input {} panics", path.display());
-    }
+    strait_proto::fuzzing::replay_corpus("tokens", fuzzing::tokens);
 }
 
 /// Writes the seed inputs into the corpus. Run by hand when tokens change:
@@ -39,8 +15,6 @@ fn fuzz_corpus_replays_cleanly() {
 #[test]
 #[ignore = "writes fuzz/corpus/tokens; run by hand"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    fs::create_dir_all(&dir).unwrap();
     let known = fuzzing::known_token().to_string();
     let (head, ca) = known.rsplit_once('.').unwrap();
     let seeds = [
@@ -58,7 +32,6 @@ fn write_seed_corpus() {
         ("dots", "strait1...".to_string()),
     ];
     for (name, text) in seeds {
-        fuzzing::tokens(text.as_bytes());
-        fs::write(dir.join(format!("seed-{name}")), text).unwrap();
+        strait_proto::fuzzing::write_seed("tokens", name, text.as_bytes(), fuzzing::tokens);
     }
 }

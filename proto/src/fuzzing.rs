@@ -262,6 +262,45 @@ where
     Some(msg)
 }
 
+/// The committed corpus of fuzz target `target` (`fuzz/corpus/<target>/`).
+pub fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Runs every file of `target`'s corpus through `check`, as the fuzzer would; panics naming
+/// the file whose input panics, or when the corpus is missing (fewer than 10 files).
+pub fn replay_corpus(target: &str, check: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("corpus entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "{} holds only {} files: the corpus is missing",
+        dir.display(),
+        files.len()
+    );
+    for path in &files {
+        let data =
+            std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "fuzz input {} panics", path.display());
+    }
+}
+
+/// Checks `data` with `check`, then writes it as `seed-<name>` into `target`'s corpus.
+pub fn write_seed(target: &str, name: &str, data: &[u8], check: fn(&[u8])) {
+    check(data);
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).expect("creating the corpus directory");
+    std::fs::write(dir.join(format!("seed-{name}")), data).expect("writing a seed");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

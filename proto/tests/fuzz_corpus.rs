@@ -3,9 +3,7 @@
 //! See `fuzz/README.md` for running the fuzzer itself.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use strait_proto::frame;
 use strait_proto::fuzzing;
@@ -14,30 +12,9 @@ use strait_proto::msg::*;
 use strait_proto::probe::{Action, Command, ProbeEvent, ProbeRequest};
 use strait_proto::Role;
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frames")
-}
-
 #[test]
 fn fuzz_corpus_replays_cleanly() {
-    let dir = corpus_dir();
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("corpus entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "{} holds only {} files: the corpus is missing",
-        dir.display(),
-        files.len()
-    );
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| fuzzing::frames(&data));
-        assert!(outcome.is_ok(), "fuzz input {} panics", path.display());
-    }
+    fuzzing::replay_corpus("frames", fuzzing::frames);
 }
 
 /// Writes the seed inputs into the corpus. Run by hand when the messages change:
@@ -46,15 +23,12 @@ fn fuzz_corpus_replays_cleanly() {
 #[test]
 #[ignore = "writes fuzz/corpus/frames; run by hand"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    fs::create_dir_all(&dir).unwrap();
     for (name, ctrl, frames) in seeds() {
         let mut data = vec![ctrl];
         for f in frames {
             data.extend(f);
         }
-        fuzzing::frames(&data);
-        fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+        fuzzing::write_seed("frames", name, &data, fuzzing::frames);
     }
 }
 
