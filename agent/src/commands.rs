@@ -75,6 +75,8 @@ pub fn spawn(
             (Action::ThroughputSend { to, nonce, secs }, Some(map)) => {
                 exclusive(&ctx, send(&map, to, &nonce, secs, &out)).await
             }
+            // The session itself rotates keys; it never hands this command here.
+            (Action::RotateKey, Some(_)) => Err("key rotation is not a probe".to_string()),
         };
         match result {
             Ok(()) => out.emit(ProbeEvent::Done).await,

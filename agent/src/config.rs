@@ -42,6 +42,7 @@ pub struct FileConfig {
     pub prefixes: Option<Vec<IpNetwork>>,
     pub heartbeat_interval: Option<String>,
     pub probe_interval: Option<String>,
+    pub wg_key_rotation: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub tun_name: Option<String>,
     pub mtu: Option<u16>,
@@ -109,6 +110,9 @@ pub struct Overrides {
     /// How often to probe every path to every peer, e.g. 1s (200ms to 60s).
     #[arg(long, env = "STRAIT_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
+    /// How often to rotate the WireGuard key, e.g. 24h (10m or more; "off" never).
+    #[arg(long, env = "STRAIT_WG_KEY_ROTATION")]
+    pub wg_key_rotation: Option<String>,
     /// Address for /metrics, /healthz and /readyz over HTTP, e.g. 0.0.0.0:9464 (off if unset).
     #[arg(long, env = "STRAIT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -216,6 +220,8 @@ pub struct Config {
     pub prefixes: Vec<IpNetwork>,
     pub heartbeat_interval: Duration,
     pub probe_interval: Duration,
+    /// How often the WireGuard key is rotated; `None`: only on demand.
+    pub wg_key_rotation: Option<Duration>,
     /// Where /metrics, /healthz and /readyz are served; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
     pub tun_name: String,
@@ -239,6 +245,24 @@ fn interval(key: &str, value: Option<String>, default: Duration) -> Result<Durat
         bail!("key `{key}`: must be between 200ms and 60s");
     }
     Ok(d)
+}
+
+/// The key-rotation period: `default` when unset, `None` for "off", at least 10 minutes.
+fn rotation_period(value: Option<String>, default: Duration) -> Result<Option<Duration>> {
+    const KEY: &str = "wg-key-rotation";
+    let d = match value.as_deref() {
+        None => default,
+        Some("off") => return Ok(None),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            anyhow::anyhow!(
+                "key `{KEY}`: {s:?} is not a duration ({e}); write e.g. \"24h\", or \"off\""
+            )
+        })?,
+    };
+    if d < Duration::from_secs(600) {
+        bail!("key `{KEY}`: must be at least 10m (or \"off\"); rotate on demand with `straitctl rotate-key`");
+    }
+    Ok(Some(d))
 }
 
 /// TUN MTU when the underlay's cannot be found (a 1500-byte underlay minus 80).
@@ -349,6 +373,10 @@ impl Config {
             o.probe_interval.or(f.probe_interval),
             Duration::from_secs(1),
         )?;
+        let wg_key_rotation = rotation_period(
+            o.wg_key_rotation.or(f.wg_key_rotation),
+            Duration::from_secs(24 * 3600),
+        )?;
         let vault = o.vault.apply(f.vault)?;
         if let Some(v) = &vault {
             v.to_config().context("key `vault`")?;
@@ -392,6 +420,7 @@ impl Config {
             prefixes,
             heartbeat_interval,
             probe_interval,
+            wg_key_rotation,
             metrics_listen: o.metrics_listen.or(f.metrics_listen),
         })
     }

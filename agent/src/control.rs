@@ -17,11 +17,11 @@ use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
 use strait_proto::frame::MAX_FRAME;
-use strait_proto::map::NetworkMap;
+use strait_proto::map::{NetworkMap, PeerKind};
 use strait_proto::msg::{
     AgentEvent, ErrorCode, PeerLink, Refusal, Registration, Request, Response, SessionEvent,
 };
-use strait_proto::probe::ProbeEvent;
+use strait_proto::probe::{Action, ProbeEvent};
 use strait_proto::{client, io as wire, ALPN};
 use tokio::sync::{mpsc, watch};
 
@@ -29,11 +29,14 @@ use crate::commands;
 use crate::config::Config;
 use crate::dataplane::pump::PingRequest;
 use crate::enroll::{ensure_certificate, resolve};
+use crate::keyrotation::{KeyRotation, Step};
 use crate::metrics::AgentMetrics;
 use crate::wgkey::WgKey;
 
 /// Operator commands one node runs at once.
 const MAX_COMMANDS: usize = 4;
+/// How often a key rotation in progress (or due) is looked at.
+const ROTATION_TICK: Duration = Duration::from_secs(1);
 
 /// QUIC keep-alives on the session, so a silent coordinator is told from an idle one.
 const SESSION_KEEPALIVE: Duration = Duration::from_secs(2);
@@ -77,6 +80,8 @@ pub struct DataplaneChannels {
     pub links: watch::Receiver<Vec<PeerLink>>,
     /// On-demand probes (`None` without a userspace data plane).
     pub pings: Option<mpsc::Sender<PingRequest>>,
+    /// This node's WireGuard key; a key rotation publishes the new one here.
+    pub keys: watch::Sender<Arc<WgKey>>,
 }
 
 /// What the control plane tells the metrics endpoint.
@@ -96,7 +101,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
-    let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
+    let wg = reports.keys.borrow().clone();
     tracing::info!(identity = %bundle.identity, wg_public_key = %wg.public_base64(), "agent starting");
     let certs = CertStore::new(bundle)?;
     telemetry.metrics.set_certs(certs.clone());
@@ -146,7 +151,14 @@ pub async fn run(
         have_version: None,
     };
     let commands = commands::Context::new(reports.pings.clone());
+    let rotation = KeyRotation::new(
+        config.wg_key_rotation,
+        WgKey::age_of_file(&config.state_dir.join("wg.key")),
+        Instant::now(),
+    );
     let mut session = Session {
+        rotation,
+        next_key: None,
         config: &config,
         certs,
         commands,
@@ -197,6 +209,9 @@ struct Session<'a> {
     maps: watch::Sender<Option<Arc<NetworkMap>>>,
     map_path: PathBuf,
     registration: Registration,
+    rotation: KeyRotation,
+    /// The key being rotated to, until it is in use.
+    next_key: Option<WgKey>,
 }
 
 impl Session<'_> {
@@ -229,6 +244,9 @@ impl Session<'_> {
         let (probe_tx, mut probe_events) = mpsc::channel::<AgentEvent>(256);
         let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut map: Option<NetworkMap> = None;
+        let mut rotation_tick = tokio::time::interval(ROTATION_TICK);
+        // Whether the key being rotated to was announced on this session.
+        let mut announced = false;
         let result = loop {
             tokio::select! {
                 event = events.recv() => {
@@ -265,6 +283,18 @@ impl Session<'_> {
                             tracing::debug!(version = d.to_version, upserts = d.upsert_peers.len(), removals = d.remove_peers.len(), "map delta");
                             let current = current.clone();
                             self.publish(&current);
+                        }
+                        SessionEvent::Command(command) if matches!(command.action, Action::RotateKey) => {
+                            tracing::info!(command = command.id, "operator asked for a key rotation");
+                            let event = if self.rotation.request() {
+                                ProbeEvent::Done
+                            } else {
+                                ProbeEvent::Failed { message: "a key rotation is already under way".into() }
+                            };
+                            if let Err(e) = wire::write(&mut send, &AgentEvent::Probe { id: command.id, event }).await {
+                                break Err(anyhow::Error::from(e).context("answering a command"));
+                            }
+                            rotation_tick.reset_immediately();
                         }
                         SessionEvent::Command(command) => {
                             tracing::info!(command = command.id, action = ?command.action, "operator command");
@@ -311,6 +341,11 @@ impl Session<'_> {
                         break Err(anyhow::Error::from(e).context("reporting a command's progress"));
                     }
                 }
+                _ = rotation_tick.tick() => {
+                    if let Err(e) = self.rotation_step(map.as_ref(), &mut announced, &mut send).await {
+                        break Err(e.context("key rotation"));
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let version = map.as_ref().map(|m| m.version).unwrap_or(0);
                     if let Err(e) = wire::write(&mut send, &AgentEvent::Heartbeat { map_version: version }).await {
@@ -328,6 +363,74 @@ impl Session<'_> {
         }
         conn.close(0u32.into(), b"session over");
         result
+    }
+
+    /// Advances a key rotation (see [`crate::keyrotation`]), writing its messages on `send`.
+    async fn rotation_step(
+        &mut self,
+        map: Option<&NetworkMap>,
+        announced: &mut bool,
+        send: &mut quinn::SendStream,
+    ) -> Result<()> {
+        let now = Instant::now();
+        self.rotation
+            .on_map(map.and_then(|m| m.node.next_wg_public_key.as_deref()), now);
+        let external = map.is_some_and(|m| m.peers.values().any(|p| p.kind == PeerKind::External));
+        match self.rotation.poll(now, external) {
+            Some(Step::Generate) => {
+                let key = WgKey::generate();
+                tracing::info!(next_key = %key.public_base64(), "key rotation: announcing the next WireGuard key");
+                self.rotation.started(key.public_base64(), now);
+                self.next_key = Some(key);
+                *announced = false;
+            }
+            Some(Step::Switch) => {
+                self.rotation.switched(now);
+                if let Some(key) = self.next_key.take() {
+                    self.switch_key(key, send).await?;
+                }
+            }
+            Some(Step::GiveUp) => {
+                self.next_key = None;
+                tracing::warn!(
+                    retry_in = ?crate::keyrotation::RETRY_AFTER,
+                    "key rotation: the coordinator did not record the announced key in time; the current key stays"
+                );
+            }
+            Some(Step::Postpone) => tracing::warn!(
+                "key rotation postponed: external WireGuard peers are configured with this node's key; rotate with `straitctl rotate-key` and update their configuration"
+            ),
+            None => {}
+        }
+        if let (Some(public), false) = (self.rotation.pending(), *announced) {
+            let event = AgentEvent::AnnounceKey {
+                next_wg_public_key: public.to_string(),
+            };
+            wire::write(send, &event).await?;
+            *announced = true;
+        }
+        Ok(())
+    }
+
+    /// Switches to `key`: saved first (a restart must not go back to the old key), then
+    /// handed to the data plane and the coordinator.
+    async fn switch_key(&mut self, key: WgKey, send: &mut quinn::SendStream) -> Result<()> {
+        if let Err(e) = key.replace_file(&self.config.state_dir.join("wg.key")) {
+            tracing::error!(error = %format!("{e:#}"), "key rotation abandoned: the current key stays");
+            return Ok(());
+        }
+        let public = key.public_base64();
+        self.reports.keys.send_replace(Arc::new(key));
+        self.registration.wg_public_key = public.clone();
+        tracing::info!(key = %public, "key rotation: switched to the new WireGuard key");
+        wire::write(
+            send,
+            &AgentEvent::KeyInUse {
+                wg_public_key: public,
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     fn publish(&self, map: &NetworkMap) {

@@ -198,6 +198,7 @@ impl ProbeBench {
                     cost: 0,
                 },
             ],
+            next_public_key: None,
         }]);
         let mut bench = ProbeBench {
             engine,

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `agent.toml` plus flags and `STRAIT_*` variables, validated at start.
 //! - [`wgkey`]: the node's WireGuard key (generated here, 0600, never sent or logged).
+//! - [`keyrotation`]: when to rotate that key, and the steps of a rotation.
 //! - [`enroll`]: the first certificate, from a join token and a CSR.
 //! - [`control`]: the session with the coordinator: register, apply maps, heartbeat,
 //!   reconnect; the last map is kept in the state directory.
@@ -18,6 +19,7 @@ pub mod dataplane;
 pub mod enroll;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keyrotation;
 pub mod metrics;
 pub mod paths;
 pub mod wgkey;

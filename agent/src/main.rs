@@ -101,10 +101,11 @@ async fn main() -> Result<()> {
                 }
                 None => None,
             };
+            let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
+            let (keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(wg));
             if config.dataplane == Dataplane::Userspace {
                 let (pings_tx, pings_rx) = tokio::sync::mpsc::channel(16);
                 pings = Some(pings_tx);
-                let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
                 let settings = dataplane::Settings {
                     tun_name: config.tun_name.clone(),
                     mtu: config.mtu,
@@ -115,11 +116,10 @@ async fn main() -> Result<()> {
                     probe_interval: config.probe_interval,
                 };
                 let mut stop = stop_tx.subscribe();
-                let secret = wg.secret().clone();
                 dataplane = Some(tokio::spawn(async move {
                     dataplane::run(
                         settings,
-                        secret,
+                        keys_rx,
                         maps_rx,
                         dataplane::Reports {
                             conflicts: conflicts_tx,
@@ -139,6 +139,7 @@ async fn main() -> Result<()> {
                 conflicts: conflicts_rx,
                 links: links_rx,
                 pings,
+                keys: keys_tx,
             };
             let telemetry = control::Telemetry { metrics, readiness };
             let control = control::run(config, maps, reports, telemetry, async move {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
-use strait_pki::material::write_new_file;
+use strait_pki::material::{write_file, write_new_file};
 
 /// A WireGuard key pair. `Debug` shows only the public key.
 pub struct WgKey {
@@ -81,6 +81,24 @@ impl WgKey {
     }
 }
 
+impl WgKey {
+    /// Replaces the key file at `path` with this key (atomically, mode 0600).
+    pub fn replace_file(&self, path: &Path) -> Result<()> {
+        let text = format!("{}\n", STANDARD.encode(self.secret.to_bytes()));
+        write_file(path, text.as_bytes(), 0o600)
+            .with_context(|| format!("saving the rotated WireGuard key to {}", path.display()))
+    }
+
+    /// How long ago the key file at `path` was written (zero if unknown).
+    pub fn age_of_file(path: &Path) -> std::time::Duration {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +121,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("chmod 600"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let next = WgKey::generate();
+        next.replace_file(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            WgKey::load_or_create(&p).unwrap().public_base64(),
+            next.public_base64()
+        );
     }
 }

@@ -60,6 +60,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         },
     );
     let node_b = start(
@@ -73,6 +74,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             allowed_ips: vec!["100.64.0.1/32".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         },
     );
 

@@ -75,6 +75,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
             allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         },
     );
 

@@ -42,6 +42,10 @@ pub struct NodeRecord {
     pub cert_not_after: u64,
     #[serde(default)]
     pub map_version: u64,
+    /// The WireGuard key the node announced for its next rotation (handed to its peers
+    /// before the node switches to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_wg_public_key: Option<String>,
     /// The agent's last link report (live health, not persisted).
     #[serde(skip)]
     pub links: Vec<PeerLink>,
@@ -97,6 +101,8 @@ pub struct IssuedCert {
 }
 
 /// One write to the store. The core returns these; the shell applies them in order.
+// Store ops live only between a change and its write; boxing the node buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
     PutNode(NodeRecord),
@@ -151,6 +157,8 @@ pub enum CoreError {
     NoTunnel { a: String, b: String },
     #[error("node {0} is offline; `straitctl nodes` shows when it was last seen")]
     Offline(String),
+    #[error("WireGuard public key {key:?} already belongs to {owner}; every node needs its own key (remove the copied wg.key from the node's state directory and restart it)")]
+    KeyInUse { key: String, owner: String },
 }
 
 impl CoreError {
@@ -161,6 +169,7 @@ impl CoreError {
             CoreError::OverlayExhausted(_) => ErrorCode::Internal,
             CoreError::NotANode(_) => ErrorCode::PermissionDenied,
             CoreError::Offline(_) => ErrorCode::Unavailable,
+            CoreError::KeyInUse { .. } => ErrorCode::PermissionDenied,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
             | CoreError::BadPublicKey(_)
@@ -383,6 +392,9 @@ impl Mesh {
             cert_serial: cert_serial.to_string(),
             cert_not_after,
             map_version: self.nodes.get(&key).map(|n| n.map_version).unwrap_or(0),
+            // A rotation in progress is announced again on the new session (an agent
+            // that restarted has dropped the key it announced).
+            next_wg_public_key: None,
             links: Vec::new(),
             throughput: self
                 .nodes
@@ -451,6 +463,66 @@ impl Mesh {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The node (other than `except`) that uses or announced `wg_key`, if any.
+    fn key_owner(&self, wg_key: &str, except: &NodeKey) -> Option<String> {
+        self.nodes
+            .values()
+            .filter(|n| n.key() != *except)
+            .find(|n| n.wg_public_key == wg_key || n.next_wg_public_key.as_deref() == Some(wg_key))
+            .map(NodeRecord::id)
+            .or_else(|| {
+                self.config
+                    .external_peers
+                    .iter()
+                    .find(|e| e.public_key == wg_key)
+                    .map(|e| format!("{}/{}", crate::config::EXTERNAL_SITE, e.name))
+            })
+    }
+
+    /// Key rotation, step 1: `key` announced `next` as its next WireGuard key. It goes into
+    /// every peer's map, so peers accept handshakes from it before the node switches.
+    pub fn announce_key(&mut self, key: &NodeKey, next: &str) -> Result<Vec<StoreOp>, CoreError> {
+        check_wg_key(next)?;
+        if let Some(owner) = self.key_owner(next, key) {
+            return Err(CoreError::KeyInUse {
+                key: next.to_string(),
+                owner,
+            });
+        }
+        let Some(node) = self.nodes.get_mut(key) else {
+            return Err(CoreError::NoSuchNode(format!("{}/{}", key.0, key.1)));
+        };
+        if node.wg_public_key == next || node.next_wg_public_key.as_deref() == Some(next) {
+            return Ok(Vec::new());
+        }
+        node.next_wg_public_key = Some(next.to_string());
+        let mut ops = vec![StoreOp::PutNode(node.clone())];
+        self.bump(&mut ops);
+        Ok(ops)
+    }
+
+    /// Key rotation, step 2: `key` now uses `wg_key`, which it announced before. A key
+    /// that was not announced is refused (peers would not know it).
+    pub fn key_in_use(&mut self, key: &NodeKey, wg_key: &str) -> Result<Vec<StoreOp>, CoreError> {
+        let Some(node) = self.nodes.get_mut(key) else {
+            return Err(CoreError::NoSuchNode(format!("{}/{}", key.0, key.1)));
+        };
+        if node.wg_public_key == wg_key {
+            return Ok(Vec::new());
+        }
+        if node.next_wg_public_key.as_deref() != Some(wg_key) {
+            return Err(CoreError::BadPublicKey(format!(
+                "{wg_key} (not the key {} announced)",
+                node.id()
+            )));
+        }
+        node.wg_public_key = wg_key.to_string();
+        node.next_wg_public_key = None;
+        let mut ops = vec![StoreOp::PutNode(node.clone())];
+        self.bump(&mut ops);
+        Ok(ops)
     }
 
     /// The agent's view of its tunnels. Live figures only: kept in memory, never stored,
@@ -687,6 +759,7 @@ impl Mesh {
                     kind: PeerKind::Agent,
                     role: Some(p.role),
                     wg_public_key: p.wg_public_key.clone(),
+                    next_wg_public_key: p.next_wg_public_key.clone(),
                     endpoints: p.endpoints.clone(),
                     allowed_ips: allowed,
                     overlay_ip: Some(p.overlay_ip),
@@ -714,6 +787,7 @@ impl Mesh {
                 kind: PeerKind::External,
                 role: None,
                 wg_public_key: ext.public_key.clone(),
+                next_wg_public_key: None,
                 endpoints: ext
                     .endpoint
                     .map(|address| Endpoint {
@@ -782,6 +856,7 @@ impl Mesh {
                     overlay_cidr: self.config.overlay_cidr,
                     accepted: n.accepted.clone(),
                     refused: n.refused.clone(),
+                    next_wg_public_key: n.next_wg_public_key.clone(),
                 };
                 let own = match prev.nodes.get(&n.key()) {
                     Some((old, _)) if **old == own => old.clone(),
@@ -910,6 +985,7 @@ impl Mesh {
                 role: n.role,
                 overlay_ip: n.overlay_ip,
                 wg_public_key: n.wg_public_key.clone(),
+                next_wg_public_key: n.next_wg_public_key.clone(),
                 endpoints: n.endpoints.clone(),
                 prefixes: n.accepted.clone(),
                 refused: n.refused.clone(),

@@ -137,6 +137,18 @@ async fn next(
     }
 }
 
+/// Asks `node`'s agent to rotate its WireGuard key; done once it has announced the key.
+pub async fn rotate_key(probes: &Probes, node: &NodeKey, node_id: &str) -> Result<(), ErrorBody> {
+    let mut running = probes.start(node, node_id, Action::RotateKey)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    match next(&mut running, node_id, deadline).await? {
+        ProbeEvent::Done => Ok(()),
+        other => Err(unavailable(format!(
+            "{node_id} answered a key rotation with {other:?}"
+        ))),
+    }
+}
+
 /// Forwards `event` from `node` to the operator; false when the operator has gone.
 async fn relay(out: &mpsc::Sender<Response>, node: &str, event: ProbeEvent) -> bool {
     out.send(Response::Probe {

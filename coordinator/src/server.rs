@@ -744,6 +744,7 @@ async fn handle_stream(
             ttl_secs,
         } => create_token(&c, &site, role, ttl_secs),
         Request::Revoke { node } => revoke(&c, &node),
+        Request::RotateKey { node } => rotate_key(&c, &node).await,
         Request::ExternalPeerConfig { name } => match c.core().mesh.external_peer_config(&name) {
             Ok(config) => Response::ExternalPeerConfig { config },
             Err(e) => Response::Error(core_err(e)),
@@ -1027,6 +1028,22 @@ fn revoke(c: &Coordinator, node: &str) -> Response {
     }
 }
 
+/// Asks a connected node to rotate its WireGuard key now.
+async fn rotate_key(c: &Coordinator, node: &str) -> Response {
+    let key = match c.core().mesh.resolve(node) {
+        Ok(k) => k,
+        Err(e) => return Response::Error(core_err(e)),
+    };
+    let id = format!("{}/{}", key.0, key.1);
+    match probes::rotate_key(&c.probes, &key, &id).await {
+        Ok(()) => {
+            tracing::info!(node = %id, "key rotation started");
+            Response::KeyRotation { node: id }
+        }
+        Err(e) => Response::Error(e),
+    }
+}
+
 /// An agent's session: register, send a snapshot, then a delta for every map change, and
 /// take heartbeats until the stream or connection ends.
 async fn session(
@@ -1161,6 +1178,18 @@ async fn session(
                     }
                     Ok(Some(AgentEvent::Probe { id, event })) => {
                         c.probes.deliver(&key, id, event);
+                    }
+                    Ok(Some(AgentEvent::AnnounceKey { next_wg_public_key })) => {
+                        match c.mutate(|mesh| Ok(((), mesh.announce_key(&key, &next_wg_public_key).map_err(core_err)?))) {
+                            Ok(()) => tracing::info!(identity = %identity, next_key = %next_wg_public_key, "key rotation: next key announced"),
+                            Err(e) => tracing::warn!(identity = %identity, error = %e, "key rotation: announced key refused"),
+                        }
+                    }
+                    Ok(Some(AgentEvent::KeyInUse { wg_public_key })) => {
+                        match c.mutate(|mesh| Ok(((), mesh.key_in_use(&key, &wg_public_key).map_err(core_err)?))) {
+                            Ok(()) => tracing::info!(identity = %identity, key = %wg_public_key, "key rotation: new key in use"),
+                            Err(e) => tracing::warn!(identity = %identity, error = %e, "key rotation: switch refused"),
+                        }
                     }
                     Ok(Some(AgentEvent::LinkReport { peers })) => {
                         // Live figures: never stored, no map change.

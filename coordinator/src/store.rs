@@ -272,6 +272,7 @@ mod tests {
             cert_serial: "01".into(),
             cert_not_after: 9,
             map_version: 3,
+            next_wg_public_key: None,
             links: Vec::new(),
             throughput: Default::default(),
         }

@@ -37,6 +37,10 @@ pub struct SelfView {
     pub overlay_cidr: IpNetwork,
     pub accepted: Vec<IpNetwork>,
     pub refused: Vec<Refusal>,
+    /// The WireGuard key this node announced for its next rotation, once the coordinator
+    /// has recorded it (and so handed it to every peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_wg_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +63,10 @@ pub struct PeerView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     pub wg_public_key: String,
+    /// The key the peer will switch to (key rotation): handshakes from it are accepted
+    /// before the map names it as the peer's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_wg_public_key: Option<String>,
     pub endpoints: Vec<Endpoint>,
     /// Destinations routed to this peer: its overlay address and the prefixes it carries.
     pub allowed_ips: Vec<IpNetwork>,
@@ -195,6 +203,7 @@ mod tests {
             kind: PeerKind::Agent,
             role: Some(Role::Gateway),
             wg_public_key: "k".into(),
+            next_wg_public_key: None,
             endpoints: vec![],
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             overlay_ip: Some(Ipv4Addr::new(100, 64, 0, 2)),
@@ -214,6 +223,7 @@ mod tests {
                 overlay_cidr: "100.64.0.0/10".parse().unwrap(),
                 accepted: vec![],
                 refused: vec![],
+                next_wg_public_key: None,
             },
             peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             routes: BTreeMap::new(),

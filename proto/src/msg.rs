@@ -51,6 +51,10 @@ pub enum Request {
     /// Live RTT per path, or a throughput transfer, between two tunnel peers. Answered
     /// with [`Response::Probe`] events as they happen, then [`Response::ProbeDone`].
     Probe(ProbeRequest),
+    /// Rotate `node`'s WireGuard key now (the node must be connected to this coordinator).
+    RotateKey {
+        node: String,
+    },
 }
 
 impl Request {
@@ -77,6 +81,7 @@ impl Request {
             Request::Revoke { .. } => "revoke",
             Request::ExternalPeerConfig { .. } => "external-peer-config",
             Request::Probe(_) => "probe",
+            Request::RotateKey { .. } => "rotate-key",
         }
     }
 }
@@ -184,6 +189,15 @@ pub enum AgentEvent {
         id: u64,
         event: ProbeEvent,
     },
+    /// Key rotation, step 1: the key this node will use next (public half). The
+    /// coordinator hands it to the node's peers before the node uses it.
+    AnnounceKey {
+        next_wg_public_key: String,
+    },
+    /// Key rotation, step 2: the node now uses its announced key.
+    KeyInUse {
+        wg_public_key: String,
+    },
 }
 
 /// One tunnel as its agent sees it.
@@ -278,6 +292,10 @@ pub enum Response {
     },
     /// The probe is over.
     ProbeDone,
+    /// The node has started rotating its WireGuard key.
+    KeyRotation {
+        node: String,
+    },
     Error(ErrorBody),
 }
 
@@ -388,6 +406,9 @@ pub struct NodeInfo {
     pub role: Role,
     pub overlay_ip: Ipv4Addr,
     pub wg_public_key: String,
+    /// Announced for the next key rotation, not yet in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_wg_public_key: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub prefixes: Vec<IpNetwork>,
     pub refused: Vec<Refusal>,

@@ -99,6 +99,9 @@ pub enum Action {
         nonce: String,
         secs: u32,
     },
+    /// Start a WireGuard key rotation now; answered with `Done` once the new key is
+    /// announced (or `Failed`).
+    RotateKey,
 }
 
 /// Agent -> coordinator -> operator: what happened.

@@ -57,6 +57,7 @@ fn peer(id: &str, online: bool) -> PeerView {
         },
         role: (site != "external").then_some(Role::Gateway),
         wg_public_key: "mKk2zv7bQv0yUaXwRr2oJtR6uJ0nH3o1nVZ9kqUu3Xo=".into(),
+        next_wg_public_key: None,
         endpoints: vec![endpoint(
             "198.51.100.7:51820",
             EndpointKind::Public,
@@ -96,6 +97,7 @@ fn map(version: u64, peers: &[PeerView], with_route: bool) -> NetworkMap {
             overlay_cidr: "100.64.0.0/10".parse().unwrap(),
             accepted: vec!["10.1.0.0/16".parse().unwrap()],
             refused: vec![refusal()],
+            next_wg_public_key: None,
         },
         peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
         routes,
@@ -114,6 +116,7 @@ fn node_info() -> NodeInfo {
         site: "aws-use1".into(),
         name: "gw".into(),
         role: Role::Gateway,
+        next_wg_public_key: None,
         overlay_ip: Ipv4Addr::new(100, 64, 0, 1),
         wg_public_key: "k".into(),
         endpoints: vec![

@@ -19,6 +19,8 @@ use crate::paths::ping::{PingOutcome, Pings};
 use crate::paths::probe::{self, Kind, Probe, ProbeKey};
 use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
+mod rotation;
+
 /// One peer as the engine should have it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -31,6 +33,27 @@ pub struct PeerSpec {
     /// Every path to the peer (its announced endpoints), probed to choose the endpoint.
     /// Empty: no probing; `endpoint` is used, and roaming moves it.
     pub candidates: Vec<Candidate>,
+    /// The key the peer announced for its next rotation: handshakes from it are accepted
+    /// (on a standby tunnel) before the map names it as the peer's key.
+    pub next_public_key: Option<[u8; 32]>,
+}
+
+/// What a tunnel is for. Every peer has one primary tunnel (routes point at it); key
+/// rotation adds short-lived others (see `rotation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Primary,
+    /// A tunnel to primary `of`'s announced next key, waiting for the peer to use it.
+    Standby {
+        of: u32,
+    },
+    /// Replaced by primary `of` after a rotation: still decrypts what was in flight, and
+    /// carries `of`'s traffic until `of` has a session, until `until` (set at the next
+    /// probe tick).
+    Retiring {
+        of: u32,
+        until: Option<Instant>,
+    },
 }
 
 struct PeerState {
@@ -39,6 +62,13 @@ struct PeerState {
     probe_key: ProbeKey,
     /// Path selection, when the peer has candidates.
     selector: Option<Selector>,
+    standing: Standing,
+    /// The retiring tunnel this one replaced, while this one has no session yet.
+    predecessor: Option<u32>,
+    /// The standby tunnel to the peer's announced next key.
+    standby: Option<u32>,
+    /// Start a handshake at the next timer tick (a new tunnel after a rotation).
+    kick: bool,
 }
 
 impl PeerState {
@@ -128,26 +158,27 @@ impl Engine {
 
     /// Makes the peer set equal to `specs`. Peers whose key is unchanged keep their session
     /// (endpoint and allowed IPs are updated in place); others are added or removed without
-    /// disturbing the rest.
+    /// disturbing the rest. A peer whose key changed to the next key it announced keeps its
+    /// traffic flowing across the change (see `rotation`).
     pub fn set_peers(&mut self, specs: &[PeerSpec]) {
         let wanted: HashMap<[u8; 32], &PeerSpec> =
             specs.iter().map(|s| (s.public_key, s)).collect();
-        let gone: Vec<[u8; 32]> = self
-            .by_key
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .copied()
+        self.promote_announced(&wanted);
+        let gone: Vec<u32> = self
+            .primaries()
+            .filter(|(_, s)| !wanted.contains_key(&s.spec.public_key))
+            .map(|(idx, _)| idx)
             .collect();
-        for key in gone {
-            if let Some(idx) = self.by_key.remove(&key) {
-                self.peers.remove(&idx);
-                self.by_id.remove(&probe::id_of(&PublicKey::from(key)));
-                self.pings.forget_peer(idx);
-                tracing::debug!(peer = idx, "peer removed");
-            }
+        for idx in gone {
+            self.remove_peer(idx);
+            tracing::debug!(peer = idx, "peer removed");
         }
         for spec in specs {
-            match self.by_key.get(&spec.public_key) {
+            let primary = self
+                .by_key
+                .get(&spec.public_key)
+                .filter(|idx| self.standing(**idx) == Some(Standing::Primary));
+            match primary {
                 Some(idx) => {
                     if let Some(state) = self.peers.get_mut(idx) {
                         // The selected path, else a roamed endpoint if the map has none.
@@ -162,40 +193,23 @@ impl Engine {
                     }
                 }
                 None => {
-                    let idx = self.next_index;
-                    self.next_index = self.next_index.wrapping_add(1).max(1) & 0x00ff_ffff;
-                    let tunnel = Tunnel::new(
-                        self.secret.clone(),
-                        PublicKey::from(spec.public_key),
-                        spec.keepalive,
-                        idx,
-                    );
-                    let peer_public = PublicKey::from(spec.public_key);
-                    self.peers.insert(
-                        idx,
-                        PeerState {
-                            tunnel,
-                            spec: spec.clone(),
-                            probe_key: ProbeKey::derive(&self.secret, &peer_public),
-                            selector: None,
-                        },
-                    );
-                    self.by_key.insert(spec.public_key, idx);
-                    self.by_id.insert(probe::id_of(&peer_public), idx);
+                    let idx = self.add_tunnel(spec.clone(), Standing::Primary);
                     tracing::debug!(peer = idx, "peer added");
                 }
             }
-        }
-        self.table = PrefixTable::new();
-        for (idx, state) in &self.peers {
-            for prefix in &state.spec.allowed_ips {
-                self.table.insert(*prefix, *idx);
+            if let Some(&idx) = self.by_key.get(&spec.public_key) {
+                self.set_standby(idx, spec.next_public_key);
             }
         }
+        self.rebuild_table();
         // Paths to probe: every announced endpoint. One inside the prefixes the tunnels
         // carry (a gateway reached over an interconnect by its VPC address) is fine: the
         // WireGuard socket's datagrams are marked and skip Strait's routing table.
-        for state in self.peers.values_mut() {
+        for state in self
+            .peers
+            .values_mut()
+            .filter(|s| s.standing == Standing::Primary)
+        {
             let usable = state.spec.candidates.clone();
             match (&mut state.selector, usable.is_empty()) {
                 (Some(sel), false) => sel.set_candidates(&usable),
@@ -205,8 +219,96 @@ impl Engine {
         }
     }
 
+    /// A new tunnel for `spec` (the key is `spec.public_key`), registered for lookups by
+    /// key and probe id; routes are the caller's business.
+    fn add_tunnel(&mut self, spec: PeerSpec, standing: Standing) -> u32 {
+        let idx = self.next_index;
+        self.next_index = self.next_index.wrapping_add(1).max(1) & 0x00ff_ffff;
+        let peer_public = PublicKey::from(spec.public_key);
+        let tunnel = Tunnel::new(self.secret.clone(), peer_public, spec.keepalive, idx);
+        self.by_key.insert(spec.public_key, idx);
+        self.by_id.insert(probe::id_of(&peer_public), idx);
+        self.peers.insert(
+            idx,
+            PeerState {
+                tunnel,
+                probe_key: ProbeKey::derive(&self.secret, &peer_public),
+                spec,
+                selector: None,
+                standing,
+                predecessor: None,
+                standby: None,
+                kick: false,
+            },
+        );
+        idx
+    }
+
+    /// Forgets tunnel `idx` and its lookups.
+    fn remove_tunnel(&mut self, idx: u32) -> Option<PeerState> {
+        let state = self.peers.remove(&idx)?;
+        let key = state.spec.public_key;
+        if self.by_key.get(&key) == Some(&idx) {
+            self.by_key.remove(&key);
+        }
+        let id = probe::id_of(&PublicKey::from(key));
+        if self.by_id.get(&id) == Some(&idx) {
+            self.by_id.remove(&id);
+        }
+        self.pings.forget_peer(idx);
+        Some(state)
+    }
+
+    /// Forgets a peer: its primary tunnel `idx` and the standby and retiring ones with it.
+    fn remove_peer(&mut self, idx: u32) {
+        let related: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s.standing, Standing::Standby { of } | Standing::Retiring { of, .. } if of == idx)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for i in related {
+            self.remove_tunnel(i);
+        }
+        self.remove_tunnel(idx);
+    }
+
+    fn standing(&self, idx: u32) -> Option<Standing> {
+        self.peers.get(&idx).map(|s| s.standing)
+    }
+
+    /// The primary tunnels.
+    fn primaries(&self) -> impl Iterator<Item = (u32, &PeerState)> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.standing == Standing::Primary)
+            .map(|(i, s)| (*i, s))
+    }
+
+    /// The primary tunnel that `idx` belongs to (itself for a primary).
+    fn owner(&self, idx: u32) -> u32 {
+        match self.standing(idx) {
+            Some(Standing::Standby { of } | Standing::Retiring { of, .. }) => of,
+            _ => idx,
+        }
+    }
+
+    fn rebuild_table(&mut self) {
+        self.table = PrefixTable::new();
+        for (idx, state) in &self.peers {
+            if state.standing != Standing::Primary {
+                continue;
+            }
+            for prefix in &state.spec.allowed_ips {
+                self.table.insert(*prefix, *idx);
+            }
+        }
+    }
+
     pub fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.primaries().count()
     }
 
     /// A packet from the TUN device: encrypt it for the peer its destination routes to.
@@ -220,8 +322,9 @@ impl Engine {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return None;
         };
-        let state = self.peers.get_mut(&idx)?;
-        let endpoint = state.spec.endpoint;
+        let endpoint = self.peers.get(&idx)?.spec.endpoint;
+        let via = self.sending_tunnel(idx);
+        let state = self.peers.get_mut(&via)?;
         match state.tunnel.encapsulate(packet, out) {
             Ok(Output::Network(bytes)) => match endpoint {
                 Some(ep) => Some((ep, bytes)),
@@ -265,6 +368,7 @@ impl Engine {
             tracing::trace!(%from, "datagram from no known peer; dropped");
             return;
         };
+        let owner = self.owner(idx);
         let table = &self.table;
         let Some(state) = self.peers.get_mut(&idx) else {
             return;
@@ -277,7 +381,7 @@ impl Engine {
             }
             Output::Tun(packet, src) => {
                 authenticated = true;
-                if table.lookup(src) == Some(&idx) {
+                if table.lookup(src) == Some(&owner) {
                     emit(Emit::Tun(packet));
                 } else if !packet.is_empty() {
                     tracing::trace!(%src, peer = idx, "inner source not allowed for this peer; dropped");
@@ -285,7 +389,11 @@ impl Engine {
             }
             Output::Nothing => {}
         });
+        let standing = state.standing;
         match result {
+            Ok(()) if authenticated && standing != Standing::Primary => {
+                self.on_authenticated(idx, standing);
+            }
             Ok(()) if authenticated && state.may_roam_to(from) => {
                 // WireGuard roaming: answer where the peer last spoke from.
                 if state.spec.endpoint != Some(from) {
@@ -315,18 +423,23 @@ impl Engine {
             tracing::trace!(%from, "probe from no known peer; dropped");
             return;
         };
-        let Some(state) = self.peers.get_mut(&idx) else {
+        // After the peer rotated its key, its probes may still use the key of the tunnel
+        // this one replaced (and the other way round), for a moment.
+        let fallback = self.peers.get(&idx).and_then(|s| s.predecessor);
+        let decoded = [Some(idx), fallback].into_iter().flatten().find_map(|i| {
+            let state = self.peers.get(&i)?;
+            Some((probe::decode(datagram, &state.probe_key).ok()?, i))
+        });
+        let Some((p, signer)) = decoded else {
+            tracing::debug!(peer = idx, %from, "probe refused: bad length, MAC or sender");
             return;
         };
-        let p = match probe::decode(datagram, &state.probe_key) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(peer = idx, %from, error = %e, "probe refused");
-                return;
-            }
-        };
+        let owner = self.owner(idx);
         match p.kind {
             Kind::Request => {
+                let Some(state) = self.peers.get(&signer) else {
+                    return;
+                };
                 let reply = probe::encode(
                     &Probe {
                         kind: Kind::Reply,
@@ -338,11 +451,14 @@ impl Engine {
                 emit(from, &reply);
             }
             Kind::Reply if Pings::is_ping(p.seq) => {
-                self.pings.on_reply(idx, p.seq, now);
+                self.pings.on_reply(owner, p.seq, now);
             }
             Kind::Reply => {
+                let Some(state) = self.peers.get_mut(&owner) else {
+                    return;
+                };
                 if let Some(switch) = state.selector.as_mut().and_then(|s| s.on_reply(p.seq, now)) {
-                    Self::switch_path(idx, state, switch.to);
+                    Self::switch_path(owner, state, switch.to);
                 }
             }
         }
@@ -366,8 +482,12 @@ impl Engine {
     /// Path probing: expires unanswered probes, applies any change of path, and sends the
     /// probes that are due. Call often (every 50 ms); each path is probed at the interval.
     pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
+        self.expire_retired(now);
         let own_id = self.own_id;
         for (idx, state) in self.peers.iter_mut() {
+            if state.standing != Standing::Primary {
+                continue;
+            }
             let Some(sel) = state.selector.as_mut() else {
                 continue;
             };
@@ -434,9 +554,8 @@ impl Engine {
     /// Every peer's tunnel and paths, ordered by public key.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut out: Vec<PeerStatus> = self
-            .peers
-            .values()
-            .map(|s| {
+            .primaries()
+            .map(|(_, s)| {
                 let stats = s.tunnel.stats();
                 PeerStatus {
                     public_key: s.spec.public_key,
@@ -459,17 +578,21 @@ impl Engine {
     /// Every probed peer's paths: (peer public key, paths).
     pub fn paths(&self) -> Vec<([u8; 32], Vec<PathReport>)> {
         let mut out: Vec<_> = self
-            .peers
-            .values()
-            .filter_map(|s| Some((s.spec.public_key, s.selector.as_ref()?.report())))
+            .primaries()
+            .filter_map(|(_, s)| Some((s.spec.public_key, s.selector.as_ref()?.report())))
             .collect();
         out.sort_by_key(|(k, _)| *k);
         out
     }
 
-    /// Runs every tunnel's timers.
+    /// Runs every tunnel's timers (a retiring tunnel's do not run: it only decrypts what
+    /// is still in flight, and carries traffic until its successor has a session).
     pub fn tick(&mut self, out: &mut [u8], mut emit: impl FnMut(SocketAddr, &[u8])) {
+        self.kick_handshakes(out, &mut emit);
         for (idx, state) in self.peers.iter_mut() {
+            if state.standing != Standing::Primary {
+                continue;
+            }
             match state.tunnel.tick(out) {
                 Ok(Output::Network(bytes)) => {
                     if let Some(ep) = state.spec.endpoint {
@@ -572,12 +695,17 @@ mod tests {
                 allowed_ips: vec![],
                 keepalive: None,
                 candidates,
+                next_public_key: None,
             },
             probe_key: ProbeKey::derive(
                 &StaticSecret::from([1u8; 32]),
                 &PublicKey::from(&StaticSecret::from([2u8; 32])),
             ),
             selector: Some(selector),
+            standing: Standing::Primary,
+            predecessor: None,
+            standby: None,
+            kick: false,
         };
         assert!(state.may_roam_to(public), "back to the selected path");
         assert!(
@@ -604,6 +732,7 @@ mod tests {
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         }]);
         let mut b = Engine::new(b_secret, std::time::Duration::from_secs(1));
         // B does not know A's endpoint (A is behind NAT): it learns it.
@@ -613,6 +742,7 @@ mod tests {
             allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         }]);
         (
             Node {
@@ -651,6 +781,127 @@ mod tests {
             });
         }
         (tun_a, tun_b)
+    }
+
+    /// Encrypts `packet` at `from` and delivers it at `to`; what `to` wrote to TUN.
+    fn send_one(from: &mut Node, to: &mut Node, packet: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; BUFFER];
+        let Some((_, d)) = from.engine.outbound(packet, &mut out) else {
+            return Vec::new();
+        };
+        let d = d.to_vec();
+        let mut got = Vec::new();
+        let from_addr = from.addr;
+        to.engine.inbound(from_addr, &d, &mut out, |e| {
+            if let Emit::Tun(p) = e {
+                got.push(p.to_vec())
+            }
+        });
+        got
+    }
+
+    #[test]
+    fn a_key_rotation_loses_no_packet_in_either_direction() {
+        let (mut a, mut b) = pair();
+        let mut out = vec![0u8; BUFFER];
+        let a_to_b = |n: u8| ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[n]);
+        let b_to_a = |n: u8| ipv4([10, 2, 0, 9], [10, 1, 0, 5], &[n]);
+        let (ep, init) = a
+            .engine
+            .outbound(&a_to_b(0), &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        exchange(&mut a, &mut b, (ep, init));
+        assert_eq!(send_one(&mut b, &mut a, &b_to_a(1)), vec![b_to_a(1)]);
+
+        // A announces its next key; B's map carries it (a standby tunnel, no route).
+        let next = StaticSecret::from([7u8; 32]);
+        let next_pub = *PublicKey::from(&next).as_bytes();
+        let a_pub = *PublicKey::from(&StaticSecret::from([1u8; 32])).as_bytes();
+        let a_addr = a.addr;
+        let spec_of_a = |key: [u8; 32], next: Option<[u8; 32]>| PeerSpec {
+            public_key: key,
+            endpoint: Some(a_addr),
+            allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+            keepalive: None,
+            candidates: vec![],
+            next_public_key: next,
+        };
+        b.engine.set_peers(&[spec_of_a(a_pub, Some(next_pub))]);
+        assert_eq!(b.engine.peer_count(), 1);
+        // A datagram encrypted under the old session, still in flight after the switch.
+        let (_, late) = a
+            .engine
+            .outbound(&a_to_b(2), &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+
+        // A switches. Until its new tunnel has a session, the old session carries traffic.
+        a.engine.rotate_own(next);
+        assert_eq!(send_one(&mut a, &mut b, &a_to_b(3)), vec![a_to_b(3)]);
+        assert_eq!(send_one(&mut b, &mut a, &b_to_a(4)), vec![b_to_a(4)]);
+        // The new handshake starts at the next tick; B answers on its standby and promotes it.
+        let mut kicked = Vec::new();
+        a.engine
+            .tick(&mut out, |ep, d| kicked.push((ep, d.to_vec())));
+        assert_eq!(kicked.len(), 1, "one handshake initiation");
+        exchange(&mut a, &mut b, kicked.remove(0));
+        // Both directions work on the new sessions, and the straggler is still decrypted.
+        assert_eq!(send_one(&mut a, &mut b, &a_to_b(5)), vec![a_to_b(5)]);
+        assert_eq!(send_one(&mut b, &mut a, &b_to_a(6)), vec![b_to_a(6)]);
+        let mut got = Vec::new();
+        b.engine.inbound(a.addr, &late, &mut out, |e| {
+            if let Emit::Tun(p) = e {
+                got.push(p.to_vec())
+            }
+        });
+        assert_eq!(got, vec![a_to_b(2)], "in-flight datagram under the old key");
+        // B's status shows A under its new key; the map catching up changes nothing.
+        assert_eq!(b.engine.status()[0].public_key, next_pub);
+        b.engine.set_peers(&[spec_of_a(next_pub, None)]);
+        assert_eq!(b.engine.peer_count(), 1);
+        assert_eq!(send_one(&mut a, &mut b, &a_to_b(7)), vec![a_to_b(7)]);
+        // Retired tunnels go after RETIRE_AFTER; traffic is unaffected.
+        let t0 = Instant::now();
+        for node in [&mut a, &mut b] {
+            node.engine.probe_tick(t0, |_, _| {});
+            node.engine
+                .probe_tick(t0 + rotation::RETIRE_AFTER, |_, _| {});
+            assert_eq!(node.engine.peers.len(), 1, "only the primary is left");
+        }
+        assert_eq!(send_one(&mut b, &mut a, &b_to_a(8)), vec![b_to_a(8)]);
+        assert_eq!(send_one(&mut a, &mut b, &a_to_b(9)), vec![a_to_b(9)]);
+        // The old key no longer gets in: a handshake under it finds no tunnel.
+        assert!(!b.engine.by_key.contains_key(&a_pub));
+    }
+
+    #[test]
+    fn a_peer_that_never_uses_its_announced_key_keeps_its_tunnel() {
+        let (mut a, mut b) = pair();
+        let mut out = vec![0u8; BUFFER];
+        let (ep, init) = a
+            .engine
+            .outbound(&ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        exchange(&mut a, &mut b, (ep, init));
+        let a_pub = *PublicKey::from(&StaticSecret::from([1u8; 32])).as_bytes();
+        let mut spec = PeerSpec {
+            public_key: a_pub,
+            endpoint: Some(a.addr),
+            allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+            keepalive: None,
+            candidates: vec![],
+            next_public_key: Some([9u8; 32]),
+        };
+        b.engine.set_peers(std::slice::from_ref(&spec));
+        assert_eq!(b.engine.peers.len(), 2, "primary and standby");
+        // The announcement is withdrawn (the agent restarted): the standby goes.
+        spec.next_public_key = None;
+        b.engine.set_peers(std::slice::from_ref(&spec));
+        assert_eq!(b.engine.peers.len(), 1);
+        let p = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"y");
+        assert_eq!(send_one(&mut a, &mut b, &p), vec![p]);
     }
 
     #[test]
@@ -710,6 +961,7 @@ mod tests {
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             keepalive: None,
             candidates: vec![],
+            next_public_key: None,
         }]);
         let (_, data) = a
             .engine
@@ -754,6 +1006,7 @@ mod tests {
                     cost: 0,
                 },
             ],
+            next_public_key: None,
         }]);
         let t0 = Instant::now();
         for round in 0..3u32 {

@@ -17,10 +17,10 @@ pub mod tunnel;
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use boringtun::x25519::StaticSecret;
 use ipnetwork::IpNetwork;
 use strait_proto::map::NetworkMap;
 use strait_proto::msg::{EndpointKind, PathFigures, PeerLink, Refusal};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::control::MapWatch;
 use crate::paths::select::Candidate;
+use crate::wgkey::WgKey;
 use engine::PeerSpec;
 use netlink::Netlink;
 
@@ -63,11 +64,7 @@ pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
     map.peers
         .values()
         .filter_map(|p| {
-            let key: [u8; 32] = base64::engine::general_purpose::STANDARD
-                .decode(&p.wg_public_key)
-                .ok()?
-                .try_into()
-                .ok()?;
+            let key = decode_key(&p.wg_public_key)?;
             let endpoint = p
                 .endpoints
                 .iter()
@@ -88,9 +85,18 @@ pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
                 allowed_ips: p.allowed_ips.clone(),
                 keepalive,
                 candidates,
+                next_public_key: p.next_wg_public_key.as_deref().and_then(decode_key),
             })
         })
         .collect()
+}
+
+fn decode_key(b64: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 /// WireGuard's worst-case overhead: outer IPv6 header 40 + UDP 8 + WireGuard 32.
@@ -146,7 +152,10 @@ pub fn peer_links(map: &NetworkMap, status: &[engine::PeerStatus]) -> Vec<PeerLi
         .iter()
         .filter_map(|s| {
             let key = b64.encode(s.public_key);
-            let (id, _) = map.peers.iter().find(|(_, p)| p.wg_public_key == key)?;
+            // A peer that has just switched to its announced key is found by that key.
+            let (id, _) = map.peers.iter().find(|(_, p)| {
+                p.wg_public_key == key || p.next_wg_public_key.as_deref() == Some(key.as_str())
+            })?;
             Some(PeerLink {
                 peer: id.clone(),
                 endpoint: s.endpoint,
@@ -196,12 +205,13 @@ pub struct Reports {
 }
 
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
-/// run left, then follows `maps` (peers, overlay address, routes), publishing on `reports`,
+/// run left, then follows `keys` (this node's WireGuard key; a new one is a rotation) and
+/// `maps` (peers, overlay address, routes), publishing on `reports`,
 /// and sends the on-demand probes asked for on `pings`. At a clean stop every Strait route
 /// is removed.
 pub async fn run(
     settings: Settings,
-    secret: StaticSecret,
+    mut keys: watch::Receiver<Arc<WgKey>>,
     mut maps: MapWatch,
     reports: Reports,
     pings: tokio::sync::mpsc::Receiver<pump::PingRequest>,
@@ -247,14 +257,20 @@ pub async fn run(
         .context("marking the WireGuard socket (SO_MARK needs CAP_NET_ADMIN)")?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let (status_tx, mut status) = watch::channel(Vec::new());
+    let secret = keys.borrow_and_update().secret().clone();
+    let own_keys = keys.clone();
+    let feeds = pump::Feeds {
+        keys: own_keys,
+        peers: peers_rx,
+        pings,
+    };
     let mut engine = tokio::spawn(pump::run(
         tun,
         socket,
         engine::Engine::new(secret, settings.probe_interval),
-        peers_rx,
+        feeds,
         counters,
         status_tx,
-        pings,
     ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);

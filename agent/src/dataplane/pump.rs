@@ -31,6 +31,7 @@ use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent};
 use super::tunnel::BUFFER;
 use crate::paths::ping::PingOutcome;
 use crate::paths::probe;
+use crate::wgkey::WgKey;
 use std::time::Instant;
 
 /// Most packets read from the TUN device per wake-up.
@@ -144,17 +145,31 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the data plane on `tun` and `socket` until `peers` closes (or the future is
-/// dropped). Peer changes published on `peers` apply live; `counters` count the IO.
+/// What the pump is told while it runs.
+pub struct Feeds {
+    /// This node's key; a new one is a key rotation.
+    pub keys: watch::Receiver<Arc<WgKey>>,
+    /// The peers the engine should have; the pump stops when this closes.
+    pub peers: watch::Receiver<Vec<PeerSpec>>,
+    /// On-demand probes.
+    pub pings: mpsc::Receiver<PingRequest>,
+}
+
+/// Runs the data plane on `tun` and `socket` until the peers feed closes (or the future
+/// is dropped). Peer changes and key rotations apply live; `counters` count the IO.
 pub async fn run(
     tun: tun_rs::AsyncDevice,
     socket: std::net::UdpSocket,
     mut engine: Engine,
-    mut peers: watch::Receiver<Vec<PeerSpec>>,
+    feeds: Feeds,
     counters: Arc<Counters>,
     status: watch::Sender<Vec<PeerStatus>>,
-    mut pings: mpsc::Receiver<PingRequest>,
 ) -> io::Result<()> {
+    let Feeds {
+        mut keys,
+        mut peers,
+        mut pings,
+    } = feeds;
     socket.set_nonblocking(true)?;
     let state = UdpSocketState::new((&socket).into())?;
     for (what, r) in [
@@ -189,6 +204,7 @@ pub async fn run(
     let mut out = vec![0u8; BUFFER];
     let mut pending = Pending::default();
     let mut pings_open = true;
+    let mut keys_open = true;
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
     loop {
@@ -238,6 +254,24 @@ pub async fn run(
                 }
                 let specs = peers.borrow_and_update().clone();
                 shared.engine().set_peers(&specs);
+            }
+            changed = keys.changed(), if keys_open => {
+                if changed.is_err() {
+                    // The control plane is gone; the key stays as it is.
+                    keys_open = false;
+                    continue;
+                }
+                let secret = keys.borrow_and_update().secret().clone();
+                pending.clear();
+                {
+                    let mut engine = shared.engine();
+                    engine.rotate_own(secret);
+                    // Start the new handshakes now rather than at the next timer pass.
+                    engine.tick(&mut out, |ep, b| pending.push(ep, b));
+                }
+                for (to, bytes) in pending.iter() {
+                    shared.send(to, bytes, None).await;
+                }
             }
             r = &mut outbound => return finished("outbound", r),
             r = &mut inbound => return finished("inbound", r),

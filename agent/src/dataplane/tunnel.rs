@@ -143,6 +143,11 @@ impl Tunnel {
         one(self.tunn.update_timers(out))
     }
 
+    /// Whether the tunnel has a current session to send on.
+    pub fn has_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+
     pub fn stats(&self) -> TunnelStats {
         let (last_handshake, tx_bytes, rx_bytes, loss, rtt_ms) = self.tunn.stats();
         TunnelStats {

@@ -12,6 +12,7 @@ use strait_agent::dataplane::engine::{self, PeerSpec};
 use strait_agent::dataplane::netlink::Netlink;
 use strait_agent::dataplane::pump::{self, Counters};
 use strait_agent::dataplane::routes::Route;
+use strait_agent::wgkey::WgKey;
 use strait_tests::netns::{enter, Netns};
 use tokio::sync::watch;
 
@@ -88,9 +89,17 @@ pub fn start(
                     let (status, _) = watch::channel(Vec::new());
                     // No on-demand probes here: the sender is dropped at once.
                     let (_, pings) = tokio::sync::mpsc::channel(1);
-                    pump::run(tun, socket, engine, peers_rx, c, status, pings)
+                    // The key never changes here (the sender stays alive until the end).
+                    let (keys_tx, keys) = watch::channel(Arc::new(WgKey::generate()));
+                    let feeds = pump::Feeds {
+                        keys,
+                        peers: peers_rx,
+                        pings,
+                    };
+                    pump::run(tun, socket, engine, feeds, c, status)
                         .await
                         .expect("engine");
+                    drop(keys_tx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));

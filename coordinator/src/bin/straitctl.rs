@@ -77,6 +77,9 @@ enum Command {
     },
     /// Revoke a node's certificates and remove it from the mesh (NODE or SITE/NODE).
     Revoke { node: String },
+    /// Rotate a node's WireGuard key now (NODE or SITE/NODE; it must be connected to this
+    /// coordinator): the new key is announced to its peers, then used a few seconds later.
+    RotateKey { node: String },
     /// Probe the tunnel from node FROM to node TO: RTT on every path, one line per reply
     /// (like `ping`), or with --throughput a transfer through the tunnel in Mbit/s.
     Probe {
@@ -241,6 +244,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             ttl_secs: ttl.as_secs(),
         },
         Command::Revoke { node } => Request::Revoke { node: node.clone() },
+        Command::RotateKey { node } => Request::RotateKey { node: node.clone() },
         Command::ExternalPeer {
             command: ExternalPeerCommand::Config { name },
         } => Request::ExternalPeerConfig { name: name.clone() },
@@ -299,6 +303,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&serde_json::json!({ "node": node, "serials": serials }))
             } else {
                 format!("revoked {node} ({} certificate(s))\n", serials.len())
+            }
+        }
+        (_, Response::KeyRotation { node }) => {
+            if as_json {
+                json(&serde_json::json!({ "node": node }))
+            } else {
+                format!("{node} announced its next WireGuard key; it switches to it once its peers have it (`straitctl nodes` shows the key)\n")
             }
         }
         (_, Response::ExternalPeerConfig { config }) => {

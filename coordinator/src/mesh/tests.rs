@@ -426,3 +426,61 @@ fn bad_wireguard_keys_and_service_identities_are_refused() {
         Err(CoreError::UnknownSite(_))
     ));
 }
+
+#[test]
+fn a_rotated_key_reaches_peers_before_and_after_it_is_used() {
+    const KEY_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=";
+    const KEY_C: &str = "CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCA=";
+    let mut store = Persisted::default();
+    let mut mesh = Mesh::new(config(false), Persisted::default());
+    three_nodes(&mut mesh, &mut store);
+    let a = key("a", "gw");
+    // A key another node uses is refused, naming the owner.
+    let err = mesh.announce_key(&a, KEY_A).unwrap_err();
+    assert!(err.to_string().contains("already belongs to a/m1"), "{err}");
+    assert!(mesh.announce_key(&a, "short").is_err());
+    // A key that was never announced cannot be put in use.
+    assert!(mesh.key_in_use(&a, KEY_B).is_err());
+
+    let v0 = mesh.version();
+    let ops = mesh.announce_key(&a, KEY_B).unwrap();
+    persist(&mut store, &ops);
+    assert!(mesh.version() > v0);
+    let peer = &mesh.map_for(&key("b", "gw")).unwrap().peers["a/gw"];
+    assert_eq!(
+        (
+            peer.wg_public_key.as_str(),
+            peer.next_wg_public_key.as_deref()
+        ),
+        (KEY_A, Some(KEY_B))
+    );
+    let own = mesh.map_for(&a).unwrap().node;
+    assert_eq!(own.next_wg_public_key.as_deref(), Some(KEY_B));
+    // Announcing it again changes nothing; another node may not take it meanwhile.
+    let v1 = mesh.version();
+    assert!(mesh.announce_key(&a, KEY_B).unwrap().is_empty());
+    assert_eq!(mesh.version(), v1);
+    assert!(mesh.announce_key(&key("b", "gw"), KEY_B).is_err());
+
+    let ops = mesh.key_in_use(&a, KEY_B).unwrap();
+    persist(&mut store, &ops);
+    let peer = &mesh.map_for(&key("b", "gw")).unwrap().peers["a/gw"];
+    assert_eq!(
+        (
+            peer.wg_public_key.as_str(),
+            peer.next_wg_public_key.as_deref()
+        ),
+        (KEY_B, None)
+    );
+    // Persisted: a coordinator restarting from the store has the new key.
+    let restarted = Mesh::new(config(false), store.clone());
+    assert_eq!(restarted.node(&a).unwrap().wg_public_key, KEY_B);
+
+    // A re-registration (a new session) drops an announcement the agent makes again.
+    mesh.announce_key(&a, KEY_C).unwrap();
+    let mut r = reg(&["10.1.0.0/16"], "10.1.0.1");
+    r.wg_public_key = KEY_B.into();
+    mesh.register(&id("a", "gw", Role::Gateway), &r, "01", 0, 200)
+        .unwrap();
+    assert_eq!(mesh.node(&a).unwrap().next_wg_public_key, None);
+}
