@@ -15,7 +15,7 @@ use strait_pki::identity::Label;
 use strait_proto::msg::EndpointKind;
 
 use crate::config::{Config, FileConfig, Overrides};
-use crate::dataplane::engine::{Emit, Engine, PeerSpec};
+use crate::dataplane::engine::{Emit, Engine, PeerSpec, ProbeOutcome, ProbeRefusal};
 use crate::dataplane::tunnel::BUFFER;
 use crate::paths::probe::{self, Kind, Probe, ProbeError, ProbeKey, PROBE_LEN};
 use crate::paths::select::{Candidate, PathReport};
@@ -250,13 +250,22 @@ impl ProbeBench {
 
         let (paths, endpoint) = (self.engine.paths(), self.endpoint());
         let mut sent = Vec::new();
-        self.engine
+        let outcome = self
+            .engine
             .on_probe(from, &d, self.now, |to, b| sent.push((to, b.to_vec())));
         match decoded {
             Some(p) if authentic && p.kind == Kind::Reply => {
                 assert!(sent.is_empty(), "a reply was answered");
+                match outcome {
+                    ProbeOutcome::Recorded => {}
+                    ProbeOutcome::Refused(ProbeRefusal::NotInFlight) => {
+                        self.unchanged(&paths, endpoint, "a reply to no probe in flight");
+                    }
+                    other => panic!("an authentic reply was {other:?}"),
+                }
             }
             Some(p) if authentic => {
+                assert_eq!(outcome, ProbeOutcome::Answered);
                 assert_eq!(sent.len(), 1, "a request answered {} times", sent.len());
                 assert_eq!(sent[0].0, from, "a reply sent on another path");
                 let reply = probe::decode(&sent[0].1, self.key).expect("an unauthentic reply");
@@ -271,6 +280,10 @@ impl ProbeBench {
                 self.unchanged(&paths, endpoint, "an authentic request");
             }
             _ => {
+                assert!(
+                    matches!(outcome, ProbeOutcome::Refused(_)),
+                    "a datagram that is no authentic probe was {outcome:?}"
+                );
                 assert!(
                     sent.is_empty(),
                     "answered a datagram that is no authentic probe"

@@ -17,6 +17,7 @@ use strait_pki::tls::CertStore;
 use strait_proto::msg::{PeerLink, Refusal};
 use tokio::sync::watch;
 
+use crate::dataplane::engine::ProbeRefusal;
 use crate::dataplane::pump::Counters;
 
 /// What the agent's metrics are read from.
@@ -238,6 +239,22 @@ impl Collector for Shared {
                 series(&c.tun_read_packets, &c.udp_recv_datagrams),
             )?;
             family(&mut e, "strait_dataplane_syscalls", "TUN reads (outbound) and UDP receives (inbound); packets per syscall show batching", Counter, series(&c.tun_reads, &c.udp_recvs))?;
+            let rejected = ProbeRefusal::ALL
+                .iter()
+                .map(|why| {
+                    (
+                        vec![("reason", why.label().to_string())],
+                        Counters::get(&c.probes_rejected[why.index()]) as f64,
+                    )
+                })
+                .collect();
+            family(
+                &mut e,
+                "strait_agent_probes_rejected",
+                "Path probe datagrams dropped, by reason (unknown-sender, bad-mac, malformed, not-in-flight: a replayed, duplicated or late reply)",
+                Counter,
+                rejected,
+            )?;
         }
         if let Some(certs) = m.certs.get() {
             let b = certs.bundle();
@@ -276,11 +293,10 @@ mod tests {
             prefix: "10.0.0.0/8".into(),
             reason: "overlaps".into(),
         }]);
-        let m = Arc::new(AgentMetrics::new(
-            links,
-            conflicts,
-            Some(Arc::new(Counters::default())),
-        ));
+        let counters = Arc::new(Counters::default());
+        counters.probes_rejected[ProbeRefusal::BadMac.index()]
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let m = Arc::new(AgentMetrics::new(links, conflicts, Some(counters)));
         let ca = strait_pki::ca::BuiltinCa::generate("prod").unwrap();
         let id = strait_pki::Identity::node("prod", "aws-use1", "gw", strait_pki::Role::Gateway)
             .unwrap();
@@ -326,6 +342,8 @@ mod tests {
             r#"strait_peer_tx_bytes_total{peer="gcp-usc1/gw"} 2048"#.to_string(),
             r#"strait_peer_handshake_age_seconds{peer="gcp-usc1/gw"} 12"#.to_string(),
             r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
+            r#"strait_agent_probes_rejected_total{reason="bad-mac"} 3"#.to_string(),
+            r#"strait_agent_probes_rejected_total{reason="not-in-flight"} 0"#.to_string(),
         ] {
             assert!(after.contains(&line), "missing {line} in\n{after}");
         }

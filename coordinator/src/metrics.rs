@@ -63,6 +63,7 @@ pub struct CoordinatorMetrics {
     refused: ByLabel,
     enrollments: ByLabel,
     requests: ByLabel,
+    refused_prefixes: ByLabel,
     pub cert_expiry: Gauge<f64, AtomicU64>,
     /// Reloads of a shared store after another coordinator wrote to it.
     pub store_reloads: Counter,
@@ -81,6 +82,7 @@ impl Default for CoordinatorMetrics {
             refused: ByLabel::default(),
             enrollments: ByLabel::default(),
             requests: ByLabel::default(),
+            refused_prefixes: ByLabel::default(),
             cert_expiry: Gauge::default(),
             store_reloads: Counter::default(),
         }
@@ -105,6 +107,14 @@ impl CoordinatorMetrics {
     pub fn request(&self, kind: &'static str) {
         self.requests
             .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// An advertised prefix was refused at registration; `reason` is a
+    /// [`Conflict`](crate::policy::Conflict) label (a fixed set, never the prefix).
+    pub fn refused_prefix(&self, reason: &'static str) {
+        self.refused_prefixes
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 
@@ -148,6 +158,11 @@ impl CoordinatorMetrics {
             self.requests.clone(),
         );
         r.register(
+            "refused_prefixes",
+            "Advertised prefixes refused at registration (each time a node registers), by kind of conflict",
+            self.refused_prefixes.clone(),
+        );
+        r.register(
             "store_reloads",
             "Registry reloads after another coordinator changed the shared store",
             self.store_reloads.clone(),
@@ -171,6 +186,7 @@ mod tests {
         m.refused(Refusal::OtherMesh);
         m.refused(Refusal::OtherMesh);
         m.enrollment(true);
+        m.refused_prefix("default-route");
         m.fanout.observe(0.004);
         m.agents_connected.set(3);
         let mut text = String::new();
@@ -179,6 +195,7 @@ mod tests {
             r#"strait_coordinator_refused_connections_total{reason="other-mesh"} 2"#,
             r#"strait_coordinator_enrollments_total{result="enrolled"} 1"#,
             "strait_coordinator_agents_connected 3",
+            r#"strait_coordinator_refused_prefixes_total{reason="default-route"} 1"#,
             "strait_coordinator_fanout_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");

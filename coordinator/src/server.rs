@@ -1075,6 +1075,11 @@ async fn session(
         identity.name().to_string(),
     );
     tracing::info!(identity = %identity, overlay = %registered.overlay_ip, refused = registered.refused.len(), "registered");
+    for r in &registered.refused {
+        c.metrics
+            .refused_prefix(crate::policy::Conflict::of(&r.reason).label());
+        tracing::warn!(identity = %identity, prefix = %r.prefix, reason = %r.reason, "advertised prefix refused");
+    }
     if let Some(old) = c
         .sessions
         .lock()

@@ -17,7 +17,7 @@ use super::lpm::PrefixTable;
 use super::tunnel::{Output, Tunnel};
 use crate::paths::ping::{PingOutcome, Pings};
 use crate::paths::probe::{self, Kind, Probe, ProbeKey};
-use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
+use crate::paths::select::{Candidate, NotInFlight, PathReport, Selector, Thresholds};
 
 mod rotation;
 
@@ -102,6 +102,57 @@ pub struct PeerStatus {
 pub enum Emit<'a> {
     Network(SocketAddr, &'a [u8]),
     Tun(&'a [u8]),
+}
+
+/// What became of a probe datagram; the IO shell counts refusals by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// An authenticated request, answered on the path it came in on.
+    Answered,
+    /// An authenticated reply to a probe in flight, recorded.
+    Recorded,
+    /// Dropped, for this reason; nothing changed.
+    Refused(ProbeRefusal),
+}
+
+/// Why a probe datagram was dropped (the `reason` label of
+/// `strait_agent_probes_rejected_total`: a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRefusal {
+    /// The sender id is no peer's (garbage, a stranger, or a probe reflected to its sender).
+    UnknownSender,
+    /// The MAC does not match the key shared with the peer it claims to be (forged or
+    /// corrupted).
+    BadMac,
+    /// Authenticated but of a version or kind this agent does not speak.
+    Malformed,
+    /// An authenticated reply to no probe in flight: replayed, duplicated or late.
+    NotInFlight,
+}
+
+impl ProbeRefusal {
+    /// Every reason, in the order of [`ProbeRefusal::index`].
+    pub const ALL: [ProbeRefusal; 4] = [
+        ProbeRefusal::UnknownSender,
+        ProbeRefusal::BadMac,
+        ProbeRefusal::Malformed,
+        ProbeRefusal::NotInFlight,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeRefusal::UnknownSender => "unknown-sender",
+            ProbeRefusal::BadMac => "bad-mac",
+            ProbeRefusal::Malformed => "malformed",
+            ProbeRefusal::NotInFlight => "not-in-flight",
+        }
+    }
+
+    /// Position in [`ProbeRefusal::ALL`] (for counters kept in an array).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The engine's state.
@@ -407,38 +458,55 @@ impl Engine {
     }
 
     /// A probe datagram from `from`: answers requests on the path they came in on, and
-    /// feeds replies to the peer's path selection. Forged, unknown or malformed probes are
-    /// dropped; probes never move the endpoint by themselves, only a selection does.
+    /// feeds replies to the peer's path selection. Forged, unknown, malformed and replayed
+    /// probes are dropped and change nothing (the outcome says why); probes never move the
+    /// endpoint by themselves, only a selection does.
     pub fn on_probe(
         &mut self,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
         mut emit: impl FnMut(SocketAddr, &[u8]),
-    ) {
+    ) -> ProbeOutcome {
+        let refused = ProbeOutcome::Refused;
         let Ok(id) = probe::sender_of(datagram) else {
-            return;
+            return refused(ProbeRefusal::Malformed);
         };
-        let Some(&idx) = self.by_id.get(&id) else {
+        let Some(idx) = self
+            .by_id
+            .get(&id)
+            .copied()
+            .filter(|idx| self.peers.contains_key(idx))
+        else {
             tracing::trace!(%from, "probe from no known peer; dropped");
-            return;
+            return refused(ProbeRefusal::UnknownSender);
         };
         // After the peer rotated its key, its probes may still use the key of the tunnel
         // this one replaced (and the other way round), for a moment.
         let fallback = self.peers.get(&idx).and_then(|s| s.predecessor);
+        let mut first_error = None;
         let decoded = [Some(idx), fallback].into_iter().flatten().find_map(|i| {
             let state = self.peers.get(&i)?;
-            Some((probe::decode(datagram, &state.probe_key).ok()?, i))
+            match probe::decode(datagram, &state.probe_key) {
+                Ok(p) => Some((p, i)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    None
+                }
+            }
         });
         let Some((p, signer)) = decoded else {
-            tracing::debug!(peer = idx, %from, "probe refused: bad length, MAC or sender");
-            return;
+            tracing::debug!(peer = idx, %from, error = ?first_error, "probe refused");
+            return refused(match first_error {
+                Some(probe::ProbeError::Mac) => ProbeRefusal::BadMac,
+                _ => ProbeRefusal::Malformed,
+            });
         };
         let owner = self.owner(idx);
-        match p.kind {
+        let recorded = match p.kind {
             Kind::Request => {
                 let Some(state) = self.peers.get(&signer) else {
-                    return;
+                    return refused(ProbeRefusal::UnknownSender);
                 };
                 let reply = probe::encode(
                     &Probe {
@@ -449,18 +517,29 @@ impl Engine {
                     &state.probe_key,
                 );
                 emit(from, &reply);
+                return ProbeOutcome::Answered;
             }
-            Kind::Reply if Pings::is_ping(p.seq) => {
-                self.pings.on_reply(owner, p.seq, now);
-            }
+            Kind::Reply if Pings::is_ping(p.seq) => self.pings.on_reply(owner, p.seq, now),
             Kind::Reply => {
                 let Some(state) = self.peers.get_mut(&owner) else {
-                    return;
+                    return refused(ProbeRefusal::UnknownSender);
                 };
-                if let Some(switch) = state.selector.as_mut().and_then(|s| s.on_reply(p.seq, now)) {
-                    Self::switch_path(owner, state, switch.to);
+                match state.selector.as_mut().map(|s| s.on_reply(p.seq, now)) {
+                    Some(Ok(switch)) => {
+                        if let Some(switch) = switch {
+                            Self::switch_path(owner, state, switch.to);
+                        }
+                        true
+                    }
+                    Some(Err(NotInFlight)) | None => false,
                 }
             }
+        };
+        if recorded {
+            ProbeOutcome::Recorded
+        } else {
+            tracing::debug!(peer = idx, %from, seq = p.seq, "probe reply to no probe in flight (replayed, duplicated or late); dropped");
+            refused(ProbeRefusal::NotInFlight)
         }
     }
 
@@ -675,7 +754,9 @@ mod tests {
         for _ in 0..3 {
             for (to, seq) in selector.due(now) {
                 if to == public {
-                    selector.on_reply(seq, now + std::time::Duration::from_millis(1));
+                    let recorded =
+                        selector.on_reply(seq, now + std::time::Duration::from_millis(1));
+                    assert!(recorded.is_ok());
                 }
             }
             now += th.interval;
@@ -1018,8 +1099,10 @@ mod tests {
             assert!(requests.iter().any(|(to, _)| *to == inside));
             let mut replies = Vec::new();
             for (_, req) in requests.iter().filter(|(to, _)| *to == b.addr) {
-                b.engine
+                let outcome = b
+                    .engine
                     .on_probe(a.addr, req, now, |to, d| replies.push((to, d.to_vec())));
+                assert_eq!(outcome, ProbeOutcome::Answered);
             }
             assert_eq!(replies.len(), 1);
             assert_eq!(replies[0].0, a.addr, "answered on the path it came in on");
@@ -1036,13 +1119,26 @@ mod tests {
                 ),
             );
             let before = a.engine.paths();
-            a.engine
+            let outcome = a
+                .engine
                 .on_probe(b.addr, &forged, now, |_, _| panic!("answered a reply"));
+            assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::BadMac));
+            assert_eq!(a.engine.paths(), before);
+            // A probe naming no peer, and one reflected back to its sender (it names A).
+            let mut stranger = forged;
+            stranger[4..12].copy_from_slice(b"stranger");
+            let reflected = &requests[0].1;
+            for d in [&stranger[..], reflected] {
+                let outcome = a.engine.on_probe(b.addr, d, now, |_, _| panic!("answered"));
+                assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::UnknownSender));
+            }
             assert_eq!(a.engine.paths(), before);
             let later = now + std::time::Duration::from_millis(2);
-            a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            let outcome = a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            assert_eq!(outcome, ProbeOutcome::Recorded);
             let after = a.engine.paths();
-            a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            let outcome = a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+            assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::NotInFlight));
             assert_eq!(a.engine.paths(), after, "a replayed reply counted");
         }
         let paths = a.engine.paths();

@@ -27,7 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
-use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent};
+use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal};
 use super::tunnel::BUFFER;
 use crate::paths::ping::PingOutcome;
 use crate::paths::probe;
@@ -73,6 +73,8 @@ pub struct Counters {
     /// UDP messages received (each possibly GRO-coalesced), and the datagrams in them.
     pub udp_recvs: AtomicU64,
     pub udp_recv_datagrams: AtomicU64,
+    /// Probe datagrams dropped, by [`ProbeRefusal::index`].
+    pub probes_rejected: [AtomicU64; ProbeRefusal::ALL.len()],
 }
 
 impl Counters {
@@ -462,7 +464,10 @@ fn decrypt(
             let end = (cursor.1 + stride).min(data.len());
             let datagram = &data[cursor.1..end];
             if probe::is_probe(datagram) {
-                engine.on_probe(m.addr, datagram, now, |ep, b| pending.push(ep, b));
+                let outcome = engine.on_probe(m.addr, datagram, now, |ep, b| pending.push(ep, b));
+                if let ProbeOutcome::Refused(why) = outcome {
+                    Counters::add(&shared.counters.probes_rejected[why.index()], 1);
+                }
             } else {
                 engine.inbound(m.addr, datagram, out, |e| match e {
                     Emit::Network(ep, b) => pending.push(ep, b),

@@ -14,7 +14,9 @@
 //! with a key both nodes derive from their static X25519 keys (and nobody else can). A
 //! forged probe fails the MAC; a replayed reply carries a sequence number no longer in
 //! flight and is ignored by the selector; a request reflected back to its sender names the
-//! sender itself, which is no peer.
+//! sender itself, which is no peer. (Each is counted by reason, see
+//! `engine::ProbeRefusal`.) A replayed request is answered like a fresh one: the reply goes
+//! to whoever sent it, is no larger, and changes no state.
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::hmac;

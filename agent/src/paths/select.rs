@@ -26,6 +26,11 @@ use super::stats::PathStats;
 /// Probes in a path's window before its loss can make it degraded.
 pub const MIN_LOSS_SAMPLES: usize = 10;
 
+/// An authenticated reply whose sequence number is not in flight: late (past the
+/// timeout), duplicated or replayed. It changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotInFlight;
+
 /// One way to reach the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -221,16 +226,17 @@ impl Selector {
         self.paths.iter().filter_map(|p| p.next_probe).min()
     }
 
-    /// An authenticated reply to probe `seq`. Returns false (and changes nothing) for a
-    /// sequence number not in flight: late, duplicated or replayed.
-    pub fn on_reply(&mut self, seq: u64, now: Instant) -> Option<Switch> {
+    /// An authenticated reply to probe `seq`: recorded, and the change of path it causes, if
+    /// any. A sequence number not in flight (late, duplicated or replayed) changes nothing
+    /// and is [`NotInFlight`].
+    pub fn on_reply(&mut self, seq: u64, now: Instant) -> Result<Option<Switch>, NotInFlight> {
         let found = self.paths.iter().enumerate().find_map(|(i, p)| {
             p.outstanding
                 .iter()
                 .position(|(s, _)| *s == seq)
                 .map(|j| (i, j))
         });
-        let (i, j) = found?;
+        let (i, j) = found.ok_or(NotInFlight)?;
         let (_, sent) = self.paths[i].outstanding.swap_remove(j);
         let p = &mut self.paths[i];
         p.stats.record_reply(now.saturating_duration_since(sent));
@@ -244,7 +250,7 @@ impl Selector {
             }
             p.health = Health::Up;
         }
-        self.evaluate(now)
+        Ok(self.evaluate(now))
     }
 
     /// Expires probes past the timeout (each a loss) and re-evaluates the paths.
@@ -469,7 +475,7 @@ mod tests {
                     self.in_flight.drain(..).partition(|(at, _)| *at <= now);
                 self.in_flight = later;
                 for (_, seq) in ready {
-                    if let Some(s) = self.sel.on_reply(seq, now) {
+                    if let Ok(Some(s)) = self.sel.on_reply(seq, now) {
                         self.switches.push((self.t(), s.to));
                     }
                 }
@@ -633,14 +639,24 @@ mod tests {
         let probes = sel.due(t0);
         assert_eq!(probes.len(), 2);
         let before = sel.report();
-        assert_eq!(sel.on_reply(999, t0), None);
+        assert_eq!(sel.on_reply(999, t0), Err(NotInFlight));
         assert_eq!(sel.report(), before, "an unknown sequence number counted");
         let (_, seq) = probes[0];
-        sel.on_reply(seq, t0 + Duration::from_millis(3));
+        assert!(sel.on_reply(seq, t0 + Duration::from_millis(3)).is_ok());
         let after_first = sel.report();
         // The same reply again (a replay) is ignored.
-        sel.on_reply(seq, t0 + Duration::from_millis(4));
+        assert_eq!(
+            sel.on_reply(seq, t0 + Duration::from_millis(4)),
+            Err(NotInFlight)
+        );
         assert_eq!(sel.report(), after_first);
+        // A reply after its probe timed out (counted as a loss) is late: ignored too.
+        let (_, other) = probes[1];
+        let expired = t0 + Duration::from_secs(5);
+        sel.on_tick(expired);
+        let after_expiry = sel.report();
+        assert_eq!(sel.on_reply(other, expired), Err(NotInFlight));
+        assert_eq!(sel.report(), after_expiry);
     }
 
     #[test]
