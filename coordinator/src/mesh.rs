@@ -151,6 +151,8 @@ pub enum CoreError {
     NoTunnel { a: String, b: String },
     #[error("node {0} is offline; `straitctl nodes` shows when it was last seen")]
     Offline(String),
+    #[error("WireGuard public key {key} already belongs to {owner}; every node needs its own key: remove wg.key from this node's state directory so a new one is made (or, if this machine replaces {owner}, `straitctl revoke {owner}` first)")]
+    KeyInUse { key: String, owner: String },
 }
 
 impl CoreError {
@@ -159,7 +161,7 @@ impl CoreError {
             CoreError::Token(_) => ErrorCode::InvalidToken,
             CoreError::NoSuchNode(_) => ErrorCode::NotFound,
             CoreError::OverlayExhausted(_) => ErrorCode::Internal,
-            CoreError::NotANode(_) => ErrorCode::PermissionDenied,
+            CoreError::NotANode(_) | CoreError::KeyInUse { .. } => ErrorCode::PermissionDenied,
             CoreError::Offline(_) => ErrorCode::Unavailable,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
@@ -310,6 +312,7 @@ impl Mesh {
         let site_cfg = self.site_config(&site)?.clone();
         check_wg_key(&reg.wg_public_key)?;
         let key: NodeKey = (site.clone(), identity.name().to_string());
+        check_key_free(&self.keys_in_use(&key), &reg.wg_public_key)?;
         let claimed: Vec<policy::Claimed<'_>> = self
             .nodes
             .values()
@@ -400,6 +403,24 @@ impl Mesh {
             },
             ops,
         ))
+    }
+
+    /// The WireGuard public keys held by every registered node but `except` and by every
+    /// external peer, each with its holder's id (`site/node`, `external/<name>`). A
+    /// revoked node leaves the registry, so its key is free again.
+    pub fn keys_in_use(&self, except: &NodeKey) -> BTreeMap<&str, String> {
+        let nodes = self
+            .nodes
+            .values()
+            .filter(|n| &n.key() != except && !n.wg_public_key.is_empty())
+            .map(|n| (n.wg_public_key.as_str(), n.id()));
+        let external = self.config.external_peers.iter().map(|e| {
+            (
+                e.public_key.as_str(),
+                format!("{}/{}", crate::config::EXTERNAL_SITE, e.name),
+            )
+        });
+        nodes.chain(external).collect()
     }
 
     /// A heartbeat from a connected node.
@@ -1171,6 +1192,19 @@ fn lan_address(gw: &NodeRecord) -> Option<IpAddr> {
         .find(|e| e.kind == EndpointKind::Private)
         .or_else(|| gw.endpoints.first())
         .map(|e| e.address.ip())
+}
+
+/// Refuses `wanted` if it is among `in_use` (see [`Mesh::keys_in_use`]): the agents'
+/// engines key peers by public key, so a node announcing another's key would take over its
+/// tunnel.
+pub fn check_key_free(in_use: &BTreeMap<&str, String>, wanted: &str) -> Result<(), CoreError> {
+    match in_use.get(wanted) {
+        Some(owner) => Err(CoreError::KeyInUse {
+            key: wanted.to_string(),
+            owner: owner.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_wg_key(key: &str) -> Result<(), CoreError> {
