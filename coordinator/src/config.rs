@@ -52,6 +52,84 @@ pub struct Config {
     /// several coordinators can share.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How many connections the coordinator holds at once, and for how long without a
+    /// certificate, so that a flood of connections cannot exhaust it.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: connection limits. A connection counts from its first packet (handshakes
+/// included) until it closes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    /// Connections at once, from everyone.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections at once from one IPv4 address or one IPv6 /64. Agents behind one NAT
+    /// (a Kubernetes cluster's egress address) share one.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: u32,
+    /// How long a connection without a client certificate (it may only enroll) stays open.
+    #[serde(default = "default_anonymous_lifetime", with = "duration")]
+    pub anonymous_lifetime: Duration,
+}
+
+/// Default of `limits.max-connections`: twice the 5,000 agents the benchmarks run, about
+/// 550 MiB of sessions at the measured ~55 KiB each.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default of `limits.max-connections-per-address`: room for a thousand agents behind one
+/// NAT address, while one flooding host holds at most a tenth of the total.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 1_000;
+/// Bounds of `limits.anonymous-lifetime`.
+pub const MIN_ANONYMOUS_LIFETIME: Duration = Duration::from_secs(1);
+pub const MAX_ANONYMOUS_LIFETIME: Duration = Duration::from_secs(60);
+
+fn default_max_connections() -> u32 {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_connections_per_address() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+}
+fn default_anonymous_lifetime() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            anonymous_lifetime: default_anonymous_lifetime(),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits' ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 {
+            bail!("key `limits.max-connections`: must be at least 1 (the default is {DEFAULT_MAX_CONNECTIONS})");
+        }
+        if self.max_connections_per_address == 0
+            || self.max_connections_per_address > self.max_connections
+        {
+            bail!(
+                "key `limits.max-connections-per-address`: use 1 to `limits.max-connections` ({}); agents behind one NAT address share it",
+                self.max_connections
+            );
+        }
+        if self.anonymous_lifetime < MIN_ANONYMOUS_LIFETIME
+            || self.anonymous_lifetime > MAX_ANONYMOUS_LIFETIME
+        {
+            bail!(
+                "key `limits.anonymous-lifetime`: use {} to {} (an enrollment takes one request)",
+                humantime::format_duration(MIN_ANONYMOUS_LIFETIME),
+                humantime::format_duration(MAX_ANONYMOUS_LIFETIME)
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Which store backend holds the registry.
@@ -316,6 +394,7 @@ impl Config {
             );
         }
         self.store.validate()?;
+        self.limits.validate()?;
         if self.heartbeat_timeout < Duration::from_secs(2) {
             bail!("key `heartbeat-timeout`: must be at least 2s");
         }
@@ -384,6 +463,8 @@ impl Config {
         // given to two external peers.
         let mut carried: BTreeMap<IpNetwork, &str> = BTreeMap::new();
         let mut addresses: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
+        // A WireGuard key names one peer: the agents' engines key peers by it.
+        let mut keys: BTreeMap<&str, &str> = BTreeMap::new();
         for (i, p) in self.external_peers.iter().enumerate() {
             let key = |k: &str| format!("key `external-peers[{i}].{k}`");
             Label::parse("external peer name", &p.name).with_context(|| key("name"))?;
@@ -448,6 +529,12 @@ impl Config {
                     );
                 }
             }
+            if let Some(other) = keys.insert(&p.public_key, &p.name) {
+                bail!(
+                    "{}: the key is also external peer {other}'s; each device needs its own key pair",
+                    key("public-key")
+                );
+            }
         }
         Ok(())
     }
@@ -504,6 +591,19 @@ overlay-ip = "100.64.255.1"
         assert_eq!(c.overlay_cidr.to_string(), "100.64.0.0/10");
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(15));
         assert!(c.site("gcp-usc1").unwrap().full_mesh);
+        assert_eq!(c.limits, Limits::default());
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nmax-connections = 50\nmax-connections-per-address = 5\nanonymous-lifetime = \"3s\""
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.limits.max_connections,
+                c.limits.max_connections_per_address
+            ),
+            (50, 5)
+        );
+        assert_eq!(c.limits.anonymous_lifetime, Duration::from_secs(3));
     }
 
     #[test]
@@ -616,6 +716,27 @@ overlay-ip = "100.64.255.1"
                         .replace("10.10.9.0/24", "10.10.8.0/24")
                 ),
                 "100.64.255.1 is also external peer dc1's",
+            ),
+            (
+                format!(
+                    "{GOOD}\n{EXT}\n{}",
+                    EXT.replace("dc1", "dc2")
+                        .replace("10.10.9.0/24", "10.10.8.0/24")
+                        .replace("100.64.255.1", "100.64.255.2")
+                ),
+                "external-peers[1].public-key`: the key is also external peer dc1's",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax-connections = 0"),
+                "limits.max-connections`: must be at least 1",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax-connections = 10\nmax-connections-per-address = 11"),
+                "limits.max-connections-per-address`: use 1 to",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nanonymous-lifetime = \"5m\""),
+                "limits.anonymous-lifetime",
             ),
         ];
         for (text, needle) in cases {

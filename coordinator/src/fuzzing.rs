@@ -201,6 +201,7 @@ pub fn config(flags: u8) -> Config {
         external_peers,
         throughput_probes: None,
         metrics_listen: None,
+        limits: Default::default(),
         store: Default::default(),
     }
 }
@@ -665,6 +666,21 @@ impl Harness {
                     n.site
                 );
             }
+        }
+        // One WireGuard key, one peer (agents' engines key peers by it).
+        let mut keys: BTreeSet<&str> = self
+            .config
+            .external_peers
+            .iter()
+            .map(|e| e.public_key.as_str())
+            .collect();
+        for n in &nodes {
+            assert!(
+                keys.insert(&n.wg_public_key),
+                "{}/{}'s WireGuard key is another peer's",
+                n.site,
+                n.name
+            );
         }
         for (i, n) in nodes.iter().enumerate() {
             for m in nodes[i + 1..].iter().filter(|m| m.site != n.site) {

@@ -12,7 +12,10 @@ use strait_pki::identity::Label;
 use strait_pki::material::write_new_file;
 use strait_pki::{Identity, Role};
 
-use crate::config::{DEFAULT_LISTEN, DEFAULT_OVERLAY_CIDR};
+use crate::config::{
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_OVERLAY_CIDR,
+};
 
 /// Lifetime of the operator certificate `init` writes.
 pub const OPERATOR_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -184,6 +187,18 @@ fn config_text(opts: &InitOptions) -> String {
     let _ = writeln!(
         s,
         "# [store]\n# kind = \"postgres\"\n# url-file = \"/etc/strait/db-url\"  # postgres://user:password@host:5432/db?sslmode=require, mode 0600\n"
+    );
+    let _ = writeln!(
+        s,
+        "# Connection limits (defaults shown). Agents behind one NAT address share the limit per"
+    );
+    let _ = writeln!(
+        s,
+        "# address: raise it above the largest such group (README.md, \"Configuration reference\")."
+    );
+    let _ = writeln!(
+        s,
+        "# [limits]\n# max-connections = {DEFAULT_MAX_CONNECTIONS}\n# max-connections-per-address = {DEFAULT_MAX_CONNECTIONS_PER_ADDRESS}\n# anonymous-lifetime = \"10s\"\n"
     );
     let _ = writeln!(s, "[pki]");
     let _ = writeln!(

@@ -6,12 +6,16 @@
 //! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
 //! - [`metrics`]: Prometheus metrics (served at `metrics-listen`).
 //! - [`ratelimit`]: failed-attempt limits per client address (join tokens; pure).
+//! - [`connlimit`]: connections admitted per source address and in total (pure).
+//! - [`handshake`]: which refusal a failed handshake counts as (pure).
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod config;
+pub mod connlimit;
 pub mod ctl;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handshake;
 pub mod init;
 pub mod logging;
 pub mod mesh;

@@ -157,7 +157,7 @@ pub enum CoreError {
     NoTunnel { a: String, b: String },
     #[error("node {0} is offline; `straitctl nodes` shows when it was last seen")]
     Offline(String),
-    #[error("WireGuard public key {key:?} already belongs to {owner}; every node needs its own key (remove the copied wg.key from the node's state directory and restart it)")]
+    #[error("WireGuard public key {key} already belongs to {owner}; every node needs its own key: remove wg.key from this node's state directory so a new one is made (or, if this machine replaces {owner}, `straitctl revoke {owner}` first)")]
     KeyInUse { key: String, owner: String },
 }
 
@@ -167,9 +167,8 @@ impl CoreError {
             CoreError::Token(_) => ErrorCode::InvalidToken,
             CoreError::NoSuchNode(_) => ErrorCode::NotFound,
             CoreError::OverlayExhausted(_) => ErrorCode::Internal,
-            CoreError::NotANode(_) => ErrorCode::PermissionDenied,
+            CoreError::NotANode(_) | CoreError::KeyInUse { .. } => ErrorCode::PermissionDenied,
             CoreError::Offline(_) => ErrorCode::Unavailable,
-            CoreError::KeyInUse { .. } => ErrorCode::PermissionDenied,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
             | CoreError::BadPublicKey(_)
@@ -319,6 +318,7 @@ impl Mesh {
         let site_cfg = self.site_config(&site)?.clone();
         check_wg_key(&reg.wg_public_key)?;
         let key: NodeKey = (site.clone(), identity.name().to_string());
+        check_key_free(&self.keys_in_use(&key), &reg.wg_public_key)?;
         let claimed: Vec<policy::Claimed<'_>> = self
             .nodes
             .values()
@@ -414,6 +414,31 @@ impl Mesh {
         ))
     }
 
+    /// The WireGuard public keys held by every registered node but `except` and by every
+    /// external peer, each with its holder's id (`site/node`, `external/<name>`). A
+    /// revoked node leaves the registry, so its key is free again.
+    pub fn keys_in_use(&self, except: &NodeKey) -> BTreeMap<&str, String> {
+        // A key a node announced for its next rotation is taken too.
+        let nodes = self
+            .nodes
+            .values()
+            .filter(|n| &n.key() != except)
+            .flat_map(|n| {
+                let current = Some(n.wg_public_key.as_str()).filter(|k| !k.is_empty());
+                current
+                    .into_iter()
+                    .chain(n.next_wg_public_key.as_deref())
+                    .map(|k| (k, n.id()))
+            });
+        let external = self.config.external_peers.iter().map(|e| {
+            (
+                e.public_key.as_str(),
+                format!("{}/{}", crate::config::EXTERNAL_SITE, e.name),
+            )
+        });
+        nodes.chain(external).collect()
+    }
+
     /// A heartbeat from a connected node.
     pub fn heartbeat(&mut self, key: &NodeKey, map_version: u64, now: u64) -> Vec<StoreOp> {
         let mut ops = Vec::new();
@@ -465,32 +490,11 @@ impl Mesh {
         }
     }
 
-    /// The node (other than `except`) that uses or announced `wg_key`, if any.
-    fn key_owner(&self, wg_key: &str, except: &NodeKey) -> Option<String> {
-        self.nodes
-            .values()
-            .filter(|n| n.key() != *except)
-            .find(|n| n.wg_public_key == wg_key || n.next_wg_public_key.as_deref() == Some(wg_key))
-            .map(NodeRecord::id)
-            .or_else(|| {
-                self.config
-                    .external_peers
-                    .iter()
-                    .find(|e| e.public_key == wg_key)
-                    .map(|e| format!("{}/{}", crate::config::EXTERNAL_SITE, e.name))
-            })
-    }
-
     /// Key rotation, step 1: `key` announced `next` as its next WireGuard key. It goes into
     /// every peer's map, so peers accept handshakes from it before the node switches.
     pub fn announce_key(&mut self, key: &NodeKey, next: &str) -> Result<Vec<StoreOp>, CoreError> {
         check_wg_key(next)?;
-        if let Some(owner) = self.key_owner(next, key) {
-            return Err(CoreError::KeyInUse {
-                key: next.to_string(),
-                owner,
-            });
-        }
+        check_key_free(&self.keys_in_use(key), next)?;
         let Some(node) = self.nodes.get_mut(key) else {
             return Err(CoreError::NoSuchNode(format!("{}/{}", key.0, key.1)));
         };
@@ -1247,6 +1251,19 @@ fn lan_address(gw: &NodeRecord) -> Option<IpAddr> {
         .find(|e| e.kind == EndpointKind::Private)
         .or_else(|| gw.endpoints.first())
         .map(|e| e.address.ip())
+}
+
+/// Refuses `wanted` if it is among `in_use` (see [`Mesh::keys_in_use`]): the agents'
+/// engines key peers by public key, so a node announcing another's key would take over its
+/// tunnel.
+pub fn check_key_free(in_use: &BTreeMap<&str, String>, wanted: &str) -> Result<(), CoreError> {
+    match in_use.get(wanted) {
+        Some(owner) => Err(CoreError::KeyInUse {
+            key: wanted.to_string(),
+            owner: owner.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_wg_key(key: &str) -> Result<(), CoreError> {

@@ -15,8 +15,28 @@ type ByLabel = Family<Vec<(&'static str, String)>, Counter>;
 /// Why a connection or request was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The TLS handshake failed (no certificate where one is needed, foreign CA, expired...).
+    /// The TLS handshake failed for another reason than those below (wrong ALPN, bad
+    /// signature...).
     Handshake,
+    /// The client certificate has expired.
+    ExpiredCertificate,
+    /// The client certificate is not valid yet.
+    NotYetValidCertificate,
+    /// The client certificate is not issued by the mesh CA.
+    UnknownCa,
+    /// A signature in the client's certificate or handshake does not verify (a foreign CA
+    /// with the mesh CA's name, a certificate without its key).
+    BadSignature,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// The coordinator holds `limits.max-connections` connections.
+    TooManyConnections,
+    /// The source holds `limits.max-connections-per-address` connections.
+    TooManyFromAddress,
+    /// A connection without a certificate outlived `limits.anonymous-lifetime`.
+    AnonymousLifetime,
+    /// A node registered a WireGuard key that another node or external peer holds.
+    DuplicateKey,
     /// The certificate names no usable identity.
     BadIdentity,
     OtherMesh,
@@ -35,9 +55,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn label(self) -> &'static str {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
         match self {
             Refusal::Handshake => "tls-handshake",
+            Refusal::ExpiredCertificate => "expired-certificate",
+            Refusal::NotYetValidCertificate => "not-yet-valid-certificate",
+            Refusal::UnknownCa => "unknown-ca",
+            Refusal::BadSignature => "bad-signature",
+            Refusal::HandshakeTimeout => "handshake-timeout",
+            Refusal::TooManyConnections => "too-many-connections",
+            Refusal::TooManyFromAddress => "too-many-connections-per-address",
+            Refusal::AnonymousLifetime => "anonymous-lifetime",
+            Refusal::DuplicateKey => "duplicate-wg-key",
             Refusal::BadIdentity => "bad-identity",
             Refusal::OtherMesh => "other-mesh",
             Refusal::Revoked => "revoked",
@@ -55,6 +85,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct CoordinatorMetrics {
     pub agents_connected: Gauge,
+    /// Connections open (handshaking or established), as admitted by `connlimit`.
+    pub connections: Gauge,
     pub map_version: Gauge,
     pub nodes_online: Gauge,
     pub nodes_total: Gauge,
@@ -75,6 +107,7 @@ impl Default for CoordinatorMetrics {
         let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
         CoordinatorMetrics {
             agents_connected: Gauge::default(),
+            connections: Gauge::default(),
             map_version: Gauge::default(),
             nodes_online: Gauge::default(),
             nodes_total: Gauge::default(),
@@ -125,6 +158,11 @@ impl CoordinatorMetrics {
             "agents_connected",
             "Agents with a session on this coordinator",
             self.agents_connected.clone(),
+        );
+        r.register(
+            "connections",
+            "Connections open (handshakes included)",
+            self.connections.clone(),
         );
         r.register(
             "map_version",

@@ -24,6 +24,7 @@ use strait_proto::{io as wire, ALPN};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::connlimit::{self, Connections, Over};
 use crate::mesh::{
     CoreError, IssuedCert, Mesh, NodeKey, NodeView, Presence, ProbePair, StoreOp, Views,
 };
@@ -38,6 +39,20 @@ const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
 const VERSION_ONLY_DELAY: Duration = Duration::from_millis(300);
 /// Streams a connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How long a client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress above which clients must first prove their address with a QUIC
+/// Retry (one round trip; a spoofed source address cannot answer it).
+const HANDSHAKES_BEFORE_RETRY: u32 = 256;
+/// Connection attempts quinn queues before the accept loop sees them; past this they are
+/// refused by quinn itself. The loop decides on each at once, so the queue stays short.
+const MAX_INCOMING: usize = 1024;
+/// Bytes buffered per queued connection attempt (beyond its first packet), and in all.
+const INCOMING_BUFFER: u64 = 64 << 10;
+const INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
+/// How often, at most, refused connection attempts are logged at WARN (a flood would
+/// otherwise fill the log; each refusal is counted and logged at DEBUG).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How many times a change is made again after another coordinator sharing the store
 /// changed it first.
 const MAX_ATTEMPTS: u32 = 8;
@@ -204,6 +219,13 @@ pub struct Coordinator {
     own_cert: std::sync::OnceLock<CertStore>,
     /// Bad join tokens per client address.
     enroll_failures: Mutex<FailureLimiter>,
+    /// Open connections per source and in total (`[limits]`).
+    connections: Mutex<Connections>,
+    /// Handshakes in progress.
+    handshaking: std::sync::atomic::AtomicU32,
+    /// When a refused connection attempt was last logged at WARN, and how many were refused
+    /// since.
+    refusal_log: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 /// Bad join tokens an address may present at once, then one more per
@@ -218,6 +240,10 @@ impl Coordinator {
         pki: Pki,
     ) -> Result<Arc<Coordinator>> {
         let persisted = store.load().context("loading the store")?;
+        let connections = Connections::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_address,
+        );
         let mesh = Mesh::new(config.clone(), persisted);
         let (views, _) = watch::channel(mesh.views());
         Ok(Arc::new(Coordinator {
@@ -239,6 +265,9 @@ impl Coordinator {
                 ENROLL_FAILURE_EVERY,
                 100_000,
             )),
+            connections: Mutex::new(connections),
+            handshaking: std::sync::atomic::AtomicU32::new(0),
+            refusal_log: Mutex::new((None, 0)),
         }))
     }
 
@@ -251,6 +280,37 @@ impl Coordinator {
         self.enroll_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `ip` (see [`connlimit`]); the slot releases it on drop.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnectionSlot, Over> {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        conns.admit(ip)?;
+        self.metrics.connections.set(i64::from(conns.total()));
+        Ok(ConnectionSlot {
+            c: self.clone(),
+            ip,
+        })
+    }
+
+    /// Counts and logs a connection attempt refused for `over` (at WARN at most every
+    /// [`REFUSAL_LOG_EVERY`]).
+    fn refused_over(&self, remote: SocketAddr, over: Over) {
+        self.metrics.refused(match over {
+            Over::Total { .. } => Refusal::TooManyConnections,
+            Over::Source { .. } => Refusal::TooManyFromAddress,
+        });
+        tracing::debug!(%remote, reason = %over, "connection refused");
+        let now = std::time::Instant::now();
+        let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += 1;
+        if log
+            .0
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
+        {
+            tracing::warn!(%remote, reason = %over, refused = log.1, "refusing connections over the limits (raise [limits] in the config if these are real agents)");
+            *log = (Some(now), 0);
+        }
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -378,6 +438,36 @@ impl Coordinator {
     }
 }
 
+/// An admitted connection's place in the limits; released when dropped.
+struct ConnectionSlot {
+    c: Arc<Coordinator>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut conns = self.c.connections.lock().unwrap_or_else(|p| p.into_inner());
+        conns.release(self.ip);
+        self.c.metrics.connections.set(i64::from(conns.total()));
+    }
+}
+
+/// Counts a handshake in progress while alive.
+struct Handshaking<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Handshaking<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicU32) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Handshaking(n)
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The background work of a coordinator on a shared store.
 struct SyncState {
     watcher: Box<dyn Watcher>,
@@ -485,6 +575,10 @@ pub fn bind(
 ) -> Result<quinn::Endpoint> {
     let tls = tls::server_config(cas, certs, ClientAuth::OptionalForEnrollment, ALPN)?;
     let mut server = tls::quic_server_config(tls)?;
+    server
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
@@ -533,16 +627,7 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let c = coordinator.clone();
-                tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => handle_connection(c, conn).await,
-                        Err(e) => {
-                            c.metrics.refused(Refusal::Handshake);
-                            tracing::info!(error = %e, "handshake refused");
-                        }
-                    }
-                });
+                accept(&coordinator, incoming);
             }
             _ = &mut shutdown => break,
         }
@@ -557,6 +642,56 @@ pub async fn serve(
     endpoint.close(close::SHUTDOWN.into(), b"coordinator shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Decides on a connection attempt at once: refused over the limits (no TLS work done),
+/// asked to prove its address when many handshakes are in progress, or admitted and handed
+/// to its own task.
+fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let slot = match coordinator.admit(remote.ip()) {
+        Ok(slot) => slot,
+        Err(over) => {
+            coordinator.refused_over(remote, over);
+            incoming.refuse();
+            return;
+        }
+    };
+    let busy = coordinator
+        .handshaking
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= HANDSHAKES_BEFORE_RETRY;
+    if busy && !incoming.remote_address_validated() {
+        drop(slot);
+        tracing::debug!(%remote, "many handshakes in progress: asking the client to prove its address");
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().ignore();
+        }
+        return;
+    }
+    let c = coordinator.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let conn = {
+            let _handshaking = Handshaking::new(&c.handshaking);
+            match incoming.accept() {
+                Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
+                Err(e) => Ok(Err(e)),
+            }
+        };
+        match conn {
+            Ok(Ok(conn)) => handle_connection(c, conn).await,
+            Ok(Err(e)) => {
+                let why = crate::handshake::refusal(&e);
+                c.metrics.refused(why);
+                tracing::info!(%remote, error = %e, reason = why.label(), "handshake refused");
+            }
+            Err(_) => {
+                c.metrics.refused(Refusal::HandshakeTimeout);
+                tracing::info!(%remote, "handshake refused: not finished within {HANDSHAKE_TIMEOUT:?}");
+            }
+        }
+    });
 }
 
 async fn tick_loop(c: Arc<Coordinator>) {
@@ -634,9 +769,27 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
         }
     }
     tracing::debug!(remote = %peer.addr, identity = ?peer.identity.as_ref().map(|i| i.to_string()), "connection");
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        let (c, conn, peer) = (c.clone(), conn.clone(), peer.clone());
-        tokio::spawn(async move { handle_stream(c, conn, peer, send, recv).await });
+    let anonymous = peer.identity.is_none();
+    let streams = async {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let (c, conn, peer) = (c.clone(), conn.clone(), peer.clone());
+            tokio::spawn(async move { handle_stream(c, conn, peer, send, recv).await });
+        }
+    };
+    if !anonymous {
+        streams.await;
+        return;
+    }
+    // Without a certificate a connection may only enroll, which takes one request.
+    let lifetime = c.config.limits.anonymous_lifetime;
+    if tokio::time::timeout(lifetime, streams).await.is_err() {
+        c.metrics.refused(Refusal::AnonymousLifetime);
+        tracing::debug!(remote = %peer.addr, "closing a connection without a certificate after {lifetime:?}");
+        let reason = format!(
+            "connections without a client certificate last at most {}; enroll on a new connection",
+            humantime::format_duration(lifetime)
+        );
+        conn.close(close::LIMIT.into(), reason.as_bytes());
     }
 }
 
@@ -692,6 +845,13 @@ async fn handle_stream(
         (_, Request::Enroll(req)) => {
             let r = enroll(&c, req, peer.addr.ip());
             respond(&mut send, &r).await;
+            if peer.identity.is_none() && matches!(r, Response::Enrolled { .. }) {
+                // The node comes back with its certificate; nothing else is allowed here.
+                conn.close(
+                    close::SHUTDOWN.into(),
+                    b"enrolled; connect again with the new certificate",
+                );
+            }
             return;
         }
         (Some(id), _) => id.clone(),
@@ -866,6 +1026,8 @@ fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Respo
         Ok(ca) => ca,
         Err(r) => return *r,
     };
+    // Bad tokens count per IPv4 address or IPv6 /64 (one host holds a whole /64).
+    let from = connlimit::source(from);
     let limited = c.enroll_failures().check(from, std::time::Instant::now());
     if let Err(wait) = limited {
         c.metrics.enrollment(false);
@@ -1056,14 +1218,20 @@ async fn session(
     mut recv: RecvStream,
 ) {
     let mut versions = c.views.subscribe();
+    let mut refusal = Refusal::Registration;
     let registered = c.mutate(|mesh| {
         mesh.register(&identity, &reg, &peer.serial, peer.not_after, unix_now())
-            .map_err(core_err)
+            .map_err(|e| {
+                if matches!(e, CoreError::KeyInUse { .. }) {
+                    refusal = Refusal::DuplicateKey;
+                }
+                core_err(e)
+            })
     });
     let registered = match registered {
         Ok(r) => r,
         Err(e) => {
-            c.metrics.refused(Refusal::Registration);
+            c.metrics.refused(refusal);
             tracing::warn!(identity = %identity, error = %e, "registration refused");
             let _ = wire::write(&mut send, &SessionEvent::Closing(e)).await;
             let _ = send.finish();

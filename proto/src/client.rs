@@ -64,6 +64,12 @@ pub async fn call(
             .ok_or(ClientError::NoAnswer)
     };
     match tokio::time::timeout(timeout, work).await {
+        // A stream cut by the coordinator closing the connection: its reason (revoked,
+        // a limit...) says more than the stream's "connection lost".
+        Ok(Err(e @ ClientError::Io(IoError::Stream(_)))) => Err(conn
+            .close_reason()
+            .map(ClientError::Connection)
+            .unwrap_or(e)),
         Ok(r) => r,
         Err(_) => Err(ClientError::Timeout {
             addr,

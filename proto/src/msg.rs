@@ -563,4 +563,7 @@ pub mod close {
     pub const BAD_IDENTITY: u32 = 0x11;
     /// The peer broke the protocol (e.g. an oversized or garbage frame on a session).
     pub const PROTOCOL: u32 = 0x12;
+    /// The connection reached a limit of the coordinator's (e.g. how long a connection
+    /// without a certificate may stay open).
+    pub const LIMIT: u32 = 0x13;
 }

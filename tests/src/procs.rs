@@ -451,6 +451,20 @@ impl Agent {
         Agent::launch(dir, None, coordinator, site, node, role, token, extra)
     }
 
+    /// Like [`Agent::start`] with an existing state directory (a restart, or one prepared
+    /// by the test).
+    pub fn run(
+        dir: tempfile::TempDir,
+        coordinator: SocketAddr,
+        site: &str,
+        node: &str,
+        role: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        Agent::launch(dir, None, coordinator, site, node, role, token, extra)
+    }
+
     /// Runs the agent in `dir`: inside `netns` with the userspace data plane, or here with
     /// the control plane only.
     #[allow(clippy::too_many_arguments)]

@@ -194,10 +194,9 @@ async fn hostile_clients_are_refused_and_others_still_served() {
     };
     assert_eq!(refused("no-client-certificate"), 2.0, "{text}");
     assert_eq!(refused("bad-frame"), 5.0, "{text}");
-    assert!(
-        refused("tls-handshake") >= 2.0,
-        "wrong ALPN, foreign CA: {text}"
-    );
+    assert!(refused("tls-handshake") >= 1.0, "wrong ALPN: {text}");
+    // The foreign CA is named like the mesh's: its certificate fails on the signature.
+    assert!(refused("bad-signature") >= 1.0, "foreign CA: {text}");
     assert_eq!(refused("not-operator"), 3.0, "{text}");
     assert_eq!(refused("join-token"), 10.0, "{text}");
     assert_eq!(refused("rate-limited"), 3.0, "{text}");

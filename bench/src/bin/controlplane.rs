@@ -129,10 +129,15 @@ fn start_coordinator(args: &Args) -> Result<(CoordinatorProcess, SocketAddr, Pat
         bail!("init: {}", String::from_utf8_lossy(&out.stderr));
     }
     let config = state.join("coordinator.toml");
-    let text = std::fs::read_to_string(&config)?.replace(
+    let mut text = std::fs::read_to_string(&config)?.replace(
         "heartbeat-timeout = \"15s\"",
         "heartbeat-timeout = \"120s\"",
     );
+    // Every simulated agent connects from 127.0.0.1: one address, like agents behind a NAT.
+    let room = (args.agents as u64 * 2).max(10_000);
+    text.push_str(&format!(
+        "\n[limits]\nmax-connections = {room}\nmax-connections-per-address = {room}\n"
+    ));
     std::fs::write(&config, text)?;
     // BENCH_COORDINATOR_WRAPPER="heaptrack -o /tmp/coord" runs the coordinator under a
     // profiler (the figures are then the profiler's, not the coordinator's).

@@ -1,7 +1,14 @@
 use super::*;
 use crate::config::PkiConfig;
 
-const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+/// A WireGuard public key of its own for each node address (nodes may not share one).
+fn wg_key(lan: &str) -> String {
+    use base64::Engine;
+    let ip: Ipv4Addr = lan.parse().unwrap();
+    let mut key = [0u8; 32];
+    key[..4].copy_from_slice(&ip.octets());
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
 
 fn config(full_mesh_b: bool) -> Arc<Config> {
     let site = |name: &str, prefix: &str, full_mesh| SiteConfig {
@@ -26,13 +33,14 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         external_peers: vec![],
         throughput_probes: None,
         metrics_listen: None,
+        limits: Default::default(),
         store: Default::default(),
     })
 }
 
 fn reg(prefixes: &[&str], lan: &str) -> Registration {
     Registration {
-        wg_public_key: KEY_A.into(),
+        wg_public_key: wg_key(lan),
         endpoints: vec![Endpoint {
             address: format!("{lan}:51820").parse().unwrap(),
             kind: EndpointKind::Private,
@@ -436,8 +444,8 @@ fn a_rotated_key_reaches_peers_before_and_after_it_is_used() {
     three_nodes(&mut mesh, &mut store);
     let a = key("a", "gw");
     // A key another node uses is refused, naming the owner.
-    let err = mesh.announce_key(&a, KEY_A).unwrap_err();
-    assert!(err.to_string().contains("already belongs to a/m1"), "{err}");
+    let err = mesh.announce_key(&a, &wg_key("10.2.0.1")).unwrap_err();
+    assert!(err.to_string().contains("already belongs to b/gw"), "{err}");
     assert!(mesh.announce_key(&a, "short").is_err());
     // A key that was never announced cannot be put in use.
     assert!(mesh.key_in_use(&a, KEY_B).is_err());
@@ -452,7 +460,7 @@ fn a_rotated_key_reaches_peers_before_and_after_it_is_used() {
             peer.wg_public_key.as_str(),
             peer.next_wg_public_key.as_deref()
         ),
-        (KEY_A, Some(KEY_B))
+        (wg_key("10.1.0.1").as_str(), Some(KEY_B))
     );
     let own = mesh.map_for(&a).unwrap().node;
     assert_eq!(own.next_wg_public_key.as_deref(), Some(KEY_B));
@@ -461,6 +469,12 @@ fn a_rotated_key_reaches_peers_before_and_after_it_is_used() {
     assert!(mesh.announce_key(&a, KEY_B).unwrap().is_empty());
     assert_eq!(mesh.version(), v1);
     assert!(mesh.announce_key(&key("b", "gw"), KEY_B).is_err());
+    // ...nor register with it.
+    let mut taken = reg(&[], "10.1.0.30");
+    taken.wg_public_key = KEY_B.into();
+    assert!(mesh
+        .register(&id("a", "m2", Role::Member), &taken, "05", 0, 150)
+        .is_err());
 
     let ops = mesh.key_in_use(&a, KEY_B).unwrap();
     persist(&mut store, &ops);
@@ -483,4 +497,99 @@ fn a_rotated_key_reaches_peers_before_and_after_it_is_used() {
     mesh.register(&id("a", "gw", Role::Gateway), &r, "01", 0, 200)
         .unwrap();
     assert_eq!(mesh.node(&a).unwrap().next_wg_public_key, None);
+}
+
+#[test]
+fn a_wireguard_key_belongs_to_one_node() {
+    let mut store = Persisted::default();
+    let mut mesh = Mesh::new(config(false), Persisted::default());
+    three_nodes(&mut mesh, &mut store);
+    let version = mesh.version();
+
+    // Another node announcing b/gw's key (a copied wg.key) is refused, named and unchanged.
+    let mut stolen = reg(&[], "10.1.0.20");
+    stolen.wg_public_key = wg_key("10.2.0.1");
+    let err = mesh
+        .register(&id("a", "thief", Role::Member), &stolen, "09", 0, 150)
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PermissionDenied);
+    let text = err.to_string();
+    assert!(text.contains("already belongs to b/gw"), "{text}");
+    assert!(text.contains("remove wg.key"), "{text}");
+    assert!(mesh.node(&key("a", "thief")).is_none());
+    assert_eq!(mesh.version(), version, "a refusal moved the version");
+    // ...also to re-register an existing node with it.
+    let err = mesh
+        .register(&id("a", "m1", Role::Member), &stolen, "09", 0, 150)
+        .unwrap_err();
+    assert!(matches!(err, CoreError::KeyInUse { ref owner, .. } if owner == "b/gw"));
+    assert_eq!(
+        mesh.node(&key("a", "m1")).unwrap().wg_public_key,
+        wg_key("10.1.0.9")
+    );
+
+    // The owner re-registering with its own key (an agent restart) is fine, and so is a
+    // node moving to a fresh key.
+    mesh.register(
+        &id("b", "gw", Role::Gateway),
+        &reg(&["10.2.0.0/16"], "10.2.0.1"),
+        "02",
+        0,
+        160,
+    )
+    .unwrap();
+    mesh.register(
+        &id("a", "m1", Role::Member),
+        &reg(&[], "10.1.0.99"),
+        "03",
+        0,
+        160,
+    )
+    .unwrap();
+
+    // A revoked node leaves the registry: its key is free for a node enrolled anew.
+    mesh.revoke(&key("b", "gw"), 170);
+    mesh.register(&id("a", "thief", Role::Member), &stolen, "09", 0, 180)
+        .unwrap();
+}
+
+#[test]
+fn an_external_peers_key_is_taken() {
+    use crate::config::ExternalPeerConfig;
+    let mut config = (*config(false)).clone();
+    config.external_peers.push(ExternalPeerConfig {
+        name: "dc1".into(),
+        site: "a".into(),
+        public_key: wg_key("10.1.7.7"),
+        endpoint: None,
+        prefixes: vec!["10.1.7.0/24".parse().unwrap()],
+        overlay_ip: None,
+    });
+    let mut mesh = Mesh::new(Arc::new(config), Persisted::default());
+    let err = mesh
+        .register(
+            &id("b", "gw", Role::Gateway),
+            &reg(&[], "10.1.7.7"),
+            "01",
+            0,
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already belongs to external/dc1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_checks_take_the_set_of_keys_in_use() {
+    let in_use: BTreeMap<&str, String> = [("k1", "a/gw".to_string())].into();
+    assert_eq!(check_key_free(&in_use, "k2"), Ok(()));
+    assert_eq!(
+        check_key_free(&in_use, "k1"),
+        Err(CoreError::KeyInUse {
+            key: "k1".into(),
+            owner: "a/gw".into()
+        })
+    );
 }
