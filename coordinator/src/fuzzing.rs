@@ -439,7 +439,7 @@ impl Harness {
 
     fn step(&mut self, r: &mut Reader<'_>) {
         let version = self.mesh.version();
-        match r.u8() % 12 {
+        match r.u8() % 13 {
             0 => {
                 let (site, name) = r.key();
                 let role = r.pick(&[Role::Gateway, Role::Member, Role::Gateway, Role::Operator]);
@@ -548,6 +548,31 @@ impl Harness {
                             assert!(n.online, "a probe pair with an offline node");
                         }
                         assert_ne!(pair.a.0, pair.b.0, "a probe pair within one site");
+                    }
+                    Err(e) => self.refused(&e, version),
+                }
+            }
+            11 => {
+                // Key rotation: announce a next key, or put one in use.
+                let key = r.key();
+                let wg = wg_key(r.u8());
+                let announce = r.u8() % 2 == 0;
+                let result = if announce {
+                    self.mesh.announce_key(&key, &wg)
+                } else {
+                    self.mesh.key_in_use(&key, &wg)
+                };
+                match result {
+                    Ok(ops) => {
+                        self.persist(&ops);
+                        let n = self.mesh.node(&key).expect("a key for no node");
+                        let now_held = if announce {
+                            n.wg_public_key == wg
+                                || n.next_wg_public_key.as_deref() == Some(wg.as_str())
+                        } else {
+                            n.wg_public_key == wg && n.next_wg_public_key.is_none()
+                        };
+                        assert!(now_held, "a key rotation step left {key:?} without {wg}");
                     }
                     Err(e) => self.refused(&e, version),
                 }
@@ -681,6 +706,17 @@ impl Harness {
                 n.site,
                 n.name
             );
+        }
+        // ...and a key announced for a rotation is no one else's either.
+        for n in &nodes {
+            if let Some(next) = &n.next_wg_public_key {
+                assert!(
+                    keys.insert(next),
+                    "{}/{} announced a key already held",
+                    n.site,
+                    n.name
+                );
+            }
         }
         for (i, n) in nodes.iter().enumerate() {
             for m in nodes[i + 1..].iter().filter(|m| m.site != n.site) {
