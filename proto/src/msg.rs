@@ -542,4 +542,7 @@ pub mod close {
     pub const BAD_IDENTITY: u32 = 0x11;
     /// The peer broke the protocol (e.g. an oversized or garbage frame on a session).
     pub const PROTOCOL: u32 = 0x12;
+    /// The certificate the connection was opened with expired (sessions outlive no
+    /// certificate; an agent moves its session to a renewed one before).
+    pub const CERT_EXPIRED: u32 = 0x13;
 }
