@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use quinn::{RecvStream, SendStream};
 use strait_observe::Readiness;
 use strait_pki::ca::{bundle_from_signed, generate_csr};
 use strait_pki::material::{parse_certs, write_file};
-use strait_pki::renewal::{self, CertSource};
+use strait_pki::renewal::{self, CertSource, RenewalState};
 use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
@@ -101,21 +102,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let bundle = ensure_certificate(&config).await?;
+    report_expired(&config, &bundle);
     let wg = reports.keys.borrow().clone();
     tracing::info!(identity = %bundle.identity, wg_public_key = %wg.public_base64(), "agent starting");
     let certs = CertStore::new(bundle)?;
     telemetry.metrics.set_certs(certs.clone());
-    let renewal_task = match &config.vault {
-        None => {
-            renewal::spawn(
-                CoordinatorRenewal {
-                    config: config.clone(),
-                    certs: certs.clone(),
-                },
-                certs.clone(),
-            )
-            .0
-        }
+    let (renewal_task, renewal_state, renewal_counts) = match &config.vault {
+        None => renewal::spawn_counted(
+            CoordinatorRenewal {
+                config: config.clone(),
+                certs: certs.clone(),
+            },
+            certs.clone(),
+        ),
         Some(settings) => {
             let vault = VaultPki::login(settings.to_config()?).await?;
             let source = SavingSource {
@@ -126,9 +125,12 @@ pub async fn run(
                 },
                 dir: config.tls_dir(),
             };
-            renewal::spawn(source, certs.clone()).0
+            renewal::spawn_counted(source, certs.clone())
         }
     };
+    telemetry
+        .metrics
+        .set_renewal(renewal_state.clone(), renewal_counts);
     let map_path = config.state_dir.join("map.json");
     match load_map(&map_path) {
         Ok(Some(map)) => {
@@ -167,6 +169,7 @@ pub async fn run(
         maps,
         map_path,
         registration,
+        renewal: renewal_state,
     };
     tokio::pin!(shutdown);
     let mut attempt = 0u32;
@@ -212,29 +215,90 @@ struct Session<'a> {
     rotation: KeyRotation,
     /// The key being rotated to, until it is in use.
     next_key: Option<WgKey>,
+    /// The renewal task's state: a renewed certificate moves the session to it.
+    renewal: watch::Receiver<RenewalState>,
 }
 
+/// Frames from the coordinator, read in their own task (see the invariants).
+type Events = mpsc::Receiver<Result<Option<SessionEvent>, wire::IoError>>;
+
+fn spawn_reader(mut recv: RecvStream) -> (tokio::task::JoinHandle<()>, Events) {
+    let (tx, events) = mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let event = wire::read::<SessionEvent, _>(&mut recv, MAX_FRAME).await;
+            let end = !matches!(event, Ok(Some(_)));
+            if tx.send(event).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    (reader, events)
+}
+
+/// How long moving a session to a renewed certificate may take before the agent keeps the
+/// current session.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Session<'_> {
-    async fn run(&mut self, addr: &str) -> Result<()> {
+    /// Connects with the current certificate, opens the session stream and subscribes.
+    /// Returns the serial of the certificate presented.
+    async fn subscribe(
+        &self,
+        addr: &str,
+    ) -> Result<(quinn::Connection, SendStream, RecvStream, String)> {
+        let serial = self.certs.bundle().serial;
         let conn = connect(self.config, &self.certs, addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await.context("opening the session stream")?;
+        let (mut send, recv) = conn.open_bi().await.context("opening the session stream")?;
         let mut registration = self.registration.clone();
         registration.have_version = self.maps.borrow().as_ref().map(|m| m.version);
         wire::write(&mut send, &Request::Subscribe(registration)).await?;
+        Ok((conn, send, recv, serial))
+    }
+
+    /// Make-before-break: a second session with the renewed certificate, up to its
+    /// `Registered`. The coordinator then closes the old session (it is replaced).
+    async fn open_renewed(
+        &self,
+        addr: &str,
+    ) -> Result<(
+        quinn::Connection,
+        SendStream,
+        RecvStream,
+        String,
+        SessionEvent,
+    )> {
+        let (conn, send, mut recv, serial) = self.subscribe(addr).await?;
+        let first = tokio::time::timeout(
+            MOVE_TIMEOUT,
+            wire::read::<SessionEvent, _>(&mut recv, MAX_FRAME),
+        )
+        .await
+        .context("no answer from the coordinator")??;
+        match first {
+            Some(e @ SessionEvent::Registered(_)) => Ok((conn, send, recv, serial, e)),
+            Some(SessionEvent::Closing(e)) => {
+                conn.close(0u32.into(), b"session refused");
+                bail!("coordinator refused the session: {e}")
+            }
+            Some(other) => {
+                conn.close(0u32.into(), b"unexpected answer");
+                bail!("unexpected first answer {other:?}")
+            }
+            None => bail!("the coordinator ended the new session at once"),
+        }
+    }
+
+    async fn run(&mut self, addr: &str) -> Result<()> {
+        let (mut conn, mut send, recv, mut session_serial) = self.subscribe(addr).await?;
         // Report the current conflicts on every new session.
         self.reports.conflicts.mark_changed();
         self.reports.links.mark_changed();
+        // Only a renewal after this point moves the session.
+        self.renewal.borrow_and_update();
+        let mut renewal_alive = true;
 
-        let (tx, mut events) = tokio::sync::mpsc::channel(64);
-        let reader = tokio::spawn(async move {
-            loop {
-                let event = wire::read::<SessionEvent, _>(&mut recv, MAX_FRAME).await;
-                let end = !matches!(event, Ok(Some(_)));
-                if tx.send(event).await.is_err() || end {
-                    break;
-                }
-            }
-        });
+        let (mut reader, mut events) = spawn_reader(recv);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.heartbeat_interval,
             self.config.heartbeat_interval,
@@ -256,13 +320,7 @@ impl Session<'_> {
                         Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading from the coordinator")),
                     };
                     match event {
-                        SessionEvent::Registered(r) => {
-                            tracing::info!(coordinator = %addr, overlay_ip = %r.overlay_ip, "registered");
-                            self.telemetry.metrics.set_session_up(true);
-                            for refusal in &r.refused {
-                                tracing::warn!(prefix = %refusal.prefix, reason = %refusal.reason, "coordinator refused an advertised prefix");
-                            }
-                        }
+                        SessionEvent::Registered(r) => self.registered(addr, &r),
                         SessionEvent::Snapshot(m) => {
                             tracing::info!(version = m.version, peers = m.peers.len(), routes = m.routes.len(), "map snapshot");
                             self.publish(&m);
@@ -346,6 +404,43 @@ impl Session<'_> {
                         break Err(e.context("key rotation"));
                     }
                 }
+                changed = self.renewal.changed(), if renewal_alive => {
+                    if changed.is_err() {
+                        renewal_alive = false;
+                        continue;
+                    }
+                    let renewed = match &*self.renewal.borrow_and_update() {
+                        RenewalState::Valid { serial, .. } if *serial != session_serial => Some(serial.clone()),
+                        _ => None,
+                    };
+                    let Some(renewed) = renewed else { continue };
+                    match self.open_renewed(addr).await {
+                        Ok((new_conn, new_send, new_recv, serial, first)) => {
+                            // Events still queued from the old session are dropped: the new
+                            // session's snapshot follows its `Registered`.
+                            reader.abort();
+                            (reader, events) = spawn_reader(new_recv);
+                            let old = std::mem::replace(&mut conn, new_conn);
+                            old.close(0u32.into(), b"moved to a renewed certificate");
+                            send = new_send;
+                            tracing::info!(coordinator = %addr, previous_serial = %session_serial, serial = %serial, "moved the session to the renewed certificate");
+                            session_serial = serial;
+                            // The new registration dropped a key announcement; make it again.
+                            announced = false;
+                            if let SessionEvent::Registered(r) = first {
+                                self.registered(addr, &r);
+                            }
+                            self.reports.conflicts.mark_changed();
+                            self.reports.links.mark_changed();
+                        }
+                        Err(e) => {
+                            // The current session goes on; the coordinator ends it when its
+                            // certificate expires, and the agent then reconnects with the
+                            // renewed one.
+                            tracing::warn!(coordinator = %addr, serial = %renewed, error = %format!("{e:#}"), "could not move the session to the renewed certificate; keeping the current session");
+                        }
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let version = map.as_ref().map(|m| m.version).unwrap_or(0);
                     if let Err(e) = wire::write(&mut send, &AgentEvent::Heartbeat { map_version: version }).await {
@@ -402,9 +497,11 @@ impl Session<'_> {
             ),
             None => {}
         }
-        if let (Some(public), false) = (self.rotation.pending(), *announced) {
+        if let (Some(public), false) = (self.rotation.pending().map(String::from), *announced) {
+            // A new session's registration dropped any earlier announcement.
+            self.rotation.reannounced();
             let event = AgentEvent::AnnounceKey {
-                next_wg_public_key: public.to_string(),
+                next_wg_public_key: public,
             };
             wire::write(send, &event).await?;
             *announced = true;
@@ -431,6 +528,14 @@ impl Session<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    fn registered(&self, addr: &str, r: &strait_proto::msg::Registered) {
+        tracing::info!(coordinator = %addr, overlay_ip = %r.overlay_ip, "registered");
+        self.telemetry.metrics.set_session_up(true);
+        for refusal in &r.refused {
+            tracing::warn!(prefix = %refusal.prefix, reason = %refusal.reason, "coordinator refused an advertised prefix");
+        }
     }
 
     fn publish(&self, map: &NetworkMap) {
@@ -496,12 +601,12 @@ impl CertSource for CoordinatorRenewal {
     async fn fetch(&self) -> Result<CertBundle, String> {
         let identity = self.certs.identity();
         let node_key = generate_csr(&identity.dns_name()).map_err(|e| e.to_string())?;
-        let mut last = String::new();
+        let mut tried = Vec::new();
         for addr in &self.config.coordinators {
             let conn = match connect(&self.config, &self.certs, addr).await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = format!("{e:#}");
+                    tried.push(format!("{addr}: {e:#}"));
                     continue;
                 }
             };
@@ -530,10 +635,24 @@ impl CertSource for CoordinatorRenewal {
                 }
                 Ok(Response::Error(e)) => return Err(format!("coordinator refused renewal: {e}")),
                 Ok(other) => return Err(format!("unexpected answer to renewal: {other:?}")),
-                Err(e) => last = e.to_string(),
+                Err(e) => tried.push(format!("{addr}: {e}")),
             }
         }
-        Err(format!("no coordinator reachable for renewal: {last}"))
+        Err(format!(
+            "renewal through the coordinator failed: {}",
+            tried.join("; ")
+        ))
+    }
+
+    fn expiry_advice(&self) -> String {
+        let dir = self.config.tls_dir();
+        format!(
+            "with the built-in CA a node renews through the coordinator, authenticated by its current certificate, which an expired one cannot do: \
+             enroll this node again: stop the agent, remove {} and start it with a new join token (`straitctl token create --site {} --role {}`)",
+            dir.display(),
+            self.config.site,
+            self.config.role
+        )
     }
 }
 
@@ -548,6 +667,29 @@ impl<S: CertSource> CertSource for SavingSource<S> {
         let bundle = self.inner.fetch().await?;
         bundle.save(&self.dir).map_err(|e| e.to_string())?;
         Ok(bundle)
+    }
+
+    fn expiry_advice(&self) -> String {
+        self.inner.expiry_advice()
+    }
+}
+
+/// Says at start what to do when this node's certificate has already expired.
+fn report_expired(config: &Config, bundle: &CertBundle) {
+    if bundle.not_after > std::time::SystemTime::now() {
+        return;
+    }
+    let expired_at = humantime::format_rfc3339_seconds(bundle.not_after);
+    if config.vault.is_some() {
+        tracing::warn!(%expired_at, "this node's certificate expired; asking Vault for a new one");
+    } else {
+        tracing::error!(
+            %expired_at,
+            "this node's certificate expired and cannot renew through the coordinator; enroll again: stop the agent, remove {} and start it with a new join token (`straitctl token create --site {} --role {}`)",
+            config.tls_dir().display(),
+            config.site,
+            config.role
+        );
     }
 }
 

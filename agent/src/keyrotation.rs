@@ -84,6 +84,14 @@ impl KeyRotation {
         });
     }
 
+    /// The announcement is sent again (on a new session, whose registration dropped it):
+    /// the coordinator must record it again before the switch.
+    pub fn reannounced(&mut self) {
+        if let Some(p) = self.pending.as_mut() {
+            p.seen = None;
+        }
+    }
+
     /// The own map names `announced` as this node's next key.
     pub fn on_map(&mut self, announced: Option<&str>, now: Instant) {
         if let Some(p) = self.pending.as_mut() {
@@ -149,6 +157,10 @@ mod tests {
         let seen = t1 + Duration::from_secs(41);
         r.on_map(Some("K2"), seen);
         assert_eq!(r.poll(seen + Duration::from_secs(4), false), None);
+        // Announced again on a new session: the wait starts over once it is recorded.
+        r.reannounced();
+        assert_eq!(r.poll(seen + DISTRIBUTION_DELAY, false), None);
+        r.on_map(Some("K2"), seen);
         assert_eq!(r.poll(seen + DISTRIBUTION_DELAY, false), Some(Step::Switch));
         r.switched(seen + DISTRIBUTION_DELAY);
         assert_eq!(r.pending(), None);

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics, read at scrape time from what the agent already keeps:
 //! the data plane's latest link report (paths, bytes, handshakes), its route conflicts, its
-//! IO counters, the current certificate and whether a coordinator session is up. Nothing
+//! IO counters, the current certificate and its renewal, and whether a coordinator session is
+//! up. Nothing
 //! here is on the packet path. Served by `strait_observe::http` at `metrics-listen`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use strait_pki::renewal::{RenewalCounts, RenewalState};
 use strait_pki::tls::CertStore;
 use strait_proto::msg::{PeerLink, Refusal};
 use tokio::sync::watch;
@@ -26,6 +28,7 @@ pub struct AgentMetrics {
     conflicts: watch::Receiver<Vec<Refusal>>,
     counters: Option<Arc<Counters>>,
     certs: OnceLock<CertStore>,
+    renewal: OnceLock<(watch::Receiver<RenewalState>, Arc<RenewalCounts>)>,
     session_up: AtomicBool,
     started: Instant,
 }
@@ -47,6 +50,7 @@ impl AgentMetrics {
             conflicts,
             counters,
             certs: OnceLock::new(),
+            renewal: OnceLock::new(),
             session_up: AtomicBool::new(false),
             started: Instant::now(),
         }
@@ -55,6 +59,13 @@ impl AgentMetrics {
     /// The node's certificate store, once it has one (its expiry is exported).
     pub fn set_certs(&self, certs: CertStore) {
         let _ = self.certs.set(certs);
+    }
+
+    /// The certificate renewal task's state and counts (exported as
+    /// `strait_cert_renewal_state`, `strait_cert_renewals_total` and
+    /// `strait_cert_renewal_failures_total`).
+    pub fn set_renewal(&self, state: watch::Receiver<RenewalState>, counts: Arc<RenewalCounts>) {
+        let _ = self.renewal.set((state, counts));
     }
 
     /// Whether a session with a coordinator is up.
@@ -87,6 +98,16 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(value);
     g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
 /// One metric with a series per label set.
@@ -265,6 +286,34 @@ impl Collector for Shared {
                 unix(b.not_after),
             )?;
         }
+        if let Some((state, counts)) = m.renewal.get() {
+            let now = state.borrow().name();
+            family(
+                &mut e,
+                "strait_cert_renewal_state",
+                "1 for the certificate renewal state now: valid (renewal scheduled), retrying (renewal failed, the current certificate is kept) or expired",
+                Gauge,
+                ["valid", "retrying", "expired"]
+                    .into_iter()
+                    .map(|s| {
+                        let l: Labels = vec![("state", s.to_string())];
+                        (l, f64::from(u8::from(s == now)))
+                    })
+                    .collect(),
+            )?;
+            counter(
+                &mut e,
+                "strait_cert_renewals",
+                "Certificates renewed since the agent started",
+                counts.renewed(),
+            )?;
+            counter(
+                &mut e,
+                "strait_cert_renewal_failures",
+                "Certificate renewal attempts that failed since the agent started (each retry counts)",
+                counts.failed(),
+            )?;
+        }
         gauge(
             &mut e,
             "strait_coordinator_session_up",
@@ -304,7 +353,15 @@ mod tests {
         let bundle = ca
             .issue(&id, strait_pki::ca::Validity::for_lifetime(lifetime))
             .unwrap();
-        m.set_certs(CertStore::new(bundle).unwrap());
+        let store = CertStore::new(bundle).unwrap();
+        m.set_certs(store.clone());
+        let (_state_tx, state) = watch::channel(RenewalState::Retrying {
+            serial: "01".into(),
+            not_after: SystemTime::now(),
+            attempts: 3,
+            last_error: "unreachable".into(),
+        });
+        m.set_renewal(state, Arc::new(RenewalCounts::default()));
         let r = m.registry();
         let text = |r: &Registry| {
             let mut s = String::new();
@@ -344,6 +401,10 @@ mod tests {
             r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="bad-mac"} 3"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="not-in-flight"} 0"#.to_string(),
+            r#"strait_cert_renewal_state{state="retrying"} 1"#.to_string(),
+            r#"strait_cert_renewal_state{state="valid"} 0"#.to_string(),
+            "strait_cert_renewal_failures_total 0".to_string(),
+            "strait_cert_renewals_total 0".to_string(),
         ] {
             assert!(after.contains(&line), "missing {line} in\n{after}");
         }

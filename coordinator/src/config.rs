@@ -287,6 +287,10 @@ pub struct PkiConfig {
     /// Lifetime of agent certificates issued by the built-in CA.
     #[serde(default = "default_agent_lifetime", with = "duration")]
     pub agent_cert_lifetime: Duration,
+    /// Lifetime of the coordinator's own certificate from the built-in CA (renewed at about
+    /// two thirds of it; one valid for longer is replaced at start).
+    #[serde(default = "default_coordinator_lifetime", with = "duration")]
+    pub coordinator_cert_lifetime: Duration,
     /// With `mode = "vault"`: where this coordinator gets its certificate and which CA it
     /// trusts (the PKI engine's). Agents then get theirs from Vault too.
     #[serde(default)]
@@ -298,6 +302,7 @@ impl Default for PkiConfig {
         PkiConfig {
             mode: default_pki_mode(),
             agent_cert_lifetime: default_agent_lifetime(),
+            coordinator_cert_lifetime: default_coordinator_lifetime(),
             vault: None,
         }
     }
@@ -336,6 +341,9 @@ fn default_pki_mode() -> String {
 }
 fn default_agent_lifetime() -> Duration {
     strait_pki::ca::DEFAULT_AGENT_LIFETIME
+}
+fn default_coordinator_lifetime() -> Duration {
+    strait_pki::ca::DEFAULT_SERVICE_LIFETIME
 }
 
 /// `"15s"`, `"24h"`, `"1h 30m"` as durations.
@@ -412,6 +420,9 @@ impl Config {
         }
         if self.pki.agent_cert_lifetime < Duration::from_secs(60) {
             bail!("key `pki.agent-cert-lifetime`: must be at least 60s");
+        }
+        if self.pki.coordinator_cert_lifetime < Duration::from_secs(60) {
+            bail!("key `pki.coordinator-cert-lifetime`: must be at least 60s");
         }
         let mut names = BTreeSet::new();
         for (i, site) in self.sites.iter().enumerate() {
@@ -590,6 +601,10 @@ overlay-ip = "100.64.255.1"
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.overlay_cidr.to_string(), "100.64.0.0/10");
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(15));
+        assert_eq!(
+            c.pki.coordinator_cert_lifetime,
+            strait_pki::ca::DEFAULT_SERVICE_LIFETIME
+        );
         assert!(c.site("gcp-usc1").unwrap().full_mesh);
         assert_eq!(c.limits, Limits::default());
         let c = parse(&format!(
@@ -644,6 +659,10 @@ overlay-ip = "100.64.255.1"
                 "duration",
             ),
             (format!("{GOOD}\n[pki]\nmode = \"magic\""), "pki.mode"),
+            (
+                format!("{GOOD}\n[pki]\ncoordinator-cert-lifetime = \"30s\""),
+                "pki.coordinator-cert-lifetime`: must be at least 60s",
+            ),
             (
                 format!("{GOOD}\n[throughput-probes]\ninterval = \"1m\""),
                 "throughput-probes.interval",

@@ -206,7 +206,12 @@ fn config_text(opts: &InitOptions) -> String {
         "# \"builtin\": the mesh CA in state-dir signs agent CSRs at enrollment."
     );
     let _ = writeln!(s, "mode = \"builtin\"");
-    let _ = writeln!(s, "agent-cert-lifetime = \"24h\"\n");
+    let _ = writeln!(s, "agent-cert-lifetime = \"24h\"");
+    let _ = writeln!(
+        s,
+        "# The coordinator's own certificate (built-in CA), renewed at about 2/3 of it."
+    );
+    let _ = writeln!(s, "coordinator-cert-lifetime = \"720h\"\n");
     let _ = writeln!(
         s,
         "# One [[sites]] per VPC/network. Nodes may only advertise prefixes inside their"

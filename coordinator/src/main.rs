@@ -131,7 +131,13 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
                 )
             })?;
             let certs = CertStore::new(own)?;
-            let renewal = renew_own::spawn(&layout, &config.mesh, certs.clone())?;
+            let renewal = renew_own::spawn(
+                &layout,
+                &config.mesh,
+                certs.clone(),
+                config.pki.coordinator_cert_lifetime,
+            )
+            .await?;
             (
                 certs,
                 vec![ca.cert_der().clone()],

@@ -1297,8 +1297,24 @@ async fn session(
     let mut latest: Option<NodeView> = None;
     let flush = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(flush);
+    // A session ends when the certificate it was opened with expires: identity is only as
+    // good as a current certificate (agents move to a renewed one before, make-before-break).
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        peer.not_after.saturating_sub(unix_now()),
+    ));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
+            _ = &mut expiry => {
+                tracing::warn!(identity = %identity, serial = %peer.serial, "session closed: its certificate expired");
+                let body = ErrorBody::new(
+                    ErrorCode::Unauthenticated,
+                    format!("the certificate this session was opened with (serial {}) expired; reconnect with a renewed certificate", peer.serial),
+                );
+                let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
+                conn.close(close::CERT_EXPIRED.into(), b"certificate expired");
+                break;
+            }
             changed = versions.changed() => {
                 if changed.is_err() { break }
                 let next = versions.borrow_and_update().clone().view(&key);

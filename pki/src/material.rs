@@ -127,11 +127,11 @@ impl CertBundle {
         Ok(Arc::new(CertifiedKey::new(chain, signing_key(&self.key)?)))
     }
 
-    /// Writes `cert.pem` (chain), `ca.pem` and `key.pem` (mode 0600) into `dir`, each
+    /// Writes `cert.pem` (chain), `ca.pem` and `key.pem` into `dir`, each mode 0600 and
     /// atomically, replacing earlier files.
     pub fn save(&self, dir: &Path) -> Result<(), MaterialError> {
-        write_file(&dir.join("cert.pem"), self.chain_pem().as_bytes(), 0o644)?;
-        write_file(&dir.join("ca.pem"), self.ca_pem().as_bytes(), 0o644)?;
+        write_file(&dir.join("cert.pem"), self.chain_pem().as_bytes(), 0o600)?;
+        write_file(&dir.join("ca.pem"), self.ca_pem().as_bytes(), 0o600)?;
         write_file(&dir.join("key.pem"), self.key.expose().as_bytes(), 0o600)
     }
 

@@ -3,9 +3,15 @@
 //! A certificate is renewed at about two thirds of its lifetime, with a jitter of up to
 //! ±5% of the lifetime so a fleet issued together does not renew together. If the CA or
 //! Vault cannot be reached the task retries with capped exponential backoff and keeps the
-//! current certificate until it expires, publishing its state on a `watch` channel.
+//! current certificate until it expires, publishing its state on a `watch` channel and
+//! counting renewals and failures in [`RenewalCounts`].
+//!
+//! Every failure is logged at WARN with what was tried (the source's error), until when the
+//! current certificate stays valid and when the next attempt comes; the first failure after
+//! expiry is logged at ERROR with the source's [`CertSource::expiry_advice`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -70,9 +76,46 @@ pub enum RenewalState {
     },
 }
 
+impl RenewalState {
+    /// A short name of the state for metrics labels: `valid`, `retrying` or `expired`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RenewalState::Valid { .. } => "valid",
+            RenewalState::Retrying { .. } => "retrying",
+            RenewalState::Expired { .. } => "expired",
+        }
+    }
+}
+
 /// Something that issues a fresh certificate for this node (built-in CA, coordinator, Vault).
 pub trait CertSource: Send + Sync + 'static {
+    /// A fresh certificate, or what was tried and why it failed.
     fn fetch(&self) -> impl Future<Output = Result<CertBundle, String>> + Send;
+
+    /// What an operator should do once the certificate expired without being renewed (logged
+    /// with the expiry).
+    fn expiry_advice(&self) -> String {
+        "make the CA reachable; renewal is retried with backoff".into()
+    }
+}
+
+/// Renewals and failed attempts since the task started, for metrics.
+#[derive(Debug, Default)]
+pub struct RenewalCounts {
+    renewed: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl RenewalCounts {
+    /// Certificates renewed and swapped in.
+    pub fn renewed(&self) -> u64 {
+        self.renewed.load(Ordering::Relaxed)
+    }
+
+    /// Renewal attempts that failed (each retry counts).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs renewal forever for the bundle in `store`, publishing state on the returned channel.
@@ -81,10 +124,29 @@ pub fn spawn<S: CertSource>(
     source: S,
     store: CertStore,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<RenewalState>) {
+    let (task, rx, _) = spawn_counted(source, store);
+    (task, rx)
+}
+
+/// Like [`spawn`], also returning the task's [`RenewalCounts`].
+pub fn spawn_counted<S: CertSource>(
+    source: S,
+    store: CertStore,
+) -> (
+    tokio::task::JoinHandle<()>,
+    watch::Receiver<RenewalState>,
+    Arc<RenewalCounts>,
+) {
     let current = store.bundle();
     let (tx, rx) = watch::channel(valid_state(&current, 0.5));
-    let task = tokio::spawn(run(Arc::new(source), store, tx));
-    (task, rx)
+    let counts = Arc::new(RenewalCounts::default());
+    let task = tokio::spawn(run(Arc::new(source), store, tx, counts.clone()));
+    (task, rx, counts)
+}
+
+/// `t` as RFC 3339 (UTC, seconds), for logs.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn valid_state(b: &CertBundle, jitter: f64) -> RenewalState {
@@ -107,13 +169,19 @@ async fn sleep_until(t: SystemTime) {
     }
 }
 
-async fn run<S: CertSource>(source: Arc<S>, store: CertStore, tx: watch::Sender<RenewalState>) {
+async fn run<S: CertSource>(
+    source: Arc<S>,
+    store: CertStore,
+    tx: watch::Sender<RenewalState>,
+    counts: Arc<RenewalCounts>,
+) {
     loop {
         let current = store.bundle();
         let state = valid_state(&current, jitter());
         let RenewalState::Valid { renew_at, .. } = state else {
             unreachable!("valid_state builds Valid")
         };
+        tracing::debug!(serial = %current.serial, renew_at = %rfc3339(renew_at), "certificate renewal scheduled");
         tx.send_replace(state);
         sleep_until(renew_at).await;
 
@@ -121,21 +189,47 @@ async fn run<S: CertSource>(source: Arc<S>, store: CertStore, tx: watch::Sender<
         loop {
             match source.fetch().await {
                 Ok(fresh) => {
-                    tracing::info!(
-                        identity = %fresh.identity,
-                        serial = %fresh.serial,
-                        "certificate renewed"
-                    );
+                    let (serial, not_after) = (fresh.serial.clone(), fresh.not_after);
                     if let Err(e) = store.replace(fresh) {
                         tracing::error!(error = %e, "renewed certificate is unusable; keeping the current one");
                     } else {
+                        counts.renewed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            identity = %current.identity,
+                            serial = %serial,
+                            previous_serial = %current.serial,
+                            valid_until = %rfc3339(not_after),
+                            "certificate renewed"
+                        );
                         break;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempts, "certificate renewal failed; keeping the current certificate");
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
                     let now = SystemTime::now();
                     let expired = now >= current.not_after;
+                    let delay = retry_delay(attempts, jitter(), now, current.not_after);
+                    let was_expired = matches!(*tx.borrow(), RenewalState::Expired { .. });
+                    if expired && !was_expired {
+                        tracing::error!(
+                            error = %e,
+                            serial = %current.serial,
+                            expired_at = %rfc3339(current.not_after),
+                            attempts = attempts + 1,
+                            "certificate expired without being renewed; peers now refuse it: {}",
+                            source.expiry_advice()
+                        );
+                    } else {
+                        tracing::warn!(
+                            error = %e,
+                            serial = %current.serial,
+                            valid_until = %rfc3339(current.not_after),
+                            expired,
+                            attempts = attempts + 1,
+                            next_attempt_in = ?delay,
+                            "certificate renewal failed; keeping the current certificate"
+                        );
+                    }
                     let serial = current.serial.clone();
                     let (not_after, last_error) = (current.not_after, e);
                     tx.send_replace(if expired {
@@ -153,6 +247,9 @@ async fn run<S: CertSource>(source: Arc<S>, store: CertStore, tx: watch::Sender<
                             last_error,
                         }
                     });
+                    attempts = attempts.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
             }
             let delay = retry_delay(attempts, jitter(), SystemTime::now(), current.not_after);

@@ -492,6 +492,13 @@ impl CertSource for VaultCertSource {
             .await
             .map_err(|e| e.to_string())
     }
+
+    fn expiry_advice(&self) -> String {
+        format!(
+            "make Vault reachable at {} (role {}); renewal is retried with backoff and needs no valid certificate, so the node recovers by itself once Vault answers",
+            self.pki.config.address, self.pki.config.role
+        )
+    }
 }
 
 fn check_identity(path: &str, want: &Identity, bundle: &CertBundle) -> Result<(), VaultError> {

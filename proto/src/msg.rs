@@ -566,4 +566,7 @@ pub mod close {
     /// The connection reached a limit of the coordinator's (e.g. how long a connection
     /// without a certificate may stay open).
     pub const LIMIT: u32 = 0x13;
+    /// The certificate the connection was opened with expired (sessions outlive no
+    /// certificate; an agent moves its session to a renewed one before).
+    pub const CERT_EXPIRED: u32 = 0x14;
 }

@@ -468,7 +468,7 @@ impl Agent {
     /// Runs the agent in `dir`: inside `netns` with the userspace data plane, or here with
     /// the control plane only.
     #[allow(clippy::too_many_arguments)]
-    fn launch(
+    pub fn launch(
         dir: tempfile::TempDir,
         netns: Option<&str>,
         coordinator: SocketAddr,

@@ -27,6 +27,8 @@ pub const ROLES: [&str; 4] = [
 pub struct RustyVault {
     child: Child,
     dir: tempfile::TempDir,
+    bin: PathBuf,
+    unseal_key: String,
     pub addr: String,
     pub root_token: String,
     pub role_id: String,
@@ -111,19 +113,12 @@ impl RustyVault {
             ),
         )?;
         std::fs::create_dir_all(dir.path().join("work"))?;
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(bin)
-            .arg("server")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = spawn_server(bin, dir.path())?;
         let mut vault = RustyVault {
             child,
             dir,
+            bin: bin.clone(),
+            unseal_key: String::new(),
             addr,
             root_token: String::new(),
             role_id: String::new(),
@@ -182,6 +177,7 @@ impl RustyVault {
             .as_str()
             .context("init: no key")?
             .to_string();
+        self.unseal_key = key.clone();
         self.root_token = init["root_token"]
             .as_str()
             .context("init: no root_token")?
@@ -258,6 +254,34 @@ impl RustyVault {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the stopped server again on the same address and storage, and unseals it: the
+    /// same PKI CA, roles and AppRole credentials.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = spawn_server(&self.bin, self.dir.path())?;
+        self.wait_ready().await?;
+        let unseal = json!({ "key": self.unseal_key });
+        self.api("PUT", "sys/unseal", Some(unseal)).await?;
+        Ok(())
+    }
+}
+
+/// `rvault server` with the config in `dir`, logging to `dir/server.log` (appended).
+fn spawn_server(bin: &PathBuf, dir: &std::path::Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    Command::new(bin)
+        .arg("server")
+        .arg("--config")
+        .arg(dir.join("config.hcl"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 /// One API call against a Vault-API server.
