@@ -323,3 +323,59 @@ impl Drop for RustyVault {
         self.stop();
     }
 }
+
+/// A coordinator (not started) on `vault`'s PKI for sites `aws-use1` (10.10.0.0/16) and
+/// `gcp-usc1` (10.20.0.0/16), holding no CA key, with an operator certificate from Vault.
+/// The AppRole secret id is written to `secret_file` (agents may read it too).
+pub async fn vault_coordinator(
+    vault: &RustyVault,
+    secret_file: &std::path::Path,
+) -> Result<crate::procs::Coordinator> {
+    use strait_pki::vault::{VaultAuth, VaultConfig, VaultPki};
+    use strait_pki::{Identity, Role};
+    std::fs::write(secret_file, &vault.secret_id)?;
+    let config = format!(
+        r#"mesh = "prod"
+listen = "{{listen}}"
+state-dir = "{{state}}"
+[pki]
+mode = "vault"
+[pki.vault]
+address = "{addr}"
+role = "strait-coordinator"
+auth = "approle"
+role-id = "{role_id}"
+secret-id-file = "{secret}"
+cert-ttl = "1h"
+[[sites]]
+name = "aws-use1"
+prefixes = ["10.10.0.0/16"]
+[[sites]]
+name = "gcp-usc1"
+prefixes = ["10.20.0.0/16"]
+"#,
+        addr = vault.addr,
+        role_id = vault.role_id,
+        secret = secret_file.display()
+    );
+    let c = crate::procs::Coordinator::from_config(&config)?;
+    let op_pki = VaultPki::login(VaultConfig::new(
+        &vault.addr,
+        "strait-operator",
+        VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id: vault.role_id.clone(),
+            secret_id: vault.secret_id.clone(),
+        },
+    ))
+    .await?;
+    let op = op_pki
+        .issue(
+            &Identity::service("prod", "admin", Role::Operator)?,
+            Duration::from_secs(3600),
+        )
+        .await?;
+    std::fs::create_dir_all(c.operator_dir())?;
+    op.save(&c.operator_dir())?;
+    Ok(c)
+}

@@ -35,11 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use strait_pki::vault::{VaultAuth, VaultConfig, VaultPki};
-use strait_pki::{CertBundle, Identity, Role};
+use strait_pki::CertBundle;
 use strait_tests::netns::{in_netns, uplink, Netns};
 use strait_tests::procs::{free_tcp_port, http_get, metric, wait_for, Agent, Coordinator, Site};
-use strait_tests::rustyvault::RustyVault;
+use strait_tests::rustyvault::{vault_coordinator, RustyVault};
 
 /// The certificate in `<state>/tls`, after checking that its files are mode 0600.
 fn cert_in(state: &Path) -> CertBundle {
@@ -555,52 +554,7 @@ async fn vault_renewal_survives_an_outage_and_an_expired_certificate_ends_the_se
         .expect("RustyVault must run for this test");
     let secrets = tempfile::tempdir().unwrap();
     let secret_file = secrets.path().join("secret-id");
-    std::fs::write(&secret_file, &vault.secret_id).unwrap();
-    let config = format!(
-        r#"mesh = "prod"
-listen = "{{listen}}"
-state-dir = "{{state}}"
-[pki]
-mode = "vault"
-[pki.vault]
-address = "{addr}"
-role = "strait-coordinator"
-auth = "approle"
-role-id = "{role_id}"
-secret-id-file = "{secret}"
-cert-ttl = "1h"
-[[sites]]
-name = "aws-use1"
-prefixes = ["10.10.0.0/16"]
-[[sites]]
-name = "gcp-usc1"
-prefixes = ["10.20.0.0/16"]
-"#,
-        addr = vault.addr,
-        role_id = vault.role_id,
-        secret = secret_file.display()
-    );
-    let mut c = Coordinator::from_config(&config).unwrap();
-    let op_pki = VaultPki::login(VaultConfig::new(
-        &vault.addr,
-        "strait-operator",
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: vault.role_id.clone(),
-            secret_id: vault.secret_id.clone(),
-        },
-    ))
-    .await
-    .unwrap();
-    let op = op_pki
-        .issue(
-            &Identity::service("prod", "admin", Role::Operator).unwrap(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-    std::fs::create_dir_all(c.operator_dir()).unwrap();
-    op.save(&c.operator_dir()).unwrap();
+    let mut c = vault_coordinator(&vault, &secret_file).await.unwrap();
     c.start().unwrap();
 
     // Gateways A and B reach Vault directly, C through a forwarder the test cuts.

@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use strait_pki::vault::{VaultAuth, VaultConfig, VaultPki};
-use strait_pki::{Identity, Role};
-use strait_tests::procs::{wait_for, Agent, Coordinator};
-use strait_tests::rustyvault::RustyVault;
+use strait_tests::procs::{wait_for, Agent};
+use strait_tests::rustyvault::{vault_coordinator, RustyVault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_and_agents_on_vault_pki() {
@@ -15,55 +13,7 @@ async fn coordinator_and_agents_on_vault_pki() {
         .expect("RustyVault must run for this test");
     let secrets = tempfile::tempdir().unwrap();
     let secret_file = secrets.path().join("secret-id");
-    std::fs::write(&secret_file, &vault.secret_id).unwrap();
-
-    let config = format!(
-        r#"mesh = "prod"
-listen = "{{listen}}"
-state-dir = "{{state}}"
-[pki]
-mode = "vault"
-[pki.vault]
-address = "{addr}"
-role = "strait-coordinator"
-auth = "approle"
-role-id = "{role_id}"
-secret-id-file = "{secret}"
-cert-ttl = "1h"
-[[sites]]
-name = "aws-use1"
-prefixes = ["10.10.0.0/16"]
-[[sites]]
-name = "gcp-usc1"
-prefixes = ["10.20.0.0/16"]
-"#,
-        addr = vault.addr,
-        role_id = vault.role_id,
-        secret = secret_file.display()
-    );
-    let mut c = Coordinator::from_config(&config).unwrap();
-
-    // The operator's certificate comes from Vault too.
-    let op_pki = VaultPki::login(VaultConfig::new(
-        &vault.addr,
-        "strait-operator",
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: vault.role_id.clone(),
-            secret_id: vault.secret_id.clone(),
-        },
-    ))
-    .await
-    .unwrap();
-    let op = op_pki
-        .issue(
-            &Identity::service("prod", "admin", Role::Operator).unwrap(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-    std::fs::create_dir_all(c.operator_dir()).unwrap();
-    op.save(&c.operator_dir()).unwrap();
+    let mut c = vault_coordinator(&vault, &secret_file).await.unwrap();
 
     c.start().unwrap();
     assert!(
