@@ -18,7 +18,7 @@ use strait_proto::map::NetworkMap;
 use strait_proto::msg::{Endpoint, EndpointKind, PathFigures, PeerLink, Refusal, Registration};
 
 use crate::config::{Config, ExternalPeerConfig, PkiConfig, SiteConfig};
-use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, Persisted, StoreOp};
+use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, Persisted, StoreOp, Views};
 use crate::policy;
 
 // ---- configs ----
@@ -364,6 +364,8 @@ struct Harness {
     store: Persisted,
     sessions: BTreeMap<NodeKey, Session>,
     version: u64,
+    /// The views at the last check.
+    views: Arc<Views>,
     now: u64,
 }
 
@@ -375,6 +377,7 @@ impl Harness {
             store: Persisted::default(),
             sessions: BTreeMap::new(),
             version: 0,
+            views: Arc::new(Views::default()),
             now: 1_000,
         }
     }
@@ -768,6 +771,25 @@ impl Harness {
             keys.insert(key);
         }
         self.sessions.retain(|k, _| keys.contains(k));
+
+        // The fan-out wakes only the sessions `changes` concerns: every node whose map
+        // differs (not only in version) from the last check must be among them.
+        let changes = self.views.changes(&views);
+        let before: BTreeSet<NodeKey> = self.views.keys().cloned().collect();
+        for key in keys.union(&before) {
+            let differs = match (self.views.view(key), views.view(key)) {
+                (Some(a), Some(b)) => !a.delta(&b).is_empty(),
+                (None, None) => false,
+                _ => true,
+            };
+            if differs {
+                assert!(
+                    changes.concerns(key, &views),
+                    "{key:?}'s map changed, but the fan-out would not wake its session: {changes:?}"
+                );
+            }
+        }
+        self.views = views.clone();
 
         // A restart from what the store holds.
         let restarted = Mesh::new(self.config.clone(), self.store.clone());

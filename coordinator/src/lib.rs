@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `coordinator.toml`, validated at start.
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
+//! - [`fanout`]: the current map version and waking only the sessions it concerns.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
 //! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
 //! - [`metrics`]: Prometheus metrics (served at `metrics-listen`).
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod connlimit;
 pub mod ctl;
+pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

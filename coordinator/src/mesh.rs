@@ -20,6 +20,9 @@ use strait_proto::msg::{
 use crate::config::{Config, SiteConfig};
 use crate::{overlay, policy};
 
+mod changes;
+pub use changes::Changes;
+
 /// A node as the registry keeps it (and the store persists it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

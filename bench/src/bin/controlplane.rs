@@ -303,6 +303,7 @@ async fn run(args: Args) -> Result<()> {
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
 
     let t0 = Instant::now();
+    let cpu_start = cpu_seconds(pid);
     let mut ready = Vec::new();
     for i in 0..args.agents {
         let site = format!("{SITE_PREFIX}{}", i % args.sites);
@@ -324,6 +325,7 @@ async fn run(args: Args) -> Result<()> {
         r.await.context("an agent never got its snapshot")?;
     }
     let connect_time = t0.elapsed();
+    let cpu_connect = cpu_seconds(pid) - cpu_start;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = rss_kib(pid);
 
@@ -389,7 +391,7 @@ async fn run(args: Args) -> Result<()> {
         args.rounds
     );
     println!(
-        "  connect+register all agents: {:.2} s ({:.0} agents/s)",
+        "  connect+register all agents: {:.2} s ({:.0} agents/s), coordinator CPU {cpu_connect:.2} s",
         connect_time.as_secs_f64(),
         args.agents as f64 / connect_time.as_secs_f64()
     );
