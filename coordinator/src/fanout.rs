@@ -261,8 +261,11 @@ mod tests {
             (Role::Gateway, _) => vec!["10.2.0.0/16".parse().unwrap()],
             _ => vec![],
         };
+        // One WireGuard key per node (a key held by another node is refused).
+        let mut wg = [0u8; 32];
+        wg[..4].copy_from_slice(&lan.parse::<std::net::Ipv4Addr>().unwrap().octets());
         let reg = Registration {
-            wg_public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            wg_public_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wg),
             endpoints: vec![Endpoint {
                 address: format!("{lan}:51820").parse().unwrap(),
                 kind: EndpointKind::Private,
