@@ -189,6 +189,12 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 /// A site for [`Coordinator::init`]: `name:cloud:region:prefixes`.
 pub struct Site<'a>(pub &'a str, pub &'a str);
 
+/// The two sites most tests use: `aws-use1` (10.10.0.0/16) and `gcp-usc1` (10.20.0.0/16).
+pub const TWO_SITES: &[Site<'static>] = &[
+    Site("aws-use1", "10.10.0.0/16"),
+    Site("gcp-usc1", "10.20.0.0/16"),
+];
+
 /// A coordinator with its own state directory.
 pub struct Coordinator {
     // Declared before `dir`, so the process (and its log, printed on a panic) goes first.

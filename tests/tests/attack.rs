@@ -14,12 +14,11 @@ use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::{CertBundle, Identity, Role};
 use strait_proto::msg::{close, EnrollRequest, ErrorCode, Request, Response, SessionEvent};
 use strait_proto::{client, ALPN};
-use strait_tests::procs::{free_tcp_port, http_get, metric, wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{
+    free_tcp_port, http_get, metric, wait_for, Agent, Coordinator, Site, TWO_SITES,
+};
 
-const SITES: &[Site<'static>] = &[
-    Site("aws-use1", "10.10.0.0/16"),
-    Site("gcp-usc1", "10.20.0.0/16"),
-];
+const SITES: &[Site<'static>] = TWO_SITES;
 
 /// A coordinator with metrics on a free port and `extra` config lines, started.
 fn coordinator(extra: &str) -> (Coordinator, SocketAddr) {

@@ -37,7 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use strait_pki::CertBundle;
 use strait_tests::netns::{in_netns, uplink, Netns};
-use strait_tests::procs::{free_tcp_port, http_get, metric, wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{
+    free_tcp_port, http_get, metric, wait_for, Agent, Coordinator, Site, TWO_SITES,
+};
 use strait_tests::rustyvault::{vault_coordinator, RustyVault};
 
 /// The certificate in `<state>/tls`, after checking that its files are mode 0600.
@@ -147,14 +149,7 @@ fn builtin_ca_renews_every_certificate_while_sessions_and_the_tunnel_stay_up() {
     uplink(&gwb, "lan0", &wlb, "eth0", "10.20.0", "10");
 
     let addr: SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let mut c = Coordinator::init(
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
-        "",
-    )
-    .unwrap();
+    let mut c = Coordinator::init(TWO_SITES, "").unwrap();
     short_lifetimes(&c);
     c.move_to(&coord.name, addr).unwrap();
     c.start().unwrap();

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use strait_tests::impair::{Direction, Relay, RelaySpec};
 use strait_tests::netns::{uplink, veth, Netns};
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, Site, TWO_SITES};
 
 /// The coordinator's heartbeat timeout in these tests (the minimum it accepts is 2 s; agents
 /// send a heartbeat every 500 ms).
@@ -552,14 +552,7 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
     uplink(&gwb, "lan0", &wlb, "eth0", "10.20.0", "10");
 
     let addr: SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let mut c = coordinator(
-        &coord,
-        addr,
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
-    );
+    let mut c = coordinator(&coord, addr, TWO_SITES);
     let gwa_args: &[&str] = &[
         "--prefix",
         "10.10.0.0/16",

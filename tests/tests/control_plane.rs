@@ -5,12 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, Site, TWO_SITES};
 
-const SITES: &[Site<'static>] = &[
-    Site("aws-use1", "10.10.0.0/16"),
-    Site("gcp-usc1", "10.20.0.0/16"),
-];
+const SITES: &[Site<'static>] = TWO_SITES;
 
 fn nodes(c: &Coordinator) -> Vec<Value> {
     c.ctl_json(&["nodes"])

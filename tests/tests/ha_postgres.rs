@@ -11,12 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_tests::postgres::Postgres;
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, Site, TWO_SITES};
 
-const SITES: &[Site<'static>] = &[
-    Site("aws-use1", "10.10.0.0/16"),
-    Site("gcp-usc1", "10.20.0.0/16"),
-];
+const SITES: &[Site<'static>] = TWO_SITES;
 
 /// The most a change made through one coordinator may take to reach an agent of the other.
 const PROPAGATION: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_tests::impair::{Direction, Relay, RelaySpec};
 use strait_tests::netns::{enter, ping_flow, uplink, Netns};
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
 
 /// `site/node`'s WireGuard key and announced next key, as the coordinator has them.
 fn keys(c: &Coordinator, name: &str) -> Option<(String, Option<String>)> {
@@ -138,16 +138,7 @@ fn rotating_keys_loses_no_packet_of_a_running_flow() {
     uplink(&net, "c0", &coord, "eth0", "203.0.113", "10");
 
     let addr: std::net::SocketAddr = "203.0.113.10:7443".parse().unwrap();
-    let c = Coordinator::start_in(
-        &coord.name,
-        addr,
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
-        "",
-    )
-    .unwrap();
+    let c = Coordinator::start_in(&coord.name, addr, TWO_SITES, "").unwrap();
     // gwb reaches the coordinator through a relay that can delay it.
     let relay = Relay::start(
         Some(&net),

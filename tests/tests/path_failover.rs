@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use strait_tests::netns::{ping_flow, uplink, veth, Netns};
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
 
 #[test]
 fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
@@ -42,10 +42,7 @@ fn the_interconnect_is_used_while_up_failover_is_fast_and_failback_waits() {
     let c = Coordinator::start_in(
         &coord.name,
         addr,
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
+        TWO_SITES,
         "metrics-listen = \"198.51.100.10:9465\"",
     )
     .unwrap();

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use strait_tests::impair::{Direction, Relay, RelaySpec};
 use strait_tests::netns::{uplink, veth, Netns};
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
 
 /// Loss below the threshold. The selector degrades a path at >= 10 % loss over its last 32
 /// probes (4 losses), or takes it down after 3 losses in a row; the phase lasts about 31
@@ -97,16 +97,7 @@ fn loss_beyond_the_threshold_moves_traffic_and_loss_below_it_does_not() {
     .unwrap();
 
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let c = Coordinator::start_in(
-        &coord.name,
-        addr,
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
-        "",
-    )
-    .unwrap();
+    let c = Coordinator::start_in(&coord.name, addr, TWO_SITES, "").unwrap();
 
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, endpoints: &[&str]| {
         let token = c.token(site, "gateway").unwrap();

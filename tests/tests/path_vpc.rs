@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use strait_tests::netns::{uplink, veth, Netns};
-use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
 
 /// Packets of `proto` (icmp, udp) that `ns` forwarded out of `dev`, counted by nftables.
 fn forwarded(ns: &Netns, dev: &str, proto: &str) -> u64 {
@@ -111,16 +111,7 @@ fn gateways_reach_each_other_over_an_interconnect_by_addresses_the_tunnel_carrie
     }
 
     let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let c = Coordinator::start_in(
-        &coord.name,
-        addr,
-        &[
-            Site("aws-use1", "10.10.0.0/16"),
-            Site("gcp-usc1", "10.20.0.0/16"),
-        ],
-        "",
-    )
-    .unwrap();
+    let c = Coordinator::start_in(&coord.name, addr, TWO_SITES, "").unwrap();
     let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str| {
         let token = c.token(site, "gateway").unwrap();
         let endpoint = format!("interconnect={ic}:51820");
