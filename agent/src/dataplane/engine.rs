@@ -56,6 +56,16 @@ enum Standing {
     },
 }
 
+impl Standing {
+    /// The primary tunnel that tunnel `idx`, of this standing, belongs to.
+    fn owner(self, idx: u32) -> u32 {
+        match self {
+            Standing::Standby { of } | Standing::Retiring { of, .. } => of,
+            Standing::Primary => idx,
+        }
+    }
+}
+
 struct PeerState {
     tunnel: Tunnel,
     spec: PeerSpec,
@@ -340,10 +350,7 @@ impl Engine {
 
     /// The primary tunnel that `idx` belongs to (itself for a primary).
     fn owner(&self, idx: u32) -> u32 {
-        match self.standing(idx) {
-            Some(Standing::Standby { of } | Standing::Retiring { of, .. }) => of,
-            _ => idx,
-        }
+        self.standing(idx).map_or(idx, |s| s.owner(idx))
     }
 
     fn rebuild_table(&mut self) {
@@ -373,9 +380,15 @@ impl Engine {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return None;
         };
-        let endpoint = self.peers.get(&idx)?.spec.endpoint;
-        let via = self.sending_tunnel(idx);
-        let state = self.peers.get_mut(&via)?;
+        let state = self.peers.get_mut(&idx)?;
+        let endpoint = state.spec.endpoint;
+        // Only just after a key rotation may another tunnel carry this peer's traffic.
+        let state = if state.predecessor.is_none() {
+            state
+        } else {
+            let via = self.sending_tunnel(idx);
+            self.peers.get_mut(&via)?
+        };
         match state.tunnel.encapsulate(packet, out) {
             Ok(Output::Network(bytes)) => match endpoint {
                 Some(ep) => Some((ep, bytes)),
@@ -419,11 +432,11 @@ impl Engine {
             tracing::trace!(%from, "datagram from no known peer; dropped");
             return;
         };
-        let owner = self.owner(idx);
         let table = &self.table;
         let Some(state) = self.peers.get_mut(&idx) else {
             return;
         };
+        let owner = state.standing.owner(idx);
         let mut authenticated = false;
         let result = state.tunnel.decapsulate(Some(from.ip()), datagram, out, |o| match o {
             Output::Network(bytes) => {
