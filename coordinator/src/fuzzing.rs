@@ -569,12 +569,15 @@ impl Harness {
                     Ok(ops) => {
                         self.persist(&ops);
                         let n = self.mesh.node(&key).expect("a key for no node");
-                        let now_held = if announce {
-                            n.wg_public_key == wg
-                                || n.next_wg_public_key.as_deref() == Some(wg.as_str())
-                        } else {
-                            n.wg_public_key == wg && n.next_wg_public_key.is_none()
-                        };
+                        // In use: the node's key (a pending announcement of another key
+                        // stays when the key said to be in use already was the node's).
+                        let now_held = n.wg_public_key == wg
+                            || (announce && n.next_wg_public_key.as_deref() == Some(wg.as_str()));
+                        assert_ne!(
+                            n.next_wg_public_key.as_deref(),
+                            Some(n.wg_public_key.as_str()),
+                            "{key:?} announced the key it uses"
+                        );
                         assert!(now_held, "a key rotation step left {key:?} without {wg}");
                     }
                     Err(e) => self.refused(&e, version),
