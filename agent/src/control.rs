@@ -489,7 +489,7 @@ impl Session<'_> {
                 self.next_key = None;
                 tracing::warn!(
                     retry_in = ?crate::keyrotation::RETRY_AFTER,
-                    "key rotation: the coordinator did not record the announced key in time; the current key stays"
+                    "key rotation: the coordinator did not record the announced key within 60 s (its log says why, e.g. a key another node holds); the current key stays, and the rotation is tried again"
                 );
             }
             Some(Step::Postpone) => tracing::warn!(

@@ -86,7 +86,12 @@ impl WgKey {
     pub fn replace_file(&self, path: &Path) -> Result<()> {
         let text = format!("{}\n", STANDARD.encode(self.secret.to_bytes()));
         write_file(path, text.as_bytes(), 0o600)
-            .with_context(|| format!("saving the rotated WireGuard key to {}", path.display()))
+            .with_context(|| {
+                format!(
+                    "saving the rotated WireGuard key to {} (the state directory must be writable by the agent)",
+                    path.display()
+                )
+            })
     }
 
     /// How long ago the key file at `path` was written (zero if unknown).
