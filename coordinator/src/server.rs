@@ -35,8 +35,10 @@ use crate::store::{Store, StoreError, Watcher};
 
 /// Largest request an unauthenticated peer may send (a token and a CSR).
 const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
-/// Streams a connection may have open at once.
-const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// Streams a connection may have open at once: an agent uses two at most (its session and a
+/// renewal), straitctl one. quinn keeps per-connection state for each allowed stream (16
+/// cost 1 KiB more per connection than 4, measured with heaptrack).
+const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress above which clients must first prove their address with a QUIC
@@ -670,15 +672,23 @@ fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
         return;
     }
     let c = coordinator.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let conn = {
+    // Boxed, and made outside the connection's task: the handshake's state (the incoming
+    // connection alone is 384 bytes) is large and over once it is done; inside the task it
+    // would size the task for the connection's whole life (968 bytes instead of 592,
+    // measured with -Zprint-type-sizes).
+    let handshake = {
+        let c = c.clone();
+        Box::pin(async move {
             let _handshaking = Handshaking::new(&c.handshaking);
             match incoming.accept() {
                 Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
                 Err(e) => Ok(Err(e)),
             }
-        };
+        })
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let conn = handshake.await;
         match conn {
             Ok(Ok(conn)) => handle_connection(c, conn).await,
             Ok(Err(e)) => {
@@ -722,14 +732,7 @@ struct Peer {
 
 fn peer_of(conn: &quinn::Connection) -> Result<Peer, String> {
     let identity = tls::peer_identity(conn).map_err(|e| e.to_string())?;
-    let (serial, not_after) = match conn
-        .peer_identity()
-        .and_then(|a| {
-            a.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|chain| chain.first().and_then(|leaf| CertInfo::parse(leaf).ok()))
-    {
+    let (serial, not_after) = match tls::peer_certificate(conn) {
         Some(info) => (info.serial, unix(info.not_after)),
         None => (String::new(), 0),
     };
@@ -879,7 +882,15 @@ async fn handle_stream(
     let response = match request {
         Request::Enroll(_) => unreachable!("handled above"),
         Request::Subscribe(reg) => {
-            session(c, conn, peer, identity, reg, send, recv).await;
+            // A session lasts as long as its agent: it gets a task of its own that holds
+            // only what a session needs, not this task's request handling (2,832 bytes per
+            // session before, measured with -Zprint-type-sizes).
+            let opened = Opened {
+                serial: peer.serial,
+                not_after: peer.not_after,
+                reg: Box::new(reg),
+            };
+            tokio::spawn(session(c, conn, identity, opened, send, recv));
             return;
         }
         Request::Probe(req) => {
@@ -1208,42 +1219,178 @@ async fn rotate_key(c: &Coordinator, node: &str) -> Response {
     }
 }
 
+/// What a session is opened with, besides its connection and identity.
+struct Opened {
+    serial: String,
+    not_after: u64,
+    reg: Box<Registration>,
+}
+
 /// An agent's session: register, send a snapshot, then a delta for every map change, and
 /// take heartbeats until the stream or connection ends.
-async fn session(
+///
+/// Thousands of these wait at once, so their state is kept small (about 36 KiB per agent is
+/// quinn's and rustls' own; see BENCHMARKS.md): a plain function returning an `async`
+/// block (an `async fn` keeps two copies of its arguments), registration in a boxed future
+/// freed once done, frames read in place by a cancel-safe reader (no reader task or channel)
+/// and messages encoded before they are written (a future holds bytes, not the message).
+// Not an `async fn`: its state would hold every argument twice (rustc copies them).
+#[allow(clippy::manual_async_fn)]
+fn session(
     c: Arc<Coordinator>,
     conn: quinn::Connection,
-    peer: Peer,
     identity: Identity,
-    reg: Registration,
+    opened: Opened,
     mut send: SendStream,
     mut recv: RecvStream,
-) {
-    let key: NodeKey = (
-        identity.site().unwrap_or_default().to_string(),
-        identity.name().to_string(),
-    );
-    // Subscribed before registering, so no change after the snapshot is missed.
-    let changes = c.fanout.subscribe(&key);
-    let mut settled = c.fanout.settled();
+) -> impl Future<Output = ()> {
+    async move {
+        let key: NodeKey = (
+            identity.site().unwrap_or_default().to_string(),
+            identity.name().to_string(),
+        );
+        let Some((changes, mut settled, mut current)) =
+            Box::pin(open_session(&c, &conn, &identity, &opened, &key, &mut send)).await
+        else {
+            return;
+        };
+        let Opened {
+            serial, not_after, ..
+        } = opened;
+        let (command_tx, mut commands) = c.probes.attach(&key);
+        c.metrics.agents_connected.inc();
+        let mut frames = wire::FrameReader::new(MAX_FRAME);
+        // A session ends when the certificate it was opened with expires: identity is only
+        // as good as a current certificate (agents move to a renewed one before,
+        // make-before-break).
+        let expiry = tokio::time::sleep(Duration::from_secs(not_after.saturating_sub(unix_now())));
+        tokio::pin!(expiry);
+        // A change that leaves this node's map as it was only moves the version: the fan-out
+        // does not wake this session for it, and the new version is sent with this node's
+        // next change or once versions settle (see `crate::fanout`), so a burst of
+        // registrations elsewhere costs neither a wake-up nor a message each.
+        loop {
+            let settling = tokio::select! {
+                _ = &mut expiry => {
+                    tracing::warn!(identity = %identity, serial = %serial, "session closed: its certificate expired");
+                    let body = ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        format!("the certificate this session was opened with (serial {serial}) expired; reconnect with a renewed certificate"),
+                    );
+                    let closing = wire::write_encoded(&mut send, SessionEvent::Closing(body));
+                    let _ = closing.await;
+                    conn.close(close::CERT_EXPIRED.into(), b"certificate expired");
+                    break;
+                }
+                () = changes.changed() => false,
+                changed = settled.changed() => {
+                    if changed.is_err() { break }
+                    true
+                }
+                Some(command) = commands.recv() => {
+                    let out = wire::write_encoded(&mut send, SessionEvent::Command(*command));
+                    if out.await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                event = frames.next::<AgentEvent, _>(&mut recv) => {
+                    match event {
+                        Ok(Some(event)) => on_agent_event(&c, &key, &identity, event),
+                        Ok(None) => break,
+                        Err(wire::IoError::Stream(e)) => {
+                            tracing::info!(identity = %identity, error = %e, "session ended: connection lost");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(identity = %identity, error = %e, "session closed: bad frame from agent");
+                            conn.close(close::PROTOCOL.into(), b"bad frame on session stream");
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(next) = c.fanout.views().view(&key) else {
+                let body =
+                    ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
+                let closing = wire::write_encoded(&mut send, SessionEvent::Closing(body));
+                let _ = closing.await;
+                break;
+            };
+            if next.version <= current.version {
+                continue;
+            }
+            let delta = current.delta(&next);
+            let version_only = delta.is_empty();
+            if version_only && !settling {
+                continue;
+            }
+            let out = wire::write_encoded(&mut send, SessionEvent::Delta(delta));
+            if out.await.is_err() {
+                break;
+            }
+            if !version_only {
+                let (version, at) = *c.published.lock().unwrap_or_else(|p| p.into_inner());
+                if version == next.version {
+                    c.metrics.fanout.observe(at.elapsed().as_secs_f64());
+                }
+            }
+            current = next;
+        }
+        c.probes.detach(&key, &command_tx);
+        c.metrics.agents_connected.dec();
+        let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions
+            .get(&key)
+            .is_some_and(|s| s.stable_id() == conn.stable_id())
+        {
+            sessions.remove(&key);
+        }
+    }
+}
+
+/// Registers the node and sends it `Registered` and its snapshot. Returns the session's
+/// subscriptions (made before registering, so no change after the snapshot is missed) and
+/// the view the snapshot showed; `None` once the session is over (refused or gone).
+async fn open_session<'c>(
+    c: &'c Coordinator,
+    conn: &quinn::Connection,
+    identity: &Identity,
+    opened: &Opened,
+    key: &NodeKey,
+    send: &mut SendStream,
+) -> Option<(
+    crate::fanout::Subscription<'c>,
+    tokio::sync::watch::Receiver<u64>,
+    crate::mesh::NodeView,
+)> {
+    let changes = c.fanout.subscribe(key);
+    let settled = c.fanout.settled();
     let mut refusal = Refusal::Registration;
     let registered = c.mutate(|mesh| {
-        mesh.register(&identity, &reg, &peer.serial, peer.not_after, unix_now())
-            .map_err(|e| {
-                if matches!(e, CoreError::KeyInUse { .. }) {
-                    refusal = Refusal::DuplicateKey;
-                }
-                core_err(e)
-            })
+        mesh.register(
+            identity,
+            &opened.reg,
+            &opened.serial,
+            opened.not_after,
+            unix_now(),
+        )
+        .map_err(|e| {
+            if matches!(e, CoreError::KeyInUse { .. }) {
+                refusal = Refusal::DuplicateKey;
+            }
+            core_err(e)
+        })
     });
     let registered = match registered {
         Ok(r) => r,
         Err(e) => {
             c.metrics.refused(refusal);
             tracing::warn!(identity = %identity, error = %e, "registration refused");
-            let _ = wire::write(&mut send, &SessionEvent::Closing(e)).await;
+            let _ = wire::write(send, &SessionEvent::Closing(e)).await;
             let _ = send.finish();
-            return;
+            return None;
         }
     };
     tracing::info!(identity = %identity, overlay = %registered.overlay_ip, refused = registered.refused.len(), "registered");
@@ -1265,148 +1412,67 @@ async fn session(
     // Only this node's parts of the views are kept across the writes: a whole `Views` held
     // by every session while it waits on a slow peer would keep one version per session
     // alive (memory quadratic in the number of agents during a burst of changes).
-    let (mut current, snapshot) = {
+    let (current, snapshot) = {
         let views = c.fanout.views();
-        let Some(current) = views.view(&key) else {
-            return;
-        };
+        let current = views.view(key)?;
         let snapshot = current.to_map(views.mesh());
         (current, snapshot)
     };
-    if wire::write(&mut send, &SessionEvent::Registered(registered))
+    if wire::write(send, &SessionEvent::Registered(registered))
         .await
         .is_err()
-        || wire::write(&mut send, &SessionEvent::Snapshot(snapshot))
+        || wire::write(send, &SessionEvent::Snapshot(snapshot))
             .await
             .is_err()
     {
-        return;
+        return None;
     }
-    let (command_tx, mut commands) = c.probes.attach(&key);
-    c.metrics.agents_connected.inc();
-    // Frames are read in their own task: a read cut short by `select!` would lose bytes.
-    // Events are boxed: a channel allocates its slots 32 at a time (2.3 KiB per session
-    // unboxed, measured with heaptrack), and heartbeats come every few seconds.
-    let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let event = wire::read::<AgentEvent, _>(&mut recv, MAX_FRAME).await;
-            let end = !matches!(event, Ok(Some(_)));
-            if events_tx.send(Box::new(event)).await.is_err() || end {
-                break;
-            }
+    Some((changes, settled, current))
+}
+
+/// What an agent reports on its session.
+fn on_agent_event(c: &Coordinator, key: &NodeKey, identity: &Identity, event: AgentEvent) {
+    match event {
+        AgentEvent::Heartbeat { map_version } => {
+            let _ = c.mutate(|mesh| Ok(((), mesh.heartbeat(key, map_version, unix_now()))));
         }
-    });
-    // A session ends when the certificate it was opened with expires: identity is only as
-    // good as a current certificate (agents move to a renewed one before, make-before-break).
-    let expiry = tokio::time::sleep(Duration::from_secs(
-        peer.not_after.saturating_sub(unix_now()),
-    ));
-    tokio::pin!(expiry);
-    // A change that leaves this node's map as it was only moves the version: the fan-out
-    // does not wake this session for it, and the new version is sent with this node's next
-    // change or once versions settle (see `crate::fanout`), so a burst of registrations
-    // elsewhere costs neither a wake-up nor a message each.
-    loop {
-        let settling = tokio::select! {
-            _ = &mut expiry => {
-                tracing::warn!(identity = %identity, serial = %peer.serial, "session closed: its certificate expired");
-                let body = ErrorBody::new(
-                    ErrorCode::Unauthenticated,
-                    format!("the certificate this session was opened with (serial {}) expired; reconnect with a renewed certificate", peer.serial),
-                );
-                let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
-                conn.close(close::CERT_EXPIRED.into(), b"certificate expired");
-                break;
-            }
-            () = changes.changed() => false,
-            changed = settled.changed() => {
-                if changed.is_err() { break }
-                true
-            }
-            Some(command) = commands.recv() => {
-                if wire::write(&mut send, &SessionEvent::Command(*command)).await.is_err() {
-                    break;
+        AgentEvent::RouteConflicts { conflicts } => {
+            let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(key, conflicts.clone()))));
+        }
+        AgentEvent::Probe { id, event } => {
+            c.probes.deliver(key, id, event);
+        }
+        AgentEvent::AnnounceKey { next_wg_public_key } => {
+            match c.mutate(|mesh| {
+                Ok((
+                    (),
+                    mesh.announce_key(key, &next_wg_public_key)
+                        .map_err(core_err)?,
+                ))
+            }) {
+                Ok(()) => {
+                    tracing::info!(identity = %identity, next_key = %next_wg_public_key, "key rotation: next key announced")
                 }
-                continue;
-            }
-            event = events.recv() => {
-                match event.map_or(Ok(None), |e| *e) {
-                    Ok(Some(AgentEvent::Heartbeat { map_version })) => {
-                        let _ = c.mutate(|mesh| Ok(((), mesh.heartbeat(&key, map_version, unix_now()))));
-                    }
-                    Ok(Some(AgentEvent::RouteConflicts { conflicts })) => {
-                        let _ = c.mutate(|mesh| Ok(((), mesh.report_conflicts(&key, conflicts.clone()))));
-                    }
-                    Ok(Some(AgentEvent::Probe { id, event })) => {
-                        c.probes.deliver(&key, id, event);
-                    }
-                    Ok(Some(AgentEvent::AnnounceKey { next_wg_public_key })) => {
-                        match c.mutate(|mesh| Ok(((), mesh.announce_key(&key, &next_wg_public_key).map_err(core_err)?))) {
-                            Ok(()) => tracing::info!(identity = %identity, next_key = %next_wg_public_key, "key rotation: next key announced"),
-                            Err(e) => tracing::warn!(identity = %identity, error = %e, "key rotation: announced key refused"),
-                        }
-                    }
-                    Ok(Some(AgentEvent::KeyInUse { wg_public_key })) => {
-                        match c.mutate(|mesh| Ok(((), mesh.key_in_use(&key, &wg_public_key).map_err(core_err)?))) {
-                            Ok(()) => tracing::info!(identity = %identity, key = %wg_public_key, "key rotation: new key in use"),
-                            Err(e) => tracing::warn!(identity = %identity, error = %e, "key rotation: switch refused"),
-                        }
-                    }
-                    Ok(Some(AgentEvent::LinkReport { peers })) => {
-                        // Live figures: never stored, no map change.
-                        c.core().mesh.report_links(&key, peers);
-                    }
-                    Ok(None) => break,
-                    Err(wire::IoError::Stream(e)) => {
-                        tracing::info!(identity = %identity, error = %e, "session ended: connection lost");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(identity = %identity, error = %e, "session closed: bad frame from agent");
-                        conn.close(close::PROTOCOL.into(), b"bad frame on session stream");
-                        break;
-                    }
+                Err(e) => {
+                    tracing::warn!(identity = %identity, error = %e, "key rotation: announced key refused")
                 }
-                continue;
-            }
-        };
-        let Some(next) = c.fanout.views().view(&key) else {
-            let body = ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
-            let _ = wire::write(&mut send, &SessionEvent::Closing(body)).await;
-            break;
-        };
-        if next.version <= current.version {
-            continue;
-        }
-        let delta = current.delta(&next);
-        let version_only = delta.is_empty();
-        if version_only && !settling {
-            continue;
-        }
-        if wire::write(&mut send, &SessionEvent::Delta(delta))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        if !version_only {
-            let (version, at) = *c.published.lock().unwrap_or_else(|p| p.into_inner());
-            if version == next.version {
-                c.metrics.fanout.observe(at.elapsed().as_secs_f64());
             }
         }
-        current = next;
-    }
-    reader.abort();
-    c.probes.detach(&key, &command_tx);
-    c.metrics.agents_connected.dec();
-    let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    if sessions
-        .get(&key)
-        .is_some_and(|s| s.stable_id() == conn.stable_id())
-    {
-        sessions.remove(&key);
+        AgentEvent::KeyInUse { wg_public_key } => {
+            match c.mutate(|mesh| Ok(((), mesh.key_in_use(key, &wg_public_key).map_err(core_err)?)))
+            {
+                Ok(()) => {
+                    tracing::info!(identity = %identity, key = %wg_public_key, "key rotation: new key in use")
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %identity, error = %e, "key rotation: switch refused")
+                }
+            }
+        }
+        AgentEvent::LinkReport { peers } => {
+            // Live figures: never stored, no map change.
+            c.core().mesh.report_links(key, peers);
+        }
     }
 }
 

@@ -252,6 +252,15 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Option<Identity>, Ident
     }
 }
 
+/// The peer's leaf certificate (serial, validity), if it presented one.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<crate::material::CertInfo> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    crate::material::CertInfo::parse(chain.first()?).ok()
+}
+
 /// The peer's leaf certificate serial (lower-case hex), for revocation checks.
 pub fn peer_serial(conn: &quinn::Connection) -> Option<String> {
     let chain = conn

@@ -460,8 +460,12 @@ struct FloodCounts {
     connected: AtomicU64,
     refused: AtomicU64,
     streams: AtomicU64,
+    beyond_limit: AtomicU64,
     closed_by_lifetime: AtomicU64,
 }
+
+/// Streams a connection may have open at once (the coordinator's limit).
+const STREAMS_PER_CONNECTION: u64 = 4;
 
 /// One flooding client: connects without a certificate, opens every stream it may, writes
 /// half a frame header on each and stalls, until the coordinator closes it; again until
@@ -489,7 +493,7 @@ async fn flooder(
         };
         counts.connected.fetch_add(1, Ordering::Relaxed);
         let mut streams = Vec::new();
-        for _ in 0..16 {
+        for _ in 0..STREAMS_PER_CONNECTION {
             let Ok(Ok((mut send, recv))) =
                 tokio::time::timeout(Duration::from_secs(1), conn.open_bi()).await
             else {
@@ -500,6 +504,14 @@ async fn flooder(
             }
             counts.streams.fetch_add(1, Ordering::Relaxed);
             streams.push((send, recv));
+        }
+        // One stream more than the limit: the coordinator gives no credit for it.
+        if streams.len() as u64 == STREAMS_PER_CONNECTION
+            && tokio::time::timeout(Duration::from_millis(300), conn.open_bi())
+                .await
+                .is_ok()
+        {
+            counts.beyond_limit.fetch_add(1, Ordering::Relaxed);
         }
         let left = until.saturating_duration_since(Instant::now());
         if let Ok(e) = tokio::time::timeout(left, conn.closed()).await {
@@ -626,9 +638,11 @@ async fn a_connection_flood_is_held_to_the_limits_while_others_are_served() {
         "no second wave was admitted ({connected})"
     );
     assert!(
-        streams >= u64::from(PER_ADDRESS) * 16,
+        streams >= u64::from(PER_ADDRESS) * STREAMS_PER_CONNECTION,
         "{streams} stalled streams"
     );
+    let beyond_limit = counts.beyond_limit.load(Ordering::Relaxed);
+    assert_eq!(beyond_limit, 0, "streams opened beyond the limit");
     // Memory: each admitted connection may buffer at most its 1 MiB receive window, so
     // PER_ADDRESS connections stay below 50 MiB over the idle coordinator even at worst; the
     // flood sends 2 bytes per stream, so far less is expected.
