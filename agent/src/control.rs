@@ -14,7 +14,7 @@ use strait_observe::Readiness;
 use strait_pki::ca::{bundle_from_signed, generate_csr};
 use strait_pki::material::{parse_certs, write_file};
 use strait_pki::renewal::{self, CertSource, RenewalState};
-use strait_pki::tls::{client_config, quic_client_config, CertStore};
+use strait_pki::tls::{self, client_config, quic_client_config, CertStore};
 use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
 use strait_proto::frame::MAX_FRAME;
@@ -181,6 +181,7 @@ pub async fn run(
         tokio::select! {
             result = session.run(&addr) => {
                 telemetry.metrics.set_session_up(false);
+                telemetry.metrics.set_coordinator_cert_expiry(None);
                 match result {
                     Ok(()) => tracing::info!(coordinator = %addr, "session ended"),
                     Err(e) => tracing::warn!(coordinator = %addr, error = %format!("{e:#}"), "session failed"),
@@ -299,6 +300,12 @@ impl Session<'_> {
         let mut renewal_alive = true;
 
         let (mut reader, mut events) = spawn_reader(recv);
+        // The certificate the coordinator authenticated this connection with: when it
+        // expires the session moves to a new connection (whose handshake checks the
+        // coordinator's current certificate), as the coordinator ends a session at the
+        // agent's certificate's expiry.
+        let coordinator_expiry = self.coordinator_expiry(&conn);
+        tokio::pin!(coordinator_expiry);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.heartbeat_interval,
             self.config.heartbeat_interval,
@@ -404,6 +411,33 @@ impl Session<'_> {
                         break Err(e.context("key rotation"));
                     }
                 }
+                () = &mut coordinator_expiry => {
+                    tracing::info!(coordinator = %addr, "the certificate the coordinator presented on this session expires now; moving the session to a new connection");
+                    match self.open_renewed(addr).await {
+                        Ok((new_conn, new_send, new_recv, serial, first)) => {
+                            reader.abort();
+                            (reader, events) = spawn_reader(new_recv);
+                            let old = std::mem::replace(&mut conn, new_conn);
+                            old.close(0u32.into(), b"the coordinator's certificate expired");
+                            send = new_send;
+                            session_serial = serial;
+                            coordinator_expiry.set(self.coordinator_expiry(&conn));
+                            tracing::info!(coordinator = %addr, "moved the session to a connection with the coordinator's current certificate");
+                            announced = false;
+                            if let SessionEvent::Registered(r) = first {
+                                self.registered(addr, &r);
+                            }
+                            self.reports.conflicts.mark_changed();
+                            self.reports.links.mark_changed();
+                        }
+                        // An expired certificate no longer vouches for this connection: the
+                        // session ends, and the agent reconnects with backoff (the data plane
+                        // keeps its last map meanwhile).
+                        Err(e) => break Err(e.context(format!(
+                            "the coordinator's certificate for this session expired and a new session could not be opened; check that the coordinator at {addr} renews its certificate (its metric strait_coordinator_cert_expiry_timestamp_seconds)"
+                        ))),
+                    }
+                }
                 changed = self.renewal.changed(), if renewal_alive => {
                     if changed.is_err() {
                         renewal_alive = false;
@@ -425,6 +459,7 @@ impl Session<'_> {
                             send = new_send;
                             tracing::info!(coordinator = %addr, previous_serial = %session_serial, serial = %serial, "moved the session to the renewed certificate");
                             session_serial = serial;
+                            coordinator_expiry.set(self.coordinator_expiry(&conn));
                             // The new registration dropped a key announcement; make it again.
                             announced = false;
                             if let SessionEvent::Registered(r) = first {
@@ -528,6 +563,20 @@ impl Session<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    /// Sleeps until the certificate the coordinator presented on `conn` expires (never, if
+    /// it presented none, which the handshake does not allow), and exports that time.
+    fn coordinator_expiry(&self, conn: &quinn::Connection) -> tokio::time::Sleep {
+        let not_after = tls::peer_certificate(conn).map(|c| c.not_after);
+        self.telemetry
+            .metrics
+            .set_coordinator_cert_expiry(not_after);
+        let left = not_after.map_or(Duration::from_secs(365 * 86_400), |t| {
+            t.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        tokio::time::sleep(left)
     }
 
     fn registered(&self, addr: &str, r: &strait_proto::msg::Registered) {

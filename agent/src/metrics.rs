@@ -4,7 +4,7 @@
 //! up. Nothing
 //! here is on the packet path. Served by `strait_observe::http` at `metrics-listen`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -30,6 +30,8 @@ pub struct AgentMetrics {
     certs: OnceLock<CertStore>,
     renewal: OnceLock<(watch::Receiver<RenewalState>, Arc<RenewalCounts>)>,
     session_up: AtomicBool,
+    /// Unix seconds; 0 without a session.
+    coordinator_cert_expiry: AtomicU64,
     started: Instant,
 }
 
@@ -52,6 +54,7 @@ impl AgentMetrics {
             certs: OnceLock::new(),
             renewal: OnceLock::new(),
             session_up: AtomicBool::new(false),
+            coordinator_cert_expiry: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -71,6 +74,13 @@ impl AgentMetrics {
     /// Whether a session with a coordinator is up.
     pub fn set_session_up(&self, up: bool) {
         self.session_up.store(up, Ordering::Relaxed);
+    }
+
+    /// When the certificate the coordinator presented on the current session expires
+    /// (`None`: no session).
+    pub fn set_coordinator_cert_expiry(&self, not_after: Option<SystemTime>) {
+        let secs = not_after.map_or(0, |t| unix(t) as u64);
+        self.coordinator_cert_expiry.store(secs, Ordering::Relaxed);
     }
 
     /// A registry with these metrics.
@@ -284,6 +294,15 @@ impl Collector for Shared {
                 "strait_cert_expiry_timestamp_seconds",
                 "When this node's certificate expires (Unix time)",
                 unix(b.not_after),
+            )?;
+        }
+        let coordinator_expiry = m.coordinator_cert_expiry.load(Ordering::Relaxed);
+        if coordinator_expiry > 0 {
+            gauge(
+                &mut e,
+                "strait_coordinator_session_cert_expiry_timestamp_seconds",
+                "When the certificate the coordinator presented on the current session expires (Unix time); the session moves to a new connection then",
+                coordinator_expiry as f64,
             )?;
         }
         if let Some((state, counts)) = m.renewal.get() {

@@ -23,7 +23,9 @@
 //!          rwla 10.10.0.10 (workload)                       rwlb 10.20.0.10 (workload)
 //! ```
 //!
-//! The others run the control plane only, on loopback.
+//! The others run the control plane only, on loopback, among them one where only the
+//! coordinator's certificate is short-lived: the agent must move its session off it when it
+//! expires.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -368,6 +370,111 @@ fn builtin_ca_renews_every_certificate_while_sessions_and_the_tunnel_stay_up() {
     // The background ping ran over all three phases.
     assert!(began.elapsed() >= Duration::from_secs(95));
     eprintln!("test took {:.0} s", test_start.elapsed().as_secs_f64());
+}
+
+/// The coordinator's certificate lives 60 s (the agents' 24 h): a session must not outlive
+/// the certificate the coordinator authenticated it with. The agent moves the session to a
+/// new connection (make-before-break), whose handshake checks the coordinator's renewed
+/// certificate, and the session stays up throughout.
+#[test]
+fn sessions_move_off_an_expired_coordinator_certificate() {
+    let mut c = Coordinator::init(&[Site("aws-use1", "10.10.0.0/16")], "").unwrap();
+    let cfg = c.state().join("coordinator.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let key = "coordinator-cert-lifetime = \"720h\"";
+    assert!(text.contains(key), "{key} missing in\n{text}");
+    std::fs::write(
+        &cfg,
+        text.replace(key, "coordinator-cert-lifetime = \"60s\""),
+    )
+    .unwrap();
+    c.start().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let flags = ["--metrics-listen".to_string(), metrics.to_string()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let token = c.token("aws-use1", "member").unwrap();
+    let agent = Agent::start(c.addr, "aws-use1", "m1", "member", &token, &flags).unwrap();
+    let scrape = || http_get(metrics, "/metrics").ok();
+    wait_for(Duration::from_secs(20), "the session", || {
+        scrape().filter(|t| metric(t, "strait_coordinator_session_up") == Some(1.0))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.proc.log_text()));
+    let agent_cert = cert_in(&agent.state());
+    assert!(secs_until(agent_cert.not_after) > 3600.0);
+
+    // Sample every second until the session moved twice, for at most 150 s: every sample
+    // must show the session up on a coordinator certificate that has not expired (TLS
+    // counts whole seconds; 2 s of slack for the move itself).
+    let began = Instant::now();
+    let mut seen: Vec<f64> = Vec::new();
+    let (mut samples, mut problems) = (0, Vec::new());
+    while seen.len() < 3 {
+        assert!(
+            began.elapsed() < Duration::from_secs(150),
+            "the session moved {} times in 150 s (coordinator certificates {seen:?}); {problems:?}\n{}\n{}",
+            seen.len().saturating_sub(1),
+            agent.proc.log_text(),
+            c.log_text()
+        );
+        let text = scrape().unwrap_or_default();
+        samples += 1;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        match metric(
+            &text,
+            "strait_coordinator_session_cert_expiry_timestamp_seconds",
+        ) {
+            Some(expiry) => {
+                if now > expiry + 2.0 {
+                    problems.push(format!(
+                        "session on a coordinator certificate expired {:.1} s ago",
+                        now - expiry
+                    ));
+                }
+                if seen.last() != Some(&expiry) {
+                    seen.push(expiry);
+                }
+            }
+            None => problems.push(format!(
+                "no coordinator certificate at {:?}",
+                began.elapsed()
+            )),
+        }
+        if metric(&text, "strait_coordinator_session_up") != Some(1.0) {
+            problems.push(format!("session down at {:?}", began.elapsed()));
+        }
+        assert!(
+            problems.len() < 3,
+            "{problems:?} (coordinator certificates {seen:?})\n{}",
+            agent.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(
+        "coordinator certificates seen by the session: {seen:?}; {samples} samples in {:?}",
+        began.elapsed()
+    );
+    assert!(
+        problems.is_empty(),
+        "{problems:?}\n{}",
+        agent.proc.log_text()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[1] > w[0]),
+        "each move must reach a later certificate: {seen:?}"
+    );
+    let log = agent.proc.log_text();
+    assert!(
+        log.matches("moved the session to a connection with the coordinator's current certificate")
+            .count()
+            >= 2,
+        "{log}"
+    );
+    // The agent's own certificate was never renewed for it: the moves are the coordinator
+    // certificate's doing.
+    assert_eq!(cert_in(&agent.state()).serial, agent_cert.serial);
 }
 
 #[test]
