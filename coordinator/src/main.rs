@@ -120,7 +120,7 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
             Box::new(store)
         }
     };
-    let (certs, cas, pki, renewal) = match &config.pki.vault {
+    let (certs, cas, pki, own_renewal) = match &config.pki.vault {
         None => {
             let ca = BuiltinCa::load(&layout.root, &config.mesh)
                 .with_context(|| format!("loading the mesh CA from {}", layout.root.display()))?;
@@ -162,7 +162,7 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
                 .await
                 .context("issuing the coordinator's certificate from Vault")?;
             let certs = CertStore::new(own)?;
-            let (renewal, _) = renewal::spawn(
+            let renewal = renewal::spawn_counted(
                 VaultCertSource {
                     pki: vault,
                     identity,
@@ -187,6 +187,8 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
     let endpoint = server::bind(config.listen, certs.clone(), &cas, quic)?;
     let coordinator = Coordinator::new(config.clone(), store, pki)?;
     coordinator.watch_own_cert(certs);
+    let (renewal, renewal_state, renewal_counts) = own_renewal;
+    coordinator.watch_own_renewal(renewal_state, renewal_counts);
     let metrics_server = metrics_listener.map(|listener| {
         tracing::info!(addr = ?config.metrics_listen, "serving /metrics, /healthz and /readyz");
         let readiness = Arc::new(strait_observe::Readiness::new("starting"));

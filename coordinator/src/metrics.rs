@@ -97,6 +97,11 @@ pub struct CoordinatorMetrics {
     requests: ByLabel,
     refused_prefixes: ByLabel,
     pub cert_expiry: Gauge<f64, AtomicU64>,
+    /// 1 for this coordinator's certificate renewal state now (`valid`, `retrying`,
+    /// `expired`), 0 for the others.
+    cert_renewal_state: Family<Vec<(&'static str, String)>, Gauge>,
+    cert_renewals: Counter,
+    cert_renewal_failures: Counter,
     /// Reloads of a shared store after another coordinator wrote to it.
     pub store_reloads: Counter,
 }
@@ -117,12 +122,28 @@ impl Default for CoordinatorMetrics {
             requests: ByLabel::default(),
             refused_prefixes: ByLabel::default(),
             cert_expiry: Gauge::default(),
+            cert_renewal_state: Family::default(),
+            cert_renewals: Counter::default(),
+            cert_renewal_failures: Counter::default(),
             store_reloads: Counter::default(),
         }
     }
 }
 
 impl CoordinatorMetrics {
+    /// This coordinator's certificate renewal: the state now and the totals so far.
+    pub fn own_renewal(&self, state: &'static str, renewed: u64, failed: u64) {
+        for s in ["valid", "retrying", "expired"] {
+            self.cert_renewal_state
+                .get_or_create(&vec![("state", s.to_string())])
+                .set(i64::from(s == state));
+        }
+        self.cert_renewals
+            .inc_by(renewed.saturating_sub(self.cert_renewals.get()));
+        self.cert_renewal_failures
+            .inc_by(failed.saturating_sub(self.cert_renewal_failures.get()));
+    }
+
     pub fn refused(&self, why: Refusal) {
         self.refused
             .get_or_create(&vec![("reason", why.label().to_string())])
@@ -210,6 +231,21 @@ impl CoordinatorMetrics {
             "When this coordinator's certificate expires (Unix time)",
             self.cert_expiry.clone(),
         );
+        r.register(
+            "cert_renewal_state",
+            "1 for this coordinator's certificate renewal state now: valid (renewal scheduled), retrying (renewal failed, the current certificate is kept) or expired",
+            self.cert_renewal_state.clone(),
+        );
+        r.register(
+            "cert_renewals",
+            "This coordinator's certificates renewed and swapped in",
+            self.cert_renewals.clone(),
+        );
+        r.register(
+            "cert_renewal_failures",
+            "Failed renewal attempts of this coordinator's certificate (each retry counts)",
+            self.cert_renewal_failures.clone(),
+        );
         r
     }
 }
@@ -241,6 +277,8 @@ mod tests {
         // Every coordinator metric the Grafana dashboard queries exists.
         m.enrollment(false);
         m.cert_expiry.set(1.0);
+        m.own_renewal("retrying", 2, 3);
+        m.own_renewal("valid", 3, 3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
         let dashboard = include_str!("../../deploy/grafana/strait-dashboard.json");
@@ -254,6 +292,16 @@ mod tests {
                 text.contains(&format!("\n{name}")),
                 "the dashboard queries {name}, which the coordinator does not export"
             );
+        }
+        // Its own renewal: the state now, and totals that follow the renewal task's counts.
+        for line in [
+            r#"strait_coordinator_cert_renewal_state{state="valid"} 1"#,
+            r#"strait_coordinator_cert_renewal_state{state="retrying"} 0"#,
+            r#"strait_coordinator_cert_renewal_state{state="expired"} 0"#,
+            "strait_coordinator_cert_renewals_total 3",
+            "strait_coordinator_cert_renewal_failures_total 3",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
 }

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use strait_pki::ca::{BuiltinCa, Validity};
-use strait_pki::renewal::{self, CertSource};
+use strait_pki::renewal::{self, CertSource, RenewalCounts, RenewalState};
 use strait_pki::tls::CertStore;
 use strait_pki::CertBundle;
+use tokio::sync::watch;
 
 use crate::init::Layout;
 
@@ -45,13 +46,18 @@ pub fn outlives(not_after: SystemTime, now: SystemTime, lifetime: Duration) -> b
 }
 
 /// Starts renewing the certificate in `certs` (saving each new one in `<state>/tls`) with
-/// certificates valid for `lifetime`; one valid for longer is replaced first.
+/// certificates valid for `lifetime`; one valid for longer is replaced first. Returns the
+/// task, its state and its counts.
 pub async fn spawn(
     layout: &Layout,
     mesh: &str,
     certs: CertStore,
     lifetime: Duration,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<(
+    tokio::task::JoinHandle<()>,
+    watch::Receiver<RenewalState>,
+    Arc<RenewalCounts>,
+)> {
     let ca = Arc::new(BuiltinCa::load(&layout.root, mesh)?);
     let source = LocalCa {
         ca,
@@ -72,8 +78,7 @@ pub async fn spawn(
         );
         certs.replace(fresh)?;
     }
-    let (task, _state) = renewal::spawn(source, certs);
-    Ok(task)
+    Ok(renewal::spawn_counted(source, certs))
 }
 
 #[cfg(test)]

@@ -217,6 +217,10 @@ pub struct Coordinator {
     published: Mutex<(u64, std::time::Instant)>,
     /// This coordinator's own certificate (its expiry is exported).
     own_cert: std::sync::OnceLock<CertStore>,
+    own_renewal: std::sync::OnceLock<(
+        tokio::sync::watch::Receiver<strait_pki::renewal::RenewalState>,
+        Arc<strait_pki::renewal::RenewalCounts>,
+    )>,
     /// Bad join tokens per client address.
     enroll_failures: Mutex<FailureLimiter>,
     /// Open connections per source and in total (`[limits]`).
@@ -260,6 +264,7 @@ impl Coordinator {
             metrics: CoordinatorMetrics::default(),
             published: Mutex::new((0, std::time::Instant::now())),
             own_cert: std::sync::OnceLock::new(),
+            own_renewal: std::sync::OnceLock::new(),
             enroll_failures: Mutex::new(FailureLimiter::new(
                 ENROLL_FAILURE_BURST,
                 ENROLL_FAILURE_EVERY,
@@ -274,6 +279,15 @@ impl Coordinator {
     /// Exports the expiry of `certs`, this coordinator's certificate.
     pub fn watch_own_cert(&self, certs: CertStore) {
         let _ = self.own_cert.set(certs);
+    }
+
+    /// Exports the state and counts of this coordinator's certificate renewal.
+    pub fn watch_own_renewal(
+        &self,
+        state: tokio::sync::watch::Receiver<strait_pki::renewal::RenewalState>,
+        counts: Arc<strait_pki::renewal::RenewalCounts>,
+    ) {
+        let _ = self.own_renewal.set((state, counts));
     }
 
     fn enroll_failures(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
@@ -717,6 +731,11 @@ async fn tick_loop(c: Arc<Coordinator>) {
             c.metrics
                 .cert_expiry
                 .set(unix(certs.bundle().not_after) as f64);
+        }
+        if let Some((state, counts)) = c.own_renewal.get() {
+            let name = state.borrow().name();
+            c.metrics
+                .own_renewal(name, counts.renewed(), counts.failed());
         }
     }
 }

@@ -91,10 +91,7 @@ fn value(text: &str, series: &str) -> f64 {
 }
 
 fn renewal_state(text: &str) -> &'static str {
-    ["valid", "retrying", "expired"]
-        .into_iter()
-        .find(|s| metric(text, &format!("strait_cert_renewal_state{{state=\"{s}\"}}")) == Some(1.0))
-        .unwrap_or_else(|| panic!("no renewal state in\n{text}"))
+    renewal_state_of(text, "strait_cert_renewal_state")
 }
 
 /// The coordinator's record of `site/name` (`straitctl nodes`).
@@ -378,7 +375,12 @@ fn builtin_ca_renews_every_certificate_while_sessions_and_the_tunnel_stay_up() {
 /// certificate, and the session stays up throughout.
 #[test]
 fn sessions_move_off_an_expired_coordinator_certificate() {
-    let mut c = Coordinator::init(&[Site("aws-use1", "10.10.0.0/16")], "").unwrap();
+    let coordinator_metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut c = Coordinator::init(
+        &[Site("aws-use1", "10.10.0.0/16")],
+        &format!("metrics-listen = \"{coordinator_metrics}\"\n"),
+    )
+    .unwrap();
     let cfg = c.state().join("coordinator.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let key = "coordinator-cert-lifetime = \"720h\"";
@@ -475,6 +477,64 @@ fn sessions_move_off_an_expired_coordinator_certificate() {
     // The agent's own certificate was never renewed for it: the moves are the coordinator
     // certificate's doing.
     assert_eq!(cert_in(&agent.state()).serial, agent_cert.serial);
+
+    // The coordinator's own renewal is visible in its metrics: renewed, valid; and when it
+    // cannot save a renewed certificate (its tls directory gone), retrying with a WARN
+    // saying what to check, then valid again once it can.
+    let coordinator_scrape = || http_get(coordinator_metrics, "/metrics").ok();
+    let text = coordinator_scrape().unwrap();
+    assert!(
+        value(&text, "strait_coordinator_cert_renewals_total") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        renewal_state_of(&text, "strait_coordinator_cert_renewal_state"),
+        "valid"
+    );
+    let tls = c.state().join("tls");
+    let away = c.state().join("tls.away");
+    std::fs::rename(&tls, &away).unwrap();
+    let text = wait_for(
+        Duration::from_secs(60),
+        "the coordinator's renewal to fail",
+        || {
+            coordinator_scrape().filter(|t| {
+                renewal_state_of(t, "strait_coordinator_cert_renewal_state") == "retrying"
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_text()));
+    assert!(value(&text, "strait_coordinator_cert_renewal_failures_total") >= 1.0);
+    let renewed_before = value(&text, "strait_coordinator_cert_renewals_total");
+    std::fs::rename(&away, &tls).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the coordinator's renewal to recover",
+        || {
+            coordinator_scrape().filter(|t| {
+                renewal_state_of(t, "strait_coordinator_cert_renewal_state") == "valid"
+                    && value(t, "strait_coordinator_cert_renewals_total") > renewed_before
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_text()));
+    let log = c.log_text();
+    let path = tls.join("cert.pem").display().to_string();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("certificate renewal failed; keeping the current certificate")
+            && l.contains(&format!("could not write {path}"))
+            && l.contains("check the directory exists and is writable")),
+        "no WARN naming {path} and what to check in\n{log}"
+    );
+}
+
+/// The renewal state a `*_cert_renewal_state{state}` family shows as 1.
+fn renewal_state_of(text: &str, family: &str) -> &'static str {
+    ["valid", "retrying", "expired"]
+        .into_iter()
+        .find(|s| metric(text, &format!("{family}{{state=\"{s}\"}}")) == Some(1.0))
+        .unwrap_or_else(|| panic!("no {family} in\n{text}"))
 }
 
 #[test]
