@@ -237,6 +237,14 @@ fn spawn_reader(mut recv: RecvStream) -> (tokio::task::JoinHandle<()>, Events) {
     (reader, events)
 }
 
+/// Why a session moves to a new connection.
+enum Move {
+    /// The renewal task swapped in a certificate with this serial.
+    Renewed(String),
+    /// The certificate the coordinator presented on the session expires.
+    CoordinatorCertExpired,
+}
+
 /// How long moving a session to a renewed certificate may take before the agent keeps the
 /// current session.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -306,6 +314,7 @@ impl Session<'_> {
         // agent's certificate's expiry.
         let coordinator_expiry = self.coordinator_expiry(&conn);
         tokio::pin!(coordinator_expiry);
+        let mut moving: Option<Move> = None;
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.heartbeat_interval,
             self.config.heartbeat_interval,
@@ -413,67 +422,18 @@ impl Session<'_> {
                 }
                 () = &mut coordinator_expiry => {
                     tracing::info!(coordinator = %addr, "the certificate the coordinator presented on this session expires now; moving the session to a new connection");
-                    match self.open_renewed(addr).await {
-                        Ok((new_conn, new_send, new_recv, serial, first)) => {
-                            reader.abort();
-                            (reader, events) = spawn_reader(new_recv);
-                            let old = std::mem::replace(&mut conn, new_conn);
-                            old.close(0u32.into(), b"the coordinator's certificate expired");
-                            send = new_send;
-                            session_serial = serial;
-                            coordinator_expiry.set(self.coordinator_expiry(&conn));
-                            tracing::info!(coordinator = %addr, "moved the session to a connection with the coordinator's current certificate");
-                            announced = false;
-                            if let SessionEvent::Registered(r) = first {
-                                self.registered(addr, &r);
-                            }
-                            self.reports.conflicts.mark_changed();
-                            self.reports.links.mark_changed();
-                        }
-                        // An expired certificate no longer vouches for this connection: the
-                        // session ends, and the agent reconnects with backoff (the data plane
-                        // keeps its last map meanwhile).
-                        Err(e) => break Err(e.context(format!(
-                            "the coordinator's certificate for this session expired and a new session could not be opened; check that the coordinator at {addr} renews its certificate (its metric strait_coordinator_cert_expiry_timestamp_seconds)"
-                        ))),
-                    }
+                    moving = Some(Move::CoordinatorCertExpired);
                 }
                 changed = self.renewal.changed(), if renewal_alive => {
                     if changed.is_err() {
                         renewal_alive = false;
                         continue;
                     }
-                    let renewed = match &*self.renewal.borrow_and_update() {
-                        RenewalState::Valid { serial, .. } if *serial != session_serial => Some(serial.clone()),
-                        _ => None,
-                    };
-                    let Some(renewed) = renewed else { continue };
-                    match self.open_renewed(addr).await {
-                        Ok((new_conn, new_send, new_recv, serial, first)) => {
-                            // Events still queued from the old session are dropped: the new
-                            // session's snapshot follows its `Registered`.
-                            reader.abort();
-                            (reader, events) = spawn_reader(new_recv);
-                            let old = std::mem::replace(&mut conn, new_conn);
-                            old.close(0u32.into(), b"moved to a renewed certificate");
-                            send = new_send;
-                            tracing::info!(coordinator = %addr, previous_serial = %session_serial, serial = %serial, "moved the session to the renewed certificate");
-                            session_serial = serial;
-                            coordinator_expiry.set(self.coordinator_expiry(&conn));
-                            // The new registration dropped a key announcement; make it again.
-                            announced = false;
-                            if let SessionEvent::Registered(r) = first {
-                                self.registered(addr, &r);
-                            }
-                            self.reports.conflicts.mark_changed();
-                            self.reports.links.mark_changed();
+                    match &*self.renewal.borrow_and_update() {
+                        RenewalState::Valid { serial, .. } if *serial != session_serial => {
+                            moving = Some(Move::Renewed(serial.clone()));
                         }
-                        Err(e) => {
-                            // The current session goes on; the coordinator ends it when its
-                            // certificate expires, and the agent then reconnects with the
-                            // renewed one.
-                            tracing::warn!(coordinator = %addr, serial = %renewed, error = %format!("{e:#}"), "could not move the session to the renewed certificate; keeping the current session");
-                        }
+                        _ => continue,
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -482,6 +442,52 @@ impl Session<'_> {
                         break Err(anyhow::Error::from(e).context("sending a heartbeat"));
                     }
                 }
+            }
+            // Make-before-break: a second session, registered, then the old one closed.
+            let Some(why) = moving.take() else { continue };
+            match self.open_renewed(addr).await {
+                Ok((new_conn, new_send, new_recv, serial, first)) => {
+                    // Events still queued from the old session are dropped: the new
+                    // session's snapshot follows its `Registered`.
+                    reader.abort();
+                    (reader, events) = spawn_reader(new_recv);
+                    let old = std::mem::replace(&mut conn, new_conn);
+                    send = new_send;
+                    match &why {
+                        Move::Renewed(_) => {
+                            old.close(0u32.into(), b"moved to a renewed certificate");
+                            tracing::info!(coordinator = %addr, previous_serial = %session_serial, serial = %serial, "moved the session to the renewed certificate");
+                        }
+                        Move::CoordinatorCertExpired => {
+                            old.close(0u32.into(), b"the coordinator's certificate expired");
+                            tracing::info!(coordinator = %addr, "moved the session to a connection with the coordinator's current certificate");
+                        }
+                    }
+                    session_serial = serial;
+                    coordinator_expiry.set(self.coordinator_expiry(&conn));
+                    // The new registration dropped a key announcement; make it again.
+                    announced = false;
+                    if let SessionEvent::Registered(r) = first {
+                        self.registered(addr, &r);
+                    }
+                    self.reports.conflicts.mark_changed();
+                    self.reports.links.mark_changed();
+                }
+                Err(e) => match why {
+                    // The current session goes on; the coordinator ends it when its
+                    // certificate expires, and the agent then reconnects with the renewed one.
+                    Move::Renewed(renewed) => {
+                        tracing::warn!(coordinator = %addr, serial = %renewed, error = %format!("{e:#}"), "could not move the session to the renewed certificate; keeping the current session");
+                    }
+                    // An expired certificate no longer vouches for this connection: the
+                    // session ends, and the agent reconnects with backoff (the data plane
+                    // keeps its last map meanwhile).
+                    Move::CoordinatorCertExpired => {
+                        break Err(e.context(format!(
+                            "the coordinator's certificate for this session expired and a new session could not be opened; check that the coordinator at {addr} renews its certificate (its metric strait_coordinator_cert_expiry_timestamp_seconds)"
+                        )));
+                    }
+                },
             }
         };
         reader.abort();

@@ -60,9 +60,106 @@ pub fn frames(data: &[u8]) {
         }
     }
 
+    #[cfg(feature = "io")]
+    frame_reader_agrees(ctrl, stream, &reference);
+
     let mut session = Session::default();
     for body in &got.frames {
         message(body, &mut session);
+    }
+}
+
+/// [`crate::io::FrameReader`] (how the coordinator reads agent events) against the
+/// reference: the stream comes in chunks cut as for the decoder, with a `Pending` before
+/// each, and the reader's future is dropped at every `Pending` (a read cancelled by
+/// `select!`). It must yield the reference's frames as messages until the first that does
+/// not decode, then that decode error; or else the reference's framing error, truncation
+/// or the clean end.
+#[cfg(feature = "io")]
+fn frame_reader_agrees(ctrl: u8, stream: &[u8], reference: &Reference) {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    use crate::io::{FrameReader, IoError};
+
+    struct Chunks<'a> {
+        rest: &'a [u8],
+        rng: Lcg,
+        ctrl: u8,
+        ready: bool,
+    }
+    impl AsyncRead for Chunks<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let ready = self.ready;
+            self.ready = !ready;
+            if !ready {
+                return Poll::Pending;
+            }
+            let most = if self.ctrl == 0 {
+                self.rest.len()
+            } else {
+                let n = usize::from(self.ctrl) + 1;
+                self.rng.below(n).max(1)
+            };
+            let take = most.min(self.rest.len()).min(buf.remaining());
+            let (chunk, tail) = self.rest.split_at(take);
+            buf.put_slice(chunk);
+            self.rest = tail;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    let mut src = Chunks {
+        rest: stream,
+        rng: Lcg(u32::from(ctrl)),
+        ctrl,
+        ready: false,
+    };
+    let mut reader = FrameReader::new(LIMIT);
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut got, mut end) = (Vec::new(), None);
+    // Every poll either makes progress or is followed by one that does.
+    for _ in 0..2 * stream.len() + 8 {
+        let next = pin!(reader.next::<serde_json::Value, _>(&mut src));
+        match next.poll(&mut cx) {
+            Poll::Pending => continue,
+            Poll::Ready(Ok(Some(v))) => got.push(v),
+            Poll::Ready(other) => {
+                end = Some(other.map(|_| ()));
+                break;
+            }
+        }
+    }
+    let end = end.expect("the frame reader made no progress");
+    let mut want = Vec::new();
+    for body in &reference.frames {
+        match frame::decode::<serde_json::Value>(body) {
+            Ok(v) => want.push(v),
+            Err(e) => {
+                assert_eq!(got, want, "frame reader and reference disagree");
+                assert!(
+                    matches!(&end, Err(IoError::Frame(f)) if f == &e),
+                    "frame reader ended with {end:?}, not the decode error {e:?}"
+                );
+                return;
+            }
+        }
+    }
+    assert_eq!(got, want, "frame reader and reference disagree");
+    match (&reference.error, reference.complete, &end) {
+        (Some(e), _, Err(IoError::Frame(f))) if f == e => {}
+        (None, true, Ok(())) => {}
+        (None, false, Err(IoError::Frame(FrameError::Truncated))) => {}
+        _ => panic!(
+            "frame reader ended with {end:?}; reference error {:?}, complete {}",
+            reference.error, reference.complete
+        ),
     }
 }
 

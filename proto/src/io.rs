@@ -105,16 +105,18 @@ impl FrameReader {
                 4
             } else {
                 let header = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
-                4 + frame::body_len(header, self.max)?
-            };
-            if self.filled == want && want > 4 {
-                let decoded = frame::decode(&self.buf[4..want]);
-                self.filled = 0;
-                if self.buf.capacity() > KEEP_CAPACITY {
-                    self.buf = Vec::new();
+                let want = 4 + frame::body_len(header, self.max)?;
+                if self.filled == want {
+                    // A whole frame (its body may be empty, which no message decodes from).
+                    let decoded = frame::decode(&self.buf[4..want]);
+                    self.filled = 0;
+                    if self.buf.capacity() > KEEP_CAPACITY {
+                        self.buf = Vec::new();
+                    }
+                    return Ok(Some(decoded?));
                 }
-                return Ok(Some(decoded?));
-            }
+                want
+            };
             if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
@@ -184,6 +186,19 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, IoError::Frame(FrameError::Truncated)), "{e}");
+
+        // A frame with an empty body is a bad message, not a truncated stream.
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        tx.write_all(&[0, 0, 0, 0]).await.unwrap();
+        drop(tx);
+        let e = FrameReader::new(1024)
+            .next::<String, _>(&mut rx)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, IoError::Frame(FrameError::BadMessage(_))),
+            "{e}"
+        );
 
         let big = frame::encode(&"y".repeat(2000)).unwrap();
         let (mut tx, mut rx) = tokio::io::duplex(4096);

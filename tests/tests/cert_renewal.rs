@@ -391,16 +391,8 @@ fn sessions_move_off_an_expired_coordinator_certificate() {
     )
     .unwrap();
     c.start().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let flags = ["--metrics-listen".to_string(), metrics.to_string()];
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let token = c.token("aws-use1", "member").unwrap();
-    let agent = Agent::start(c.addr, "aws-use1", "m1", "member", &token, &flags).unwrap();
+    let (agent, metrics) = member_with_session(&c);
     let scrape = || http_get(metrics, "/metrics").ok();
-    wait_for(Duration::from_secs(20), "the session", || {
-        scrape().filter(|t| metric(t, "strait_coordinator_session_up") == Some(1.0))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.proc.log_text()));
     let agent_cert = cert_in(&agent.state());
     assert!(secs_until(agent_cert.not_after) > 3600.0);
 
@@ -529,6 +521,22 @@ fn sessions_move_off_an_expired_coordinator_certificate() {
     );
 }
 
+/// Member `m1` of site aws-use1 with metrics on a free port, once its session is up.
+fn member_with_session(c: &Coordinator) -> (Agent, SocketAddr) {
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let flags = ["--metrics-listen".to_string(), metrics.to_string()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let token = c.token("aws-use1", "member").unwrap();
+    let agent = Agent::start(c.addr, "aws-use1", "m1", "member", &token, &flags).unwrap();
+    wait_for(Duration::from_secs(20), "the session", || {
+        http_get(metrics, "/metrics")
+            .ok()
+            .filter(|t| metric(t, "strait_coordinator_session_up") == Some(1.0))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.proc.log_text()));
+    (agent, metrics)
+}
+
 /// The renewal state a `*_cert_renewal_state{state}` family shows as 1.
 fn renewal_state_of(text: &str, family: &str) -> &'static str {
     ["valid", "retrying", "expired"]
@@ -543,16 +551,11 @@ fn builtin_ca_expiry_is_a_clear_error_and_re_enrollment_recovers() {
     let mut c = Coordinator::init(&[Site("aws-use1", "10.10.0.0/16")], "").unwrap();
     short_lifetimes(&c);
     c.start().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let (agent, metrics) = member_with_session(&c);
+    let scrape = || http_get(metrics, "/metrics").ok();
+    // Restarts of this agent keep its metrics address.
     let flags = ["--metrics-listen".to_string(), metrics.to_string()];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let token = c.token("aws-use1", "member").unwrap();
-    let agent = Agent::start(c.addr, "aws-use1", "m1", "member", &token, &flags).unwrap();
-    let scrape = || http_get(metrics, "/metrics").ok();
-    wait_for(Duration::from_secs(20), "the session", || {
-        scrape().filter(|t| metric(t, "strait_coordinator_session_up") == Some(1.0))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.proc.log_text()));
     let first = cert_in(&agent.state());
 
     // The CA goes away before the first renewal and stays away past expiry.
