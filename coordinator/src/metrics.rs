@@ -87,6 +87,11 @@ pub struct CoordinatorMetrics {
     pub agents_connected: Gauge,
     /// Connections open (handshaking or established), as admitted by `connlimit`.
     pub connections: Gauge,
+    /// TLS handshakes in progress.
+    pub handshakes: Gauge,
+    /// Connection attempts asked to prove their address (a QUIC Retry) because
+    /// many handshakes were in progress.
+    pub address_validations: Counter,
     pub map_version: Gauge,
     pub nodes_online: Gauge,
     pub nodes_total: Gauge,
@@ -113,6 +118,8 @@ impl Default for CoordinatorMetrics {
         CoordinatorMetrics {
             agents_connected: Gauge::default(),
             connections: Gauge::default(),
+            handshakes: Gauge::default(),
+            address_validations: Counter::default(),
             map_version: Gauge::default(),
             nodes_online: Gauge::default(),
             nodes_total: Gauge::default(),
@@ -184,6 +191,16 @@ impl CoordinatorMetrics {
             "connections",
             "Connections open (handshakes included)",
             self.connections.clone(),
+        );
+        r.register(
+            "handshakes",
+            "TLS handshakes in progress",
+            self.handshakes.clone(),
+        );
+        r.register(
+            "address_validations",
+            "Connection attempts asked to prove their source address (QUIC Retry) because many handshakes were in progress",
+            self.address_validations.clone(),
         );
         r.register(
             "map_version",

@@ -39,6 +39,8 @@ const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
 /// renewal), straitctl one. quinn keeps per-connection state for each allowed stream (16
 /// cost 1 KiB more per connection than 4, measured with heaptrack).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// How long a session that the coordinator ends waits for the agent to read why.
+const SESSION_LINGER: Duration = Duration::from_secs(2);
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress above which clients must first prove their address with a QUIC
@@ -225,8 +227,6 @@ pub struct Coordinator {
     enroll_failures: Mutex<FailureLimiter>,
     /// Open connections per source and in total (`[limits]`).
     connections: Mutex<Connections>,
-    /// Handshakes in progress.
-    handshaking: std::sync::atomic::AtomicU32,
     /// When a refused connection attempt was last logged at WARN, and how many were refused
     /// since.
     refusal_log: Mutex<(Option<std::time::Instant>, u64)>,
@@ -271,7 +271,6 @@ impl Coordinator {
                 100_000,
             )),
             connections: Mutex::new(connections),
-            handshaking: std::sync::atomic::AtomicU32::new(0),
             refusal_log: Mutex::new((None, 0)),
         }))
     }
@@ -459,19 +458,19 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Counts a handshake in progress while alive.
-struct Handshaking<'a>(&'a std::sync::atomic::AtomicU32);
+/// Counts a handshake in progress while alive (`strait_coordinator_handshakes`).
+struct Handshaking(prometheus_client::metrics::gauge::Gauge);
 
-impl<'a> Handshaking<'a> {
-    fn new(n: &'a std::sync::atomic::AtomicU32) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Handshaking(n)
+impl Handshaking {
+    fn new(n: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        n.inc();
+        Handshaking(n.clone())
     }
 }
 
-impl Drop for Handshaking<'_> {
+impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -673,12 +672,10 @@ fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let busy = coordinator
-        .handshaking
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= HANDSHAKES_BEFORE_RETRY;
+    let busy = coordinator.metrics.handshakes.get() >= i64::from(HANDSHAKES_BEFORE_RETRY);
     if busy && !incoming.remote_address_validated() {
         drop(slot);
+        coordinator.metrics.address_validations.inc();
         tracing::debug!(%remote, "many handshakes in progress: asking the client to prove its address");
         if let Err(e) = incoming.retry() {
             e.into_incoming().ignore();
@@ -690,10 +687,11 @@ fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
     // connection alone is 384 bytes) is large and over once it is done; inside the task it
     // would size the task for the connection's whole life (968 bytes instead of 592,
     // measured with -Zprint-type-sizes).
+    // Counted here, not in the task: the next connection attempt's `busy` must see it.
+    let handshaking = Handshaking::new(&c.metrics.handshakes);
     let handshake = {
-        let c = c.clone();
         Box::pin(async move {
-            let _handshaking = Handshaking::new(&c.handshaking);
+            let _handshaking = handshaking;
             match incoming.accept() {
                 Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
                 Err(e) => Ok(Err(e)),
@@ -1245,6 +1243,28 @@ struct Opened {
     reg: Box<Registration>,
 }
 
+/// Ends a session with the reason, and lets the agent read it: the stream is finished, then
+/// whatever the agent still sends is read and dropped until its side ends or
+/// [`SESSION_LINGER`] passes. Dropping the receive side at once would send STOP_SENDING,
+/// which can reach the agent first: its next heartbeat then fails with "stopped by peer"
+/// and the reason (say, "this node was removed") is never read.
+async fn end_session(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    frames: &mut wire::FrameReader,
+    body: ErrorBody,
+) {
+    if wire::write_encoded(send, SessionEvent::Closing(body))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = send.finish();
+    let drain = async { while let Ok(Some(_)) = frames.next::<AgentEvent, _>(recv).await {} };
+    let _ = tokio::time::timeout(SESSION_LINGER, drain).await;
+}
+
 /// An agent's session: register, send a snapshot, then a delta for every map change, and
 /// take heartbeats until the stream or connection ends.
 ///
@@ -1296,8 +1316,7 @@ fn session(
                         ErrorCode::Unauthenticated,
                         format!("the certificate this session was opened with (serial {serial}) expired; reconnect with a renewed certificate"),
                     );
-                    let closing = wire::write_encoded(&mut send, SessionEvent::Closing(body));
-                    let _ = closing.await;
+                    Box::pin(end_session(&mut send, &mut recv, &mut frames, body)).await;
                     conn.close(close::CERT_EXPIRED.into(), b"certificate expired");
                     break;
                 }
@@ -1333,8 +1352,7 @@ fn session(
             let Some(next) = c.fanout.views().view(&key) else {
                 let body =
                     ErrorBody::new(ErrorCode::Revoked, "this node was removed from the mesh");
-                let closing = wire::write_encoded(&mut send, SessionEvent::Closing(body));
-                let _ = closing.await;
+                Box::pin(end_session(&mut send, &mut recv, &mut frames, body)).await;
                 break;
             };
             if next.version <= current.version {

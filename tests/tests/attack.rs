@@ -1,6 +1,7 @@
 //! Attacks on a real coordinator (issue 8, "Attack"): certificates that are expired, not yet
 //! valid, foreign, forged or revoked; identities claimed in messages or through a copied WireGuard
-//! key; a flood of connections and stalled streams. Each is refused and counted by reason
+//! key; a flood of connections and stalled streams; a flood of half-open handshakes from spoofed
+//! addresses. Each is refused and counted by reason
 //! in `strait_coordinator_refused_connections_total`, while an operator and a real agent
 //! keep being served. All traffic is on loopback.
 
@@ -665,6 +666,191 @@ async fn a_connection_flood_is_held_to_the_limits_while_others_are_served() {
     let rss_after = rss_kib(pid);
     eprintln!("after the flood: {back} connections, RSS {rss_after} KiB");
     assert!(rss_after < rss_before + bound_kib);
+    wait_online(&c, "aws-use1", "gw-a");
+    wait_online(&c, "gcp-usc1", "gw-b");
+    assert_eq!(c.ctl_json(&["status"]).unwrap()["nodes-online"], 2);
+    drop(b);
+}
+
+/// Source addresses of the half-open flood (each sends one Initial), well above the
+/// coordinator's 256 handshakes before it asks clients to prove their address.
+const SPOOFED: usize = 1000;
+/// The coordinator's `HANDSHAKES_BEFORE_RETRY`.
+const HANDSHAKES_BEFORE_RETRY: f64 = 256.0;
+/// The coordinator's `HANDSHAKE_TIMEOUT`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one QUIC Initial (a real ClientHello, made by quinn's protocol state machine)
+/// from each of `count` loopback addresses 127.3.x.y to `to`, and never answers what comes
+/// back: what a flood with spoofed source addresses looks like to the coordinator. The
+/// sockets are returned so that they stay bound (no ICMP errors) until dropped.
+fn half_open_flood(
+    to: SocketAddr,
+    config: quinn::ClientConfig,
+    count: usize,
+) -> Vec<std::net::UdpSocket> {
+    let mut endpoint = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let mut buf = Vec::with_capacity(1500);
+    (0..count)
+        .map(|i| {
+            let local = format!("127.3.{}.{}:0", i / 250, i % 250 + 1);
+            let socket = std::net::UdpSocket::bind(&local).unwrap();
+            let (_, mut conn) = endpoint
+                .connect(
+                    Instant::now(),
+                    config.clone(),
+                    to,
+                    "coordinator.strait.internal",
+                )
+                .unwrap();
+            buf.clear();
+            let initial = conn
+                .poll_transmit(Instant::now(), 1, &mut buf)
+                .expect("a new connection sends its Initial");
+            socket.send_to(&buf[..initial.size], to).unwrap();
+            // Paced (about 2,000 a second): a debug-built coordinator answers fewer than
+            // 20,000 a second, and its UDP receive buffer drops the rest (counted, see
+            // `udp_drops`, but a flood the coordinator sees tests more).
+            if i % 2 == 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            socket
+        })
+        .collect()
+}
+
+/// Datagrams the kernel dropped for the UDP socket bound to `addr` (IPv4; the `drops`
+/// column of /proc/net/udp).
+fn udp_drops(addr: SocketAddr) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let port = format!(":{:04X}", addr.port());
+    table
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.get(1)?.ends_with(&port)).then(|| cols.last()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no UDP socket on {addr} in /proc/net/udp"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_bounded_and_spoofed_sources_must_prove_their_address() {
+    let (c, metrics) = coordinator("");
+    let pid = c.proc.as_ref().unwrap().pid();
+    let token = c.token("aws-use1", "gateway").unwrap();
+    let a = Agent::start(c.addr, "aws-use1", "gw-a", "gateway", &token, &[]).unwrap();
+    wait_online(&c, "aws-use1", "gw-a");
+    let idle_connections = gauge(metrics, "strait_coordinator_connections");
+    let rss_before = rss_kib(pid);
+    assert_eq!(gauge(metrics, "strait_coordinator_handshakes"), 0.0);
+
+    let ca = CertBundle::load(&c.operator_dir()).unwrap().ca;
+    let config =
+        quic_client_config(client_config(&ca, None, "prod", &[Role::Coordinator], ALPN).unwrap())
+            .unwrap();
+    let drops_before = udp_drops(c.addr);
+    let started = Instant::now();
+    let sockets = half_open_flood(c.addr, config, SPOOFED);
+    let sent_in = started.elapsed();
+
+    // Handshake state for the first HANDSHAKES_BEFORE_RETRY only; every later source is
+    // asked to prove its address (a QUIC Retry, no state kept) and cannot.
+    // Each Initial is in a handshake, asked to prove its address, or was dropped by the
+    // kernel before the coordinator read it (a full receive buffer).
+    let (validations, dropped) = wait_for(
+        Duration::from_secs(5),
+        "the flood's later attempts asked to prove their address",
+        || {
+            let n = gauge(metrics, "strait_coordinator_address_validations_total");
+            let h = gauge(metrics, "strait_coordinator_handshakes");
+            let dropped = udp_drops(c.addr) - drops_before;
+            (n + h + dropped as f64 >= SPOOFED as f64).then_some((n, dropped))
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} handshakes in progress, {} asked to prove their address\n{}",
+            gauge(metrics, "strait_coordinator_handshakes"),
+            gauge(metrics, "strait_coordinator_address_validations_total"),
+            http_get(metrics, "/metrics").unwrap()
+        )
+    });
+    let handshakes = gauge(metrics, "strait_coordinator_handshakes");
+    assert!(
+        validations >= (SPOOFED as f64 - HANDSHAKES_BEFORE_RETRY) / 2.0,
+        "{validations} asked to prove their address, {dropped} dropped by the kernel"
+    );
+    assert!(
+        (HANDSHAKES_BEFORE_RETRY..=HANDSHAKES_BEFORE_RETRY + 2.0).contains(&handshakes),
+        "{handshakes} handshakes in progress"
+    );
+
+    // Meanwhile a new gateway enrolls and registers (its client answers the Retry), its
+    // arrival reaches gw-a, and the operator is answered.
+    let t = Instant::now();
+    let status = c.ctl_json(&["status"]).unwrap();
+    let status_ms = t.elapsed().as_millis();
+    assert_eq!(status["mesh"], "prod");
+    let token = c.token("gcp-usc1", "gateway").unwrap();
+    let t = Instant::now();
+    let b = Agent::start(c.addr, "gcp-usc1", "gw-b", "gateway", &token, &[]).unwrap();
+    wait_for(
+        Duration::from_secs(8),
+        "gw-a's map to get gw-b while handshakes are stalled",
+        || {
+            peers(&a)
+                .contains(&"gcp-usc1/gw-b".to_string())
+                .then_some(())
+        },
+    )
+    .unwrap();
+    let join_ms = t.elapsed().as_millis();
+    let (mut max_handshakes, mut max_rss) = (handshakes, rss_kib(pid));
+    let timed_out = wait_for(
+        HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+        "the stalled handshakes to time out",
+        || {
+            max_handshakes = max_handshakes.max(gauge(metrics, "strait_coordinator_handshakes"));
+            max_rss = max_rss.max(rss_kib(pid));
+            let n = refused(metrics, "handshake-timeout");
+            (n >= HANDSHAKES_BEFORE_RETRY).then_some(n)
+        },
+    )
+    .unwrap();
+    let timeout_after = started.elapsed();
+    eprintln!(
+        "{SPOOFED} spoofed Initials sent in {sent_in:?}: {max_handshakes} handshakes at most, {validations} asked to prove their address, {dropped} dropped by the kernel, {timed_out} timed out after {timeout_after:?}; RSS {rss_before} KiB before, max {max_rss} KiB; status in {status_ms} ms, new gateway in gw-a's map in {join_ms} ms"
+    );
+    assert!(
+        max_handshakes <= HANDSHAKES_BEFORE_RETRY + 2.0,
+        "{max_handshakes} handshakes at once"
+    );
+    // Timed out, not before: the coordinator gives a slow client its full time.
+    assert!(timeout_after >= HANDSHAKE_TIMEOUT, "{timeout_after:?}");
+    // Memory: state for the stalled handshakes only.
+    let bound_kib = 32 * 1024;
+    assert!(
+        max_rss < rss_before + bound_kib,
+        "RSS {max_rss} KiB, {rss_before} KiB before the flood"
+    );
+
+    // After: no handshake left, connections back to what the agents hold, both online.
+    wait_for(Duration::from_secs(5), "no handshake in progress", || {
+        (gauge(metrics, "strait_coordinator_handshakes") == 0.0).then_some(())
+    })
+    .unwrap();
+    wait_for(Duration::from_secs(5), "connections back to normal", || {
+        let n = gauge(metrics, "strait_coordinator_connections");
+        (n <= idle_connections + 1.0).then_some(n)
+    })
+    .unwrap();
+    drop(sockets);
     wait_online(&c, "aws-use1", "gw-a");
     wait_online(&c, "gcp-usc1", "gw-b");
     assert_eq!(c.ctl_json(&["status"]).unwrap()["nodes-online"], 2);
