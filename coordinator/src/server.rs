@@ -39,6 +39,9 @@ const MAX_ANONYMOUS_FRAME: usize = 16 << 10;
 /// renewal), straitctl one. quinn keeps per-connection state for each allowed stream (16
 /// cost 1 KiB more per connection than 4, measured with heaptrack).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Why a revoked node's connection is closed, and what its operator does about it.
+const REVOKED_REASON: &[u8] =
+    b"certificate revoked; enroll this node again with a new join token (straitctl token create)";
 /// How long a session that the coordinator ends waits for the agent to read why.
 const SESSION_LINGER: Duration = Duration::from_secs(2);
 /// How long a client may take to finish its handshake.
@@ -784,7 +787,7 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
         if c.core().mesh.is_revoked(&peer.serial) {
             c.metrics.refused(Refusal::Revoked);
             tracing::warn!(remote = %peer.addr, identity = %id, serial = %peer.serial, "refused: revoked certificate");
-            conn.close(close::REVOKED.into(), b"certificate revoked");
+            conn.close(close::REVOKED.into(), REVOKED_REASON);
             return;
         }
     }
@@ -1208,7 +1211,7 @@ fn revoke(c: &Coordinator, node: &str) -> Response {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key)
             {
-                conn.close(close::REVOKED.into(), b"certificate revoked");
+                conn.close(close::REVOKED.into(), REVOKED_REASON);
             }
             tracing::info!(node = %format!("{}/{}", key.0, key.1), serials = ?serials, "revoked");
             Response::Revoked {

@@ -451,6 +451,30 @@ fn gauge(metrics: SocketAddr, name: &str) -> f64 {
     metric(&http_get(metrics, "/metrics").unwrap(), name).unwrap_or(-1.0)
 }
 
+/// Service to others during an attack: the operator's `status` is answered, and a new
+/// gateway gw-b enrolls, registers and reaches gw-a's map. Returns gw-b and the times
+/// taken by each (ms).
+fn served_during(c: &Coordinator, a: &Agent, attack: &str) -> (Agent, u128, u128) {
+    let t = Instant::now();
+    let status = c.ctl_json(&["status"]).unwrap();
+    let status_ms = t.elapsed().as_millis();
+    assert_eq!(status["mesh"], "prod");
+    let token = c.token("gcp-usc1", "gateway").unwrap();
+    let t = Instant::now();
+    let b = Agent::start(c.addr, "gcp-usc1", "gw-b", "gateway", &token, &[]).unwrap();
+    wait_for(
+        Duration::from_secs(8),
+        &format!("gw-a's map to get gw-b during {attack}"),
+        || {
+            peers(a)
+                .contains(&"gcp-usc1/gw-b".to_string())
+                .then_some(())
+        },
+    )
+    .unwrap();
+    (b, status_ms, t.elapsed().as_millis())
+}
+
 const PER_ADDRESS: u32 = 50;
 const FLOODERS: usize = 300;
 const FLOOD: Duration = Duration::from_secs(12);
@@ -563,24 +587,7 @@ async fn a_connection_flood_is_held_to_the_limits_while_others_are_served() {
     // During the flood: the connections stay within the limit, memory stays bounded, the
     // operator is answered and a new gateway's arrival reaches gw-a.
     std::thread::sleep(Duration::from_secs(2));
-    let t = Instant::now();
-    let status = c.ctl_json(&["status"]).unwrap();
-    let status_ms = t.elapsed().as_millis();
-    assert_eq!(status["mesh"], "prod");
-    let token = c.token("gcp-usc1", "gateway").unwrap();
-    let t = Instant::now();
-    let b = Agent::start(c.addr, "gcp-usc1", "gw-b", "gateway", &token, &[]).unwrap();
-    wait_for(
-        Duration::from_secs(8),
-        "gw-a's map to get gw-b during the flood",
-        || {
-            peers(&a)
-                .contains(&"gcp-usc1/gw-b".to_string())
-                .then_some(())
-        },
-    )
-    .unwrap();
-    let join_ms = t.elapsed().as_millis();
+    let (b, status_ms, join_ms) = served_during(&c, &a, "the flood");
     let (mut max_conns, mut max_rss) = (0.0f64, 0u64);
     while Instant::now() < until {
         max_conns = max_conns.max(gauge(metrics, "strait_coordinator_connections"));
@@ -793,24 +800,7 @@ async fn half_open_handshakes_are_bounded_and_spoofed_sources_must_prove_their_a
 
     // Meanwhile a new gateway enrolls and registers (its client answers the Retry), its
     // arrival reaches gw-a, and the operator is answered.
-    let t = Instant::now();
-    let status = c.ctl_json(&["status"]).unwrap();
-    let status_ms = t.elapsed().as_millis();
-    assert_eq!(status["mesh"], "prod");
-    let token = c.token("gcp-usc1", "gateway").unwrap();
-    let t = Instant::now();
-    let b = Agent::start(c.addr, "gcp-usc1", "gw-b", "gateway", &token, &[]).unwrap();
-    wait_for(
-        Duration::from_secs(8),
-        "gw-a's map to get gw-b while handshakes are stalled",
-        || {
-            peers(&a)
-                .contains(&"gcp-usc1/gw-b".to_string())
-                .then_some(())
-        },
-    )
-    .unwrap();
-    let join_ms = t.elapsed().as_millis();
+    let (b, status_ms, join_ms) = served_during(&c, &a, "the stalled handshakes");
     let (mut max_handshakes, mut max_rss) = (handshakes, rss_kib(pid));
     let timed_out = wait_for(
         HANDSHAKE_TIMEOUT + Duration::from_secs(5),
