@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub tun_name: Option<String>,
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
+    pub fail_closed: Option<bool>,
     /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
     pub vault: Option<VaultSettings>,
 }
@@ -94,6 +95,10 @@ pub struct Overrides {
     /// Persistent keepalive toward peers in seconds (0 turns it off).
     #[arg(long, env = "STRAIT_PERSISTENT_KEEPALIVE")]
     pub persistent_keepalive: Option<u16>,
+    /// Keep traffic for tunnel prefixes from leaving unencrypted if the agent dies: true
+    /// (default) or false.
+    #[arg(long, env = "STRAIT_FAIL_CLOSED")]
+    pub fail_closed: Option<bool>,
     /// WireGuard UDP port.
     #[arg(long, env = "STRAIT_LISTEN_PORT")]
     pub listen_port: Option<u16>,
@@ -228,6 +233,8 @@ pub struct Config {
     /// TUN MTU; `None`: the underlay's MTU minus 80, found at start.
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
+    /// Tunnel prefixes are backed by `unreachable` routes that outlive a dead agent.
+    pub fail_closed: bool,
     pub vault: Option<VaultSettings>,
 }
 
@@ -403,6 +410,7 @@ impl Config {
             tun_name,
             mtu,
             persistent_keepalive,
+            fail_closed: o.fail_closed.or(f.fail_closed).unwrap_or(true),
             vault,
             mesh,
             site,
@@ -503,6 +511,15 @@ heartbeat-interval = "2s"
         assert_eq!(c.prefixes.len(), 1);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.listen_port, 51820);
+        assert!(c.fail_closed, "routes fail closed unless turned off");
+        let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
+        assert!(!Config::merge(file, overrides()).unwrap().fail_closed);
+        let flag = Overrides {
+            fail_closed: Some(true),
+            ..overrides()
+        };
+        let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
+        assert!(Config::merge(file, flag).unwrap().fail_closed);
     }
 
     #[test]

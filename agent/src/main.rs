@@ -114,6 +114,7 @@ async fn main() -> Result<()> {
                     keepalive: config.persistent_keepalive,
                     forward: config.role == strait_pki::Role::Gateway,
                     probe_interval: config.probe_interval,
+                    fail_closed: config.fail_closed,
                 };
                 let mut stop = stop_tx.subscribe();
                 dataplane = Some(tokio::spawn(async move {

@@ -1,7 +1,9 @@
 //! The netlink adapter against a real kernel, inside a network namespace this test creates
 //! (root needed; nothing is touched in the root namespace): a real TUN device gets the
 //! overlay address, MTU and state; Strait's routes are added, reconciled idempotently and
-//! removed, conflicts are refused, and other owners' routes are left alone.
+//! removed, conflicts are refused, and other owners' routes are left alone; fail-closed
+//! routes outlive the TUN device, so its traffic is refused rather than sent by the main
+//! table.
 
 use ipnetwork::IpNetwork;
 use strait_agent::dataplane::netlink::Netlink;
@@ -135,7 +137,7 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         let p = nl.reconcile(&[tun("100.64.0.2/32")], index).await.unwrap();
         assert_eq!(p.remove.len(), 1);
         nl.remove_rules().await.unwrap();
-        nl.remove_all().await.unwrap()
+        nl.remove_all(false).await.unwrap()
     });
     assert!(
         !ns.ip(&["rule", "show"]).contains("5354"),
@@ -148,6 +150,92 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         static_routes.contains("192.168.77.0/24"),
         "another owner's route was touched: {static_routes}"
     );
+}
+
+/// What the kernel would do with a packet to `to` (`ip route get`; the error text if it
+/// refuses, e.g. "RTNETLINK answers: No route to host").
+fn route_get(ns: &Netns, to: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ip", "route", "get", to])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn fail_closed_routes_outlive_the_tun_device_and_go_at_a_clean_stop() {
+    let ns = Netns::new("fc");
+    ns.ip(&["tuntap", "add", "dev", "strait0", "mode", "tun"]);
+    ns.ip(&["link", "set", "strait0", "up"]);
+    // The underlay: a default route, which is where a packet for a remote prefix would
+    // go, in clear, without Strait's routes.
+    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "up0"]);
+    ns.ip(&["addr", "add", "2001:db8:1::10/64", "dev", "up0", "nodad"]);
+    ns.ip(&["link", "set", "up0", "up"]);
+    ns.ip(&["link", "set", "up0p", "up"]);
+    ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+
+    let twins = |p: &str| {
+        [Via::Tun, Via::Unreachable].map(|via| Route {
+            prefix: net(p),
+            via,
+        })
+    };
+    let desired: Vec<Route> = [twins("10.20.0.0/16"), twins("2001:db8:20::/48")].concat();
+    let (first, second) = block_on_in(&ns, move || async move {
+        let nl = Netlink::connect().unwrap();
+        let index = nl.link_index("strait0").await.unwrap().unwrap();
+        nl.ensure_rules().await.unwrap();
+        let first = nl.reconcile(&desired, index).await.unwrap();
+        let second = nl.reconcile(&desired, index).await.unwrap();
+        (first, second)
+    });
+    assert_eq!(first.add.len(), 4, "{first:?}");
+    assert!(
+        second.is_empty(),
+        "second reconcile changed something: {second:?}"
+    );
+    assert!(
+        route_get(&ns, "10.20.0.5").contains("dev strait0"),
+        "{}",
+        route_get(&ns, "10.20.0.5")
+    );
+    assert!(route_get(&ns, "2001:db8:20::5").contains("dev strait0"));
+
+    // The agent dies: its TUN device goes, and the routes on it. Packets for the tunnel's
+    // prefixes are refused; anything else still takes the default route.
+    ns.ip(&["link", "del", "strait0"]);
+    for to in ["10.20.0.5", "2001:db8:20::5"] {
+        let got = route_get(&ns, to);
+        assert!(
+            // EHOSTUNREACH: what an `unreachable` route answers.
+            got.contains("No route to host") && !got.contains("up0"),
+            "{to} after the TUN device went: {got}"
+        );
+    }
+    assert!(route_get(&ns, "198.51.100.7").contains("via 192.0.2.1 dev up0"));
+
+    // A restart keeps the twins until its map's routes are in; a clean stop removes all.
+    let (kept, removed) = block_on_in(&ns, || async {
+        let nl = Netlink::connect().unwrap();
+        let kept = nl.remove_all(true).await.unwrap();
+        let removed = nl.remove_all(false).await.unwrap();
+        nl.remove_rules().await.unwrap();
+        (kept, removed)
+    });
+    assert_eq!((kept, removed), (0, 2));
+    assert!(strait_routes(&ns).is_empty());
+    assert!(ns
+        .ip(&["-6", "route", "show", "table", "21332"])
+        .trim()
+        .is_empty());
+    assert!(route_get(&ns, "10.20.0.5").contains("via 192.0.2.1 dev up0"));
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! and healed, and loss on the control connection. After each disruption the test measures
 //! how long recovery took and checks that every node's table 21332 holds exactly the routes
 //! its map asks for (no stale ones, no duplicates), that the policy rule exists once per
-//! family, and that the coordinator's view (nodes, map versions, routes, links) agrees.
+//! family, that no packet for a site's prefix reached the router (none left a gateway
+//! unencrypted, even with its agent dead: routes fail closed), and that the coordinator's
+//! view (nodes, map versions, routes, links) agrees.
 //!
 //! ```text
 //!                 +----------------------- kinet (router) -------------------------+
@@ -78,13 +80,18 @@ fn prefix_of(word: &str, v6: bool) -> String {
 }
 
 /// Every route in table 21332 (both families) as `prefix -> target` lines, where target is
-/// `dev IF` or `via ADDR`; panics on a route that is not Strait's (protocol 83).
+/// `dev IF`, `via ADDR` or `unreachable` (a fail-closed twin); panics on a route that is
+/// not Strait's (protocol 83).
 fn table_routes(ns: &Netns) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (family, v6) in [("-4", false), ("-6", true)] {
         let text = ns.ip(&[family, "route", "show", "table", "21332"]);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let words: Vec<&str> = line.split_whitespace().collect();
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            let unreachable = words[0] == "unreachable";
+            if unreachable {
+                words.remove(0);
+            }
             assert!(
                 line.contains(" proto 83"),
                 "{}: a route in table 21332 that is not Strait's: {line}",
@@ -97,9 +104,13 @@ fn table_routes(ns: &Netns) -> Vec<(String, String)> {
                     .and_then(|i| words.get(i + 1))
                     .map(|w| format!("{key} {w}"))
             };
-            let target = after("via")
-                .or_else(|| after("dev"))
-                .unwrap_or_else(|| "?".into());
+            let target = if unreachable {
+                "unreachable".to_string()
+            } else {
+                after("via")
+                    .or_else(|| after("dev"))
+                    .unwrap_or_else(|| "?".into())
+            };
             out.push((prefix_of(words[0], v6), target));
         }
     }
@@ -107,8 +118,9 @@ fn table_routes(ns: &Netns) -> Vec<(String, String)> {
     out
 }
 
-/// The routes a node's map asks for: peers' allowed IPs into the TUN, a member's routes via
-/// its gateway (the agent's `routes::desired`).
+/// The routes a node's map asks for: peers' allowed IPs into the TUN, each with its
+/// fail-closed `unreachable` twin, a member's routes via its gateway (the agent's
+/// `routes::desired`).
 fn desired_routes(map: &Value) -> Vec<(String, String)> {
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     for peer in map["peers"]
@@ -125,7 +137,47 @@ fn desired_routes(map: &Value) -> Vec<(String, String)> {
         let via = route["via-address"].as_str().unwrap_or_default();
         want.insert(prefix.clone(), format!("via {via}"));
     }
-    want.into_iter().collect()
+    let mut routes: Vec<(String, String)> = want.into_iter().collect();
+    let twins: Vec<(String, String)> = routes
+        .iter()
+        .filter(|(_, target)| target == "dev strait0")
+        .map(|(prefix, _)| (prefix.clone(), "unreachable".to_string()))
+        .collect();
+    routes.extend(twins);
+    routes.sort();
+    routes
+}
+
+/// Counts, on the router, packets addressed to a site's prefix other than WireGuard's
+/// (UDP port 51820: a gateway probing another's private endpoint, encrypted): tunnel traffic
+/// is addressed to the gateways' underlay addresses, so such a packet left a gateway
+/// unencrypted.
+fn count_leaks(inet: &Netns) {
+    let nft = inet.exec(&[
+        "nft",
+        "add table inet leak; add chain inet leak pre { type filter hook prerouting priority -300 ; } ; \
+         add rule inet leak pre ip daddr { 10.10.0.0/16, 10.20.0.0/16 } meta l4proto != udp counter ; \
+         add rule inet leak pre ip daddr { 10.10.0.0/16, 10.20.0.0/16 } udp dport != 51820 counter",
+    ]);
+    assert!(
+        nft.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+}
+
+/// Packets counted by [`count_leaks`] so far.
+fn leaked(inet: &Netns) -> u64 {
+    let out = inet.exec(&["nft", "list chain inet leak pre"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let counts: Vec<u64> = words
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .filter_map(|w| w[1].parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "the router's leak counters: {text}");
+    counts.iter().sum()
 }
 
 /// Strait's policy rules (`not fwmark 0x5354 lookup 21332`) per family: (IPv4, IPv6).
@@ -170,14 +222,22 @@ fn assert_routes_exact(label: &str, ns: &Netns, agent: &Agent) -> Vec<(String, S
     let mut last = (Vec::new(), Vec::new());
     let ok = wait_for(Duration::from_secs(10), "routes to match the map", || {
         let have = table_routes(ns);
-        let mut prefixes: Vec<&String> = have.iter().map(|(p, _)| p).collect();
-        prefixes.dedup();
-        assert_eq!(
-            prefixes.len(),
-            have.len(),
-            "{label}: duplicate routes in {}: {have:?}",
-            ns.name
-        );
+        // One route per prefix, and at most one fail-closed twin.
+        for twins in [false, true] {
+            let mut prefixes: Vec<&String> = have
+                .iter()
+                .filter(|(_, target)| (target == "unreachable") == twins)
+                .map(|(p, _)| p)
+                .collect();
+            let count = prefixes.len();
+            prefixes.dedup();
+            assert_eq!(
+                prefixes.len(),
+                count,
+                "{label}: duplicate routes in {}: {have:?}",
+                ns.name
+            );
+        }
         let want = desired_routes(&agent.saved_map()?);
         let same = have == want && !want.is_empty();
         last = (have, want);
@@ -605,6 +665,9 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
         )
     });
     println!("mesh up in {:?}", set_up.elapsed());
+    // Counted from now: before the agents' routes were in, workload A's first pings went
+    // out by the default route, as they would on a network without Strait.
+    count_leaks(&inet);
     assert!(ping_once(&ma, "10.20.0.10"), "member -> workload B");
     let baseline = [
         assert_routes_exact("baseline", &gwa, &a),
@@ -641,6 +704,11 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
         .unwrap_or_else(|e| panic!("{label}: {e}: {:?}", ctl_json(c, &["nodes"])));
         assert_maps_agree(label, c, &[a, &b, m], version);
         assert_ctl_consistent(label, c, &prefixes);
+        assert_eq!(
+            leaked(&inet),
+            0,
+            "{label}: packets left a gateway unencrypted"
+        );
         version
     };
     let mut version = check_all("baseline", &c, &a, &m);
@@ -756,8 +824,10 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
     version = check_all("after the member's kill -9", &c, &a, &m).max(version);
 
     // 3. kill -9 of gateway A in the middle of a TCP transfer from workload A to workload B.
-    //    Its TUN device goes with it, and the routes on it; the rule stays. The restarted
-    //    agent must reconcile to exactly the map's routes, one rule per family.
+    //    Its TUN device goes with it, and the routes on it; the rule and the fail-closed
+    //    twins stay, so site A's packets for site B are refused at gateway A, not sent out
+    //    unencrypted (the router counts any that arrive). The restarted agent must
+    //    reconcile to exactly the map's routes, one rule per family.
     let before_b = registrations(&b);
     let transfer = Transfer::start(&wlb, "10.20.0.10", &wla, 200);
     let flow = ping_in_background(&wla, "10.20.0.10", 800);
@@ -771,6 +841,35 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
     assert!(
         left.iter().all(|r| baseline[0].contains(r)),
         "routes after kill -9 that were not there before: {left:?}"
+    );
+    let twins = |routes: &[(String, String)]| -> Vec<(String, String)> {
+        routes
+            .iter()
+            .filter(|(_, target)| target == "unreachable")
+            .cloned()
+            .collect()
+    };
+    assert!(!twins(&baseline[0]).is_empty(), "{:?}", baseline[0]);
+    assert_eq!(
+        twins(&left),
+        twins(&baseline[0]),
+        "fail-closed routes after kill -9"
+    );
+    let refused = gwa.exec(&[
+        "ip",
+        "route",
+        "get",
+        "10.20.0.10",
+        "from",
+        "10.10.0.10",
+        "iif",
+        "br0",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("No route to host"),
+        "gateway A without its agent would route site B's prefix: {}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
     );
     std::thread::sleep(Duration::from_millis(1000));
     let dir = a.dir;
@@ -801,6 +900,11 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
     assert_eq!(
         sent, received,
         "workload A's transfer across gateway A's kill -9"
+    );
+    assert_eq!(
+        leaked(&inet),
+        0,
+        "packets left gateway A unencrypted while its agent was dead"
     );
     let first =
         first.unwrap_or_else(|| panic!("no reply after the restart\n{}", a.proc.log_text()));

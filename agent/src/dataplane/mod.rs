@@ -47,6 +47,9 @@ pub struct Settings {
     pub forward: bool,
     /// How often every path to every peer is probed.
     pub probe_interval: std::time::Duration,
+    /// Back every TUN route with an `unreachable` one (see `routes`), so a dead agent's
+    /// traffic is refused instead of leaving unencrypted by the main table.
+    pub fail_closed: bool,
 }
 
 /// Which of a remote peer's endpoints to use until path probing chooses: a dedicated
@@ -237,7 +240,9 @@ pub async fn run(
         .link_index(&settings.tun_name)
         .await?
         .with_context(|| format!("TUN device {} vanished", settings.tun_name))?;
-    let stale = nl.remove_all().await?;
+    // Routes a crashed run left go, but its fail-closed ones stay until this run's routes
+    // are in place (the first map reconciles them).
+    let stale = nl.remove_all(settings.fail_closed).await?;
     if stale > 0 {
         tracing::info!(routes = stale, "removed routes left by an earlier run");
     }
@@ -315,7 +320,7 @@ pub async fn run(
         }
     };
     engine.abort();
-    match nl.remove_all().await {
+    match nl.remove_all(false).await {
         Ok(n) => tracing::info!(routes = n, "data plane stopped; routes removed"),
         Err(e) => tracing::warn!(error = %e, "could not remove routes at shutdown"),
     }
@@ -355,7 +360,10 @@ async fn apply(
         }
     }
     peers.send_replace(peer_specs(map, settings.keepalive));
-    let plan = link.nl.reconcile(&routes::desired(map), link.index).await?;
+    let plan = link
+        .nl
+        .reconcile(&routes::desired(map, settings.fail_closed), link.index)
+        .await?;
     conflicts.send_if_modified(|current| {
         let changed = *current != plan.conflicts;
         if changed {

@@ -8,14 +8,14 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 use super::routes::{
-    plan, KernelRoute, Plan, Route, Via, FWMARK, MAIN_TABLE, RTPROT_STRAIT, RULE_PRIORITY,
-    STRAIT_TABLE,
+    plan, KernelRoute, Plan, Route, Via, FAIL_CLOSED_METRIC, FWMARK, MAIN_TABLE, RTPROT_STRAIT,
+    RULE_PRIORITY, STRAIT_TABLE,
 };
 
 /// A netlink failure, naming the operation.
@@ -181,6 +181,9 @@ impl Netlink {
             Via::Gateway(gw) => builder
                 .gateway(gw)
                 .map_err(err(format!("building route {} via {gw}", route.prefix)))?,
+            Via::Unreachable => builder
+                .kind(RouteType::Unreachable)
+                .priority(FAIL_CLOSED_METRIC),
         };
         match self
             .handle
@@ -205,6 +208,12 @@ impl Netlink {
             .table_id(route.table);
         if let Some(oif) = route.oif {
             builder = builder.output_interface(oif);
+        }
+        if let Some(metric) = route.metric {
+            builder = builder.priority(metric);
+        }
+        if route.unreachable {
+            builder = builder.kind(RouteType::Unreachable);
         }
         match self.handle.route().del(builder.build()).execute().await {
             Ok(()) => Ok(()),
@@ -308,13 +317,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Removes every route Strait owns (at shutdown, or stale ones after a crash).
-    pub async fn remove_all(&self) -> Result<usize, NetlinkError> {
+    /// Removes every route Strait owns (at a clean stop, or stale ones after a crash), but
+    /// the fail-closed `unreachable` ones if `keep_unreachable` (at start, until the map's
+    /// routes are in place).
+    pub async fn remove_all(&self, keep_unreachable: bool) -> Result<usize, NetlinkError> {
         let ours: Vec<KernelRoute> = self
             .routes()
             .await?
             .into_iter()
-            .filter(|r| r.protocol == RTPROT_STRAIT)
+            .filter(|r| r.protocol == RTPROT_STRAIT && !(keep_unreachable && r.unreachable))
             .collect();
         for r in &ours {
             self.del_route(r).await?;
@@ -328,9 +339,11 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut destination = None;
     let mut oif = None;
     let mut gateway = None;
+    let mut metric = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(m) => metric = Some(*m),
             RouteAttribute::Destination(a) => destination = address(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Gateway(a) => gateway = address(a),
@@ -355,6 +368,8 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(msg.header.protocol),
         oif,
         gateway,
+        unreachable: msg.header.kind == RouteType::Unreachable,
+        metric,
     })
 }
 

@@ -10,6 +10,14 @@
 //! socket, so the tunnel's own datagrams and probes take the underlay even to an address
 //! inside a prefix the tunnel carries (a gateway reached over an interconnect by its VPC
 //! address), as wg-quick does.
+//!
+//! **Fail closed.** A route into the TUN device goes with the device: if the agent dies,
+//! its routes vanish but the rule stays, and packets for remote prefixes would fall through
+//! to the main table (the default route, unencrypted). So, unless `fail-closed = false`,
+//! every tunnel prefix also has an `unreachable` route at [`FAIL_CLOSED_METRIC`], after the
+//! TUN route and tied to no device: while the agent lives the TUN route wins; once it is
+//! gone, such packets are refused on the node (ICMP unreachable) instead of leaking. A clean
+//! stop removes both.
 
 use std::net::IpAddr;
 
@@ -29,6 +37,8 @@ pub const MAIN_TABLE: u32 = 254;
 pub const FWMARK: u32 = 0x5354;
 /// Priority of the rule `not fwmark FWMARK lookup STRAIT_TABLE` (before main's 32766).
 pub const RULE_PRIORITY: u32 = 5354;
+/// Metric of the fail-closed `unreachable` routes: the last choice for their prefix.
+pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
 
 /// Where a route sends packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,6 +47,9 @@ pub enum Via {
     Tun,
     /// To a next hop on the site network (members, through their gateway).
     Gateway(IpAddr),
+    /// Nowhere: an `unreachable` route at [`FAIL_CLOSED_METRIC`], behind a [`Via::Tun`]
+    /// route for the same prefix (see "Fail closed" above).
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +67,10 @@ pub struct KernelRoute {
     /// Output interface index.
     pub oif: Option<u32>,
     pub gateway: Option<IpAddr>,
+    /// An `unreachable` route (type `RTN_UNREACHABLE`), not a unicast one.
+    pub unreachable: bool,
+    /// The route's metric, if the kernel reports one.
+    pub metric: Option<u32>,
 }
 
 /// What to change.
@@ -77,8 +94,9 @@ fn normalize(p: IpNetwork) -> IpNetwork {
 }
 
 /// The routes `map` asks for: peers' allowed IPs into the TUN, or a member's routes via its
-/// gateway. The node's own overlay address is covered by the TUN's connected route.
-pub fn desired(map: &NetworkMap) -> Vec<Route> {
+/// gateway. The node's own overlay address is covered by the TUN's connected route. With
+/// `fail_closed`, every TUN route also gets its [`Via::Unreachable`] twin.
+pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
     let mut routes: Vec<Route> = map
         .peers
         .values()
@@ -94,6 +112,18 @@ pub fn desired(map: &NetworkMap) -> Vec<Route> {
         .collect();
     routes.sort();
     routes.dedup_by(|a, b| a.prefix == b.prefix);
+    if fail_closed {
+        let closed: Vec<Route> = routes
+            .iter()
+            .filter(|r| r.via == Via::Tun)
+            .map(|r| Route {
+                prefix: r.prefix,
+                via: Via::Unreachable,
+            })
+            .collect();
+        routes.extend(closed);
+        routes.sort();
+    }
     routes
 }
 
@@ -105,8 +135,9 @@ fn matches(route: &Route, k: &KernelRoute, tun: u32) -> bool {
     k.table == STRAIT_TABLE
         && k.prefix == route.prefix
         && match route.via {
-            Via::Tun => k.oif == Some(tun),
-            Via::Gateway(gw) => k.gateway == Some(gw),
+            Via::Tun => !k.unreachable && k.oif == Some(tun),
+            Via::Gateway(gw) => !k.unreachable && k.gateway == Some(gw),
+            Via::Unreachable => k.unreachable && k.metric == Some(FAIL_CLOSED_METRIC),
         }
 }
 
@@ -128,6 +159,10 @@ pub fn plan(desired: &[Route], actual: &[KernelRoute], tun: u32) -> Plan {
             k.oif != Some(tun) && k.prefix.prefix() != 0 && overlaps(k.prefix, route.prefix)
         });
         if let Some(k) = conflict {
+            // Reported once, for the prefix's TUN route.
+            if route.via == Via::Unreachable {
+                continue;
+            }
             let what = if k.protocol == RTPROT_KERNEL {
                 "a connected route".to_string()
             } else {
@@ -180,6 +215,28 @@ mod tests {
             protocol,
             oif: Some(oif),
             gateway: None,
+            unreachable: false,
+            metric: None,
+        }
+    }
+
+    fn closed(p: &str) -> Route {
+        Route {
+            prefix: net(p),
+            via: Via::Unreachable,
+        }
+    }
+
+    /// A fail-closed route as the kernel lists it (IPv6 ones are on `lo`, index 1).
+    fn kernel_closed(p: &str) -> KernelRoute {
+        KernelRoute {
+            prefix: net(p),
+            table: STRAIT_TABLE,
+            protocol: RTPROT_STRAIT,
+            oif: p.contains(':').then_some(1),
+            gateway: None,
+            unreachable: true,
+            metric: Some(FAIL_CLOSED_METRIC),
         }
     }
 
@@ -273,7 +330,7 @@ mod tests {
             peers: BTreeMap::from([(peer.id.clone(), peer)]),
             routes: BTreeMap::from([(route.prefix, route)]),
         };
-        let d = desired(&map);
+        let d = desired(&map, false);
         assert_eq!(
             d,
             vec![
@@ -291,6 +348,51 @@ mod tests {
                 },
             ]
         );
+        // Failing closed: each TUN route gets an unreachable twin; a member's route via its
+        // gateway does not (it does not go with the agent).
+        let mut want = d.clone();
+        want.extend([closed("10.20.0.0/16"), closed("100.64.0.2/32")]);
+        want.sort();
+        assert_eq!(desired(&map, true), want);
+    }
+
+    #[test]
+    fn fail_closed_twins_are_planned_like_any_route() {
+        let want = vec![
+            tun("10.20.0.0/16"),
+            closed("10.20.0.0/16"),
+            tun("2001:db8:20::/48"),
+            closed("2001:db8:20::/48"),
+        ];
+        // After a crash: the TUN routes went with the device, the twins stayed. The
+        // restarted agent adds the TUN routes and keeps the twins.
+        let left = vec![
+            kernel_closed("10.20.0.0/16"),
+            kernel_closed("2001:db8:20::/48"),
+        ];
+        let p = plan(&want, &left, TUN);
+        assert_eq!(p.add, vec![tun("10.20.0.0/16"), tun("2001:db8:20::/48")]);
+        assert!(p.remove.is_empty(), "{:?}", p.remove);
+        // A TUN route does not stand for its twin, nor a twin for the TUN route.
+        let only_tun = vec![kernel("10.20.0.0/16", RTPROT_STRAIT, TUN)];
+        let p = plan(&want[..2], &only_tun, TUN);
+        assert_eq!(p.add, vec![closed("10.20.0.0/16")]);
+        // An unreachable route at another metric is not a twin: replaced.
+        let mut other_metric = kernel_closed("10.20.0.0/16");
+        other_metric.metric = Some(100);
+        let p = plan(&want[1..2], std::slice::from_ref(&other_metric), TUN);
+        assert_eq!(
+            (p.add, p.remove),
+            (vec![closed("10.20.0.0/16")], vec![other_metric])
+        );
+        // With fail-closed turned off, twins left from before are removed.
+        let p = plan(&[tun("10.20.0.0/16")], &left[..1], TUN);
+        assert_eq!(p.remove, left[..1].to_vec());
+        // A prefix refused for a conflict is reported once, and neither route installed.
+        let connected = vec![kernel("10.20.4.0/24", RTPROT_KERNEL, 2)];
+        let p = plan(&want[..2], &connected, TUN);
+        assert!(p.add.is_empty());
+        assert_eq!(p.conflicts.len(), 1, "{:?}", p.conflicts);
     }
 
     #[test]
@@ -305,6 +407,8 @@ mod tests {
             protocol: RTPROT_STRAIT,
             oif: Some(2),
             gateway: Some("10.10.0.1".parse().unwrap()),
+            unreachable: false,
+            metric: None,
         }];
         let p = plan(&[gw("10.10.0.2")], &have, TUN);
         assert_eq!(p.add, vec![gw("10.10.0.2")]);
