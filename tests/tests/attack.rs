@@ -451,6 +451,34 @@ fn gauge(metrics: SocketAddr, name: &str) -> f64 {
     metric(&http_get(metrics, "/metrics").unwrap(), name).unwrap_or(-1.0)
 }
 
+/// A coordinator under attack, with a gateway online and its figures before the attack.
+struct Target {
+    c: Coordinator,
+    metrics: SocketAddr,
+    pid: u32,
+    /// Gateway gw-a of aws-use1, online.
+    a: Agent,
+    idle_connections: f64,
+    rss_before: u64,
+}
+
+/// Starts a coordinator with `extra` config lines and gw-a, and waits for gw-a online.
+fn target(extra: &str) -> Target {
+    let (c, metrics) = coordinator(extra);
+    let pid = c.proc.as_ref().unwrap().pid();
+    let token = c.token("aws-use1", "gateway").unwrap();
+    let a = Agent::start(c.addr, "aws-use1", "gw-a", "gateway", &token, &[]).unwrap();
+    wait_online(&c, "aws-use1", "gw-a");
+    Target {
+        idle_connections: gauge(metrics, "strait_coordinator_connections"),
+        rss_before: rss_kib(pid),
+        c,
+        metrics,
+        pid,
+        a,
+    }
+}
+
 /// Service to others during an attack: the operator's `status` is answered, and a new
 /// gateway gw-b enrolls, registers and reaches gw-a's map. Returns gw-b and the times
 /// taken by each (ms).
@@ -552,16 +580,17 @@ async fn flooder(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_is_held_to_the_limits_while_others_are_served() {
-    let (c, metrics) = coordinator(&format!(
+    let Target {
+        c,
+        metrics,
+        pid,
+        a,
+        idle_connections,
+        rss_before,
+    } = target(&format!(
         "[limits]\nmax-connections = 2000\nmax-connections-per-address = {PER_ADDRESS}\nanonymous-lifetime = \"{}s\"",
         ANONYMOUS_LIFETIME.as_secs()
     ));
-    let pid = c.proc.as_ref().unwrap().pid();
-    let token = c.token("aws-use1", "gateway").unwrap();
-    let a = Agent::start(c.addr, "aws-use1", "gw-a", "gateway", &token, &[]).unwrap();
-    wait_online(&c, "aws-use1", "gw-a");
-    let idle_connections = gauge(metrics, "strait_coordinator_connections");
-    let rss_before = rss_kib(pid);
 
     // The flood comes from 127.0.0.2; everyone else from 127.0.0.1.
     let ca = CertBundle::load(&c.operator_dir()).unwrap().ca;
@@ -748,13 +777,14 @@ fn udp_drops(addr: SocketAddr) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_are_bounded_and_spoofed_sources_must_prove_their_address() {
-    let (c, metrics) = coordinator("");
-    let pid = c.proc.as_ref().unwrap().pid();
-    let token = c.token("aws-use1", "gateway").unwrap();
-    let a = Agent::start(c.addr, "aws-use1", "gw-a", "gateway", &token, &[]).unwrap();
-    wait_online(&c, "aws-use1", "gw-a");
-    let idle_connections = gauge(metrics, "strait_coordinator_connections");
-    let rss_before = rss_kib(pid);
+    let Target {
+        c,
+        metrics,
+        pid,
+        a,
+        idle_connections,
+        rss_before,
+    } = target("");
     assert_eq!(gauge(metrics, "strait_coordinator_handshakes"), 0.0);
 
     let ca = CertBundle::load(&c.operator_dir()).unwrap().ca;

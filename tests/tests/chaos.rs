@@ -1159,7 +1159,8 @@ fn agents_register_and_follow_map_changes_through_a_lossy_control_connection() {
     .unwrap();
     for (ns, agent) in [(&gws[0], &a), (&gws[1], &b), (&gws[2], &gwc)] {
         let routes = assert_routes_exact("after the join", ns, agent);
-        assert_eq!(routes.len(), 4, "{}: {routes:?}", ns.name);
+        // Two peers' overlay addresses and prefixes, each with its fail-closed twin.
+        assert_eq!(routes.len(), 8, "{}: {routes:?}", ns.name);
     }
 
     // The new gateway is revoked: both others must drop it, and its routes.
