@@ -686,12 +686,12 @@ fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
         return;
     }
     let c = coordinator.clone();
+    // Counted here, not in the task: the next connection attempt's `busy` must see it.
+    let handshaking = Handshaking::new(&c.metrics.handshakes);
     // Boxed, and made outside the connection's task: the handshake's state (the incoming
     // connection alone is 384 bytes) is large and over once it is done; inside the task it
     // would size the task for the connection's whole life (968 bytes instead of 592,
     // measured with -Zprint-type-sizes).
-    // Counted here, not in the task: the next connection attempt's `busy` must see it.
-    let handshaking = Handshaking::new(&c.metrics.handshakes);
     let handshake = {
         Box::pin(async move {
             let _handshaking = handshaking;
