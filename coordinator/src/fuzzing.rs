@@ -428,6 +428,7 @@ impl Harness {
                     id.name().to_string(),
                 );
                 let node = self.mesh.node(&key).expect("a registered node is missing");
+                assert_eq!(node.role, id.role(), "a name changed hands between roles");
                 assert_eq!(node.overlay_ip, registered.overlay_ip);
                 assert_eq!(node.refused, registered.refused);
                 assert!(node.online);
@@ -618,11 +619,12 @@ impl Harness {
             (r.pick(&SITES), r.pick(&[Role::Gateway, Role::Member]))
         };
         let at = self.now.saturating_add(u64::from(r.u16()));
-        let checked = self.mesh.check_enrollment(&token, site, role, at);
+        let name = r.pick(&NAMES);
+        let checked = self.mesh.check_enrollment(&token, site, name, role, at);
         let cert = IssuedCert {
             serial: r.pick(&SERIALS).into(),
             site: site.into(),
-            name: r.pick(&NAMES).into(),
+            name: name.into(),
             not_after: at.saturating_add(3600),
         };
         match self

@@ -162,6 +162,8 @@ pub enum CoreError {
     Offline(String),
     #[error("WireGuard public key {key} already belongs to {owner}; every node needs its own key: remove wg.key from this node's state directory so a new one is made (or, if this machine replaces {owner}, `straitctl revoke {owner}` first)")]
     KeyInUse { key: String, owner: String },
+    #[error("node name {node} belongs to {holder}; a name belongs to one identity: choose another node name, or if this machine replaces it, `straitctl revoke {node}` first")]
+    NameTaken { node: String, holder: String },
 }
 
 impl CoreError {
@@ -170,7 +172,9 @@ impl CoreError {
             CoreError::Token(_) => ErrorCode::InvalidToken,
             CoreError::NoSuchNode(_) => ErrorCode::NotFound,
             CoreError::OverlayExhausted(_) => ErrorCode::Internal,
-            CoreError::NotANode(_) | CoreError::KeyInUse { .. } => ErrorCode::PermissionDenied,
+            CoreError::NotANode(_) | CoreError::KeyInUse { .. } | CoreError::NameTaken { .. } => {
+                ErrorCode::PermissionDenied
+            }
             CoreError::Offline(_) => ErrorCode::Unavailable,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
@@ -261,16 +265,48 @@ impl Mesh {
         Ok((token, record.clone(), vec![StoreOp::PutToken(record)]))
     }
 
-    /// Checks an enrollment without consuming the token.
+    /// Checks an enrollment of node `name` without consuming the token. A name belongs to
+    /// one identity: it is refused while a registered node or a live certificate holds it
+    /// (until `straitctl revoke`), whatever the role the token grants.
     pub fn check_enrollment(
         &self,
         token: &JoinToken,
         site: &str,
+        name: &str,
         role: Role,
         now: u64,
     ) -> Result<Grant, CoreError> {
         self.site_config(site)?;
-        Ok(self.tokens.check(token, site, role, now)?)
+        let grant = self.tokens.check(token, site, role, now)?;
+        if let Some(holder) = self.name_holder(site, name, now) {
+            return Err(CoreError::NameTaken {
+                node: format!("{site}/{name}"),
+                holder,
+            });
+        }
+        Ok(grant)
+    }
+
+    /// Who holds node name `site/name`, if anyone: a registered node, or a certificate
+    /// issued for it that is neither revoked nor expired (enrolled, not yet registered).
+    fn name_holder(&self, site: &str, name: &str, now: u64) -> Option<String> {
+        if let Some(n) = self.nodes.get(&(site.to_string(), name.to_string())) {
+            return Some(format!("the registered {} {}", n.role, n.id()));
+        }
+        self.issued
+            .values()
+            .find(|c| {
+                c.site == site && c.name == name && c.not_after > now && !self.is_revoked(&c.serial)
+            })
+            .map(|c| {
+                format!(
+                    "the node enrolled with certificate serial {} (valid until {}, not yet registered)",
+                    c.serial,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(c.not_after)
+                    )
+                )
+            })
     }
 
     /// Consumes the token and records the issued certificate.
@@ -282,6 +318,7 @@ impl Mesh {
         cert: IssuedCert,
         now: u64,
     ) -> Result<Vec<StoreOp>, CoreError> {
+        self.check_enrollment(token, site, &cert.name, role, now)?;
         self.tokens.redeem(token, site, role, &cert.name, now)?;
         let record = self
             .tokens
@@ -321,6 +358,9 @@ impl Mesh {
         let site_cfg = self.site_config(&site)?.clone();
         check_wg_key(&reg.wg_public_key)?;
         let key: NodeKey = (site.clone(), identity.name().to_string());
+        if let Some(existing) = self.nodes.get(&key) {
+            check_same_role(existing, identity.role())?;
+        }
         check_key_free(&self.keys_in_use(&key), &reg.wg_public_key)?;
         let claimed: Vec<policy::Claimed<'_>> = self
             .nodes
@@ -1259,6 +1299,22 @@ fn lan_address(gw: &NodeRecord) -> Option<IpAddr> {
 /// Refuses `wanted` if it is among `in_use` (see [`Mesh::keys_in_use`]): the agents'
 /// engines key peers by public key, so a node announcing another's key would take over its
 /// tunnel.
+/// Whether a registration as `role` comes from the identity that holds `existing`'s name:
+/// a member certificate naming a gateway (or the reverse) never takes its place.
+fn check_same_role(existing: &NodeRecord, role: Role) -> Result<(), CoreError> {
+    if existing.role == role {
+        return Ok(());
+    }
+    Err(CoreError::NameTaken {
+        node: existing.id(),
+        holder: format!(
+            "the registered {} {} (this certificate names a {role})",
+            existing.role,
+            existing.id()
+        ),
+    })
+}
+
 pub fn check_key_free(in_use: &BTreeMap<&str, String>, wanted: &str) -> Result<(), CoreError> {
     match in_use.get(wanted) {
         Some(owner) => Err(CoreError::KeyInUse {

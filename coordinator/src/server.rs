@@ -1093,7 +1093,7 @@ fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Respo
     let lifetime = c.config.pki.agent_cert_lifetime;
     let result = c.mutate(|mesh| {
         let now = unix_now();
-        mesh.check_enrollment(&token, &req.site, req.role, now)
+        mesh.check_enrollment(&token, &req.site, &req.node, req.role, now)
             .map_err(core_err)?;
         let leaf = ca
             .sign_csr(&req.csr_pem, &identity, Validity::for_lifetime(lifetime))

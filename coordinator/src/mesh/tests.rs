@@ -393,7 +393,8 @@ fn tokens_only_for_declared_sites_and_single_use() {
         .create_token("a", Role::Gateway, Duration::from_secs(60), 0, fp, [5; 22])
         .unwrap();
     assert_eq!(ops.len(), 1);
-    mesh.check_enrollment(&t, "a", Role::Gateway, 1).unwrap();
+    mesh.check_enrollment(&t, "a", "gw", Role::Gateway, 1)
+        .unwrap();
     let cert = IssuedCert {
         serial: "s".into(),
         site: "a".into(),
@@ -403,7 +404,7 @@ fn tokens_only_for_declared_sites_and_single_use() {
     mesh.complete_enrollment(&t, "a", Role::Gateway, cert, 1)
         .unwrap();
     let err = mesh
-        .check_enrollment(&t, "a", Role::Gateway, 2)
+        .check_enrollment(&t, "a", "gw2", Role::Gateway, 2)
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidToken);
     assert!(err.to_string().contains("already used"), "{err}");
@@ -592,4 +593,116 @@ fn key_checks_take_the_set_of_keys_in_use() {
             owner: "a/gw".into()
         })
     );
+}
+
+#[test]
+fn a_node_name_belongs_to_one_identity() {
+    let mut store = Persisted::default();
+    let mut mesh = Mesh::new(config(false), Persisted::default());
+    three_nodes(&mut mesh, &mut store);
+    let fp = Fingerprint([1; 32]);
+    let (member_token, _, _) = mesh
+        .create_token(
+            "a",
+            Role::Member,
+            Duration::from_secs(600),
+            100,
+            fp,
+            [6; 22],
+        )
+        .unwrap();
+
+    // A member token cannot enroll a node under the gateway's name...
+    let err = mesh
+        .check_enrollment(&member_token, "a", "gw", Role::Member, 101)
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PermissionDenied);
+    let text = err.to_string();
+    assert!(
+        text.contains("a/gw belongs to the registered gateway a/gw")
+            && text.contains("straitctl revoke a/gw"),
+        "{text}"
+    );
+    let cert = IssuedCert {
+        serial: "m".into(),
+        site: "a".into(),
+        name: "gw".into(),
+        not_after: 9_999,
+    };
+    assert!(matches!(
+        mesh.complete_enrollment(&member_token, "a", Role::Member, cert, 101),
+        Err(CoreError::NameTaken { .. })
+    ));
+    // ...and the token is not spent by the refusal.
+    mesh.check_enrollment(&member_token, "a", "m2", Role::Member, 101)
+        .unwrap();
+
+    // A member certificate naming the gateway (say, from a Vault role that allows it) does
+    // not take the gateway's place: the registration is refused, the gateway keeps its
+    // record, address and role.
+    let before = mesh.node(&key("a", "gw")).unwrap().clone();
+    let version = mesh.version();
+    let err = mesh
+        .register(
+            &id("a", "gw", Role::Member),
+            &reg(&[], "10.1.0.66"),
+            "m",
+            9_999,
+            102,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CoreError::NameTaken { .. }), "{err}");
+    assert!(err.to_string().contains("names a member"), "{err}");
+    assert_eq!(mesh.node(&key("a", "gw")).unwrap(), &before);
+    assert_eq!(mesh.version(), version);
+
+    // The gateway itself re-registers (a new session, a renewed certificate).
+    mesh.register(
+        &id("a", "gw", Role::Gateway),
+        &reg(&["10.1.0.0/16"], "10.1.0.1"),
+        "g3",
+        9_999,
+        103,
+    )
+    .unwrap();
+
+    // An enrolled but unregistered name is held by its certificate until it expires or is
+    // revoked.
+    let (t1, _, _) = mesh
+        .create_token(
+            "b",
+            Role::Member,
+            Duration::from_secs(600),
+            100,
+            fp,
+            [7; 22],
+        )
+        .unwrap();
+    let (t2, _, _) = mesh
+        .create_token(
+            "b",
+            Role::Member,
+            Duration::from_secs(600),
+            100,
+            fp,
+            [8; 22],
+        )
+        .unwrap();
+    let cert = |serial: &str| IssuedCert {
+        serial: serial.into(),
+        site: "b".into(),
+        name: "new".into(),
+        not_after: 500,
+    };
+    mesh.complete_enrollment(&t1, "b", Role::Member, cert("n1"), 110)
+        .unwrap();
+    let err = mesh
+        .check_enrollment(&t2, "b", "new", Role::Member, 111)
+        .unwrap_err();
+    assert!(err.to_string().contains("serial n1"), "{err}");
+    mesh.check_enrollment(&t2, "b", "new", Role::Member, 501)
+        .unwrap();
+    mesh.revoke(&key("b", "new"), 112);
+    mesh.complete_enrollment(&t2, "b", Role::Member, cert("n2"), 113)
+        .unwrap();
 }
