@@ -104,18 +104,62 @@ fn private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("setting mode 0700 on {}", path.display()))
 }
 
-/// Creates the state directory. Refuses to touch an existing CA.
+/// Creates the state directory. Everything is checked before anything is written (the
+/// config `serve` would load included), and the directory is built under a temporary name
+/// beside it, then renamed into place: a refused or interrupted `init` leaves nothing
+/// behind, so a corrected run starts afresh. Refuses an existing CA or a non-empty
+/// directory.
 pub fn init(opts: &InitOptions) -> Result<Layout> {
     Label::parse("mesh", &opts.mesh).context("--mesh")?;
     Label::parse("coordinator name", &opts.name).context("--name")?;
     Label::parse("operator name", &opts.operator).context("--operator")?;
     let layout = Layout::new(&opts.state_dir);
-    if layout.root.join("ca.key").exists() {
+    let text = config_text(opts);
+    let config: crate::config::Config =
+        toml::from_str(&text).context("the configuration init would write (--listen, --site)")?;
+    config
+        .validate()
+        .context("the configuration init would write (--listen, --site); nothing was written")?;
+    check_empty(&layout.root)?;
+    let parent = match layout.root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".strait-init-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    write_state(&Layout::new(staging.path()), opts, &text)?;
+    commit(staging, &layout.root)?;
+    Ok(layout)
+}
+
+/// Refuses a state directory that holds anything (an existing CA above all).
+fn check_empty(root: &Path) -> Result<()> {
+    if root.join("ca.key").exists() {
         bail!(
             "{} already holds a mesh CA; refusing to overwrite it (choose another --state-dir)",
-            layout.root.display()
+            root.display()
         );
     }
+    match std::fs::read_dir(root) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty; init writes a new state directory (choose another --state-dir, or empty it)",
+                    root.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", root.display())),
+    }
+}
+
+/// The CA, the coordinator's and operator's certificates and the config, in `layout`.
+fn write_state(layout: &Layout, opts: &InitOptions, config_text: &str) -> Result<()> {
     private_dir(&layout.root)?;
     let ca = BuiltinCa::generate(&opts.mesh)?;
     ca.save(&layout.root)?;
@@ -133,8 +177,43 @@ pub fn init(opts: &InitOptions) -> Result<Layout> {
     ca.issue(&operator, Validity::for_lifetime(OPERATOR_LIFETIME))?
         .save(&layout.operator())?;
 
-    write_new_file(&layout.config(), config_text(opts).as_bytes(), 0o600)?;
-    Ok(layout)
+    write_new_file(&layout.config(), config_text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Moves the finished `staging` directory to `root`: one rename (onto a missing or empty
+/// directory). Where `root` cannot be replaced (a mount point), its entries are moved one
+/// by one, the config last, and taken back if one fails.
+fn commit(staging: tempfile::TempDir, root: &Path) -> Result<()> {
+    if std::fs::rename(staging.path(), root).is_ok() {
+        // The directory is now `root`; nothing is left to delete.
+        let _ = staging.keep();
+        return Ok(());
+    }
+    private_dir(root)?;
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(staging.path())
+        .with_context(|| format!("reading {}", staging.path().display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort_by_key(|n| n == "coordinator.toml");
+    let mut moved = Vec::new();
+    for name in names {
+        let (from, to) = (staging.path().join(&name), root.join(&name));
+        if let Err(e) = std::fs::rename(&from, &to) {
+            for done in moved.iter().rev() {
+                let _ = std::fs::rename(root.join(done), staging.path().join(done));
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "moving {} to {}; nothing was kept",
+                    from.display(),
+                    to.display()
+                )
+            });
+        }
+        moved.push(name);
+    }
+    Ok(())
 }
 
 fn config_text(opts: &InitOptions) -> String {
@@ -278,6 +357,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("refusing to overwrite"));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec!["state"], "init left a temporary directory");
+    }
+
+    #[test]
+    fn a_refused_init_writes_nothing_and_a_corrected_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = InitOptions {
+            state_dir: dir.path().join("state"),
+            mesh: "prod".into(),
+            listen: "127.0.0.1:7443".into(),
+            name: "primary".into(),
+            operator: "admin".into(),
+            sites: vec![
+                "aws-use1:aws:us-east-1:10.10.0.0/16".parse().unwrap(),
+                "gcp-usc1:gcp:us-central1:10.10.128.0/17".parse().unwrap(),
+            ],
+        };
+        let err = format!("{:#}", init(&opts).unwrap_err());
+        assert!(
+            err.contains("nothing was written") && err.contains("overlap"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "init left files"
+        );
+        opts.sites[1] = "gcp-usc1:gcp:us-central1:10.20.0.0/16".parse().unwrap();
+        init(&opts).unwrap();
+        // An existing empty directory (say, a volume mounted there) is filled.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        opts.state_dir = empty.clone();
+        init(&opts).unwrap();
+        assert!(empty.join("ca.key").exists() && empty.join("coordinator.toml").exists());
+        // A directory holding something else is refused, untouched.
+        let used = dir.path().join("used");
+        std::fs::create_dir(&used).unwrap();
+        std::fs::write(used.join("notes"), "x").unwrap();
+        opts.state_dir = used.clone();
+        assert!(init(&opts)
+            .unwrap_err()
+            .to_string()
+            .contains("is not empty"));
+        assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1);
     }
 
     #[test]

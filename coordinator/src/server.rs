@@ -1052,8 +1052,11 @@ async fn throughput_schedule(c: Arc<Coordinator>, t: crate::config::ThroughputPr
     }
 }
 
-/// An enrollment from `from`. Addresses that keep presenting bad join tokens are held back
-/// (see [`ENROLL_FAILURE_BURST`]).
+/// An enrollment from `from`. A valid join token is always accepted, whoever shares its
+/// address (agents behind one NAT address must not be locked out by a neighbour). Bad
+/// tokens are counted per address (see [`ENROLL_FAILURE_BURST`]): past the limit they are
+/// answered `RateLimited` and logged at DEBUG only. Guessing stays infeasible without a
+/// hold-back: a token's secret is 128 random bits.
 fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Response {
     let ca = match c.pki.builtin("enrollment with a join token") {
         Ok(ca) => ca,
@@ -1061,29 +1064,37 @@ fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Respo
     };
     // Bad tokens count per IPv4 address or IPv6 /64 (one host holds a whole /64).
     let from = connlimit::source(from);
-    let limited = c.enroll_failures().check(from, std::time::Instant::now());
-    if let Err(wait) = limited {
+    let bad_token = |c: &Coordinator, e: ErrorBody| -> Response {
         c.metrics.enrollment(false);
-        c.metrics.refused(Refusal::RateLimited);
-        tracing::warn!(%from, "enrollment refused: too many bad join tokens from this address");
-        return error(
-            ErrorCode::RateLimited,
-            format!(
-                "too many enrollments with bad join tokens from {from}; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        );
-    }
-    let bad_token = |c: &Coordinator| {
-        c.metrics.refused(Refusal::Token);
-        c.enroll_failures().failed(from, std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let mut failures = c.enroll_failures();
+        let held = failures.check(from, now);
+        failures.failed(from, now);
+        drop(failures);
+        match held {
+            Ok(()) => {
+                c.metrics.refused(Refusal::Token);
+                tracing::warn!(%from, node = %req.node, site = %req.site, error = %e, "enrollment refused: bad join token");
+                Response::Error(e)
+            }
+            Err(wait) => {
+                c.metrics.refused(Refusal::RateLimited);
+                tracing::debug!(%from, error = %e, "enrollment refused: bad join token, address over its limit");
+                error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{}; {from} presented too many bad join tokens: more are refused as rate-limited for {} s (a valid token is always accepted)",
+                        e.message,
+                        wait.as_secs().max(1)
+                    ),
+                )
+            }
+        }
     };
     let token: JoinToken = match req.token.parse() {
         Ok(t) => t,
         Err(e) => {
-            c.metrics.enrollment(false);
-            bad_token(c);
-            return error(ErrorCode::InvalidToken, e.to_string());
+            return bad_token(c, ErrorBody::new(ErrorCode::InvalidToken, e.to_string()));
         }
     };
     let identity = match Identity::node(&c.config.mesh, &req.site, &req.node, req.role) {
@@ -1120,11 +1131,9 @@ fn enroll(c: &Coordinator, req: &EnrollRequest, from: std::net::IpAddr) -> Respo
                 ca_pem: ca.cert_pem().to_string(),
             }
         }
+        Err(e) if e.code == ErrorCode::InvalidToken => bad_token(c, e),
         Err(e) => {
             c.metrics.enrollment(false);
-            if e.code == ErrorCode::InvalidToken {
-                bad_token(c);
-            }
             tracing::warn!(identity = %identity, token = token.id(), error = %e, "enrollment refused");
             Response::Error(e)
         }

@@ -126,3 +126,72 @@ fn a_node_name_belongs_to_one_identity() {
     drop(vault_like);
     drop(gateway);
 }
+
+/// Bad join tokens from one address do not hold back a valid one from the same address
+/// (agents behind one NAT address, a cluster's egress, share it with whoever sends them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_from_an_address_do_not_lock_out_a_valid_one() {
+    use strait_pki::tls::{enrollment_client_config, quic_client_config};
+    use strait_proto::msg::{EnrollRequest, ErrorCode, Request, Response};
+    use strait_proto::{client, ALPN};
+
+    let mut c = Coordinator::init(SITES, "").unwrap();
+    c.start().unwrap();
+    let ca = BuiltinCa::load(&c.state(), "prod").unwrap();
+    let tls = enrollment_client_config(ca.fingerprint(), "prod", ALPN).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = client::connect(
+        &endpoint,
+        c.addr,
+        quic_client_config(tls).unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut codes = Vec::new();
+    for i in 0..15 {
+        let guess = Request::Enroll(EnrollRequest {
+            token: format!("strait1.guess{i}"),
+            site: "aws-use1".into(),
+            node: format!("n{i}"),
+            role: Role::Gateway,
+            csr_pem: String::new(),
+        });
+        match client::call(&conn, &guess, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            Response::Error(e) => codes.push(e.code),
+            other => panic!("a guessed token was accepted: {other:?}"),
+        }
+    }
+    assert!(
+        codes.ends_with(&[ErrorCode::RateLimited; 5]),
+        "the address is over its limit for bad tokens: {codes:?}"
+    );
+    // An honest agent from the same address enrolls at once with its valid token.
+    let token = c.token("aws-use1", "gateway").unwrap();
+    let mut agent = Agent::start(
+        c.addr,
+        "aws-use1",
+        "gw1",
+        "gateway",
+        &token,
+        &[
+            "--prefix",
+            "10.10.0.0/16",
+            "--endpoint",
+            "private=10.10.0.5:51820",
+        ],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the agent to enroll", || {
+        if let Some(status) = agent.proc.exited() {
+            panic!("agent exited ({status}):\n{}", agent.proc.log_text());
+        }
+        agent.state().join("tls/cert.pem").exists().then_some(())
+    })
+    .unwrap();
+    let log = agent.proc.log_text();
+    assert!(!log.contains("too many bad join tokens"), "{log}");
+}
