@@ -266,8 +266,9 @@ impl Mesh {
     }
 
     /// Checks an enrollment of node `name` without consuming the token. A name belongs to
-    /// one identity: it is refused while a registered node or a live certificate holds it
-    /// (until `straitctl revoke`), whatever the role the token grants.
+    /// one identity: it is refused while a node of another role is registered under it, or
+    /// while a certificate for it is live (neither expired nor revoked), until `straitctl
+    /// revoke`. A node whose certificates all expired may enroll again in its own role.
     pub fn check_enrollment(
         &self,
         token: &JoinToken,
@@ -278,7 +279,7 @@ impl Mesh {
     ) -> Result<Grant, CoreError> {
         self.site_config(site)?;
         let grant = self.tokens.check(token, site, role, now)?;
-        if let Some(holder) = self.name_holder(site, name, now) {
+        if let Some(holder) = self.name_holder(site, name, role, now) {
             return Err(CoreError::NameTaken {
                 node: format!("{site}/{name}"),
                 holder,
@@ -287,20 +288,20 @@ impl Mesh {
         Ok(grant)
     }
 
-    /// Who holds node name `site/name`, if anyone: a registered node, or a certificate
-    /// issued for it that is neither revoked nor expired (enrolled, not yet registered).
-    fn name_holder(&self, site: &str, name: &str, now: u64) -> Option<String> {
+    /// Who holds node name `site/name` against an enrollment as `role`, if anyone.
+    fn name_holder(&self, site: &str, name: &str, role: Role, now: u64) -> Option<String> {
+        let live = |serial: &str, not_after: u64| not_after > now && !self.is_revoked(serial);
         if let Some(n) = self.nodes.get(&(site.to_string(), name.to_string())) {
-            return Some(format!("the registered {} {}", n.role, n.id()));
+            if n.role != role || live(&n.cert_serial, n.cert_not_after) {
+                return Some(format!("the registered {} {}", n.role, n.id()));
+            }
         }
         self.issued
             .values()
-            .find(|c| {
-                c.site == site && c.name == name && c.not_after > now && !self.is_revoked(&c.serial)
-            })
+            .find(|c| c.site == site && c.name == name && live(&c.serial, c.not_after))
             .map(|c| {
                 format!(
-                    "the node enrolled with certificate serial {} (valid until {}, not yet registered)",
+                    "the node enrolled with certificate serial {} (valid until {})",
                     c.serial,
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH + Duration::from_secs(c.not_after)

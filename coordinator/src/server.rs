@@ -309,14 +309,32 @@ impl Coordinator {
         })
     }
 
-    /// Counts and logs a connection attempt refused for `over` (at WARN at most every
-    /// [`REFUSAL_LOG_EVERY`]).
+    /// Counts and logs a connection attempt refused for `over`.
     fn refused_over(&self, remote: SocketAddr, over: Over) {
-        self.metrics.refused(match over {
+        let why = match over {
             Over::Total { .. } => Refusal::TooManyConnections,
             Over::Source { .. } => Refusal::TooManyFromAddress,
-        });
-        tracing::debug!(%remote, reason = %over, "connection refused");
+        };
+        self.refused_attempt(
+            remote,
+            why,
+            &over,
+            "raise [limits] in the config if these are real agents",
+        );
+    }
+
+    /// Counts a refused connection attempt (over the limits, or a failed handshake) and
+    /// logs it at DEBUG, and at WARN at most every [`REFUSAL_LOG_EVERY`] with how many were
+    /// refused since: a flood of attempts must not flood the log.
+    fn refused_attempt(
+        &self,
+        remote: SocketAddr,
+        why: Refusal,
+        detail: &dyn std::fmt::Display,
+        advice: &str,
+    ) {
+        self.metrics.refused(why);
+        tracing::debug!(%remote, reason = why.label(), %detail, "connection attempt refused");
         let now = std::time::Instant::now();
         let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
         log.1 += 1;
@@ -324,7 +342,7 @@ impl Coordinator {
             .0
             .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
         {
-            tracing::warn!(%remote, reason = %over, refused = log.1, "refusing connections over the limits (raise [limits] in the config if these are real agents)");
+            tracing::warn!(%remote, reason = why.label(), %detail, refused = log.1, "refusing connection attempts (this one and the count since the last such line; each is logged at DEBUG): {advice}");
             *log = (Some(now), 0);
         }
     }
@@ -708,12 +726,21 @@ fn accept(coordinator: &Arc<Coordinator>, incoming: quinn::Incoming) {
             Ok(Ok(conn)) => handle_connection(c, conn).await,
             Ok(Err(e)) => {
                 let why = crate::handshake::refusal(&e);
-                c.metrics.refused(why);
-                tracing::info!(%remote, error = %e, reason = why.label(), "handshake refused");
+                c.refused_attempt(
+                    remote,
+                    why,
+                    &e,
+                    "the client's certificate must come from this mesh's CA and be valid now",
+                );
             }
             Err(_) => {
-                c.metrics.refused(Refusal::HandshakeTimeout);
-                tracing::info!(%remote, "handshake refused: not finished within {HANDSHAKE_TIMEOUT:?}");
+                let detail = format!("handshake not finished within {HANDSHAKE_TIMEOUT:?}");
+                c.refused_attempt(
+                    remote,
+                    Refusal::HandshakeTimeout,
+                    &detail,
+                    "a client that starts a handshake must finish it",
+                );
             }
         }
     });

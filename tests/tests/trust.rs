@@ -195,3 +195,95 @@ async fn bad_tokens_from_an_address_do_not_lock_out_a_valid_one() {
     let log = agent.proc.log_text();
     assert!(!log.contains("too many bad join tokens"), "{log}");
 }
+
+/// Refused handshakes are counted each, but logged at WARN at most every 10 s (with the
+/// count since the last such line) and otherwise at DEBUG: a flood of attempts must not
+/// flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_logged_at_warn_at_most_every_10_s() {
+    use strait_pki::tls::{enrollment_client_config, quic_client_config};
+    use strait_proto::client;
+    use strait_tests::procs::{free_tcp_port, http_get, metric};
+
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut c = Coordinator::init(SITES, &format!("metrics-listen = \"{metrics}\"")).unwrap();
+    c.start().unwrap();
+    let ca = BuiltinCa::load(&c.state(), "prod").unwrap();
+    // A client speaking another protocol: every handshake fails (no common ALPN).
+    let tls = enrollment_client_config(ca.fingerprint(), "prod", b"not-strait").unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    const ATTEMPTS: usize = 20;
+    for _ in 0..ATTEMPTS {
+        let r = client::connect(
+            &endpoint,
+            c.addr,
+            quic_client_config(tls.clone()).unwrap(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(r.is_err(), "a handshake without Strait's ALPN succeeded");
+    }
+    let text = wait_for(
+        Duration::from_secs(10),
+        "the refusals to be counted",
+        || {
+            let text = http_get(metrics, "/metrics").ok()?;
+            let n = metric(
+                &text,
+                "strait_coordinator_refused_connections_total{reason=\"tls-handshake\"}",
+            )?;
+            (n >= ATTEMPTS as f64).then_some(text)
+        },
+    )
+    .unwrap();
+    assert!(text.contains("tls-handshake"));
+    let log = c.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refus") && l.split_whitespace().nth(1) != Some("DEBUG"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for {ATTEMPTS} refusals:\n{log}");
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("reason=\"tls-handshake\""),
+        "{log}"
+    );
+}
+
+/// `strait-coordinator init` refused for overlapping sites writes nothing, so the corrected
+/// command succeeds (it used to leave the CA and operator credentials behind, and the re-run
+/// refused: "already holds a mesh CA").
+#[test]
+fn a_refused_init_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let init = |second: &str| {
+        std::process::Command::new(strait_tests::procs::bin("strait-coordinator"))
+            .arg("init")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--mesh", "prod", "--listen", "127.0.0.1:7443"])
+            .args(["--site", "aws-use1:aws:us-east-1:10.10.0.0/16"])
+            .args(["--site", second])
+            .output()
+            .unwrap()
+    };
+    let out = init("gcp-usc1:gcp:us-central1:10.10.0.0/17");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("overlap") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "init left files"
+    );
+    let out = init("gcp-usc1:gcp:us-central1:10.20.0.0/16");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state.join("ca.key").exists());
+}

@@ -666,6 +666,28 @@ fn a_node_name_belongs_to_one_identity() {
     )
     .unwrap();
 
+    // A node whose certificates all expired may enroll again in its own role (the gateway
+    // registered above with certificates valid until 9,999).
+    let (gw_token, _, _) = mesh
+        .create_token(
+            "a",
+            Role::Gateway,
+            Duration::from_secs(20_000),
+            100,
+            fp,
+            [9; 22],
+        )
+        .unwrap();
+    let err = mesh
+        .check_enrollment(&gw_token, "a", "gw", Role::Gateway, 9_000)
+        .unwrap_err();
+    assert!(matches!(err, CoreError::NameTaken { .. }), "{err}");
+    mesh.check_enrollment(&gw_token, "a", "gw", Role::Gateway, 10_000)
+        .unwrap();
+    assert!(mesh
+        .check_enrollment(&member_token, "a", "gw", Role::Member, 10_000)
+        .is_err());
+
     // An enrolled but unregistered name is held by its certificate until it expires or is
     // revoked.
     let (t1, _, _) = mesh
