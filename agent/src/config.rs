@@ -280,6 +280,7 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config> {
         let base = match file {
             Some(path) => {
+                strait_pki::files::check_file(path, strait_pki::files::Sensitivity::Integrity)?;
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading agent config {}", path.display()))?;
                 toml::from_str(&text)
@@ -350,7 +351,9 @@ impl Config {
         let join_token = match (o.join_token.or(f.join_token), token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
             (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
+                strait_pki::files::check_file(&path, strait_pki::files::Sensitivity::Integrity)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| Ok(std::fs::read_to_string(&path)?))
                     .with_context(|| format!("key `join-token-file`: reading {}", path.display()))?
                     .trim()
                     .to_string(),

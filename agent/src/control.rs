@@ -632,6 +632,7 @@ fn load_map(path: &Path) -> Result<Option<NetworkMap>> {
     if !path.exists() {
         return Ok(None);
     }
+    strait_pki::files::check_file(path, strait_pki::files::Sensitivity::Integrity)?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(
@@ -749,18 +750,31 @@ fn report_expired(config: &Config, bundle: &CertBundle) {
 }
 
 /// Checks at start that the configuration can run here.
+/// The state directory and everything the agent keeps in it, before anything is used: the
+/// directories created 0700, or existing ones checked (refused if another user owns them or
+/// may write into them, tightened to 0700 if others may only read them), and every file in
+/// them refused if another user could have written it (keys also if others can read them;
+/// see `strait_pki::files`).
 pub fn preflight(config: &Config) -> Result<()> {
-    if !config.state_dir.exists() {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&config.state_dir)
-            .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    use strait_pki::files::{check_file, private_dir, Sensitivity};
+    for dir in [config.state_dir.clone(), config.tls_dir()] {
+        if dir == config.tls_dir() && !dir.exists() {
+            continue;
+        }
+        let tightened = private_dir(&dir).map_err(|e| anyhow::anyhow!("key `state-dir`: {e}"))?;
+        if tightened {
+            tracing::info!(dir = %dir.display(), "directory was readable by others; set to mode 0700");
+        }
     }
-    if !config.state_dir.is_dir() {
-        bail!(
-            "key `state-dir`: {} is not a directory",
-            config.state_dir.display()
-        );
+    let tls = config.tls_dir();
+    for (path, s) in [
+        (config.state_dir.join("wg.key"), Sensitivity::Secret),
+        (config.state_dir.join("map.json"), Sensitivity::Integrity),
+        (tls.join("key.pem"), Sensitivity::Secret),
+        (tls.join("cert.pem"), Sensitivity::Integrity),
+        (tls.join("ca.pem"), Sensitivity::Integrity),
+    ] {
+        check_file(&path, s).map_err(|e| anyhow::anyhow!("key `state-dir`: {e}"))?;
     }
     Ok(())
 }

@@ -21,6 +21,9 @@ use crate::config::Config;
 pub async fn ensure_certificate(config: &Config) -> Result<CertBundle> {
     let dir = config.tls_dir();
     let want = Identity::node(&config.mesh, &config.site, &config.node, config.role)?;
+    if dir.exists() {
+        create_private_dir(&dir)?;
+    }
     if dir.join("cert.pem").exists() {
         let bundle = CertBundle::load(&dir)
             .with_context(|| format!("loading this node's certificate from {}", dir.display()))?;
@@ -77,9 +80,7 @@ pub async fn ensure_certificate(config: &Config) -> Result<CertBundle> {
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    strait_pki::files::private_dir(dir)?;
     Ok(())
 }
 

@@ -46,8 +46,12 @@ enum Command {
         #[arg(long, env = "STRAIT_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        overrides: Overrides,
+        overrides: Box<Overrides>,
     },
+    /// Remove what a stopped agent leaves in the kernel on purpose: its fail-closed
+    /// routes and its policy rule (traffic for other sites then takes the main table).
+    /// Run it when taking Strait off a node; the state directory is left alone.
+    Uninstall,
 }
 
 fn init_logging(format: LogFormat) {
@@ -69,7 +73,7 @@ async fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run { config, overrides } => {
-            let config = Config::load(config.as_deref(), overrides)?;
+            let config = Config::load(config.as_deref(), *overrides)?;
             control::preflight(&config)?;
             // Enroll (or load the certificate) before touching the network, so a node that
             // cannot join never creates a TUN device or routes.
@@ -179,6 +183,11 @@ async fn main() -> Result<()> {
                 }
             }
             result
+        }
+        Command::Uninstall => {
+            let routes = dataplane::uninstall().await?;
+            println!("removed {routes} Strait routes and the policy rule; traffic for other sites now takes the main routing table");
+            Ok(())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -51,15 +51,7 @@ impl WgKey {
     /// Loads the key at `path`, creating it (mode 0600) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<WgKey> {
         if path.exists() {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!(
-                    "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
-                );
-            }
+            strait_pki::files::check_file(path, strait_pki::files::Sensitivity::Secret)?;
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading WireGuard key {}", path.display()))?;
             let bytes: [u8; 32] = STANDARD

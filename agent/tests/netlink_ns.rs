@@ -167,7 +167,7 @@ fn route_get(ns: &Netns, to: &str) -> String {
 }
 
 #[test]
-fn fail_closed_routes_outlive_the_tun_device_and_go_at_a_clean_stop() {
+fn fail_closed_routes_outlive_the_tun_device_and_go_at_uninstall() {
     let ns = Netns::new("fc");
     ns.ip(&["tuntap", "add", "dev", "strait0", "mode", "tun"]);
     ns.ip(&["link", "set", "strait0", "up"]);
@@ -221,15 +221,18 @@ fn fail_closed_routes_outlive_the_tun_device_and_go_at_a_clean_stop() {
     }
     assert!(route_get(&ns, "198.51.100.7").contains("via 192.0.2.1 dev up0"));
 
-    // A restart keeps the twins until its map's routes are in; a clean stop removes all.
+    // A restart (or a clean stop) keeps the twins; `strait-agent uninstall` removes all.
     let (kept, removed) = block_on_in(&ns, || async {
         let nl = Netlink::connect().unwrap();
         let kept = nl.remove_all(true).await.unwrap();
-        let removed = nl.remove_all(false).await.unwrap();
-        nl.remove_rules().await.unwrap();
+        let removed = strait_agent::dataplane::uninstall().await.unwrap();
         (kept, removed)
     });
     assert_eq!((kept, removed), (0, 2));
+    assert!(
+        !ns.ip(&["rule", "show"]).contains("5354"),
+        "uninstall left the rule"
+    );
     assert!(strait_routes(&ns).is_empty());
     assert!(ns
         .ip(&["-6", "route", "show", "table", "21332"])

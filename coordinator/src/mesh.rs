@@ -776,6 +776,29 @@ impl Mesh {
             .min_by_key(|n| (!n.online, n.name.clone()))
     }
 
+    /// What a node of `site` keeps closed (see [`SelfView::fail_closed`]): every prefix the
+    /// configuration gives to another site or an external peer, and the overlay CIDR.
+    fn fail_closed(&self, site: &str) -> Vec<IpNetwork> {
+        let mut prefixes: Vec<IpNetwork> = self
+            .config
+            .sites
+            .iter()
+            .filter(|s| s.name != site)
+            .flat_map(|s| s.prefixes.iter().copied())
+            .chain(
+                self.config
+                    .external_peers
+                    .iter()
+                    .filter(|e| e.site != site)
+                    .flat_map(|e| e.prefixes.iter().copied()),
+            )
+            .chain([self.config.overlay_cidr])
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        prefixes
+    }
+
     /// The shared inputs of every node's map at the current version.
     pub fn views(&self) -> Arc<Views> {
         self.views.clone()
@@ -892,6 +915,12 @@ impl Mesh {
             };
             site_routes.insert(site.name.clone(), routes);
         }
+        let closed: BTreeMap<&str, Vec<IpNetwork>> = self
+            .config
+            .sites
+            .iter()
+            .map(|s| (s.name.as_str(), self.fail_closed(&s.name)))
+            .collect();
         let nodes = self
             .nodes
             .values()
@@ -905,6 +934,7 @@ impl Mesh {
                     accepted: n.accepted.clone(),
                     refused: n.refused.clone(),
                     next_wg_public_key: n.next_wg_public_key.clone(),
+                    fail_closed: closed.get(n.site.as_str()).cloned().unwrap_or_default(),
                 };
                 let own = match prev.nodes.get(&n.key()) {
                     Some((old, _)) if **old == own => old.clone(),

@@ -135,6 +135,9 @@ impl BuiltinCa {
         let mesh = Label::parse("mesh", mesh).map_err(MaterialError::from)?;
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
+        use crate::files::{check_file, Sensitivity};
+        check_file(&cert_path, Sensitivity::Integrity).map_err(MaterialError::from)?;
+        check_file(&key_path, Sensitivity::Secret).map_err(MaterialError::from)?;
         let cert_pem = read_to_string(&cert_path)?;
         let key_pem = read_to_string(&key_path)?;
         let corrupt = |path: &Path, reason: String| CaError::Corrupt {

@@ -8,8 +8,10 @@
 //! - [`renewal`]: when to renew (pure) and the task that does it.
 //! - [`tls`]: TLS 1.3 mutual-TLS configs for quinn, with live certificate replacement.
 //! - [`material`]: PEM, key files (0600) and certificate bundles.
+//! - [`files`]: which files and directories may be trusted (owner and mode).
 
 pub mod ca;
+pub mod files;
 pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;

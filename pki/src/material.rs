@@ -37,6 +37,8 @@ pub enum MaterialError {
     },
     #[error("{path} already exists; refusing to overwrite key material (remove it first if you mean to replace it)")]
     Exists { path: String },
+    #[error(transparent)]
+    Untrusted(#[from] crate::files::Untrusted),
 }
 
 /// A PEM private key. Its `Debug` never prints the key.
@@ -135,8 +137,13 @@ impl CertBundle {
         write_file(&dir.join("key.pem"), self.key.expose().as_bytes(), 0o600)
     }
 
-    /// Loads a bundle written by [`CertBundle::save`].
+    /// Loads a bundle written by [`CertBundle::save`], refusing files another user could
+    /// have written and a key others can read (see [`crate::files`]).
     pub fn load(dir: &Path) -> Result<CertBundle, MaterialError> {
+        use crate::files::{check_file, Sensitivity};
+        check_file(&dir.join("cert.pem"), Sensitivity::Integrity)?;
+        check_file(&dir.join("ca.pem"), Sensitivity::Integrity)?;
+        check_file(&dir.join("key.pem"), Sensitivity::Secret)?;
         let chain = read_to_string(&dir.join("cert.pem"))?;
         let ca = read_to_string(&dir.join("ca.pem"))?;
         let key = read_to_string(&dir.join("key.pem"))?;

@@ -163,6 +163,8 @@ impl VaultSettings {
     /// Resolves secrets and checks the settings.
     pub fn to_config(&self) -> Result<VaultConfig, VaultError> {
         let read = |path: &PathBuf, key: &str| {
+            crate::files::check_file(path, crate::files::Sensitivity::Integrity)
+                .map_err(|e| VaultError::Config(format!("key `{key}`: {e}")))?;
             std::fs::read_to_string(path)
                 .map(|s| s.trim().to_string())
                 .map_err(|e| {
@@ -319,6 +321,8 @@ impl VaultPki {
                 role,
                 jwt_path,
             } => {
+                crate::files::check_file(jwt_path, crate::files::Sensitivity::Integrity)
+                    .map_err(|e| VaultError::Config(format!("key `jwt-path`: {e}")))?;
                 let jwt =
                     std::fs::read_to_string(jwt_path).map_err(|source| VaultError::ReadFile {
                         path: jwt_path.display().to_string(),
@@ -596,6 +600,8 @@ fn build_client(config: &VaultConfig) -> Result<VaultClient, VaultError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_cert {
         Some(path) => {
+            crate::files::check_file(path, crate::files::Sensitivity::Integrity)
+                .map_err(|e| VaultError::Config(format!("key `ca-cert`: {e}")))?;
             let pem = std::fs::read_to_string(path).map_err(|source| VaultError::ReadFile {
                 path: path.display().to_string(),
                 source,

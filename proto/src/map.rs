@@ -41,6 +41,13 @@ pub struct SelfView {
     /// has recorded it (and so handed it to every peer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_wg_public_key: Option<String>,
+    /// Every prefix that belongs to the rest of the mesh by configuration: the other sites'
+    /// declared prefixes, external peers' prefixes and the overlay CIDR. The node keeps an
+    /// `unreachable` route for each behind its tunnel routes, so such traffic is refused,
+    /// never sent unencrypted, whatever the state of the nodes that carry it (revoked,
+    /// offline, never enrolled) and while the agent is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail_closed: Vec<IpNetwork>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +231,7 @@ mod tests {
                 accepted: vec![],
                 refused: vec![],
                 next_wg_public_key: None,
+                fail_closed: vec![],
             },
             peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             routes: BTreeMap::new(),

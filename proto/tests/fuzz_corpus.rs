@@ -98,6 +98,7 @@ fn map(version: u64, peers: &[PeerView], with_route: bool) -> NetworkMap {
             accepted: vec!["10.1.0.0/16".parse().unwrap()],
             refused: vec![refusal()],
             next_wg_public_key: None,
+            fail_closed: vec!["10.2.0.0/16".parse().unwrap()],
         },
         peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
         routes,

@@ -1,6 +1,7 @@
 //! Shared harnesses for Strait's integration tests (see `tests/tests/`).
 
 pub mod impair;
+pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod postgres;

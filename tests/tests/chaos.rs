@@ -29,13 +29,15 @@
 //! ([`strait_tests::impair`]) with 25 % loss each way; agents enroll, register and follow map
 //! changes through it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use strait_tests::impair::{Direction, Relay, RelaySpec};
+use strait_tests::kernel::{
+    count_leaks, desired_routes, leaked, rules, stray_routes, table_routes,
+};
 use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site, TWO_SITES};
 
@@ -64,155 +66,6 @@ fn coordinator(ns: &Netns, addr: SocketAddr, sites: &[Site<'_>]) -> Coordinator 
     c.move_to(&ns.name, addr).unwrap();
     c.start().unwrap();
     c
-}
-
-// ---- what the kernel has ----
-
-/// A prefix as `ip route` prints it, with the length made explicit.
-fn prefix_of(word: &str, v6: bool) -> String {
-    match word {
-        "default" if v6 => "::/0".to_string(),
-        "default" => "0.0.0.0/0".to_string(),
-        w if w.contains('/') => w.to_string(),
-        w if v6 => format!("{w}/128"),
-        w => format!("{w}/32"),
-    }
-}
-
-/// Every route in table 21332 (both families) as `prefix -> target` lines, where target is
-/// `dev IF`, `via ADDR` or `unreachable` (a fail-closed twin); panics on a route that is
-/// not Strait's (protocol 83).
-fn table_routes(ns: &Netns) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (family, v6) in [("-4", false), ("-6", true)] {
-        let text = ns.ip(&[family, "route", "show", "table", "21332"]);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let mut words: Vec<&str> = line.split_whitespace().collect();
-            let unreachable = words[0] == "unreachable";
-            if unreachable {
-                words.remove(0);
-            }
-            assert!(
-                line.contains(" proto 83"),
-                "{}: a route in table 21332 that is not Strait's: {line}",
-                ns.name
-            );
-            let after = |key: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == key)
-                    .and_then(|i| words.get(i + 1))
-                    .map(|w| format!("{key} {w}"))
-            };
-            let target = if unreachable {
-                "unreachable".to_string()
-            } else {
-                after("via")
-                    .or_else(|| after("dev"))
-                    .unwrap_or_else(|| "?".into())
-            };
-            out.push((prefix_of(words[0], v6), target));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The routes a node's map asks for: peers' allowed IPs into the TUN, each with its
-/// fail-closed `unreachable` twin, a member's routes via its gateway (the agent's
-/// `routes::desired`).
-fn desired_routes(map: &Value) -> Vec<(String, String)> {
-    let mut want: BTreeMap<String, String> = BTreeMap::new();
-    for peer in map["peers"]
-        .as_object()
-        .into_iter()
-        .flat_map(|p| p.values())
-    {
-        for ip in peer["allowed-ips"].as_array().into_iter().flatten() {
-            let ip = ip.as_str().unwrap_or_default();
-            want.insert(prefix_of(ip, ip.contains(':')), "dev strait0".into());
-        }
-    }
-    for (prefix, route) in map["routes"].as_object().into_iter().flatten() {
-        let via = route["via-address"].as_str().unwrap_or_default();
-        want.insert(prefix.clone(), format!("via {via}"));
-    }
-    let mut routes: Vec<(String, String)> = want.into_iter().collect();
-    let twins: Vec<(String, String)> = routes
-        .iter()
-        .filter(|(_, target)| target == "dev strait0")
-        .map(|(prefix, _)| (prefix.clone(), "unreachable".to_string()))
-        .collect();
-    routes.extend(twins);
-    routes.sort();
-    routes
-}
-
-/// Counts, on the router, packets addressed to a site's prefix other than WireGuard's
-/// (UDP port 51820: a gateway probing another's private endpoint, encrypted): tunnel traffic
-/// is addressed to the gateways' underlay addresses, so such a packet left a gateway
-/// unencrypted.
-fn count_leaks(inet: &Netns) {
-    let nft = inet.exec(&[
-        "nft",
-        "add table inet leak; add chain inet leak pre { type filter hook prerouting priority -300 ; } ; \
-         add rule inet leak pre ip daddr { 10.10.0.0/16, 10.20.0.0/16 } meta l4proto != udp counter ; \
-         add rule inet leak pre ip daddr { 10.10.0.0/16, 10.20.0.0/16 } udp dport != 51820 counter",
-    ]);
-    assert!(
-        nft.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&nft.stderr)
-    );
-}
-
-/// Packets counted by [`count_leaks`] so far.
-fn leaked(inet: &Netns) -> u64 {
-    let out = inet.exec(&["nft", "list chain inet leak pre"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let counts: Vec<u64> = words
-        .windows(2)
-        .filter(|w| w[0] == "packets")
-        .filter_map(|w| w[1].parse().ok())
-        .collect();
-    assert_eq!(counts.len(), 2, "the router's leak counters: {text}");
-    counts.iter().sum()
-}
-
-/// Strait's policy rules (`not fwmark 0x5354 lookup 21332`) per family: (IPv4, IPv6).
-fn rules(ns: &Netns) -> (usize, usize) {
-    let count = |family: &str| {
-        ns.json(&[family, "rule", "show"])
-            .as_array()
-            .map(|rules| {
-                rules
-                    .iter()
-                    .filter(|r| r["table"] == "21332")
-                    .inspect(|r| {
-                        assert!(
-                            r["priority"] == 5354
-                                && r["fwmark"] == "0x5354"
-                                && r.get("not").is_some(),
-                            "{}: unexpected Strait rule {r}",
-                            ns.name
-                        )
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    (count("-4"), count("-6"))
-}
-
-/// Strait routes (protocol 83) outside table 21332.
-fn stray_routes(ns: &Netns) -> String {
-    let mut text = ns.ip(&["-4", "route", "show", "table", "all", "proto", "83"]);
-    text.push_str(&ns.ip(&["-6", "route", "show", "table", "all", "proto", "83"]));
-    text.lines()
-        .filter(|l| !l.contains("table 21332"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Waits (at most 10 s) until `ns`'s table 21332 holds exactly what `agent`'s saved map
@@ -667,7 +520,7 @@ fn kill_9_and_a_partition_leave_no_stale_routes_and_recover_within_bounds() {
     println!("mesh up in {:?}", set_up.elapsed());
     // Counted from now: before the agents' routes were in, workload A's first pings went
     // out by the default route, as they would on a network without Strait.
-    count_leaks(&inet);
+    count_leaks(&inet, &["10.10.0.0/16", "10.20.0.0/16"]);
     assert!(ping_once(&ma, "10.20.0.10"), "member -> workload B");
     let baseline = [
         assert_routes_exact("baseline", &gwa, &a),
@@ -1159,8 +1012,9 @@ fn agents_register_and_follow_map_changes_through_a_lossy_control_connection() {
     .unwrap();
     for (ns, agent) in [(&gws[0], &a), (&gws[1], &b), (&gws[2], &gwc)] {
         let routes = assert_routes_exact("after the join", ns, agent);
-        // Two peers' overlay addresses and prefixes, each with its fail-closed twin.
-        assert_eq!(routes.len(), 8, "{}: {routes:?}", ns.name);
+        // Two peers' overlay addresses and prefixes, each with its fail-closed twin, and the
+        // overlay's own twin.
+        assert_eq!(routes.len(), 9, "{}: {routes:?}", ns.name);
     }
 
     // The new gateway is revoked: both others must drop it, and its routes.
@@ -1180,10 +1034,13 @@ fn agents_register_and_follow_map_changes_through_a_lossy_control_connection() {
     println!("revocation reached both other gateways {dropped:?} after `straitctl revoke` began");
     for (ns, agent) in [(&gws[0], &a), (&gws[1], &b)] {
         let routes = assert_routes_exact("after the revocation", ns, agent);
-        assert!(
-            !routes.iter().any(|(p, _)| p == "10.30.0.0/16"),
-            "{routes:?}"
-        );
+        // Site C's prefix stays closed: its only gateway is gone, not the site.
+        let c_routes: Vec<&str> = routes
+            .iter()
+            .filter(|(p, _)| p == "10.30.0.0/16")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert_eq!(c_routes, ["unreachable"], "{routes:?}");
     }
     let (acked, version) = time_until(
         Duration::from_secs(20),

@@ -287,3 +287,85 @@ fn a_refused_init_leaves_nothing_behind() {
     );
     assert!(state.join("ca.key").exists());
 }
+
+/// The agent trusts no file another local user could have written: a state directory
+/// others may write into is refused and left as it was (anything in it may have been
+/// planted), one others may only read is tightened to 0700, and a `wg.key` or certificate
+/// owned by another user is refused before anything is used (a planted key would let its
+/// author read the node's tunnel traffic). Root is needed to give files to another user.
+#[test]
+fn the_agent_refuses_state_another_user_could_have_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Coordinator::init(SITES, "").unwrap();
+    c.start().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let set_mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let args = ["--endpoint", "private=10.10.0.9:51820"];
+    let agent_in = |dir: tempfile::TempDir, token: &str| {
+        Agent::run(dir, c.addr, "aws-use1", "m1", "member", token, &args).unwrap()
+    };
+    let refused = |mut agent: Agent, what: &str| -> tempfile::TempDir {
+        let status = wait_for(Duration::from_secs(10), "the agent to refuse", || {
+            agent.proc.exited()
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", agent.proc.log_text()));
+        let log = agent.proc.log_text();
+        assert!(!status.success(), "{what}: the agent ran:\n{log}");
+        assert!(log.contains("key `state-dir`"), "{what}:\n{log}");
+        assert!(!log.contains("registered"), "{what}: registered:\n{log}");
+        let Agent { dir, .. } = agent;
+        dir
+    };
+
+    // 1. A pre-created world-writable state directory: refused, untouched.
+    let dir = tempfile::Builder::new()
+        .prefix("strait-agent-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    set_mode(&state, 0o777);
+    let token = c.token("aws-use1", "member").unwrap();
+    let dir = refused(agent_in(dir, &token), "world-writable state dir");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.contains("writable by its group or others (mode 0777)"),
+        "{log}"
+    );
+    assert!(log.contains("chmod 700"), "{log}");
+    assert_eq!(mode(&state), 0o777, "a refused directory was changed");
+
+    // 2. A wg.key planted by another user (mode 0600, so only its owner tells): refused.
+    set_mode(&state, 0o700);
+    let key = state.join("wg.key");
+    std::fs::write(&key, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    set_mode(&key, 0o600);
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    let dir = refused(agent_in(dir, &token), "wg.key of another user");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("wg.key: owned by uid 65534"), "{log}");
+
+    // 3. Without the planted key, a directory others may only read is tightened, and the
+    //    agent joins (the token was not used by the refused attempts).
+    std::fs::remove_file(&key).unwrap();
+    set_mode(&state, 0o755);
+    let agent = agent_in(dir, &token);
+    wait_for(Duration::from_secs(20), "the agent to register", || {
+        agent.proc.log_text().contains("registered").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", agent.proc.log_text()));
+    assert_eq!(mode(&state), 0o700);
+    assert!(agent.proc.log_text().contains("set to mode 0700"));
+
+    // 4. Its certificate replaced by another user's file: refused at the next start.
+    let Agent { mut proc, dir, .. } = agent;
+    proc.stop();
+    drop(proc);
+    let cert = state.join("tls/cert.pem");
+    std::os::unix::fs::chown(&cert, Some(65534), None).unwrap();
+    let dir = refused(agent_in(dir, ""), "certificate of another user");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("cert.pem: owned by uid 65534"), "{log}");
+}

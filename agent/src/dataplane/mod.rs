@@ -47,8 +47,9 @@ pub struct Settings {
     pub forward: bool,
     /// How often every path to every peer is probed.
     pub probe_interval: std::time::Duration,
-    /// Back every TUN route with an `unreachable` one (see `routes`), so a dead agent's
-    /// traffic is refused instead of leaving unencrypted by the main table.
+    /// Back every TUN route and every prefix of the rest of the mesh with an `unreachable`
+    /// one (see `routes`), kept while the agent is stopped, so traffic for other sites is
+    /// refused instead of leaving unencrypted by the main table.
     pub fail_closed: bool,
 }
 
@@ -211,7 +212,7 @@ pub struct Reports {
 /// run left, then follows `keys` (this node's WireGuard key; a new one is a rotation) and
 /// `maps` (peers, overlay address, routes), publishing on `reports`,
 /// and sends the on-demand probes asked for on `pings`. At a clean stop every Strait route
-/// is removed.
+/// is removed but, with `fail_closed`, the unreachable ones and the rule.
 pub async fn run(
     settings: Settings,
     mut keys: watch::Receiver<Arc<WgKey>>,
@@ -320,14 +321,38 @@ pub async fn run(
         }
     };
     engine.abort();
-    match nl.remove_all(false).await {
+    // Failing closed holds while the agent is stopped too (every upgrade restarts it): the
+    // unreachable routes and the rule stay; `strait-agent uninstall` removes them.
+    let keep = settings.fail_closed;
+    match nl.remove_all(keep).await {
+        Ok(n) if keep => tracing::info!(
+            routes = n,
+            "data plane stopped; routes removed, the fail-closed routes and the rule kept: traffic for other sites is refused until the agent runs again (`strait-agent uninstall` removes them)"
+        ),
         Ok(n) => tracing::info!(routes = n, "data plane stopped; routes removed"),
         Err(e) => tracing::warn!(error = %e, "could not remove routes at shutdown"),
     }
-    if let Err(e) = nl.remove_rules().await {
-        tracing::warn!(error = %e, "could not remove the routing rule at shutdown");
+    if !keep {
+        if let Err(e) = nl.remove_rules().await {
+            tracing::warn!(error = %e, "could not remove the routing rule at shutdown");
+        }
     }
     result
+}
+
+/// Removes everything the agent leaves in the kernel on purpose when it stops: the
+/// fail-closed routes and the policy rule (with the agent stopped, traffic for other sites
+/// then takes the main table). Returns the number of routes removed.
+pub async fn uninstall() -> Result<usize> {
+    let nl = Netlink::connect().context("opening a netlink socket")?;
+    let routes = nl
+        .remove_all(false)
+        .await
+        .context("removing Strait's routes (needs root or CAP_NET_ADMIN)")?;
+    nl.remove_rules()
+        .await
+        .context("removing Strait's routing rule (needs root or CAP_NET_ADMIN)")?;
+    Ok(routes)
 }
 
 /// The TUN device as configured so far.

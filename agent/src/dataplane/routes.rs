@@ -13,11 +13,14 @@
 //!
 //! **Fail closed.** A route into the TUN device goes with the device: if the agent dies,
 //! its routes vanish but the rule stays, and packets for remote prefixes would fall through
-//! to the main table (the default route, unencrypted). So, unless `fail-closed = false`,
-//! every tunnel prefix also has an `unreachable` route at [`FAIL_CLOSED_METRIC`], after the
-//! TUN route and tied to no device: while the agent lives the TUN route wins; once it is
-//! gone, such packets are refused on the node (ICMP unreachable) instead of leaking. A clean
-//! stop removes both.
+//! to the main table (the default route, unencrypted). A prefix whose carrier is revoked or
+//! never enrolled has no route at all. So, unless `fail-closed = false`, every prefix the
+//! mesh's configuration gives to other sites (the map's `fail-closed` list) and every TUN
+//! route has an `unreachable` route at [`FAIL_CLOSED_METRIC`], tied to no device:
+//! while a tunnel or gateway route exists it wins; otherwise such packets are refused on the
+//! node (ICMP unreachable) instead of leaking. The twins and the rule stay across a clean
+//! stop (an upgrade restarts the agent); only `strait-agent uninstall` or a start with
+//! `fail-closed = false` removes them.
 
 use std::net::IpAddr;
 
@@ -95,7 +98,8 @@ fn normalize(p: IpNetwork) -> IpNetwork {
 
 /// The routes `map` asks for: peers' allowed IPs into the TUN, or a member's routes via its
 /// gateway. The node's own overlay address is covered by the TUN's connected route. With
-/// `fail_closed`, every TUN route also gets its [`Via::Unreachable`] twin.
+/// `fail_closed`, every TUN route and every prefix of the map's `fail-closed` list (the rest
+/// of the mesh by configuration) gets a [`Via::Unreachable`] twin.
 pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
     let mut routes: Vec<Route> = map
         .peers
@@ -113,14 +117,18 @@ pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
     routes.sort();
     routes.dedup_by(|a, b| a.prefix == b.prefix);
     if fail_closed {
-        let closed: Vec<Route> = routes
+        let mut closed: Vec<Route> = routes
             .iter()
             .filter(|r| r.via == Via::Tun)
-            .map(|r| Route {
-                prefix: r.prefix,
+            .map(|r| r.prefix)
+            .chain(map.node.fail_closed.iter().map(|p| normalize(*p)))
+            .map(|prefix| Route {
+                prefix,
                 via: Via::Unreachable,
             })
             .collect();
+        closed.sort();
+        closed.dedup();
         routes.extend(closed);
         routes.sort();
     }
@@ -314,7 +322,7 @@ mod tests {
             via: "a/gw".into(),
             via_address: "10.10.0.1".parse().unwrap(),
         };
-        let map = NetworkMap {
+        let mut map = NetworkMap {
             version: 1,
             mesh: "prod".into(),
             node: SelfView {
@@ -326,6 +334,7 @@ mod tests {
                 accepted: vec![],
                 refused: vec![],
                 next_wg_public_key: None,
+                fail_closed: vec![],
             },
             peers: BTreeMap::from([(peer.id.clone(), peer)]),
             routes: BTreeMap::from([(route.prefix, route)]),
@@ -354,6 +363,28 @@ mod tests {
         want.extend([closed("10.20.0.0/16"), closed("100.64.0.2/32")]);
         want.sort();
         assert_eq!(desired(&map, true), want);
+
+        // The mesh's configured prefixes stay closed whatever the state of the nodes that
+        // carry them: the peer revoked (gone from the map), a site never enrolled.
+        map.node.fail_closed = vec![
+            net("10.20.0.0/16"),
+            net("10.40.0.0/16"),
+            net("100.64.0.0/10"),
+        ];
+        map.peers.clear();
+        let member = Route {
+            prefix: net("10.30.0.0/16"),
+            via: Via::Gateway("10.10.0.1".parse().unwrap()),
+        };
+        let mut want = vec![
+            member,
+            closed("10.20.0.0/16"),
+            closed("10.40.0.0/16"),
+            closed("100.64.0.0/10"),
+        ];
+        want.sort();
+        assert_eq!(desired(&map, true), want);
+        assert_eq!(desired(&map, false), vec![member]);
     }
 
     #[test]
