@@ -202,6 +202,7 @@ pub fn config(flags: u8) -> Config {
         throughput_probes: None,
         metrics_listen: None,
         limits: Default::default(),
+        policy: Default::default(),
         store: Default::default(),
     }
 }
