@@ -217,10 +217,10 @@ mod tests {
         let before = mesh.views();
         let since = mesh.policy_view().since_version;
         let mut reloaded = cfg.clone();
-        reloaded.policy = toml::from_str::<Config>(&format!(
+        reloaded.policy = toml::from_str::<Config>(
             "mesh = \"prod\"\nstate-dir = \"/x\"\n[policy]\n\
              [[policy.rules]]\nname = \"no-ssh\"\naction = \"deny\"\nfrom = \"a\"\nto = \"b\"\nports = \"tcp/22\"\n"
-        ))
+        )
         .unwrap()
         .policy;
         let policy = Policy::build(&reloaded).unwrap();

@@ -1,0 +1,409 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait_proto::access::{AccessRule, Action, Service, Source};
+
+use super::packet::build::{icmp, ports, v4, v6};
+use super::packet::{ICMP, ICMPV6};
+use super::*;
+
+const OWN: [u8; 4] = [100, 64, 0, 2];
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+/// Node B's peers: site a's gateway and site c's.
+fn peers() -> Vec<(String, Vec<IpNetwork>)> {
+    vec![
+        (
+            "a".into(),
+            vec![net("100.64.0.1/32"), net("10.1.0.0/16"), net("fd00:1::/48")],
+        ),
+        (
+            "c".into(),
+            vec![net("100.64.0.3/32"), net("10.3.0.0/16"), net("fd00:3::/48")],
+        ),
+    ]
+}
+
+fn rule(
+    name: &str,
+    action: Action,
+    from: Vec<Source>,
+    to: &[&str],
+    services: &[&str],
+) -> AccessRule {
+    AccessRule {
+        name: name.into(),
+        action,
+        from,
+        to: to.iter().map(|p| net(p)).collect(),
+        to_node: false,
+        services: services.iter().map(|s| s.parse().unwrap()).collect(),
+    }
+}
+
+/// Default deny; a may open tcp/443 and ICMP to b (its prefixes and the node); c's
+/// 10.3.1.0/24 may not send DNS to b, and the rest of c may reach 10.2.5.0/24 at all.
+fn deny_policy() -> AccessPolicy {
+    let mut web = rule(
+        "web",
+        Action::Allow,
+        vec![Source::Site("a".into())],
+        &["10.2.0.0/16", "fd00:2::/48"],
+        &["tcp/443", "icmp"],
+    );
+    web.to_node = true;
+    AccessPolicy {
+        default: Action::Deny,
+        rules: vec![
+            web,
+            rule(
+                "no-c-dns",
+                Action::Deny,
+                vec![Source::Prefix(net("10.3.1.0/24"))],
+                &["10.2.0.0/16"],
+                &["udp/53"],
+            ),
+            rule(
+                "c-any",
+                Action::Allow,
+                vec![Source::Site("c".into())],
+                &["10.2.5.0/24"],
+                &["any"],
+            ),
+        ],
+    }
+}
+
+fn access(policy: &AccessPolicy) -> Access {
+    let mut a = Access::default();
+    a.set_filter(Arc::new(Filter::compile(
+        policy,
+        &peers(),
+        Some(Ipv4Addr::from(OWN)),
+    )));
+    a
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    v4(src, dst, TCP, &ports(TCP, sport, dport))
+}
+
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    v4(src, dst, UDP, &ports(UDP, sport, dport))
+}
+
+fn drops(a: &Access) -> Vec<(String, String, u64)> {
+    a.report()
+        .drops
+        .into_iter()
+        .map(|d| (d.site, d.reason, d.packets))
+        .collect()
+}
+
+fn d(site: &str, reason: &str, n: u64) -> (String, String, u64) {
+    (site.into(), reason.into(), n)
+}
+
+const A_HOST: [u8; 4] = [10, 1, 0, 5];
+const B_HOST: [u8; 4] = [10, 2, 0, 9];
+
+#[test]
+fn without_a_policy_everything_passes_and_nothing_is_kept() {
+    let mut a = access(&AccessPolicy::default());
+    assert!(a.filter().allows_all());
+    for p in [
+        tcp(A_HOST, 1000, B_HOST, 22),
+        udp([10, 3, 1, 7], 1000, B_HOST, 53),
+        vec![0x45, 0, 0],
+    ] {
+        assert!(a.inbound(&p));
+        a.outbound(&p);
+    }
+    assert_eq!(a.report(), AccessReport::default());
+}
+
+#[test]
+fn rules_decide_in_order_by_site_prefix_protocol_and_port() {
+    let mut a = access(&deny_policy());
+    // Allowed: a to b's prefix and to the node itself on tcp/443, ICMP, over IPv4 and IPv6.
+    assert!(a.inbound(&tcp(A_HOST, 40000, B_HOST, 443)));
+    assert!(a.inbound(&tcp([100, 64, 0, 1], 40000, OWN, 443)));
+    assert!(a.inbound(&v4(
+        A_HOST,
+        B_HOST,
+        ICMP,
+        &icmp(8, 0, [0, 1, 0, 1], b"ping")
+    )));
+    let v6_443 = v6("fd00:1::5", "fd00:2::9", TCP, &ports(TCP, 40000, 443));
+    assert!(a.inbound(&v6_443));
+    // Refused by the default: another port, UDP to the allowed port, another destination.
+    assert!(!a.inbound(&tcp(A_HOST, 40000, B_HOST, 22)));
+    assert!(!a.inbound(&udp(A_HOST, 40000, B_HOST, 443)));
+    assert!(!a.inbound(&v6("fd00:1::5", "fd00:2::9", UDP, &ports(UDP, 1, 443))));
+    assert!(!a.inbound(&tcp(A_HOST, 40000, [100, 64, 0, 9], 443)));
+    // c: DNS from 10.3.1.0/24 is refused by the first rule that matches, though the next
+    // one would allow it; the rest of c reaches 10.2.5.0/24 with anything.
+    assert!(!a.inbound(&udp([10, 3, 1, 7], 999, [10, 2, 5, 1], 53)));
+    assert!(a.inbound(&udp([10, 3, 2, 7], 999, [10, 2, 5, 1], 53)));
+    assert!(a.inbound(&v4([10, 3, 2, 7], [10, 2, 5, 1], 47, &[0; 4])));
+    assert!(!a.inbound(&udp([10, 3, 2, 7], 999, [10, 2, 6, 1], 53)));
+    // A source in no rule's sites or prefixes (a site with no peer here).
+    assert!(!a.inbound(&tcp([10, 9, 0, 1], 1, B_HOST, 443)));
+    assert_eq!(
+        drops(&a),
+        vec![
+            d("-", "default", 1),
+            d("a", "default", 4),
+            d("c", "default", 1),
+            d("c", "no-c-dns", 1),
+        ]
+    );
+}
+
+#[test]
+fn replies_to_flows_this_node_sent_pass_until_they_go_idle() {
+    let mut a = access(&deny_policy());
+    let t0 = Instant::now();
+    a.tick(t0);
+    // b's host opens TCP to a:8080 and asks a's DNS server; a's answers pass, others not.
+    a.outbound(&tcp(B_HOST, 50000, A_HOST, 8080));
+    a.outbound(&udp(B_HOST, 50001, A_HOST, 53));
+    assert!(a.inbound(&tcp(A_HOST, 8080, B_HOST, 50000)));
+    assert!(a.inbound(&udp(A_HOST, 53, B_HOST, 50001)));
+    assert!(
+        !a.inbound(&tcp(A_HOST, 8081, B_HOST, 50000)),
+        "another port"
+    );
+    assert!(
+        !a.inbound(&tcp(A_HOST, 8080, B_HOST, 50002)),
+        "another local port"
+    );
+    assert!(
+        !a.inbound(&udp(A_HOST, 8080, B_HOST, 50000)),
+        "UDP is not TCP"
+    );
+    assert!(
+        !a.inbound(&tcp([10, 3, 0, 1], 8080, B_HOST, 50000)),
+        "another host"
+    );
+    // IPv6 too.
+    a.outbound(&v6("fd00:2::9", "fd00:1::5", UDP, &ports(UDP, 5000, 5001)));
+    assert!(a.inbound(&v6("fd00:1::5", "fd00:2::9", UDP, &ports(UDP, 5001, 5000))));
+    // UDP goes idle after UDP_IDLE; TCP lasts longer; a packet sent refreshes a flow.
+    a.tick(t0 + Duration::from_secs(u64::from(UDP_IDLE)));
+    assert!(!a.inbound(&udp(A_HOST, 53, B_HOST, 50001)));
+    assert!(a.inbound(&tcp(A_HOST, 8080, B_HOST, 50000)));
+    a.outbound(&tcp(B_HOST, 50000, A_HOST, 8080));
+    a.tick(t0 + Duration::from_secs(u64::from(UDP_IDLE + TCP_IDLE - 1)));
+    assert!(a.inbound(&tcp(A_HOST, 8080, B_HOST, 50000)));
+    a.tick(t0 + Duration::from_secs(u64::from(UDP_IDLE + TCP_IDLE)));
+    assert!(!a.inbound(&tcp(A_HOST, 8080, B_HOST, 50000)));
+    assert_eq!(a.report().flows, 3);
+}
+
+#[test]
+fn icmp_echo_replies_and_errors_about_own_flows_pass() {
+    let mut a = access(&deny_policy());
+    // c may not send ICMP to 10.2.0.0/16 (only to 10.2.5.0/24).
+    let c_host = [10, 3, 0, 7];
+    a.outbound(&v4(
+        B_HOST,
+        c_host,
+        ICMP,
+        &icmp(8, 0, [0x42, 0x42, 0, 1], b"ping"),
+    ));
+    assert!(a.inbound(&v4(
+        c_host,
+        B_HOST,
+        ICMP,
+        &icmp(0, 0, [0x42, 0x42, 0, 1], b"ping")
+    )));
+    let other_id = v4(c_host, B_HOST, ICMP, &icmp(0, 0, [0x42, 0x43, 0, 1], b""));
+    assert!(!a.inbound(&other_id), "another id");
+    let request = v4(c_host, B_HOST, ICMP, &icmp(8, 0, [0x42, 0x42, 0, 1], b""));
+    assert!(!a.inbound(&request), "a request");
+    // Errors quoting a packet b sent (fragmentation needed, from a router of c's), and
+    // one quoting an echo request b sent.
+    let sent = udp(B_HOST, 40000, c_host, 9999);
+    a.outbound(&sent);
+    let router = [10, 3, 0, 1];
+    assert!(a.inbound(&v4(
+        router,
+        B_HOST,
+        ICMP,
+        &icmp(3, 4, [0, 0, 5, 0x78], &sent[..28])
+    )));
+    let echo = v4(B_HOST, c_host, ICMP, &icmp(8, 0, [0x42, 0x42, 0, 1], b""));
+    assert!(a.inbound(&v4(router, B_HOST, ICMP, &icmp(11, 0, [0; 4], &echo))));
+    // Errors quoting what b did not send, or sent to another host than the quote's source.
+    let other = udp(B_HOST, 40001, c_host, 9999);
+    assert!(!a.inbound(&v4(router, B_HOST, ICMP, &icmp(3, 3, [0; 4], &other[..28]))));
+    assert!(!a.inbound(&v4(
+        router,
+        [10, 2, 0, 10],
+        ICMP,
+        &icmp(3, 3, [0; 4], &sent[..28])
+    )));
+    let short = v4(router, B_HOST, ICMP, &icmp(3, 3, [0; 4], &sent[..22]));
+    assert!(!a.inbound(&short), "too short a quote");
+    // IPv6: packet too big about a TCP flow to c, from a router of c's.
+    let sent6 = v6("fd00:2::9", "fd00:3::5", TCP, &ports(TCP, 40000, 8443));
+    let ptb = v6(
+        "fd00:3::1",
+        "fd00:2::9",
+        ICMPV6,
+        &icmp(2, 0, [0, 0, 5, 0], &sent6),
+    );
+    assert!(!a.inbound(&ptb), "before b sent anything");
+    a.outbound(&sent6);
+    assert!(a.inbound(&ptb));
+    // An echo reply from a passes by the rule (ICMP is allowed from a) anyway.
+    assert!(a.inbound(&v6(
+        "fd00:1::5",
+        "fd00:2::9",
+        ICMPV6,
+        &icmp(129, 0, [0, 9, 0, 1], b"")
+    )));
+    assert_eq!(drops(&a), vec![d("c", "default", 6)]);
+}
+
+#[test]
+fn deny_rules_under_a_default_allow_spare_replies() {
+    let policy = AccessPolicy {
+        default: Action::Allow,
+        rules: vec![
+            rule(
+                "no-ssh",
+                Action::Deny,
+                vec![Source::Site("a".into())],
+                &["10.2.0.0/16"],
+                &["tcp/22"],
+            ),
+            rule(
+                "no-udp",
+                Action::Deny,
+                vec![Source::Site("a".into())],
+                &["10.2.0.0/16"],
+                &["udp"],
+            ),
+        ],
+    };
+    let mut a = access(&policy);
+    assert!(!a.inbound(&tcp(A_HOST, 50000, B_HOST, 22)));
+    assert!(a.inbound(&tcp(A_HOST, 50000, B_HOST, 80)));
+    assert!(!a.inbound(&udp(A_HOST, 53, B_HOST, 40000)));
+    // b asks a's DNS server: the answer passes although the rule refuses UDP from a.
+    a.outbound(&udp(B_HOST, 40000, A_HOST, 53));
+    assert!(a.inbound(&udp(A_HOST, 53, B_HOST, 40000)));
+    assert_eq!(drops(&a), vec![d("a", "no-ssh", 1), d("a", "no-udp", 1)]);
+}
+
+#[test]
+fn unreadable_packets_and_fragments() {
+    let mut a = access(&deny_policy());
+    // Keepalives (empty) pass; a truncated header is dropped as malformed.
+    assert!(a.inbound(&[]));
+    let p = tcp(A_HOST, 40000, B_HOST, 443);
+    assert!(!a.inbound(&p[..22]));
+    assert!(!a.inbound(&[0x45]));
+    // A TCP fragment other than the first matches tcp rules whatever the port; a UDP one
+    // no rule covers.
+    let mut frag = v4(A_HOST, B_HOST, TCP, &[0u8; 64]);
+    frag[6..8].copy_from_slice(&100u16.to_be_bytes());
+    assert!(a.inbound(&frag));
+    let mut frag = v4(A_HOST, B_HOST, UDP, &[0u8; 64]);
+    frag[6..8].copy_from_slice(&100u16.to_be_bytes());
+    assert!(!a.inbound(&frag));
+    assert_eq!(
+        drops(&a),
+        vec![
+            d("-", "malformed", 1),
+            d("a", "default", 1),
+            d("a", "malformed", 1)
+        ]
+    );
+}
+
+#[test]
+fn counts_survive_a_new_filter_and_reports_come_when_something_changed() {
+    let mut a = access(&deny_policy());
+    assert!(a.take_report().is_some(), "a new filter is news");
+    assert!(a.take_report().is_none());
+    a.inbound(&tcp(A_HOST, 1, B_HOST, 22));
+    let r = a.take_report().unwrap();
+    assert_eq!((r.rules, r.drops.len()), (3, 1));
+    // The policy changes (rules renumbered, a site added to the peers): counts are kept by
+    // name and add up.
+    let mut p = deny_policy();
+    p.rules.remove(1);
+    let mut peers = peers();
+    peers.insert(0, ("d".into(), vec![net("10.4.0.0/16")]));
+    a.set_filter(Arc::new(Filter::compile(
+        &p,
+        &peers,
+        Some(Ipv4Addr::from(OWN)),
+    )));
+    a.inbound(&tcp(A_HOST, 1, B_HOST, 22));
+    a.inbound(&tcp([10, 4, 0, 1], 1, B_HOST, 22));
+    assert_eq!(drops(&a), vec![d("a", "default", 2), d("d", "default", 1)]);
+    assert_eq!(a.take_report().unwrap().rules, 2);
+}
+
+#[test]
+fn a_filter_knows_the_map_it_was_compiled_from() {
+    use strait_proto::map::{PeerKind, PeerView, SelfView};
+    let mut map = NetworkMap {
+        version: 1,
+        mesh: "prod".into(),
+        node: SelfView {
+            site: "b".into(),
+            name: "gw".into(),
+            role: strait_proto::Role::Gateway,
+            overlay_ip: Ipv4Addr::from(OWN),
+            overlay_cidr: net("100.64.0.0/10"),
+            accepted: vec![],
+            refused: vec![],
+            next_wg_public_key: None,
+        },
+        peers: Default::default(),
+        routes: Default::default(),
+        access: deny_policy(),
+    };
+    map.peers.insert(
+        "a/gw".into(),
+        PeerView {
+            id: "a/gw".into(),
+            site: "a".into(),
+            name: "gw".into(),
+            kind: PeerKind::Agent,
+            role: None,
+            wg_public_key: "k".into(),
+            next_wg_public_key: None,
+            endpoints: vec![],
+            allowed_ips: peers()[0].1.clone(),
+            overlay_ip: None,
+            online: true,
+        },
+    );
+    let f = Filter::for_map(&map);
+    assert!(f.is_for(&map));
+    let mut a = Access::default();
+    a.set_filter(Arc::new(f.clone()));
+    assert!(
+        a.inbound(&tcp([100, 64, 0, 1], 1, OWN, 443)),
+        "to the node itself"
+    );
+    map.version = 2;
+    assert!(f.is_for(&map), "the version alone changes nothing");
+    map.access.rules.pop();
+    assert!(!f.is_for(&map));
+    let f = Filter::for_map(&map);
+    map.peers.get_mut("a/gw").unwrap().allowed_ips.pop();
+    assert!(!f.is_for(&map));
+    // Any other service kind works over IPv6 as over IPv4.
+    let h = packet::parse(&v6("fd00:1::5", "fd00:2::9", 132, &[0; 8])).unwrap();
+    assert!(!serves(Service::Icmp, &h) && serves(Service::Any, &h));
+}
