@@ -27,6 +27,15 @@ use strait_proto::map::NetworkMap;
 pub use flows::{FlowKey, Flows, ICMP_IDLE, MAX_FLOWS, TCP_IDLE, UDP_IDLE};
 use packet::{Headers, Transport, TCP, UDP};
 
+/// Fragmented datagrams whose first fragment passed, kept this long (Linux's reassembly
+/// timeout) so their other fragments pass too.
+pub const FRAGMENT_IDLE: u32 = 30;
+/// Most such datagrams remembered at once.
+pub const MAX_FRAGMENTED: usize = 4096;
+
+/// A fragmented datagram: protocol, source, destination, identification.
+type DatagramKey = (u8, IpAddr, IpAddr, u32);
+
 use super::lpm::PrefixTable;
 
 /// The site name drops from a source no peer carries are counted under.
@@ -213,6 +222,11 @@ impl Filter {
         self.open
     }
 
+    /// The policy this filter was compiled from.
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.inputs.0
+    }
+
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
@@ -247,14 +261,15 @@ impl Filter {
     }
 }
 
-/// Whether `service` covers a packet. A fragment other than the first has no ports: it is
-/// covered by its protocol's services whatever their ports.
+/// Whether `service` covers a packet. A fragment other than the first has no ports: only
+/// services of its protocol without a port range (`tcp`, `udp`) cover it; otherwise it
+/// follows its first fragment (see [`Access::inbound`]).
 fn serves(service: Service, h: &Headers) -> bool {
     let port_in = |proto: u8, first: u16, last: u16| {
         h.proto == proto
             && match h.transport {
                 Transport::Ports { dst, .. } => (first..=last).contains(&dst),
-                Transport::Fragment => true,
+                Transport::Fragment => (first, last) == (0, u16::MAX),
                 _ => false,
             }
     };
@@ -283,6 +298,8 @@ pub struct AccessReport {
 pub struct Access {
     filter: std::sync::Arc<Filter>,
     flows: Flows,
+    /// Fragmented datagrams whose first fragment passed.
+    fragmented: Option<Flows<DatagramKey>>,
     /// Seconds since `epoch` (the first tick).
     now: u32,
     epoch: Option<Instant>,
@@ -364,13 +381,33 @@ impl Access {
             self.count(site, reason);
             return false;
         };
-        let reason = match self.filter.verdict(&h) {
-            Verdict::Allow => return true,
-            Verdict::Deny(reason) => reason,
+        let pass = match self.filter.verdict(&h) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(reason) => {
+                let later_fragment = h.fragment.filter(|f| !f.first).is_some_and(|f| {
+                    self.fragmented
+                        .as_ref()
+                        .is_some_and(|d| d.has(&(h.proto, h.src, h.dst, f.id), self.now))
+                });
+                if later_fragment || self.answers_own_flow(packet, &h) {
+                    Ok(())
+                } else {
+                    Err(reason)
+                }
+            }
         };
-        if self.answers_own_flow(packet, &h) {
-            return true;
-        }
+        let reason = match pass {
+            Ok(()) => {
+                if let Some(f) = h.fragment.filter(|f| f.first) {
+                    // The rest of the datagram follows its first fragment.
+                    self.fragmented
+                        .get_or_insert_with(|| Flows::with_capacity(MAX_FRAGMENTED))
+                        .sent((h.proto, h.src, h.dst, f.id), self.now, FRAGMENT_IDLE);
+                }
+                return true;
+            }
+            Err(reason) => reason,
+        };
         let site = self.filter.site(h.src);
         tracing::trace!(
             src = %h.src,

@@ -397,11 +397,13 @@ async fn apply(
     // compiled here, off the packet path, and only when it changed.
     if !access.borrow().is_for(map) {
         let filter = access::Filter::for_map(map);
-        tracing::info!(
-            rules = filter.rule_count(),
-            open = filter.allows_all(),
-            "access policy from the map"
-        );
+        if *access.borrow().policy() != map.access {
+            tracing::info!(
+                rules = filter.rule_count(),
+                default = filter.policy().default.as_str(),
+                "access policy from the map"
+            );
+        }
         access.send_replace(Arc::new(filter));
     }
     peers.send_replace(peer_specs(map, settings.keepalive));

@@ -27,10 +27,11 @@ pub struct FlowKey {
     pub remote_port: u16,
 }
 
+/// Entries expiring after an idle time, at most `max` of them (flows, by default).
 #[derive(Debug)]
-pub struct Flows {
-    /// Flow -> when it expires (seconds).
-    table: HashMap<FlowKey, u32>,
+pub struct Flows<K = FlowKey> {
+    /// Entry -> when it expires (seconds).
+    table: HashMap<K, u32>,
     max: usize,
     last_sweep: Option<u32>,
     /// Flows not tracked because the table was full.
@@ -43,8 +44,8 @@ impl Default for Flows {
     }
 }
 
-impl Flows {
-    pub fn with_capacity(max: usize) -> Flows {
+impl<K: std::hash::Hash + Eq> Flows<K> {
+    pub fn with_capacity(max: usize) -> Flows<K> {
         Flows {
             table: HashMap::new(),
             max,
@@ -54,7 +55,7 @@ impl Flows {
     }
 
     /// The node sent a packet of `flow` at `now`: it lives for `idle` more seconds.
-    pub fn sent(&mut self, flow: FlowKey, now: u32, idle: u32) {
+    pub fn sent(&mut self, flow: K, now: u32, idle: u32) {
         let until = now.saturating_add(idle);
         if let Some(e) = self.table.get_mut(&flow) {
             *e = until;
@@ -71,7 +72,7 @@ impl Flows {
     }
 
     /// Whether `flow` was sent and has not expired at `now`.
-    pub fn has(&self, flow: &FlowKey, now: u32) -> bool {
+    pub fn has(&self, flow: &K, now: u32) -> bool {
         self.table.get(flow).is_some_and(|until| *until > now)
     }
 

@@ -34,6 +34,17 @@ pub struct Headers {
     /// The transport protocol (after IPv6 extension headers).
     pub proto: u8,
     pub transport: Transport,
+    /// For a fragment (the first included): its datagram's identification.
+    pub fragment: Option<Fragment>,
+}
+
+/// Where a fragment belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The identification field (IPv4: 16 bits; IPv6: the fragment header's 32).
+    pub id: u32,
+    /// The first fragment (offset 0), which carries the transport header.
+    pub first: bool,
 }
 
 impl Headers {
@@ -58,33 +69,40 @@ fn be16(p: &[u8], at: usize) -> Option<u16> {
 /// (which could rewrite the TCP header of the first; RFC 1858), a first fragment without
 /// the whole transport header (RFC 7112 for IPv6), or too many IPv6 extension headers.
 pub fn parse(packet: &[u8]) -> Option<Headers> {
-    let (src, dst, proto, start, fragment) = match packet.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            if ihl < 20 || packet.len() < ihl {
-                return None;
+    let (src, dst, proto, start, fragment): (IpAddr, IpAddr, u8, usize, Option<Fragment>) =
+        match packet.first()? >> 4 {
+            4 => {
+                let ihl = usize::from(packet[0] & 0x0f) * 4;
+                if ihl < 20 || packet.len() < ihl {
+                    return None;
+                }
+                let src = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?);
+                let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[16..20]).ok()?);
+                let flags = be16(packet, 6)?;
+                let offset = flags & 0x1fff;
+                let proto = packet[9];
+                if offset == 1 && proto == TCP {
+                    return None;
+                }
+                let more = flags & 0x2000 != 0;
+                let fragment = (more || offset != 0).then(|| Fragment {
+                    id: u32::from(be16(packet, 4).unwrap_or(0)),
+                    first: offset == 0,
+                });
+                (src.into(), dst.into(), proto, ihl, fragment)
             }
-            let src = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?);
-            let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[16..20]).ok()?);
-            let offset = be16(packet, 6)? & 0x1fff;
-            let proto = packet[9];
-            if offset == 1 && proto == TCP {
-                return None;
+            6 => {
+                if packet.len() < 40 {
+                    return None;
+                }
+                let src = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?);
+                let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?);
+                let (proto, start, fragment) = walk_v6(packet, packet[6])?;
+                (src.into(), dst.into(), proto, start, fragment)
             }
-            (src.into(), dst.into(), proto, ihl, offset != 0)
-        }
-        6 => {
-            if packet.len() < 40 {
-                return None;
-            }
-            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?);
-            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?);
-            let (proto, start, fragment) = walk_v6(packet, packet[6])?;
-            (src.into(), dst.into(), proto, start, fragment)
-        }
-        _ => return None,
-    };
-    let transport = if fragment {
+            _ => return None,
+        };
+    let transport = if fragment.is_some_and(|f| !f.first) {
         Transport::Fragment
     } else {
         match proto {
@@ -105,13 +123,15 @@ pub fn parse(packet: &[u8]) -> Option<Headers> {
         dst,
         proto,
         transport,
+        fragment,
     })
 }
 
 /// Walks IPv6 extension headers from `next` at byte 40: (upper-layer protocol, where its
-/// header starts, whether this is a fragment other than the first).
-fn walk_v6(packet: &[u8], mut next: u8) -> Option<(u8, usize, bool)> {
+/// header starts, the fragment header's identification and offset if there is one).
+fn walk_v6(packet: &[u8], mut next: u8) -> Option<(u8, usize, Option<Fragment>)> {
     let mut at = 40;
+    let mut fragment = None;
     for _ in 0..MAX_EXTENSIONS {
         match next {
             // Hop-by-hop, routing, destination options: (length + 1) * 8 bytes.
@@ -123,10 +143,15 @@ fn walk_v6(packet: &[u8], mut next: u8) -> Option<(u8, usize, bool)> {
             // Fragment: 8 bytes; the offset is in 8-byte units, above 3 flag bits.
             44 => {
                 let offset = be16(packet, at + 2)? >> 3;
+                let id = u32::from_be_bytes(<[u8; 4]>::try_from(packet.get(at + 4..at + 8)?).ok()?);
                 next = *packet.get(at)?;
                 at += 8;
+                fragment = Some(Fragment {
+                    id,
+                    first: offset == 0,
+                });
                 if offset != 0 {
-                    return Some((next, at, true));
+                    return Some((next, at, fragment));
                 }
             }
             // Authentication header: (length + 2) * 4 bytes.
@@ -135,7 +160,7 @@ fn walk_v6(packet: &[u8], mut next: u8) -> Option<(u8, usize, bool)> {
                 next = *packet.get(at)?;
                 at += len;
             }
-            _ => return (at <= packet.len()).then_some((next, at, false)),
+            _ => return (at <= packet.len()).then_some((next, at, fragment)),
         }
     }
     None
@@ -270,8 +295,27 @@ mod tests {
     fn fragments_and_truncations() {
         // A non-first IPv4 fragment carries no ports.
         let mut p = v4([10, 1, 0, 5], [10, 2, 0, 9], UDP, &[0u8; 16]);
+        p[4..6].copy_from_slice(&0x0102u16.to_be_bytes());
         p[6..8].copy_from_slice(&185u16.to_be_bytes());
-        assert_eq!(parse(&p).unwrap().transport, Transport::Fragment);
+        let h = parse(&p).unwrap();
+        assert_eq!(h.transport, Transport::Fragment);
+        assert_eq!(
+            h.fragment,
+            Some(Fragment {
+                id: 0x0102,
+                first: false
+            })
+        );
+        // The first fragment (more fragments, offset 0) has its ports.
+        let mut p = v4([10, 1, 0, 5], [10, 2, 0, 9], UDP, &ports(UDP, 5, 53));
+        p[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+        let h = parse(&p).unwrap();
+        assert_eq!(h.dst_port(), Some(53));
+        assert!(h.fragment.is_some_and(|f| f.first));
+        // An unfragmented packet is no fragment (don't-fragment set or not).
+        let mut p = v4([10, 1, 0, 5], [10, 2, 0, 9], UDP, &ports(UDP, 5, 53));
+        p[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        assert_eq!(parse(&p).unwrap().fragment, None);
         // Offset 8 bytes over TCP could rewrite the first fragment's flags: refused.
         let mut p = v4([10, 1, 0, 5], [10, 2, 0, 9], TCP, &[0u8; 16]);
         p[6..8].copy_from_slice(&1u16.to_be_bytes());
@@ -279,7 +323,15 @@ mod tests {
         // An IPv6 non-first fragment.
         let frag = [TCP, 0, 0, 0x18, 0, 0, 0, 1];
         let p = v6("fd00:1::5", "fd00:2::9", 44, &frag);
-        assert_eq!(parse(&p).unwrap().transport, Transport::Fragment);
+        let h = parse(&p).unwrap();
+        assert_eq!(h.transport, Transport::Fragment);
+        assert_eq!(
+            h.fragment,
+            Some(Fragment {
+                id: 1,
+                first: false
+            })
+        );
         // A first fragment must hold the ports.
         let frag = [TCP, 0, 0, 1, 0, 0, 0, 1, 0x9c, 0x40];
         assert_eq!(parse(&v6("fd00:1::5", "fd00:2::9", 44, &frag)), None);

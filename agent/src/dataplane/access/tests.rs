@@ -302,29 +302,67 @@ fn deny_rules_under_a_default_allow_spare_replies() {
 }
 
 #[test]
-fn unreadable_packets_and_fragments() {
+fn unreadable_packets_are_dropped_as_malformed() {
     let mut a = access(&deny_policy());
     // Keepalives (empty) pass; a truncated header is dropped as malformed.
     assert!(a.inbound(&[]));
     let p = tcp(A_HOST, 40000, B_HOST, 443);
     assert!(!a.inbound(&p[..22]));
     assert!(!a.inbound(&[0x45]));
-    // A TCP fragment other than the first matches tcp rules whatever the port; a UDP one
-    // no rule covers.
-    let mut frag = v4(A_HOST, B_HOST, TCP, &[0u8; 64]);
-    frag[6..8].copy_from_slice(&100u16.to_be_bytes());
-    assert!(a.inbound(&frag));
-    let mut frag = v4(A_HOST, B_HOST, UDP, &[0u8; 64]);
-    frag[6..8].copy_from_slice(&100u16.to_be_bytes());
-    assert!(!a.inbound(&frag));
     assert_eq!(
         drops(&a),
-        vec![
-            d("-", "malformed", 1),
-            d("a", "default", 1),
-            d("a", "malformed", 1)
-        ]
+        vec![d("-", "malformed", 1), d("a", "malformed", 1)]
     );
+}
+
+/// A fragment of datagram `id`: the first (with `transport`) or one at byte offset 800.
+fn fragment(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, first: Option<&[u8]>) -> Vec<u8> {
+    let mut p = v4(src, dst, proto, first.unwrap_or(&[0u8; 64]));
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    let flags: u16 = if first.is_some() { 0x2000 } else { 100 };
+    p[6..8].copy_from_slice(&flags.to_be_bytes());
+    p
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut a = access(&deny_policy());
+    let t0 = Instant::now();
+    a.tick(t0);
+    // Datagram 7 to tcp/443 is allowed: its first fragment passes, and so do the others.
+    let web = ports(TCP, 40000, 443);
+    assert!(a.inbound(&fragment(A_HOST, B_HOST, TCP, 7, Some(&web))));
+    assert!(a.inbound(&fragment(A_HOST, B_HOST, TCP, 7, None)));
+    // Datagram 9 to tcp/22 is not, nor its other fragments; nor those of a datagram whose
+    // first fragment never came, or came from another host.
+    let ssh = ports(TCP, 40000, 22);
+    assert!(!a.inbound(&fragment(A_HOST, B_HOST, TCP, 9, Some(&ssh))));
+    assert!(!a.inbound(&fragment(A_HOST, B_HOST, TCP, 9, None)));
+    assert!(!a.inbound(&fragment(A_HOST, B_HOST, TCP, 8, None)));
+    assert!(!a.inbound(&fragment([10, 1, 0, 6], B_HOST, TCP, 7, None)));
+    // A fragmented reply to a flow b sent (a large DNS answer).
+    a.outbound(&udp(B_HOST, 50000, A_HOST, 53));
+    let answer = ports(UDP, 53, 50000);
+    assert!(a.inbound(&fragment(A_HOST, B_HOST, UDP, 11, Some(&answer))));
+    assert!(a.inbound(&fragment(A_HOST, B_HOST, UDP, 11, None)));
+    // Remembered for FRAGMENT_IDLE only.
+    a.tick(t0 + Duration::from_secs(u64::from(FRAGMENT_IDLE)));
+    assert!(!a.inbound(&fragment(A_HOST, B_HOST, TCP, 7, None)));
+    assert_eq!(drops(&a), vec![d("a", "default", 5)]);
+    // A rule for a whole protocol (no port range) covers fragments by themselves.
+    let any_udp = AccessPolicy {
+        default: Action::Deny,
+        rules: vec![rule(
+            "udp",
+            Action::Allow,
+            vec![Source::Site("a".into())],
+            &["10.2.0.0/16"],
+            &["udp"],
+        )],
+    };
+    let mut a = access(&any_udp);
+    assert!(a.inbound(&fragment(A_HOST, B_HOST, UDP, 12, None)));
+    assert!(!a.inbound(&fragment(A_HOST, B_HOST, TCP, 12, None)));
 }
 
 #[test]
