@@ -11,6 +11,7 @@
 //! by (peer site, reason). With no policy (allow all) every call returns at its first
 //! branch: nothing is parsed, tracked or counted.
 
+mod cache;
 mod flows;
 pub mod packet;
 
@@ -62,15 +63,86 @@ impl Nets {
         }
     }
 
-    fn contains(&self, a: IpAddr) -> bool {
+    fn contains(&self, a: Addr) -> bool {
         match a {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                self.v4.iter().any(|(net, mask)| a & mask == *net)
-            }
-            IpAddr::V6(a) => {
-                let a = u128::from(a);
-                self.v6.iter().any(|(net, mask)| a & mask == *net)
+            Addr::V4(a) => self.v4.iter().any(|(net, mask)| a & mask == *net),
+            Addr::V6(a) => self.v6.iter().any(|(net, mask)| a & mask == *net),
+        }
+    }
+}
+
+/// An address as the rules compare it.
+#[derive(Debug, Clone, Copy)]
+enum Addr {
+    V4(u32),
+    V6(u128),
+}
+
+impl From<IpAddr> for Addr {
+    fn from(a: IpAddr) -> Addr {
+        match a {
+            IpAddr::V4(a) => Addr::V4(a.into()),
+            IpAddr::V6(a) => Addr::V6(a.into()),
+        }
+    }
+}
+
+/// A [`Service`] as the rules compare it: a protocol (0: any; [`packet::ICMP`]: ICMP and
+/// ICMPv6) and, for TCP and UDP, a destination port range.
+#[derive(Debug, Clone, Copy)]
+struct Svc {
+    proto: u8,
+    first: u16,
+    last: u16,
+}
+
+impl From<Service> for Svc {
+    fn from(s: Service) -> Svc {
+        let (proto, first, last) = match s {
+            Service::Any => (0, 0, u16::MAX),
+            Service::Icmp => (packet::ICMP, 0, u16::MAX),
+            Service::Tcp { first, last } => (TCP, first, last),
+            Service::Udp { first, last } => (UDP, first, last),
+        };
+        Svc { proto, first, last }
+    }
+}
+
+/// What the rules read of a packet, computed once per packet.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    src: Addr,
+    dst: Addr,
+    proto: u8,
+    icmp: bool,
+    /// TCP and UDP: the destination port; `None` for a fragment other than the first.
+    port: Option<u16>,
+}
+
+impl Facts {
+    fn of(h: &Headers) -> Facts {
+        Facts {
+            src: h.src.into(),
+            dst: h.dst.into(),
+            proto: h.proto,
+            icmp: h.is_icmp(),
+            port: h.dst_port(),
+        }
+    }
+
+    /// Whether `s` covers the packet. A fragment other than the first has no ports: only
+    /// services of its protocol without a port range (`tcp`, `udp`) cover it; otherwise it
+    /// follows its first fragment (see [`Access::inbound`]).
+    fn served_by(&self, s: &Svc) -> bool {
+        match s.proto {
+            0 => true,
+            packet::ICMP => self.icmp,
+            proto => {
+                proto == self.proto
+                    && match self.port {
+                        Some(port) => s.first <= port && port <= s.last,
+                        None => (s.first, s.last) == (0, u16::MAX),
+                    }
             }
         }
     }
@@ -83,7 +155,7 @@ struct Rule {
     from_sites: Vec<u16>,
     from: Nets,
     to: Nets,
-    services: Vec<Service>,
+    services: Vec<Svc>,
 }
 
 /// What decides a packet's fate.
@@ -200,7 +272,7 @@ impl Filter {
                     from_sites,
                     from,
                     to,
-                    services: r.services.clone(),
+                    services: r.services.iter().map(|s| Svc::from(*s)).collect(),
                 }
             })
             .collect();
@@ -238,16 +310,17 @@ impl Filter {
 
     /// What the rules and the default make of a packet with headers `h`.
     pub fn verdict(&self, h: &Headers) -> Verdict {
+        let f = Facts::of(h);
         let mut site = None;
         for (i, r) in self.rules.iter().enumerate() {
-            if !r.to.contains(h.dst) || !r.services.iter().any(|s| serves(*s, h)) {
+            if !r.to.contains(f.dst) || !r.services.iter().any(|s| f.served_by(s)) {
                 continue;
             }
             let by_site = !r.from_sites.is_empty() && {
                 let s = *site.get_or_insert_with(|| self.site(h.src));
                 r.from_sites.contains(&s)
             };
-            if by_site || r.from.contains(h.src) {
+            if by_site || r.from.contains(f.src) {
                 return match r.action {
                     Action::Allow => Verdict::Allow,
                     Action::Deny => Verdict::Deny(i),
@@ -258,26 +331,6 @@ impl Filter {
             Action::Allow => Verdict::Allow,
             Action::Deny => Verdict::Deny(self.rules.len()),
         }
-    }
-}
-
-/// Whether `service` covers a packet. A fragment other than the first has no ports: only
-/// services of its protocol without a port range (`tcp`, `udp`) cover it; otherwise it
-/// follows its first fragment (see [`Access::inbound`]).
-fn serves(service: Service, h: &Headers) -> bool {
-    let port_in = |proto: u8, first: u16, last: u16| {
-        h.proto == proto
-            && match h.transport {
-                Transport::Ports { dst, .. } => (first..=last).contains(&dst),
-                Transport::Fragment => (first, last) == (0, u16::MAX),
-                _ => false,
-            }
-    };
-    match service {
-        Service::Any => true,
-        Service::Icmp => h.is_icmp(),
-        Service::Tcp { first, last } => port_in(TCP, first, last),
-        Service::Udp { first, last } => port_in(UDP, first, last),
     }
 }
 
@@ -294,12 +347,16 @@ pub struct AccessReport {
 }
 
 /// The policy on the packet path: the filter, the flows this node sent, the drop counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Access {
+    /// `filter.allows_all()`, kept here so the packet path with no policy reads one byte.
+    open: bool,
     filter: std::sync::Arc<Filter>,
     flows: Flows,
     /// Fragmented datagrams whose first fragment passed.
     fragmented: Option<Flows<DatagramKey>>,
+    /// What recent flows' packets got, so the next ones of each skip the work.
+    recent: cache::Cache,
     /// Seconds since `epoch` (the first tick).
     now: u32,
     epoch: Option<Instant>,
@@ -310,13 +367,33 @@ pub struct Access {
     changed: bool,
 }
 
+impl Default for Access {
+    /// No policy: every packet passes.
+    fn default() -> Self {
+        Access {
+            open: true,
+            filter: Default::default(),
+            flows: Flows::default(),
+            fragmented: None,
+            recent: Default::default(),
+            now: 0,
+            epoch: None,
+            counts: Vec::new(),
+            earlier: BTreeMap::new(),
+            changed: false,
+        }
+    }
+}
+
 impl Access {
     /// Puts `filter` in force. Counts so far are kept under their site and reason names;
     /// the flows stay (they do not depend on the policy).
     pub fn set_filter(&mut self, filter: std::sync::Arc<Filter>) {
         self.fold_counts();
         self.counts = vec![0; filter.sites.len() * filter.reasons.len()];
+        self.open = filter.open;
         self.filter = filter;
+        self.recent.clear();
         self.changed = true;
     }
 
@@ -332,10 +409,14 @@ impl Access {
     }
 
     /// A packet this node sends into a tunnel: remembered, so its replies pass.
+    #[inline]
     pub fn outbound(&mut self, packet: &[u8]) {
-        if self.filter.open {
-            return;
+        if !self.open {
+            self.track(packet);
         }
+    }
+
+    fn track(&mut self, packet: &[u8]) {
         let Some(h) = packet::parse(packet) else {
             return;
         };
@@ -364,15 +445,29 @@ impl Access {
             UDP => UDP_IDLE,
             _ => ICMP_IDLE,
         };
-        self.flows.sent(flow, self.now, idle);
+        // Once a second per flow is enough to keep it alive.
+        let second = self.now.saturating_add(1);
+        if self
+            .recent
+            .get(&flow)
+            .is_some_and(|e| e.refreshed == second)
+        {
+            return;
+        }
+        let until = self.flows.sent(flow, self.now, idle);
+        let e = self.recent.entry(flow);
+        e.refreshed = second;
+        e.reply_until = until.unwrap_or(0);
     }
 
     /// A packet decrypted from a tunnel (its source already checked against the peer):
     /// whether it may be delivered. A refused packet is counted and logged at TRACE.
+    #[inline]
     pub fn inbound(&mut self, packet: &[u8]) -> bool {
-        if self.filter.open || packet.is_empty() {
-            return true;
-        }
+        self.open || packet.is_empty() || self.judge(packet)
+    }
+
+    fn judge(&mut self, packet: &[u8]) -> bool {
         let Some(h) = packet::parse(packet) else {
             let reason = self.filter.reasons.len() - 1;
             let src = source_of(packet);
@@ -381,8 +476,30 @@ impl Access {
             self.count(site, reason);
             return false;
         };
+        // A flow's packets after its first: what the first got (TCP and UDP only; fragments
+        // take the full path, which remembers their datagram).
+        let flow = match h.transport {
+            Transport::Ports { src, dst } if h.fragment.is_none() => Some(FlowKey {
+                proto: h.proto,
+                local: h.dst,
+                remote: h.src,
+                local_port: dst,
+                remote_port: src,
+            }),
+            _ => None,
+        };
+        if let Some(e) = flow.and_then(|f| self.recent.get(&f)) {
+            if e.allowed || e.reply_until > self.now {
+                return true;
+            }
+        }
         let pass = match self.filter.verdict(&h) {
-            Verdict::Allow => Ok(()),
+            Verdict::Allow => {
+                if let Some(f) = flow {
+                    self.recent.entry(f).allowed = true;
+                }
+                Ok(())
+            }
             Verdict::Deny(reason) => {
                 let later_fragment = h.fragment.filter(|f| !f.first).is_some_and(|f| {
                     self.fragmented
@@ -390,6 +507,11 @@ impl Access {
                         .is_some_and(|d| d.has(&(h.proto, h.src, h.dst, f.id), self.now))
                 });
                 if later_fragment || self.answers_own_flow(packet, &h) {
+                    if let Some(until) = flow.and_then(|f| self.flows.until(&f, self.now)) {
+                        self.recent
+                            .entry(flow.expect("a flow has a key"))
+                            .reply_until = until;
+                    }
                     Ok(())
                 } else {
                     Err(reason)

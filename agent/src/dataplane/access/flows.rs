@@ -17,7 +17,7 @@ pub const ICMP_IDLE: u32 = 30;
 const SWEEP_EVERY: u32 = 1;
 
 /// One flow, from this side: the local host sent to the remote one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub proto: u8,
     pub local: IpAddr,
@@ -28,6 +28,25 @@ pub struct FlowKey {
 }
 
 /// Entries expiring after an idle time, at most `max` of them (flows, by default).
+impl std::hash::Hash for FlowKey {
+    /// One write of the packed key: a keyed hash costs about half of what it does field by
+    /// field (measured in `bench/src/bin/access.rs`), and every packet the node sends pays it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let mut b = [0u8; 38];
+        b[0] = self.proto;
+        b[1] = u8::from(self.local.is_ipv4());
+        b[2..18].copy_from_slice(&octets(self.local));
+        b[18..34].copy_from_slice(&octets(self.remote));
+        b[34..36].copy_from_slice(&self.local_port.to_be_bytes());
+        b[36..38].copy_from_slice(&self.remote_port.to_be_bytes());
+        state.write(&b);
+    }
+}
+
 #[derive(Debug)]
 pub struct Flows<K = FlowKey> {
     /// Entry -> when it expires (seconds).
@@ -54,26 +73,33 @@ impl<K: std::hash::Hash + Eq> Flows<K> {
         }
     }
 
-    /// The node sent a packet of `flow` at `now`: it lives for `idle` more seconds.
-    pub fn sent(&mut self, flow: K, now: u32, idle: u32) {
+    /// The node sent a packet of `flow` at `now`: it lives for `idle` more seconds. Returns
+    /// until when, or `None` if the table is full.
+    pub fn sent(&mut self, flow: K, now: u32, idle: u32) -> Option<u32> {
         let until = now.saturating_add(idle);
         if let Some(e) = self.table.get_mut(&flow) {
             *e = until;
-            return;
+            return Some(until);
         }
         if self.table.len() >= self.max {
             self.sweep(now);
             if self.table.len() >= self.max {
                 self.untracked += 1;
-                return;
+                return None;
             }
         }
         self.table.insert(flow, until);
+        Some(until)
+    }
+
+    /// Until when `flow` lives, if it does at `now`.
+    pub fn until(&self, flow: &K, now: u32) -> Option<u32> {
+        self.table.get(flow).copied().filter(|until| *until > now)
     }
 
     /// Whether `flow` was sent and has not expired at `now`.
     pub fn has(&self, flow: &K, now: u32) -> bool {
-        self.table.get(flow).is_some_and(|until| *until > now)
+        self.until(flow, now).is_some()
     }
 
     pub fn len(&self) -> usize {

@@ -441,7 +441,53 @@ fn a_filter_knows_the_map_it_was_compiled_from() {
     let f = Filter::for_map(&map);
     map.peers.get_mut("a/gw").unwrap().allowed_ips.pop();
     assert!(!f.is_for(&map));
-    // Any other service kind works over IPv6 as over IPv4.
+    // Another protocol is covered by `any` only, over IPv6 as over IPv4.
     let h = packet::parse(&v6("fd00:1::5", "fd00:2::9", 132, &[0; 8])).unwrap();
-    assert!(!serves(Service::Icmp, &h) && serves(Service::Any, &h));
+    let f = Facts::of(&h);
+    assert!(!f.served_by(&Service::Icmp.into()) && f.served_by(&Service::Any.into()));
+    let udp_any: Service = "udp".parse().unwrap();
+    assert!(!f.served_by(&udp_any.into()));
+}
+
+#[test]
+fn what_recent_flows_got_never_outlives_the_policy_or_the_flow() {
+    let mut a = access(&deny_policy());
+    let t0 = Instant::now();
+    a.tick(t0);
+    let web = tcp(A_HOST, 40000, B_HOST, 443);
+    assert!(
+        a.inbound(&web) && a.inbound(&web),
+        "allowed, then from the cache"
+    );
+    // The rule goes: the flow's next packet is judged again.
+    let mut p = deny_policy();
+    p.rules.remove(0);
+    a.set_filter(Arc::new(Filter::compile(
+        &p,
+        &peers(),
+        Some(Ipv4Addr::from(OWN)),
+    )));
+    assert!(!a.inbound(&web));
+    // A reply passes from the cache while its flow lives, and not after.
+    a.outbound(&udp(B_HOST, 50001, A_HOST, 53));
+    let answer = udp(A_HOST, 53, B_HOST, 50001);
+    assert!(a.inbound(&answer) && a.inbound(&answer));
+    a.tick(t0 + Duration::from_secs(u64::from(UDP_IDLE)));
+    assert!(!a.inbound(&answer));
+    // Sending again within the same second refreshes nothing new, but a later second does.
+    a.outbound(&udp(B_HOST, 50001, A_HOST, 53));
+    a.outbound(&udp(B_HOST, 50001, A_HOST, 53));
+    assert!(a.inbound(&answer));
+    a.tick(t0 + Duration::from_secs(u64::from(2 * UDP_IDLE) - 1));
+    a.outbound(&udp(B_HOST, 50001, A_HOST, 53));
+    a.tick(t0 + Duration::from_secs(u64::from(2 * UDP_IDLE) + 1));
+    assert!(
+        a.inbound(&answer),
+        "refreshed a second before it would have gone"
+    );
+    assert_eq!(
+        drops(&a),
+        vec![d("a", "default", 2)],
+        "the rule-less web packet and the late answer"
+    );
 }
