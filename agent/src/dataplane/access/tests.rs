@@ -491,3 +491,68 @@ fn what_recent_flows_got_never_outlives_the_policy_or_the_flow() {
         "the rule-less web packet and the late answer"
     );
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_unreadable_ones_never_pass() {
+    // Real packets with bytes flipped and cut, and plain noise, through both directions.
+    let mut a = access(&deny_policy());
+    a.tick(Instant::now());
+    let seeds = [
+        tcp(A_HOST, 40000, B_HOST, 443),
+        udp(B_HOST, 50000, A_HOST, 53),
+        v4(
+            A_HOST,
+            B_HOST,
+            ICMP,
+            &icmp(3, 4, [0; 4], &udp(B_HOST, 1, A_HOST, 2)[..28]),
+        ),
+        v6(
+            "fd00:1::5",
+            "fd00:2::9",
+            44,
+            &[TCP, 0, 0, 1, 0, 0, 0, 7, 0x9c, 0x40, 1, 187],
+        ),
+        v6(
+            "fd00:3::1",
+            "fd00:2::9",
+            ICMPV6,
+            &icmp(
+                2,
+                0,
+                [0; 4],
+                &v6("fd00:2::9", "fd00:3::5", UDP, &ports(UDP, 1, 2)),
+            ),
+        ),
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..200_000u64 {
+        let mut p = if i % 10 == 0 {
+            (0..next() % 80).map(|_| next() as u8).collect()
+        } else {
+            seeds[(next() % seeds.len() as u64) as usize].clone()
+        };
+        for _ in 0..next() % 4 {
+            if !p.is_empty() {
+                let at = (next() % p.len() as u64) as usize;
+                p[at] = next() as u8;
+            }
+        }
+        if next() % 3 == 0 {
+            p.truncate((next() % (p.len() as u64 + 1)) as usize);
+        }
+        a.outbound(&p);
+        let passed = a.inbound(&p);
+        if passed && !p.is_empty() {
+            assert!(
+                packet::parse(&p).is_some(),
+                "an unreadable packet passed: {p:?}"
+            );
+        }
+    }
+}
