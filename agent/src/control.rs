@@ -17,6 +17,7 @@ use strait_pki::renewal::{self, CertSource, RenewalState};
 use strait_pki::tls::{self, client_config, quic_client_config, CertStore};
 use strait_pki::vault::{VaultCertSource, VaultPki};
 use strait_pki::{CertBundle, Role};
+use strait_proto::access::AccessDrop;
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::map::{NetworkMap, PeerKind};
 use strait_proto::msg::{
@@ -79,6 +80,8 @@ pub struct DataplaneChannels {
     pub conflicts: watch::Receiver<Vec<Refusal>>,
     /// Tunnels and their paths (published every few seconds).
     pub links: watch::Receiver<Vec<PeerLink>>,
+    /// Packets the access policy dropped, sent with the links.
+    pub access_drops: watch::Receiver<Vec<AccessDrop>>,
     /// On-demand probes (`None` without a userspace data plane).
     pub pings: Option<mpsc::Sender<PingRequest>>,
     /// This node's WireGuard key; a key rotation publishes the new one here.
@@ -405,7 +408,8 @@ impl Session<'_> {
                 changed = self.reports.links.changed() => {
                     if changed.is_ok() {
                         let peers = self.reports.links.borrow_and_update().clone();
-                        if let Err(e) = wire::write(&mut send, &AgentEvent::LinkReport { peers }).await {
+                        let access_drops = self.reports.access_drops.borrow().clone();
+                        if let Err(e) = wire::write(&mut send, &AgentEvent::LinkReport { peers, access_drops }).await {
                             break Err(anyhow::Error::from(e).context("reporting links"));
                         }
                     }

@@ -81,6 +81,7 @@ async fn main() -> Result<()> {
             let (maps, maps_rx) = tokio::sync::watch::channel(None);
             let (conflicts_tx, conflicts_rx) = tokio::sync::watch::channel(Vec::new());
             let (links_tx, links_rx) = tokio::sync::watch::channel(Vec::new());
+            let (access_tx, access_rx) = tokio::sync::watch::channel(Vec::new());
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
             let mut pings = None;
@@ -130,6 +131,7 @@ async fn main() -> Result<()> {
                             conflicts: conflicts_tx,
                             links: links_tx,
                             counters,
+                            access_drops: access_tx,
                         },
                         pings_rx,
                         async move {
@@ -143,6 +145,7 @@ async fn main() -> Result<()> {
             let reports = control::DataplaneChannels {
                 conflicts: conflicts_rx,
                 links: links_rx,
+                access_drops: access_rx,
                 pings,
                 keys: keys_tx,
             };

@@ -1,7 +1,7 @@
 //! The agent's Prometheus metrics, read at scrape time from what the agent already keeps:
 //! the data plane's latest link report (paths, bytes, handshakes), its route conflicts, its
-//! IO counters, the current certificate and its renewal, and whether a coordinator session is
-//! up. Nothing
+//! IO counters and access policy drops, the current certificate and its renewal, and whether
+//! a coordinator session is up. Nothing
 //! here is on the packet path. Served by `strait_observe::http` at `metrics-listen`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -286,6 +286,39 @@ impl Collector for Shared {
                 Counter,
                 rejected,
             )?;
+            let access = c.access();
+            family(
+                &mut e,
+                "strait_agent_access_dropped_packets",
+                "Decrypted packets the access policy dropped, by the sending peer's site and reason (a rule's name, default, or malformed)",
+                Counter,
+                access
+                    .drops
+                    .iter()
+                    .map(|d| {
+                        let l: Labels = vec![("site", d.site.clone()), ("reason", d.reason.clone())];
+                        (l, d.packets as f64)
+                    })
+                    .collect(),
+            )?;
+            gauge(
+                &mut e,
+                "strait_agent_access_rules",
+                "Access policy rules this node enforces (0 with no policy or a bare default)",
+                access.rules as f64,
+            )?;
+            gauge(
+                &mut e,
+                "strait_agent_access_flows",
+                "Flows this node sent into its tunnels and tracks, so their replies pass the access policy",
+                access.flows as f64,
+            )?;
+            counter(
+                &mut e,
+                "strait_agent_access_untracked_flows",
+                "New flows not tracked because the flow table was full (their replies meet the rules alone)",
+                access.untracked,
+            )?;
         }
         if let Some(certs) = m.certs.get() {
             let b = certs.bundle();
@@ -364,6 +397,16 @@ mod tests {
         let counters = Arc::new(Counters::default());
         counters.probes_rejected[ProbeRefusal::BadMac.index()]
             .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        *counters.access.lock().unwrap() = crate::dataplane::access::AccessReport {
+            drops: vec![strait_proto::access::AccessDrop {
+                site: "gcp-usc1".into(),
+                reason: "no-ssh".into(),
+                packets: 4,
+            }],
+            flows: 7,
+            untracked: 1,
+            rules: 2,
+        };
         let m = Arc::new(AgentMetrics::new(links, conflicts, Some(counters)));
         let ca = strait_pki::ca::BuiltinCa::generate("prod").unwrap();
         let id = strait_pki::Identity::node("prod", "aws-use1", "gw", strait_pki::Role::Gateway)
@@ -420,6 +463,11 @@ mod tests {
             r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="bad-mac"} 3"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="not-in-flight"} 0"#.to_string(),
+            r#"strait_agent_access_dropped_packets_total{site="gcp-usc1",reason="no-ssh"} 4"#
+                .to_string(),
+            "strait_agent_access_rules 2".to_string(),
+            "strait_agent_access_flows 7".to_string(),
+            "strait_agent_access_untracked_flows_total 1".to_string(),
             r#"strait_cert_renewal_state{state="retrying"} 1"#.to_string(),
             r#"strait_cert_renewal_state{state="valid"} 0"#.to_string(),
             "strait_cert_renewal_failures_total 0".to_string(),

@@ -56,6 +56,10 @@ pub struct Config {
     /// certificate, so that a flood of connections cannot exhaust it.
     #[serde(default)]
     pub limits: Limits,
+    /// Which sites or prefixes may open traffic to which (default: every site reaches every
+    /// site); enforced by the receiving gateways. See [`crate::access`].
+    #[serde(default)]
+    pub policy: crate::access::PolicyConfig,
 }
 
 /// `[limits]`: connection limits. A connection counts from its first packet (handshakes
@@ -547,6 +551,7 @@ impl Config {
                 );
             }
         }
+        crate::access::Policy::build(self)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use strait_pki::tls::{client_config, quic_client_config, CertStore};
 use strait_pki::{CertBundle, Role};
+use strait_proto::access::{Action, PolicyView};
 use strait_proto::client::{self, ClientError};
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::msg::{
@@ -397,6 +398,84 @@ pub fn render_links(links: &[LinkInfo]) -> String {
     )
 }
 
+/// `straitctl policy`: the rules in order, then per tunnel node whether it has the current
+/// policy and what it dropped.
+pub fn render_policy(p: &PolicyView) -> String {
+    let mut out = if p.rules.is_empty() && p.default == Action::Allow {
+        "access policy: none (default allow: every site reaches every site)\n".to_string()
+    } else {
+        format!(
+            "access policy: default {}, {} rule(s), first tried first; in force since map version {}\n",
+            p.default.as_str(),
+            p.rules.len(),
+            p.since_version
+        )
+    };
+    let join = |v: &[String]| v.join(",");
+    if !p.rules.is_empty() {
+        out.push('\n');
+        let rows = p
+            .rules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.action.as_str().to_string(),
+                    join(&r.from),
+                    join(&r.to),
+                    r.services
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["RULE", "ACTION", "FROM", "TO", "PORTS"], rows));
+    }
+    if !p.nodes.is_empty() {
+        out.push('\n');
+        let rows = p
+            .nodes
+            .iter()
+            .map(|n| {
+                let map = if n.map_version < p.since_version {
+                    format!("{} (previous policy)", n.map_version)
+                } else {
+                    n.map_version.to_string()
+                };
+                vec![
+                    n.node.clone(),
+                    if n.online { "online" } else { "offline" }.to_string(),
+                    map,
+                    n.rules.to_string(),
+                    n.drops.iter().map(|d| d.packets).sum::<u64>().to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "STATE", "MAP", "RULES", "DROPPED"], rows));
+    }
+    let drops: Vec<Vec<String>> = p
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.drops.iter().map(|d| {
+                vec![
+                    n.node.clone(),
+                    d.site.clone(),
+                    d.reason.clone(),
+                    d.packets.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !drops.is_empty() {
+        out.push_str("\ndropped packets (as each node last reported, every few seconds):\n");
+        out.push_str(&table(&["NODE", "FROM-SITE", "REASON", "PACKETS"], drops));
+    }
+    out
+}
+
 /// Mbit/s as people read it: `940 Mbit/s`, `3.62 Gbit/s`.
 pub fn human_rate(mbps: f64) -> String {
     if mbps >= 1000.0 {
@@ -582,6 +661,71 @@ pub fn render_dot(g: &GraphView) -> String {
 mod tests {
     use super::*;
     use strait_proto::msg::{GraphNode, GraphSite};
+
+    #[test]
+    fn the_policy_shows_rules_in_order_stale_nodes_and_drops() {
+        use strait_proto::access::{AccessDrop, NodeDrops, RuleView, Service};
+        let none = PolicyView {
+            default: Action::Allow,
+            rules: vec![],
+            since_version: 3,
+            nodes: vec![],
+        };
+        assert!(render_policy(&none).contains("none (default allow"));
+        let p = PolicyView {
+            default: Action::Deny,
+            rules: vec![RuleView {
+                name: "web".into(),
+                action: Action::Allow,
+                from: vec!["a".into(), "10.30.1.0/24".into()],
+                to: vec!["b".into()],
+                services: vec![
+                    Service::Tcp {
+                        first: 443,
+                        last: 443,
+                    },
+                    Service::Icmp,
+                ],
+            }],
+            since_version: 12,
+            nodes: vec![
+                NodeDrops {
+                    node: "b/gw".into(),
+                    online: true,
+                    map_version: 12,
+                    rules: 1,
+                    drops: vec![
+                        AccessDrop {
+                            site: "a".into(),
+                            reason: "default".into(),
+                            packets: 7,
+                        },
+                        AccessDrop {
+                            site: "c".into(),
+                            reason: "malformed".into(),
+                            packets: 1,
+                        },
+                    ],
+                },
+                NodeDrops {
+                    node: "a/gw".into(),
+                    online: false,
+                    map_version: 11,
+                    rules: 0,
+                    drops: vec![],
+                },
+            ],
+        };
+        let text = render_policy(&p);
+        assert!(text.contains("default deny, 1 rule(s)"), "{text}");
+        assert!(
+            text.contains("web   allow   a,10.30.1.0/24  b   tcp/443,icmp"),
+            "{text}"
+        );
+        assert!(text.contains("b/gw  online   12"), "{text}");
+        assert!(text.contains("11 (previous policy)"), "{text}");
+        assert!(text.contains("b/gw  a          default    7"), "{text}");
+    }
 
     #[test]
     fn tables_align_columns() {

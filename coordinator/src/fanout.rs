@@ -79,8 +79,8 @@ impl<T> Sessions<T> {
 
     /// The sessions whose map `changes` (from the current views to `next`) concerns, each
     /// once. Only the sites whose sessions may be concerned are visited: all of them when a
-    /// peer changed (tunnel nodes anywhere see it), else the sites whose routes changed and
-    /// the changed nodes themselves.
+    /// peer changed (tunnel nodes anywhere see it), else the sites whose routes or access
+    /// policy changed and the changed nodes themselves.
     pub fn concerned<'a>(&'a self, changes: &Changes, next: &Views) -> Vec<&'a T> {
         let mut out = Vec::new();
         let mut visit = |site: &String, nodes: &'a BTreeMap<String, Vec<(u64, T)>>| {
@@ -91,7 +91,12 @@ impl<T> Sessions<T> {
             }
         };
         let whole_sites: Vec<&String> = if changes.peer_sites.is_empty() {
-            changes.route_sites.iter().collect()
+            let sites: std::collections::BTreeSet<&String> = changes
+                .route_sites
+                .iter()
+                .chain(&changes.access_sites)
+                .collect();
+            sites.into_iter().collect()
         } else {
             self.by_site.keys().collect()
         };

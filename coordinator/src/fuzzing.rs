@@ -17,9 +17,11 @@ use strait_pki::{Fingerprint, Identity, Role};
 use strait_proto::map::NetworkMap;
 use strait_proto::msg::{Endpoint, EndpointKind, PathFigures, PeerLink, Refusal, Registration};
 
+use crate::access::{Names, PolicyConfig, RuleConfig};
 use crate::config::{Config, ExternalPeerConfig, PkiConfig, SiteConfig};
 use crate::mesh::{CoreError, IssuedCert, Mesh, NodeKey, NodeView, Persisted, StoreOp, Views};
 use crate::policy;
+use strait_proto::access::Action;
 
 // ---- configs ----
 
@@ -144,7 +146,8 @@ pub fn messages(data: &[u8]) {
 /// 4: overlay 100.64.0.0/29 (6 addresses) instead of /10; 8: an external peer in site `a`
 /// (10.1.9.0/24, overlay 100.64.0.1), named `gw` with 32, else `dc1`; 16: site `a` also has
 /// fd00:1::/48; 128: an external peer `dc2` in site `b` (10.2.9.0/24, no endpoint, no
-/// overlay address).
+/// overlay address). With site `c`, an access policy: default deny, `a` may open tcp/443 to
+/// `b`, 10.3.1.0/24 may not send DNS to `a`'s 10.1.5.0/24.
 pub fn config(flags: u8) -> Config {
     let site = |name: &str, prefixes: &[&str], full_mesh: bool| SiteConfig {
         name: name.into(),
@@ -185,6 +188,30 @@ pub fn config(flags: u8) -> Config {
             overlay_ip: None,
         });
     }
+    let policy = if flags & 2 != 0 {
+        let rule = |name: &str, action, from: &str, to: &str, ports: &str| RuleConfig {
+            name: Some(name.into()),
+            action,
+            from: Names(vec![from.into()]),
+            to: Names(vec![to.into()]),
+            ports: Names(vec![ports.into()]),
+        };
+        PolicyConfig {
+            default: Action::Deny,
+            rules: vec![
+                rule("web", Action::Allow, "a", "b", "tcp/443"),
+                rule(
+                    "no-dns",
+                    Action::Deny,
+                    "10.3.1.0/24",
+                    "10.1.5.0/24",
+                    "udp/53",
+                ),
+            ],
+        }
+    } else {
+        PolicyConfig::default()
+    };
     Config {
         mesh: "prod".into(),
         name: "primary".into(),
@@ -202,6 +229,7 @@ pub fn config(flags: u8) -> Config {
         throughput_probes: None,
         metrics_listen: None,
         limits: Default::default(),
+        policy,
         store: Default::default(),
     }
 }
@@ -751,7 +779,13 @@ impl Harness {
                 .unwrap_or_else(|| panic!("registered node {key:?} has no view"));
             let map = view.to_map(views.mesh());
             assert_eq!(mesh.map_for(&key).as_ref(), Some(&map));
-            check_map(&key, &view, &map, version);
+            let tunnel = !view.peers.is_empty()
+                || nodes.iter().any(|n| {
+                    (&n.site, &n.name) == (&key.0, &key.1)
+                        && (n.role == Role::Gateway
+                            || self.config.site(&n.site).is_some_and(|s| s.full_mesh))
+                });
+            check_map(&key, &view, &map, version, &self.config, tunnel);
             match self.sessions.get_mut(&key) {
                 None => {
                     self.sessions.insert(key.clone(), Session { view, map });
@@ -832,6 +866,9 @@ impl Harness {
 
         // Operators' views.
         let _ = (mesh.status("builtin"), mesh.routes(), mesh.graph());
+        let policy = mesh.policy_view();
+        assert_eq!(policy.rules.len(), self.config.policy.rules.len());
+        assert!(policy.since_version <= version);
         for l in mesh.links() {
             assert!(l.a != l.b, "a link from {} to itself", l.a);
         }
@@ -847,8 +884,50 @@ impl Harness {
     }
 }
 
-/// What one node's view and map must be.
-fn check_map(key: &NodeKey, view: &NodeView, map: &NetworkMap, version: u64) {
+/// What one node's view and map must be. `site` is the node's site's config, `tunnel`
+/// whether the node terminates tunnels.
+fn check_map(
+    key: &NodeKey,
+    view: &NodeView,
+    map: &NetworkMap,
+    version: u64,
+    config: &Config,
+    tunnel: bool,
+) {
+    // The access policy: a member enforces none; a tunnel node the default, and only rules
+    // whose destinations lie in its site or the overlay, in the configured order.
+    let site = config.site(&key.0).expect("a node of a declared site");
+    if !tunnel {
+        assert!(map.access.allows_all(), "{key:?}: a member got a policy");
+    } else {
+        assert_eq!(map.access.default, config.policy.default);
+        let configured: Vec<String> = crate::access::Policy::build(config)
+            .expect("a validated config's policy builds")
+            .rules
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        let mut at = 0;
+        for r in &map.access.rules {
+            let Some(i) = configured[at..].iter().position(|n| *n == r.name) else {
+                panic!("{key:?}: rule {} out of order or unknown", r.name);
+            };
+            at += i + 1;
+            assert!(
+                r.to_node || !r.to.is_empty(),
+                "{key:?}: rule {} with no destination",
+                r.name
+            );
+            for p in &r.to {
+                assert!(
+                    policy::contains(config.overlay_cidr, *p)
+                        || site.prefixes.iter().any(|own| policy::overlaps(*own, *p)),
+                    "{key:?}: rule {} sends {p} here, outside the site",
+                    r.name
+                );
+            }
+        }
+    }
     assert_eq!(map.version, version);
     assert_eq!((&map.node.site, &map.node.name), (&key.0, &key.1));
     assert!(

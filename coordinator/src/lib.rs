@@ -4,6 +4,8 @@
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
 //! - [`fanout`]: the current map version and waking only the sessions it concerns.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
+//! - [`access`]: the inter-site access policy (`[policy]`), validated and compiled per site
+//!   (pure).
 //! - [`probes`]: operators' probes relayed to agents, scheduled throughput probes.
 //! - [`metrics`]: Prometheus metrics (served at `metrics-listen`).
 //! - [`ratelimit`]: failed-attempt limits per client address (join tokens; pure).
@@ -11,6 +13,7 @@
 //! - [`handshake`]: which refusal a failed handshake counts as (pure).
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
+pub mod access;
 pub mod config;
 pub mod connlimit;
 pub mod ctl;

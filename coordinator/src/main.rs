@@ -99,8 +99,8 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()> {
-    let mut config = Config::load(&config)?;
+async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let mut config = Config::load(&path)?;
     if let Some(l) = listen {
         config.listen = l;
     }
@@ -206,13 +206,43 @@ async fn serve(config: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<
         sites = config.sites.len(),
         "coordinator serving"
     );
+    let reloads = tokio::spawn(reload_policy_on_hangup(coordinator.clone(), path));
     server::serve(coordinator, endpoint, shutdown_signal()).await?;
+    reloads.abort();
     renewal.abort();
     if let Some(m) = metrics_server {
         m.abort();
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// On SIGHUP, reads the config file again and puts its `[policy]` in force (other keys take
+/// effect at the next start). A file that does not validate changes nothing.
+async fn reload_policy_on_hangup(coordinator: Arc<Coordinator>, path: PathBuf) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot watch SIGHUP; a changed [policy] takes effect at the next start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloaded = Config::load(&path).and_then(|c| {
+            let rules = c.policy.rules.len();
+            let version = coordinator.reload_policy(c.policy)?;
+            Ok((rules, version))
+        });
+        match reloaded {
+            Ok((rules, version)) => tracing::info!(
+                rules,
+                version,
+                "access policy reloaded (only [policy] is reloaded; other keys take effect at the next start)"
+            ),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "access policy not reloaded; the previous one stays in force"
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 use strait_pki::token::{self, Grant, JoinToken, TokenBook, TokenError, TokenRecord};
 use strait_pki::{Fingerprint, Identity, Role};
+use strait_proto::access::AccessPolicy;
 use strait_proto::map::{MapDelta, NetworkMap, PeerKind, PeerView, RouteView, SelfView};
 use strait_proto::msg::{
     Endpoint, EndpointKind, ErrorCode, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus,
@@ -20,6 +21,7 @@ use strait_proto::msg::{
 use crate::config::{Config, SiteConfig};
 use crate::{overlay, policy};
 
+mod access;
 mod changes;
 pub use changes::Changes;
 
@@ -194,6 +196,8 @@ pub struct Mesh {
     issued: BTreeMap<String, IssuedCert>,
     version: u64,
     views: Arc<Views>,
+    /// The access policy (`[policy]`, or the last one reloaded), and what nodes dropped.
+    access: access::AccessState,
 }
 
 impl Mesh {
@@ -216,6 +220,7 @@ impl Mesh {
                 .into_iter()
                 .map(|c| (c.serial.clone(), c))
                 .collect(),
+            access: access::AccessState::new(&config, persisted.version),
             version: persisted.version,
             config,
         };
@@ -521,6 +526,7 @@ impl Mesh {
                 node.map_version = node.map_version.max(o.map_version);
             }
         }
+        self.carry_access(old);
     }
 
     /// Route conflicts a node's data plane reported.
@@ -921,6 +927,7 @@ impl Mesh {
             .iter()
             .map(|s| (s.name.as_str(), self.fail_closed(&s.name)))
             .collect();
+        let site_access = self.site_access(&prev);
         let nodes = self
             .nodes
             .values()
@@ -949,6 +956,7 @@ impl Mesh {
             peers,
             nodes,
             site_routes,
+            site_access,
         });
     }
 
@@ -1164,6 +1172,8 @@ pub struct Views {
     nodes: BTreeMap<NodeKey, (Arc<SelfView>, bool)>,
     /// The routes a member of each site installs.
     site_routes: BTreeMap<String, Arc<BTreeMap<IpNetwork, RouteView>>>,
+    /// The access policy each site's tunnel nodes enforce.
+    site_access: BTreeMap<String, Arc<AccessPolicy>>,
 }
 
 /// One node's map, sharing its parts with [`Views`].
@@ -1174,6 +1184,8 @@ pub struct NodeView {
     /// Sorted by id.
     pub peers: Vec<Arc<PeerView>>,
     pub routes: Arc<BTreeMap<IpNetwork, RouteView>>,
+    /// What the node lets through from its tunnels (allow-all for nodes without tunnels).
+    pub access: Arc<AccessPolicy>,
 }
 
 impl Views {
@@ -1196,11 +1208,16 @@ impl Views {
             let routes = self.site_routes.get(&key.0).cloned().unwrap_or_default();
             (Vec::new(), routes)
         };
+        let access = match self.site_access.get(&key.0) {
+            Some(a) if *tunnel => a.clone(),
+            _ => Arc::default(),
+        };
         Some(NodeView {
             version: self.version,
             node: node.clone(),
             peers,
             routes,
+            access,
         })
     }
 }
@@ -1217,6 +1234,7 @@ impl NodeView {
                 .map(|p| (p.id.clone(), (**p).clone()))
                 .collect(),
             routes: (*self.routes).clone(),
+            access: (*self.access).clone(),
         }
     }
 
@@ -1276,6 +1294,8 @@ impl NodeView {
             remove_peers,
             upsert_routes,
             remove_routes,
+            access: (!Arc::ptr_eq(&self.access, &next.access) && self.access != next.access)
+                .then(|| (*next.access).clone()),
         }
     }
 }

@@ -372,6 +372,18 @@ impl Coordinator {
         out
     }
 
+    /// Puts a new `[policy]` in force (the config file reloaded on SIGHUP): checked against
+    /// the sites and overlay this coordinator runs with, then a new map version carries it
+    /// to every node. Returns that version.
+    pub fn reload_policy(&self, policy: crate::access::PolicyConfig) -> Result<u64> {
+        let mut config = (*self.config).clone();
+        config.policy = policy;
+        let policy = crate::access::Policy::build(&config)?;
+        self.mutate(|mesh| Ok(((), mesh.set_access_policy(policy.clone()))))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(self.core().mesh.version())
+    }
+
     /// Announces `v` to the sessions unless a newer version is out already.
     fn publish(&self, v: Arc<Views>) {
         // Two mutations may finish in either order after releasing the lock; never let an
@@ -969,6 +981,7 @@ async fn handle_stream(
             Ok(config) => Response::ExternalPeerConfig { config },
             Err(e) => Response::Error(core_err(e)),
         },
+        Request::Policy => Response::Policy(c.core().mesh.policy_view()),
     };
     if let Response::Error(e) = &response {
         tracing::info!(identity = %identity, request = kind, error = %e, "request refused");
@@ -1545,9 +1558,14 @@ fn on_agent_event(c: &Coordinator, key: &NodeKey, identity: &Identity, event: Ag
                 }
             }
         }
-        AgentEvent::LinkReport { peers } => {
+        AgentEvent::LinkReport {
+            peers,
+            access_drops,
+        } => {
             // Live figures: never stored, no map change.
-            c.core().mesh.report_links(key, peers);
+            let mut core = c.core();
+            core.mesh.report_links(key, peers);
+            core.mesh.report_access_drops(key, access_drops);
         }
     }
 }

@@ -97,6 +97,24 @@ fn write_seed_corpus() {
             ),
         ),
         ("coordinator-bad-duration", format!("heartbeat-timeout = \"soon\"\n{good}")),
+        (
+            "coordinator-policy",
+            format!(
+                "{good}{ext}[policy]\ndefault = \"deny\"\n\
+                 [[policy.rules]]\nname = \"web\"\nfrom = \"aws-use1\"\nto = \"gcp-usc1\"\n\
+                 ports = [\"tcp/443\", \"tcp/8000-8100\", \"icmp\"]\n\
+                 [[policy.rules]]\naction = \"deny\"\nfrom = [\"10.20.1.0/24\", \"gcp-usc1\"]\n\
+                 to = [\"10.10.9.0/24\", \"fd00:10:0:1::/64\"]\nports = \"udp/53\"\n\
+                 [[policy.rules]]\nfrom = \"100.64.0.0/10\"\nto = \"100.64.0.0/10\"\nports = \"any\"\n"
+            ),
+        ),
+        (
+            "coordinator-policy-bad",
+            format!(
+                "{good}[policy]\ndefault = \"allow\"\n\
+                 [[policy.rules]]\nfrom = \"aws-use1\"\nto = \"10.10.0.0/8\"\nports = \"tcp/99999\"\n"
+            ),
+        ),
     ];
     for (name, text) in seeds {
         write_seed(

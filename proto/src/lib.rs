@@ -5,7 +5,9 @@
 //! - [`msg`]: the versioned messages carried in frames.
 //! - [`map`]: network maps (what one node needs to know), their deltas and how to apply them.
 //! - [`probe`]: probes operators ask agents to run (live RTT per path, throughput).
+//! - [`access`]: the inter-site access policy a node enforces, and what it dropped.
 
+pub mod access;
 #[cfg(feature = "io")]
 pub mod client;
 pub mod frame;

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use crate::access::AccessPolicy;
 use crate::msg::{Endpoint, Refusal};
 use crate::Role;
 
@@ -23,6 +24,10 @@ pub struct NetworkMap {
     pub peers: BTreeMap<String, PeerView>,
     /// Routes a member installs through its site's gateway, by prefix.
     pub routes: BTreeMap<IpNetwork, RouteView>,
+    /// What this node lets through from its tunnels (its site's part of the mesh's access
+    /// policy); absent: everything, as in maps saved before policies existed.
+    #[serde(default, skip_serializing_if = "AccessPolicy::allows_all")]
+    pub access: AccessPolicy,
 }
 
 /// This node as the coordinator sees it.
@@ -111,6 +116,9 @@ pub struct MapDelta {
     pub upsert_routes: Vec<RouteView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_routes: Vec<IpNetwork>,
+    /// The node's access policy, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessPolicy>,
 }
 
 impl MapDelta {
@@ -121,6 +129,7 @@ impl MapDelta {
             && self.remove_peers.is_empty()
             && self.upsert_routes.is_empty()
             && self.remove_routes.is_empty()
+            && self.access.is_none()
     }
 }
 
@@ -167,6 +176,7 @@ impl NetworkMap {
             remove_peers,
             upsert_routes,
             remove_routes,
+            access: (self.access != new.access).then(|| new.access.clone()),
         }
     }
 
@@ -192,6 +202,9 @@ impl NetworkMap {
         }
         for r in &delta.upsert_routes {
             self.routes.insert(r.prefix, r.clone());
+        }
+        if let Some(access) = &delta.access {
+            self.access = access.clone();
         }
         self.version = delta.to_version;
         Ok(())
@@ -235,6 +248,7 @@ mod tests {
             },
             peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             routes: BTreeMap::new(),
+            access: AccessPolicy::default(),
         }
     }
 
@@ -275,5 +289,41 @@ mod tests {
         let mut stale = map(0, &[]);
         assert_eq!(stale.apply(&d), Err(VersionGap { have: 0, from: 1 }));
         assert!(map(3, &[]).diff(&map(4, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_policy_change_travels_in_deltas_and_old_maps_load_allowing_all() {
+        use crate::access::{AccessRule, Action, Service, Source};
+        let old = map(1, &[peer("b/gw1", true)]);
+        let mut new = map(2, &[peer("b/gw1", true)]);
+        new.access = AccessPolicy {
+            default: Action::Deny,
+            rules: vec![AccessRule {
+                name: "web".into(),
+                action: Action::Allow,
+                from: vec![Source::Site("b".into())],
+                to: vec!["10.1.0.0/16".parse().unwrap()],
+                to_node: true,
+                services: vec![Service::Tcp {
+                    first: 443,
+                    last: 443,
+                }],
+            }],
+        };
+        let d = old.diff(&new);
+        assert!(!d.is_empty() && d.upsert_peers.is_empty() && d.node.is_none());
+        assert_eq!(d.access.as_ref(), Some(&new.access));
+        let mut m = old.clone();
+        m.apply(&d).unwrap();
+        assert_eq!(m, new);
+        // And back to no policy.
+        let back = new.diff(&map(3, &[peer("b/gw1", true)]));
+        assert_eq!(back.access, Some(AccessPolicy::default()));
+        // A map saved before policies existed has no `access`: it allows all, and a map
+        // without a policy is written as before.
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("access"), "{json}");
+        let loaded: NetworkMap = serde_json::from_str(&json).unwrap();
+        assert!(loaded.access.allows_all());
     }
 }

@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{AccessDrop, PolicyView};
 use crate::map::{MapDelta, NetworkMap};
 use crate::probe::{Command, ProbeEvent, ProbeRequest};
 use crate::Role;
@@ -55,6 +56,8 @@ pub enum Request {
     RotateKey {
         node: String,
     },
+    /// The inter-site access policy and what each node dropped (read-only).
+    Policy,
 }
 
 impl Request {
@@ -82,6 +85,7 @@ impl Request {
             Request::ExternalPeerConfig { .. } => "external-peer-config",
             Request::Probe(_) => "probe",
             Request::RotateKey { .. } => "rotate-key",
+            Request::Policy => "policy",
         }
     }
 }
@@ -180,9 +184,12 @@ pub enum AgentEvent {
     RouteConflicts {
         conflicts: Vec<Refusal>,
     },
-    /// The data plane's view of each tunnel: paths and their figures, traffic, handshake.
+    /// The data plane's view of each tunnel: paths and their figures, traffic, handshake;
+    /// and the packets the access policy dropped so far (absent from older agents).
     LinkReport {
         peers: Vec<PeerLink>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        access_drops: Vec<AccessDrop>,
     },
     /// What happened while running a [`Command`].
     Probe {
@@ -296,6 +303,7 @@ pub enum Response {
     KeyRotation {
         node: String,
     },
+    Policy(PolicyView),
     Error(ErrorBody),
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use strait_proto::access::{self, AccessDrop, AccessPolicy, AccessRule, Source};
 use strait_proto::frame;
 use strait_proto::fuzzing;
 use strait_proto::map::{NetworkMap, PeerKind, PeerView, RouteView, SelfView};
@@ -102,6 +103,35 @@ fn map(version: u64, peers: &[PeerView], with_route: bool) -> NetworkMap {
         },
         peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
         routes,
+        access: Default::default(),
+    }
+}
+
+/// A site's access policy: default deny, web from one site, no DNS from a prefix.
+fn access_policy() -> AccessPolicy {
+    AccessPolicy {
+        default: access::Action::Deny,
+        rules: vec![
+            AccessRule {
+                name: "web".into(),
+                action: access::Action::Allow,
+                from: vec![Source::Site("gcp-euw1".into())],
+                to: vec![
+                    "10.1.0.0/16".parse().unwrap(),
+                    "fd00:1::/48".parse().unwrap(),
+                ],
+                to_node: true,
+                services: vec!["tcp/443".parse().unwrap(), "icmp".parse().unwrap()],
+            },
+            AccessRule {
+                name: "rule-2".into(),
+                action: access::Action::Deny,
+                from: vec![Source::Prefix("10.2.1.0/24".parse().unwrap())],
+                to: vec!["10.1.5.0/24".parse().unwrap()],
+                to_node: false,
+                services: vec!["udp/53-54".parse().unwrap(), "any".parse().unwrap()],
+            },
+        ],
     }
 }
 
@@ -339,6 +369,50 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                 enc(&SessionEvent::Snapshot(m2.clone())),
                 enc(&SessionEvent::Snapshot(m3.clone())),
                 enc(&SessionEvent::Delta(m1.diff(&m2))),
+            ],
+        ),
+        // The access policy: in a snapshot and a delta, reported drops, straitctl policy.
+        (
+            "access",
+            6,
+            vec![
+                enc(&SessionEvent::Snapshot({
+                    let mut m = m3.clone();
+                    m.access = access_policy();
+                    m
+                })),
+                enc(&SessionEvent::Delta(m2.diff(&{
+                    let mut m = m3.clone();
+                    m.access = access_policy();
+                    m
+                }))),
+                enc(&AgentEvent::LinkReport {
+                    peers: vec![],
+                    access_drops: vec![AccessDrop {
+                        site: "gcp-euw1".into(),
+                        reason: "default".into(),
+                        packets: 12,
+                    }],
+                }),
+                enc(&Request::Policy),
+                enc(&Response::Policy(access::PolicyView {
+                    default: access::Action::Deny,
+                    rules: vec![access::RuleView {
+                        name: "web".into(),
+                        action: access::Action::Allow,
+                        from: vec!["gcp-euw1".into()],
+                        to: vec!["aws-use1".into()],
+                        services: vec!["tcp/8000-8100".parse().unwrap()],
+                    }],
+                    since_version: 4,
+                    nodes: vec![access::NodeDrops {
+                        node: "aws-use1/gw".into(),
+                        online: true,
+                        map_version: 4,
+                        rules: 2,
+                        drops: vec![],
+                    }],
+                })),
             ],
         ),
         // Agent events.

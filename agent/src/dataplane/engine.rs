@@ -13,6 +13,7 @@ use boringtun::noise::{Packet, Tunn};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
 
+use super::access::{Access, AccessReport, Filter};
 use super::lpm::PrefixTable;
 use super::tunnel::{Output, Tunnel};
 use crate::paths::ping::{PingOutcome, Pings};
@@ -179,6 +180,8 @@ pub struct Engine {
     thresholds: Thresholds,
     /// Probes sent on demand for an operator.
     pings: Pings,
+    /// The access policy on decrypted packets, and the flows sent (whose replies pass).
+    access: Access,
 }
 
 /// One on-demand probe sent on one path.
@@ -214,7 +217,18 @@ impl Engine {
             by_id: HashMap::new(),
             thresholds: Thresholds::for_interval(probe_interval),
             pings: Pings::default(),
+            access: Access::default(),
         }
+    }
+
+    /// Puts an access policy in force (compiled from the map, see [`Filter::for_map`]).
+    pub fn set_access(&mut self, filter: std::sync::Arc<Filter>) {
+        self.access.set_filter(filter);
+    }
+
+    /// What the access policy dropped and tracks, if it changed since the last call.
+    pub fn take_access_report(&mut self) -> Option<AccessReport> {
+        self.access.take_report()
     }
 
     /// Makes the peer set equal to `specs`. Peers whose key is unchanged keep their session
@@ -380,6 +394,8 @@ impl Engine {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return None;
         };
+        // Remembered so that replies pass this node's access policy.
+        self.access.outbound(packet);
         let state = self.peers.get_mut(&idx)?;
         let endpoint = state.spec.endpoint;
         // Only just after a key rotation may another tunnel carry this peer's traffic.
@@ -420,7 +436,8 @@ impl Engine {
     }
 
     /// A datagram from the network. Decrypted packets whose inner source is not one of the
-    /// sending peer's allowed IPs are dropped (cryptokey routing).
+    /// sending peer's allowed IPs are dropped (cryptokey routing), then those the access
+    /// policy refuses.
     pub fn inbound(
         &mut self,
         from: SocketAddr,
@@ -433,6 +450,7 @@ impl Engine {
             return;
         };
         let table = &self.table;
+        let access = &mut self.access;
         let Some(state) = self.peers.get_mut(&idx) else {
             return;
         };
@@ -446,7 +464,9 @@ impl Engine {
             Output::Tun(packet, src) => {
                 authenticated = true;
                 if table.lookup(src) == Some(&owner) {
-                    emit(Emit::Tun(packet));
+                    if access.inbound(packet) {
+                        emit(Emit::Tun(packet));
+                    }
                 } else if !packet.is_empty() {
                     tracing::trace!(%src, peer = idx, "inner source not allowed for this peer; dropped");
                 }
@@ -575,6 +595,7 @@ impl Engine {
     /// probes that are due. Call often (every 50 ms); each path is probed at the interval.
     pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
         self.expire_retired(now);
+        self.access.tick(now);
         let own_id = self.own_id;
         for (idx, state) in self.peers.iter_mut() {
             if state.standing != Standing::Primary {
@@ -1072,6 +1093,73 @@ mod tests {
         // Removing the peer drops its traffic; the session of others is untouched.
         b.engine.set_peers(&[]);
         assert_eq!(b.engine.peer_count(), 0);
+    }
+
+    #[test]
+    fn the_receiving_engine_enforces_its_policy_and_lets_replies_to_its_own_flows_in() {
+        use crate::dataplane::access::packet::build::{ports, v4};
+        use crate::dataplane::access::packet::TCP;
+        use strait_proto::access::{AccessPolicy, AccessRule, Action, Source};
+        let (mut a, mut b) = pair();
+        let mut out = vec![0u8; BUFFER];
+        let tcp = |src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16| {
+            v4(src, dst, TCP, &ports(TCP, sport, dport))
+        };
+        let (ep, init) = a
+            .engine
+            .outbound(&ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), &mut out)
+            .map(|(e, d)| (e, d.to_vec()))
+            .unwrap();
+        exchange(&mut a, &mut b, (ep, init));
+        // B lets site a open tcp/443 and nothing else; A lets nothing in.
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let web = AccessPolicy {
+            default: Action::Deny,
+            rules: vec![AccessRule {
+                name: "web".into(),
+                action: Action::Allow,
+                from: vec![Source::Site("a".into())],
+                to: vec![net("10.2.0.0/16")],
+                to_node: false,
+                services: vec!["tcp/443".parse().unwrap()],
+            }],
+        };
+        b.engine.set_access(std::sync::Arc::new(Filter::compile(
+            &web,
+            &[("a".into(), vec![net("10.1.0.0/16")])],
+            None,
+        )));
+        let closed = AccessPolicy {
+            default: Action::Deny,
+            rules: vec![],
+        };
+        a.engine.set_access(std::sync::Arc::new(Filter::compile(
+            &closed,
+            &[("b".into(), vec![net("10.2.0.0/16")])],
+            None,
+        )));
+        let (a_host, b_host) = ([10, 1, 0, 5], [10, 2, 0, 9]);
+        let open = tcp(a_host, 40000, b_host, 443);
+        assert_eq!(send_one(&mut a, &mut b, &open), vec![open.clone()]);
+        // A sends anyway what B's policy refuses (A does not filter): B drops it.
+        let ssh = tcp(a_host, 40001, b_host, 22);
+        assert_eq!(send_one(&mut a, &mut b, &ssh), Vec::<Vec<u8>>::new());
+        // B's answer on the flow A opened reaches A; a flow B opens does not.
+        let answer = tcp(b_host, 443, a_host, 40000);
+        assert_eq!(send_one(&mut b, &mut a, &answer), vec![answer.clone()]);
+        let back = tcp(b_host, 5555, a_host, 22);
+        assert_eq!(send_one(&mut b, &mut a, &back), Vec::<Vec<u8>>::new());
+        let drops = |n: &mut Node| {
+            n.engine
+                .take_access_report()
+                .unwrap()
+                .drops
+                .into_iter()
+                .map(|d| (d.site, d.reason, d.packets))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(drops(&mut b), vec![("a".into(), "default".into(), 1)]);
+        assert_eq!(drops(&mut a), vec![("b".into(), "default".into(), 1)]);
     }
 
     #[test]

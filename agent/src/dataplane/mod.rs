@@ -2,12 +2,14 @@
 //! routes in the kernel. [`run`] applies every map the control plane publishes.
 //!
 //! - [`engine`]: per-packet decisions (cryptokey routing, roaming, timers).
+//! - [`access`]: the inter-site access policy on decrypted packets (pure).
 //! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
 //! - [`netlink`]: the only code that talks netlink.
 
+pub mod access;
 pub mod engine;
 pub mod lpm;
 pub mod netlink;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use ipnetwork::IpNetwork;
+use strait_proto::access::AccessDrop;
 use strait_proto::map::NetworkMap;
 use strait_proto::msg::{EndpointKind, PathFigures, PeerLink, Refusal};
 use tokio::sync::watch;
@@ -206,6 +209,8 @@ pub struct Reports {
     pub links: watch::Sender<Vec<PeerLink>>,
     /// IO counters, updated as packets move.
     pub counters: std::sync::Arc<pump::Counters>,
+    /// Packets the access policy dropped (published with the link reports).
+    pub access_drops: watch::Sender<Vec<AccessDrop>>,
 }
 
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
@@ -225,6 +230,7 @@ pub async fn run(
         conflicts,
         links,
         counters,
+        access_drops,
     } = reports;
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let mtu = match settings.mtu {
@@ -262,6 +268,8 @@ pub async fn run(
         .set_mark(routes::FWMARK)
         .context("marking the WireGuard socket (SO_MARK needs CAP_NET_ADMIN)")?;
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let (access_tx, access_rx) = watch::channel(Arc::new(access::Filter::allow_all()));
+    let io_counters = counters.clone();
     let (status_tx, mut status) = watch::channel(Vec::new());
     let secret = keys.borrow_and_update().secret().clone();
     let own_keys = keys.clone();
@@ -269,6 +277,7 @@ pub async fn run(
         keys: own_keys,
         peers: peers_rx,
         pings,
+        access: access_rx,
     };
     let mut engine = tokio::spawn(pump::run(
         tun,
@@ -291,7 +300,12 @@ pub async fn run(
         if map_changed {
             let map = maps.borrow_and_update().clone();
             if let Some(map) = map {
-                if let Err(e) = apply(&mut link, &settings, &map, &peers_tx, &conflicts).await {
+                let feeds = MapFeeds {
+                    peers: &peers_tx,
+                    access: &access_tx,
+                    conflicts: &conflicts,
+                };
+                if let Err(e) = apply(&mut link, &settings, &map, feeds).await {
                     tracing::warn!(error = %format!("{e:#}"), "applying the map failed; retrying at the next change");
                 }
             }
@@ -306,6 +320,15 @@ pub async fn run(
             }
             changed = status.changed() => {
                 if changed.is_ok() {
+                    // Drops first: the control session reads them when it sends the links.
+                    let drops = io_counters.access().drops;
+                    access_drops.send_if_modified(|current| {
+                        let changed = *current != drops;
+                        if changed {
+                            *current = drops;
+                        }
+                        changed
+                    });
                     let report = status.borrow_and_update().clone();
                     if let Some(map) = maps.borrow().as_ref() {
                         links.send_replace(peer_links(map, &report));
@@ -363,13 +386,24 @@ struct TunLink {
     address: Option<IpNetwork>,
 }
 
+/// Where a map's parts go.
+struct MapFeeds<'a> {
+    peers: &'a watch::Sender<Vec<PeerSpec>>,
+    access: &'a watch::Sender<Arc<access::Filter>>,
+    conflicts: &'a watch::Sender<Vec<Refusal>>,
+}
+
 async fn apply(
     link: &mut TunLink,
     settings: &Settings,
     map: &NetworkMap,
-    peers: &watch::Sender<Vec<PeerSpec>>,
-    conflicts: &watch::Sender<Vec<Refusal>>,
+    feeds: MapFeeds<'_>,
 ) -> Result<()> {
+    let MapFeeds {
+        peers,
+        access,
+        conflicts,
+    } = feeds;
     // Only nodes with tunnels carry the overlay address; a member reaches the overlay
     // through its gateway.
     if !map.peers.is_empty() {
@@ -383,6 +417,19 @@ async fn apply(
                 .await?;
             link.address = Some(want);
         }
+    }
+    // The policy goes before the peers it names, so no new peer's packet meets an old one;
+    // compiled here, off the packet path, and only when it changed.
+    if !access.borrow().is_for(map) {
+        let filter = access::Filter::for_map(map);
+        if *access.borrow().policy() != map.access {
+            tracing::info!(
+                rules = filter.rule_count(),
+                default = filter.policy().default.as_str(),
+                "access policy from the map"
+            );
+        }
+        access.send_replace(Arc::new(filter));
     }
     peers.send_replace(peer_specs(map, settings.keepalive));
     let plan = link

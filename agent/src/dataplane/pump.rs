@@ -27,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
+use super::access::{AccessReport, Filter};
 use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal};
 use super::tunnel::BUFFER;
 use crate::paths::ping::PingOutcome;
@@ -75,6 +76,9 @@ pub struct Counters {
     pub udp_recv_datagrams: AtomicU64,
     /// Probe datagrams dropped, by [`ProbeRefusal::index`].
     pub probes_rejected: [AtomicU64; ProbeRefusal::ALL.len()],
+    /// The access policy's drops and flows, copied from the engine when they change (at
+    /// most every timer pass, 50 ms).
+    pub access: Mutex<AccessReport>,
 }
 
 impl Counters {
@@ -85,6 +89,14 @@ impl Counters {
     /// A counter's current value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// The access policy's latest report.
+    pub fn access(&self) -> AccessReport {
+        self.access
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -155,6 +167,9 @@ pub struct Feeds {
     pub peers: watch::Receiver<Vec<PeerSpec>>,
     /// On-demand probes.
     pub pings: mpsc::Receiver<PingRequest>,
+    /// The access policy, compiled from the map. A new one is put in force before the
+    /// peers published after it.
+    pub access: watch::Receiver<Arc<Filter>>,
 }
 
 /// Runs the data plane on `tun` and `socket` until the peers feed closes (or the future
@@ -171,6 +186,7 @@ pub async fn run(
         mut keys,
         mut peers,
         mut pings,
+        mut access,
     } = feeds;
     socket.set_nonblocking(true)?;
     let state = UdpSocketState::new((&socket).into())?;
@@ -188,6 +204,7 @@ pub async fn run(
             tracing::debug!(error = %e, "could not size the UDP {what} buffer");
         }
     }
+    engine.set_access(access.borrow_and_update().clone());
     engine.set_peers(&peers.borrow_and_update());
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
@@ -207,6 +224,7 @@ pub async fn run(
     let mut pending = Pending::default();
     let mut pings_open = true;
     let mut keys_open = true;
+    let mut access_open = true;
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
     loop {
@@ -228,6 +246,9 @@ pub async fn run(
                     }
                     if pass % STATUS_PASSES == 0 {
                         status.send_replace(engine.status());
+                    }
+                    if let Some(report) = engine.take_access_report() {
+                        *shared.counters.access.lock().unwrap_or_else(|p| p.into_inner()) = report;
                     }
                 }
                 pass = pass.wrapping_add(1);
@@ -255,7 +276,22 @@ pub async fn run(
                     return Ok(());
                 }
                 let specs = peers.borrow_and_update().clone();
-                shared.engine().set_peers(&specs);
+                // A policy published with these peers applies before they do.
+                let filter = access.has_changed().unwrap_or(false).then(|| access.borrow_and_update().clone());
+                let mut engine = shared.engine();
+                if let Some(filter) = filter {
+                    engine.set_access(filter);
+                }
+                engine.set_peers(&specs);
+            }
+            changed = access.changed(), if access_open => {
+                if changed.is_err() {
+                    // The map is no longer followed; the policy stays as it is.
+                    access_open = false;
+                    continue;
+                }
+                let filter = access.borrow_and_update().clone();
+                shared.engine().set_access(filter);
             }
             changed = keys.changed(), if keys_open => {
                 if changed.is_err() {

@@ -338,6 +338,7 @@ mod tests {
             },
             peers: BTreeMap::from([(peer.id.clone(), peer)]),
             routes: BTreeMap::from([(route.prefix, route)]),
+            access: Default::default(),
         };
         let d = desired(&map, false);
         assert_eq!(

@@ -91,10 +91,13 @@ pub fn start(
                     let (_, pings) = tokio::sync::mpsc::channel(1);
                     // The key never changes here (the sender stays alive until the end).
                     let (keys_tx, keys) = watch::channel(Arc::new(WgKey::generate()));
+                    // No access policy here (every packet passes); the sender is dropped.
+                    let (_, access) = watch::channel(Arc::default());
                     let feeds = pump::Feeds {
                         keys,
                         peers: peers_rx,
                         pings,
+                        access,
                     };
                     pump::run(tun, socket, engine, feeds, c, status)
                         .await

@@ -100,6 +100,9 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// The inter-site access policy (`[policy]`: rules in the order they are tried) and,
+    /// per gateway, whether it has it and the packets it dropped.
+    Policy,
     /// Plain WireGuard devices declared in the coordinator's [[external-peers]].
     ExternalPeer {
         #[command(subcommand)]
@@ -243,6 +246,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             role: *role,
             ttl_secs: ttl.as_secs(),
         },
+        Command::Policy => Request::Policy,
         Command::Revoke { node } => Request::Revoke { node: node.clone() },
         Command::RotateKey { node } => Request::RotateKey { node: node.clone() },
         Command::ExternalPeer {
@@ -310,6 +314,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&serde_json::json!({ "node": node }))
             } else {
                 format!("{node} announced its next WireGuard key; it switches to it once its peers have it (`straitctl nodes` shows the key)\n")
+            }
+        }
+        (_, Response::Policy(p)) => {
+            if as_json {
+                json(&p)
+            } else {
+                ctl::render_policy(&p)
             }
         }
         (_, Response::ExternalPeerConfig { config }) => {

@@ -14,6 +14,8 @@ pub struct Changes {
     pub peer_sites: BTreeSet<String>,
     /// Sites whose members' routes changed.
     pub route_sites: BTreeSet<String>,
+    /// Sites whose access policy changed: every tunnel node of the site enforces it.
+    pub access_sites: BTreeSet<String>,
     /// Nodes whose own part changed, that became or stopped being tunnel nodes, or that
     /// were added or removed.
     pub nodes: BTreeSet<NodeKey>,
@@ -22,7 +24,10 @@ pub struct Changes {
 impl Changes {
     /// Whether no node's map differs but for its version.
     pub fn is_empty(&self) -> bool {
-        self.peer_sites.is_empty() && self.route_sites.is_empty() && self.nodes.is_empty()
+        self.peer_sites.is_empty()
+            && self.route_sites.is_empty()
+            && self.access_sites.is_empty()
+            && self.nodes.is_empty()
     }
 
     /// Whether the map of node `key` may differ, `next` being the newer views.
@@ -31,7 +36,9 @@ impl Changes {
             return true;
         }
         match next.nodes.get(key) {
-            Some((_, true)) => self.peer_sites.iter().any(|s| *s != key.0),
+            Some((_, true)) => {
+                self.peer_sites.iter().any(|s| *s != key.0) || self.access_sites.contains(&key.0)
+            }
             Some((_, false)) => self.route_sites.contains(&key.0),
             // Not registered in either version (a removed node is in `nodes`).
             None => false,
@@ -67,6 +74,16 @@ impl Views {
         .into_iter()
         .for_each(|site| {
             changes.route_sites.insert(site.clone());
+        });
+        merge(
+            self.site_access.iter(),
+            next.site_access.iter(),
+            |a, b| Arc::ptr_eq(a, b) || a == b,
+            |_| {},
+        )
+        .into_iter()
+        .for_each(|site| {
+            changes.access_sites.insert(site.clone());
         });
         merge(
             self.nodes.iter(),

@@ -34,6 +34,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         throughput_probes: None,
         metrics_listen: None,
         limits: Default::default(),
+        policy: Default::default(),
         store: Default::default(),
     })
 }
