@@ -477,6 +477,33 @@ pub fn render_policy(p: &PolicyView) -> String {
 }
 
 /// Mbit/s as people read it: `940 Mbit/s`, `3.62 Gbit/s`.
+/// `straitctl audit`: one line per entry, newest first.
+pub fn render_audit(entries: &[strait_proto::msg::AuditEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at),
+                )
+                .to_string(),
+                e.operator.clone(),
+                e.from.clone(),
+                e.request.clone(),
+                if e.ok { "ok" } else { "refused" }.to_string(),
+                e.result.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEQ", "TIME", "OPERATOR", "FROM", "REQUEST", "RESULT", "DETAIL",
+        ],
+        rows,
+    )
+}
+
 pub fn human_rate(mbps: f64) -> String {
     if mbps >= 1000.0 {
         format!("{:.2} Gbit/s", mbps / 1000.0)

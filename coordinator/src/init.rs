@@ -172,7 +172,7 @@ fn write_state(layout: &Layout, opts: &InitOptions, config_text: &str) -> Result
     )?
     .save(&layout.tls())?;
 
-    let operator = Identity::service(&opts.mesh, &opts.operator, Role::Operator)?;
+    let operator = Identity::operator(&opts.mesh, &opts.operator, strait_pki::OperatorRole::Admin)?;
     private_dir(&layout.operator())?;
     ca.issue(&operator, Validity::for_lifetime(OPERATOR_LIFETIME))?
         .save(&layout.operator())?;

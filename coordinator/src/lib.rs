@@ -14,6 +14,7 @@
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
 pub mod access;
+pub mod audit;
 pub mod config;
 pub mod connlimit;
 pub mod ctl;

@@ -45,6 +45,8 @@ pub enum Refusal {
     Unauthenticated,
     /// An operator command from a node or coordinator certificate.
     NotOperator,
+    /// An operator certificate whose role is below what the request needs.
+    OperatorRole,
     BadFrame,
     /// Registration refused (identity, site or prefix rules).
     Registration,
@@ -73,6 +75,7 @@ impl Refusal {
             Refusal::Revoked => "revoked",
             Refusal::Unauthenticated => "no-client-certificate",
             Refusal::NotOperator => "not-operator",
+            Refusal::OperatorRole => "operator-role",
             Refusal::BadFrame => "bad-frame",
             Refusal::Registration => "registration",
             Refusal::Token => "join-token",

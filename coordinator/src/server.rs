@@ -347,6 +347,39 @@ impl Coordinator {
         }
     }
 
+    /// Records a state-changing request and its outcome in the store's append-only audit
+    /// log and as a structured log line (target `strait::audit`). A store failure is
+    /// logged at ERROR: the request has happened either way.
+    fn audit(&self, peer: &Peer, identity: &Identity, request: &Request, response: &Response) {
+        let actor = crate::audit::Actor {
+            identity,
+            serial: &peer.serial,
+            from: peer.addr,
+        };
+        let Some(mut entry) =
+            crate::audit::entry(&self.config.name, &actor, request, response, unix_now())
+        else {
+            return;
+        };
+        match self.core().store.append_audit(&entry) {
+            Ok(seq) => entry.seq = seq,
+            Err(e) => {
+                tracing::error!(error = %e, request = %entry.request, operator = %entry.operator, "could not write the audit log");
+            }
+        }
+        tracing::info!(
+            target: "strait::audit",
+            seq = entry.seq,
+            operator = %entry.operator,
+            serial = %entry.serial,
+            from = %entry.from,
+            request = %entry.request,
+            ok = entry.ok,
+            result = %entry.result,
+            "audit"
+        );
+    }
+
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         // A panic while holding the lock is a bug; the registry is still consistent
         // because every mutation completes before its ops are persisted.
@@ -928,16 +961,23 @@ async fn handle_stream(
             return;
         }
     };
-    if request.is_operator_command() && identity.role() != Role::Operator {
-        c.metrics.refused(Refusal::NotOperator);
-        tracing::warn!(remote = %peer.addr, identity = %identity, request = kind, "refused: not an operator");
-        let r = error(
-            ErrorCode::PermissionDenied,
-            format!("{kind} is an operator command, but this certificate names {identity}; use an operator certificate"),
-        );
+    if let Err(denied) = crate::audit::authorize(&identity, &request) {
+        let reason = match denied {
+            crate::audit::Denied::NotOperator => "not an operator",
+            crate::audit::Denied::Role { .. } => "operator role too low",
+        };
+        c.metrics.refused(match denied {
+            crate::audit::Denied::NotOperator => Refusal::NotOperator,
+            crate::audit::Denied::Role { .. } => Refusal::OperatorRole,
+        });
+        tracing::warn!(remote = %peer.addr, identity = %identity, request = kind, "refused: {reason}");
+        let r = Response::Error(denied.body(kind, &identity));
+        c.audit(&peer, &identity, &request, &r);
         respond(&mut send, &r).await;
         return;
     }
+    // What the audit log needs of the request, before it is taken apart.
+    let audited = request.audit_summary().is_some().then(|| request.clone());
     let response = match request {
         Request::Enroll(_) => unreachable!("handled above"),
         Request::Subscribe(reg) => {
@@ -982,11 +1022,78 @@ async fn handle_stream(
             Err(e) => Response::Error(core_err(e)),
         },
         Request::Policy => Response::Policy(c.core().mesh.policy_view()),
+        Request::CreateOperator {
+            name,
+            role,
+            csr_pem,
+            ttl_secs,
+        } => create_operator(&c, &name, role, &csr_pem, ttl_secs),
+        Request::Audit { limit, before } => {
+            let limit = limit.clamp(1, MAX_AUDIT_ENTRIES);
+            match c.core().store.audit(limit, before) {
+                Ok(entries) => Response::Audit { entries },
+                Err(e) => Response::Error(store_err(&e)),
+            }
+        }
     };
     if let Response::Error(e) = &response {
         tracing::info!(identity = %identity, request = kind, error = %e, "request refused");
     }
+    if let Some(request) = &audited {
+        c.audit(&peer, &identity, request, &response);
+    }
     respond(&mut send, &response).await;
+}
+
+/// Audit entries one `straitctl audit` may ask for.
+const MAX_AUDIT_ENTRIES: u32 = 1000;
+
+/// The longest life of an operator certificate made by `straitctl operator create`.
+const MAX_OPERATOR_LIFETIME: Duration = crate::init::OPERATOR_LIFETIME;
+
+/// An operator certificate for `name` with `role`, signed from the operator's CSR (the key
+/// never leaves the operator's machine).
+fn create_operator(
+    c: &Coordinator,
+    name: &str,
+    role: strait_pki::OperatorRole,
+    csr_pem: &str,
+    ttl_secs: u64,
+) -> Response {
+    let ca = match c.pki.builtin("creating operator certificates") {
+        Ok(ca) => ca,
+        Err(r) => return *r,
+    };
+    let lifetime = Duration::from_secs(ttl_secs);
+    if lifetime < Duration::from_secs(60) || lifetime > MAX_OPERATOR_LIFETIME {
+        return error(
+            ErrorCode::BadRequest,
+            format!(
+                "--ttl {ttl_secs}s: an operator certificate lasts from 1m to {}",
+                humantime::format_duration(MAX_OPERATOR_LIFETIME)
+            ),
+        );
+    }
+    let identity = match Identity::operator(&c.config.mesh, name, role) {
+        Ok(i) => i,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let leaf = match ca.sign_csr(csr_pem, &identity, Validity::for_lifetime(lifetime)) {
+        Ok(leaf) => leaf,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let info = match CertInfo::parse(&leaf) {
+        Ok(info) => info,
+        Err(e) => return error(ErrorCode::Internal, e.to_string()),
+    };
+    tracing::info!(identity = %identity, serial = %info.serial, "operator certificate issued");
+    Response::OperatorCreated {
+        cert_pem: certs_to_pem(&[leaf]),
+        ca_pem: ca.cert_pem().to_string(),
+        identity: identity.dns_name(),
+        serial: info.serial,
+        expires_at: unix(info.not_after),
+    }
 }
 
 /// An operator's probe: validated here, run by the agents, each event relayed on `send`

@@ -5,6 +5,8 @@
 //! Records are stored as JSON in a few key-value tables, so the schema does not change each
 //! time a record gains a field.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod postgres;
 
 use std::path::Path;
@@ -15,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::mesh::{Persisted, Presence, StoreOp};
+use strait_proto::msg::AuditEntry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +71,12 @@ pub trait Store: Send {
     /// [`StoreError::Conflict`] (writing nothing) when another coordinator wrote since this
     /// handle's last `load` or `apply`.
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+    /// Appends `entry` to the audit log (append-only: entries are never changed or
+    /// removed; no registry change, so no generation is used up). Returns its sequence
+    /// number.
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<u64, StoreError>;
+    /// Audit entries, newest first: at most `limit`, with a sequence number below `before`.
+    fn audit(&mut self, limit: u32, before: Option<u64>) -> Result<Vec<AuditEntry>, StoreError>;
     /// Whether several coordinators may write this store.
     fn is_shared(&self) -> bool {
         false
@@ -126,7 +135,19 @@ CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS issued (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, data TEXT NOT NULL);
 ";
+
+/// An audit entry read back with its sequence number, or the corruption named.
+pub(crate) fn audit_entry(seq: u64, data: &str, path: &str) -> Result<AuditEntry, StoreError> {
+    let mut entry: AuditEntry = serde_json::from_str(data).map_err(|e| StoreError::Corrupt {
+        path: path.to_string(),
+        table: "audit",
+        reason: e.to_string(),
+    })?;
+    entry.seq = seq;
+    Ok(entry)
+}
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -246,6 +267,35 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(err)
     }
+
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO audit (at, data) VALUES (?1, ?2)",
+                params![entry.at as i64, json(entry)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn audit(&mut self, limit: u32, before: Option<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, data FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![before, i64::from(limit)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, data) = row.map_err(|e| self.err(e))?;
+            out.push(audit_entry(seq as u64, &data, &self.path)?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +367,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_audit_log_is_append_only_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strait.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        super::conformance::audit_log(&mut s, &mut || Box::new(SqliteStore::open(&path).unwrap()));
     }
 
     #[test]

@@ -188,6 +188,19 @@ fn postgres_store_round_trip_conflicts_and_presence() {
 }
 
 #[test]
+fn postgres_audit_log_is_append_only_and_ordered() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("strait").unwrap();
+    let mut s = PgStore::open_url(&url).unwrap();
+    s.load().unwrap();
+    strait_coordinator::store::conformance::audit_log(&mut s, &mut || {
+        let mut s = PgStore::open_url(&url).unwrap();
+        s.load().unwrap();
+        Box::new(s)
+    });
+}
+
+#[test]
 fn postgres_store_settings_are_checked_at_open() {
     let pg = Postgres::start().unwrap();
     pg.create_database("strait").unwrap();

@@ -7,7 +7,12 @@
 //! | gateway     | `<node>.<site>.gateways.<mesh>.strait.internal`      | `spiffe://<mesh>/site/<site>/gateway/<node>` |
 //! | member      | `<node>.<site>.members.<mesh>.strait.internal`       | `spiffe://<mesh>/site/<site>/member/<node>`  |
 //! | coordinator | `<name>.coordinators.<mesh>.strait.internal`         | `spiffe://<mesh>/coordinator/<name>`    |
-//! | operator    | `<name>.operators.<mesh>.strait.internal`            | `spiffe://<mesh>/operator/<name>`       |
+//! | operator    | `<name>.<role>.operators.<mesh>.strait.internal`   | `spiffe://<mesh>/operator/<role>/<name>` |
+//!
+//! An operator's `<role>` is `viewer`, `operator` or `admin` (see [`OperatorRole`]). An operator
+//! name without it (`<name>.operators.<mesh>...`, as meshes made before roles existed have)
+//! has the admin role. A Vault PKI role per operator role restricts who gets which, with
+//! `allowed_domains = "<role>.operators.<mesh>.strait.internal"`.
 //!
 //! The DNS SAN is authoritative: Vault-compatible servers may drop URI SANs. When a SPIFFE URI
 //! is present it must name the same identity, or the certificate is refused. A Vault PKI role
@@ -22,7 +27,7 @@ use x509_parser::extensions::GeneralName;
 /// The DNS suffix under which every mesh lives (`.internal` is reserved for private use).
 pub const DOMAIN_SUFFIX: &str = "strait.internal";
 
-pub use strait_proto::Role;
+pub use strait_proto::{OperatorRole, Role};
 
 /// Why a name or certificate does not carry a valid mesh identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +123,9 @@ pub struct Identity {
     site: Option<Label>,
     name: Label,
     role: Role,
+    /// An operator's role, when its name carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator_role: Option<OperatorRole>,
 }
 
 impl Identity {
@@ -134,6 +142,7 @@ impl Identity {
             site: Some(Label::parse("site", site)?),
             name: Label::parse("node name", name)?,
             role,
+            operator_role: None,
         })
     }
 
@@ -150,7 +159,25 @@ impl Identity {
             site: None,
             name: Label::parse("name", name)?,
             role,
+            operator_role: None,
         })
+    }
+
+    /// An operator with role `access` (its certificate name carries it).
+    pub fn operator(
+        mesh: &str,
+        name: &str,
+        access: OperatorRole,
+    ) -> Result<Identity, IdentityError> {
+        let mut id = Identity::service(mesh, name, Role::Operator)?;
+        id.operator_role = Some(access);
+        Ok(id)
+    }
+
+    /// What an operator may do: the role its name carries, admin for a name without one
+    /// (made before operator roles existed). `None` for every other role.
+    pub fn operator_role(&self) -> Option<OperatorRole> {
+        (self.role == Role::Operator).then(|| self.operator_role.unwrap_or(OperatorRole::Admin))
     }
 
     pub fn mesh(&self) -> &str {
@@ -179,12 +206,20 @@ impl Identity {
                 self.role.group_label(),
                 mesh_domain(self.mesh.as_str())
             ),
-            None => format!(
-                "{}.{}.{}",
-                self.name,
-                self.role.group_label(),
-                mesh_domain(self.mesh.as_str())
-            ),
+            None => match self.operator_role {
+                Some(access) => format!(
+                    "{}.{access}.{}.{}",
+                    self.name,
+                    self.role.group_label(),
+                    mesh_domain(self.mesh.as_str())
+                ),
+                None => format!(
+                    "{}.{}.{}",
+                    self.name,
+                    self.role.group_label(),
+                    mesh_domain(self.mesh.as_str())
+                ),
+            },
         }
     }
 
@@ -195,7 +230,13 @@ impl Identity {
                 "spiffe://{}/site/{}/{}/{}",
                 self.mesh, site, self.role, self.name
             ),
-            None => format!("spiffe://{}/{}/{}", self.mesh, self.role, self.name),
+            None => match self.operator_role {
+                Some(access) => format!(
+                    "spiffe://{}/{}/{access}/{}",
+                    self.mesh, self.role, self.name
+                ),
+                None => format!("spiffe://{}/{}/{}", self.mesh, self.role, self.name),
+            },
         }
     }
 
@@ -208,6 +249,10 @@ impl Identity {
         let head = name.strip_suffix(&suffix).ok_or_else(not_ours)?;
         let labels: Vec<&str> = head.split('.').collect();
         match labels.as_slice() {
+            [name, access, "operators", mesh] => {
+                let access: OperatorRole = access.parse().map_err(|_| not_ours())?;
+                Identity::operator(mesh, name, access)
+            }
             [node, site, group, mesh] => {
                 let role = Role::from_group_label(group)
                     .filter(|r| r.has_site())
@@ -232,6 +277,10 @@ impl Identity {
         let rest = uri.strip_prefix("spiffe://").ok_or_else(not_ours)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
+            [mesh, "operator", access, name] => {
+                let access: OperatorRole = access.parse().map_err(|_| not_ours())?;
+                Identity::operator(mesh, name, access)
+            }
             [mesh, "site", site, role, node] => {
                 let role: Role = role.parse().map_err(|_| not_ours())?;
                 if !role.has_site() {
@@ -304,7 +353,14 @@ impl fmt::Display for Identity {
                 "{} {} in site {} of mesh {}",
                 self.role, self.name, site, self.mesh
             ),
-            None => write!(f, "{} {} of mesh {}", self.role, self.name, self.mesh),
+            None => match self.operator_role {
+                Some(access) => write!(
+                    f,
+                    "{} {} ({access}) of mesh {}",
+                    self.role, self.name, self.mesh
+                ),
+                None => write!(f, "{} {} of mesh {}", self.role, self.name, self.mesh),
+            },
         }
     }
 }
@@ -348,6 +404,37 @@ mod tests {
                 .dns_name(),
             "c1.coordinators.prod.strait.internal"
         );
+    }
+
+    #[test]
+    fn operator_roles_are_in_the_name() {
+        for access in OperatorRole::ALL {
+            let id = Identity::operator("prod", "alice", access).unwrap();
+            assert_eq!(
+                id.dns_name(),
+                format!("alice.{access}.operators.prod.strait.internal")
+            );
+            assert_eq!(
+                id.spiffe_id(),
+                format!("spiffe://prod/operator/{access}/alice")
+            );
+            assert_eq!(Identity::from_dns_name(&id.dns_name()).unwrap(), id);
+            assert_eq!(Identity::from_spiffe_id(&id.spiffe_id()).unwrap(), id);
+            assert_eq!(id.operator_role(), Some(access));
+        }
+        // A name from before operator roles is an admin's; other roles have none.
+        let legacy = Identity::from_dns_name("ops.operators.prod.strait.internal").unwrap();
+        assert_eq!(legacy.operator_role(), Some(OperatorRole::Admin));
+        let gw = Identity::node("prod", "s", "gw", Role::Gateway).unwrap();
+        assert_eq!(gw.operator_role(), None);
+        for bad in [
+            "alice.root.operators.prod.strait.internal",
+            "alice.viewer.coordinators.prod.strait.internal",
+        ] {
+            assert!(Identity::from_dns_name(bad).is_err(), "{bad} accepted");
+        }
+        assert!(Identity::from_spiffe_id("spiffe://prod/operator/root/alice").is_err());
+        assert!(Identity::from_spiffe_id("spiffe://prod/coordinator/admin/c").is_err());
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub mod token;
 pub mod vault;
 
 pub use fingerprint::Fingerprint;
-pub use identity::{Identity, IdentityError, Role};
+pub use identity::{Identity, IdentityError, OperatorRole, Role};
 pub use material::{CertBundle, SecretPem};

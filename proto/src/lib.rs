@@ -20,7 +20,7 @@ pub mod msg;
 pub mod probe;
 mod role;
 
-pub use role::Role;
+pub use role::{OperatorRole, Role};
 
 /// ALPN protocol id of the Strait control protocol, version 1.
 pub const ALPN: &[u8] = b"strait/1";

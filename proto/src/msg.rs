@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessDrop, PolicyView};
 use crate::map::{MapDelta, NetworkMap};
 use crate::probe::{Command, ProbeEvent, ProbeRequest};
-use crate::Role;
+use crate::{OperatorRole, Role};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -58,15 +58,74 @@ pub enum Request {
     },
     /// The inter-site access policy and what each node dropped (read-only).
     Policy,
+    /// A certificate for operator `name` with `role`, from a CSR made on the operator's
+    /// machine (built-in CA; admin only).
+    CreateOperator {
+        name: String,
+        role: OperatorRole,
+        csr_pem: String,
+        ttl_secs: u64,
+    },
+    /// The audit log, newest first: at most `limit` entries, older than `before` (a
+    /// sequence number) when given.
+    Audit {
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
 }
 
 impl Request {
     /// Whether only operators may send this request.
     pub fn is_operator_command(&self) -> bool {
-        !matches!(
-            self,
-            Request::Enroll(_) | Request::Renew { .. } | Request::Subscribe(_)
-        )
+        self.required_role().is_some()
+    }
+
+    /// The role an operator certificate needs for this request (`None`: not an operator
+    /// command). The one place that says which role may do what.
+    pub fn required_role(&self) -> Option<OperatorRole> {
+        match self {
+            Request::Enroll(_) | Request::Renew { .. } | Request::Subscribe(_) => None,
+            Request::Status
+            | Request::Nodes
+            | Request::Routes
+            | Request::Links
+            | Request::Graph
+            | Request::Policy
+            | Request::Audit { .. } => Some(OperatorRole::Viewer),
+            Request::CreateToken { .. } | Request::Probe(_) | Request::RotateKey { .. } => {
+                Some(OperatorRole::Operator)
+            }
+            Request::Revoke { .. }
+            | Request::ExternalPeerConfig { .. }
+            | Request::CreateOperator { .. } => Some(OperatorRole::Admin),
+        }
+    }
+
+    /// What the audit log records of this request, if it changes the mesh's state: the
+    /// command with its arguments, never a secret (a CSR is left out; a token is created
+    /// here, never sent).
+    pub fn audit_summary(&self) -> Option<String> {
+        match self {
+            Request::CreateToken {
+                site,
+                role,
+                ttl_secs,
+            } => Some(format!(
+                "token create --site {site} --role {role} --ttl {ttl_secs}s"
+            )),
+            Request::Revoke { node } => Some(format!("revoke {node}")),
+            Request::RotateKey { node } => Some(format!("rotate-key {node}")),
+            Request::CreateOperator {
+                name,
+                role,
+                ttl_secs,
+                ..
+            } => Some(format!(
+                "operator create {name} --role {role} --ttl {ttl_secs}s"
+            )),
+            _ => None,
+        }
     }
 
     /// A short name for logs and metrics.
@@ -86,6 +145,8 @@ impl Request {
             Request::Probe(_) => "probe",
             Request::RotateKey { .. } => "rotate-key",
             Request::Policy => "policy",
+            Request::CreateOperator { .. } => "operator-create",
+            Request::Audit { .. } => "audit",
         }
     }
 }
@@ -302,6 +363,17 @@ pub enum Response {
     /// The node has started rotating its WireGuard key.
     KeyRotation {
         node: String,
+    },
+    /// An operator certificate (its key stayed with the operator).
+    OperatorCreated {
+        cert_pem: String,
+        ca_pem: String,
+        identity: String,
+        serial: String,
+        expires_at: u64,
+    },
+    Audit {
+        entries: Vec<AuditEntry>,
     },
     Policy(PolicyView),
     Error(ErrorBody),
@@ -577,4 +649,28 @@ pub mod close {
     /// The certificate the connection was opened with expired (sessions outlive no
     /// certificate; an agent moves its session to a renewed one before).
     pub const CERT_EXPIRED: u32 = 0x14;
+}
+
+/// One state-changing operator request as the audit log keeps it (append-only, in the
+/// store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AuditEntry {
+    /// Assigned by the store, increasing.
+    #[serde(default)]
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// The coordinator that handled it.
+    pub coordinator: String,
+    /// The operator certificate's identity (`alice.admin.operators.<mesh>...`), serial and
+    /// the address it came from.
+    pub operator: String,
+    pub serial: String,
+    pub from: String,
+    /// The command and its arguments (see [`Request::audit_summary`]).
+    pub request: String,
+    pub ok: bool,
+    /// What came of it: what was done, or the error.
+    pub result: String,
 }

@@ -76,3 +76,54 @@ impl FromStr for Role {
             .ok_or_else(|| UnknownRole(s.to_string()))
     }
 }
+
+/// What an operator certificate may do (its "role" in `straitctl operator create --role`).
+/// Ordered: each level may do everything the levels below it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperatorRole {
+    /// Read-only commands: status, nodes, routes, links, graph, policy, audit.
+    Viewer,
+    /// Also join tokens, probes and WireGuard key rotation.
+    Operator,
+    /// Also revocation, external peers' configs and operator certificates.
+    Admin,
+}
+
+/// An operator role name that is not one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operator role {0:?}: expected one of viewer, operator, admin")]
+pub struct UnknownOperatorRole(pub String);
+
+impl OperatorRole {
+    pub const ALL: [OperatorRole; 3] = [
+        OperatorRole::Viewer,
+        OperatorRole::Operator,
+        OperatorRole::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Operator => "operator",
+            OperatorRole::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for OperatorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OperatorRole {
+    type Err = UnknownOperatorRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OperatorRole::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnknownOperatorRole(s.to_string()))
+    }
+}

@@ -369,3 +369,170 @@ fn the_agent_refuses_state_another_user_could_have_written() {
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(log.contains("cert.pem: owned by uid 65534"), "{log}");
 }
+
+/// Operator certificates carry a role, every command is refused to the roles below it,
+/// and every state-changing request (refused ones too) lands in the audit log: who, from
+/// where, what, with what result; the log survives a restart.
+#[test]
+fn operator_roles_are_enforced_per_command_and_changes_are_audited() {
+    let mut c = Coordinator::init(SITES, "").unwrap();
+    c.start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, role: &str| {
+        let out = dir.path().join(name);
+        let o = c
+            .ctl(&[
+                "operator",
+                "create",
+                name,
+                "--role",
+                role,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{name}.{role}.operators")));
+        out
+    };
+    let viewer = make("vic", "viewer");
+    let operator = make("otto", "operator");
+    let admin = c.operator_dir();
+    // (args, the lowest role allowed)
+    let commands: &[(&[&str], &str)] = &[
+        (&["status"], "viewer"),
+        (&["nodes"], "viewer"),
+        (&["routes"], "viewer"),
+        (&["links"], "viewer"),
+        (&["graph"], "viewer"),
+        (&["policy"], "viewer"),
+        (&["audit"], "viewer"),
+        (
+            &["token", "create", "--site", "aws-use1", "--role", "member"],
+            "operator",
+        ),
+        (&["rotate-key", "aws-use1/none"], "operator"),
+        (
+            &["probe", "aws-use1/a", "aws-use1/b", "-n", "1"],
+            "operator",
+        ),
+        (&["revoke", "aws-use1/none"], "admin"),
+        (&["external-peer", "config", "none"], "admin"),
+        (
+            &[
+                "operator",
+                "create",
+                "x",
+                "--role",
+                "viewer",
+                "--out",
+                "/nonexistent/x",
+            ],
+            "admin",
+        ),
+    ];
+    let rank = |r: &str| {
+        ["viewer", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (args, lowest) in commands {
+        for (role, tls) in [
+            ("viewer", &viewer),
+            ("operator", &operator),
+            ("admin", &admin),
+        ] {
+            let out = c.ctl_with(tls, args).unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if rank(role) < rank(lowest) {
+                assert_eq!(out.status.code(), Some(4), "{role} {args:?}: {err}");
+                assert!(
+                    err.contains(&format!(
+                        "needs an operator certificate with the {lowest} role"
+                    )),
+                    "{role} {args:?}: {err}"
+                );
+            } else {
+                // Allowed: it succeeds or fails for its own reasons, never for the role.
+                assert_ne!(out.status.code(), Some(4), "{role} {args:?}: {err}");
+            }
+        }
+    }
+
+    // The audit log: state-changing requests only, refused ones included, newest first.
+    let entries = c.ctl_json(&["audit", "-n", "100"]).unwrap();
+    let entries = entries.as_array().unwrap();
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["operator"].as_str().unwrap().split('.').next().unwrap(),
+                e["request"].as_str().unwrap(),
+                if e["ok"] == true { "ok" } else { "refused" }
+            )
+        })
+        .collect();
+    let want_in_order = [
+        "admin operator create vic --role viewer --ttl 2592000s ok",
+        "admin operator create otto --role operator --ttl 2592000s ok",
+        "vic token create --site aws-use1 --role member --ttl 3600s refused",
+        "otto token create --site aws-use1 --role member --ttl 3600s ok",
+        "admin token create --site aws-use1 --role member --ttl 3600s ok",
+        "vic rotate-key aws-use1/none refused",
+        "otto rotate-key aws-use1/none refused",
+        "vic revoke aws-use1/none refused",
+        "otto revoke aws-use1/none refused",
+        "admin revoke aws-use1/none refused",
+        "vic operator create x --role viewer --ttl 2592000s refused",
+    ];
+    let mut oldest_first: Vec<&String> = lines.iter().rev().collect();
+    oldest_first.retain(|l| want_in_order.contains(&l.as_str()));
+    assert_eq!(
+        oldest_first,
+        want_in_order,
+        "audit log:\n{}",
+        lines.join("\n")
+    );
+    assert!(!lines
+        .iter()
+        .any(|l| l.contains("status") || l.contains("nodes")));
+    let token = entries
+        .iter()
+        .find(|e| e["request"].as_str().unwrap().starts_with("token create") && e["ok"] == true)
+        .unwrap();
+    assert!(
+        token["result"].as_str().unwrap().starts_with("token "),
+        "{token}"
+    );
+    assert!(
+        !token.to_string().contains("strait1."),
+        "a token in the audit log: {token}"
+    );
+    assert!(
+        token["from"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{token}"
+    );
+    let refused = entries.iter().find(|e| e["ok"] == false).unwrap();
+    assert!(
+        refused["result"]
+            .as_str()
+            .unwrap()
+            .contains("permission-denied")
+            || refused["result"].as_str().unwrap().contains("not-found"),
+        "{refused}"
+    );
+    // ...as structured log lines...
+    let log = c.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("strait::audit") && l.contains("revoke aws-use1/none")),
+        "{log}"
+    );
+    // ...kept across a restart.
+    c.proc.as_mut().unwrap().stop();
+    c.start().unwrap();
+    let again = c.ctl_json(&["audit", "-n", "100"]).unwrap();
+    assert_eq!(again.as_array().unwrap().len(), entries.len());
+}

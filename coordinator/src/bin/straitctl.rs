@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use strait_coordinator::ctl::{self, exit};
-use strait_pki::Role;
+use strait_pki::{OperatorRole, Role};
 use strait_proto::msg::{Request, Response};
 use strait_proto::probe::ProbeRequest;
 
@@ -108,6 +108,41 @@ enum Command {
         #[command(subcommand)]
         command: ExternalPeerCommand,
     },
+    /// Operator certificates (admin): each names a role, viewer (read-only commands),
+    /// operator (also tokens, probes, key rotation) or admin (also revocation, external
+    /// peers, operator certificates).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// The audit log of state-changing requests (who, when, what, with what result),
+    /// newest first.
+    Audit {
+        /// At most this many entries.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: u32,
+        /// Only entries older than this sequence number (to page back).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Make a key here and have the coordinator certify it for operator NAME with a role;
+    /// cert.pem, key.pem (0600) and ca.pem go to --out (use it as --tls-dir).
+    Create {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: OperatorRole,
+        /// Directory to write the certificate into (created 0700; must not hold one).
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, at most 90 days.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +186,65 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `straitctl operator create`: the key is made here and never sent; the coordinator
+/// certifies it.
+async fn create_operator(
+    cli: &Cli,
+    name: &str,
+    role: OperatorRole,
+    out: &std::path::Path,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if out.join("key.pem").exists() || out.join("cert.pem").exists() {
+        anyhow::bail!(
+            "{} already holds a certificate; choose another --out directory",
+            out.display()
+        );
+    }
+    let key = strait_pki::ca::generate_csr(name).context("making the operator's key")?;
+    let request = Request::CreateOperator {
+        name: name.to_string(),
+        role,
+        csr_pem: key.csr_pem.clone(),
+        ttl_secs: ttl.as_secs(),
+    };
+    let response = ctl::request(&cli.coordinator, &cli.tls_dir, &request, cli.timeout).await?;
+    let Response::OperatorCreated {
+        cert_pem,
+        ca_pem,
+        identity,
+        serial,
+        expires_at,
+    } = response
+    else {
+        anyhow::bail!("unexpected answer from the coordinator: {response:?}");
+    };
+    let leaf = strait_pki::material::parse_certs("the operator certificate", &cert_pem)?
+        .into_iter()
+        .next()
+        .context("the coordinator sent no certificate")?;
+    let bundle = strait_pki::ca::bundle_from_signed(&leaf, key.key, &ca_pem)?;
+    strait_pki::files::private_dir(out).map_err(anyhow::Error::msg)?;
+    bundle
+        .save(out)
+        .with_context(|| format!("writing the certificate to {}", out.display()))?;
+    if cli.output == Output::Json {
+        print!(
+            "{}",
+            json(
+                &serde_json::json!({ "identity": identity, "serial": serial, "expires-at": expires_at, "dir": out })
+            )
+        );
+    } else {
+        println!(
+            "{identity}: certificate {serial} in {} (use it with --tls-dir), expires at unix time {expires_at}",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -232,8 +326,24 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         });
         return probe(cli, &request, from, to).await;
     }
+    if let Command::Operator {
+        command:
+            OperatorCommand::Create {
+                name,
+                role,
+                out,
+                ttl,
+            },
+    } = &cli.command
+    {
+        return create_operator(cli, name, *role, out, *ttl).await;
+    }
     let request = match &cli.command {
-        Command::Probe { .. } => unreachable!("handled above"),
+        Command::Probe { .. } | Command::Operator { .. } => unreachable!("handled above"),
+        Command::Audit { limit, before } => Request::Audit {
+            limit: *limit,
+            before: *before,
+        },
         Command::Status => Request::Status,
         Command::Nodes => Request::Nodes,
         Command::Routes => Request::Routes,
@@ -321,6 +431,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&p)
             } else {
                 ctl::render_policy(&p)
+            }
+        }
+        (_, Response::Audit { entries }) => {
+            if as_json {
+                json(&entries)
+            } else {
+                ctl::render_audit(&entries)
             }
         }
         (_, Response::ExternalPeerConfig { config }) => {

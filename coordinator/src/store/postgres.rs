@@ -43,6 +43,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{json, Store, StoreError, Watcher};
 use crate::config::StoreConfig;
 use crate::mesh::{Persisted, Presence, StoreOp};
+use strait_proto::msg::AuditEntry;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS nodes (site TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (site, name));
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS revocations (serial TEXT PRIMARY KEY, data TEXT NOT N
 CREATE TABLE IF NOT EXISTS issued (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS presence (site TEXT NOT NULL, name TEXT NOT NULL, last_seen BIGINT NOT NULL, map_version BIGINT NOT NULL, PRIMARY KEY (site, name));
+CREATE TABLE IF NOT EXISTS audit (seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, data TEXT NOT NULL);
 ";
 
 /// A statement that does not finish in this time fails (the registry lock is held while
@@ -590,6 +592,38 @@ impl Store for PgStore {
                 Err(e)
             }
         }
+    }
+
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let err = self.conn.err();
+        let (at, data) = (entry.at as i64, json(entry));
+        self.conn.run(move |c| {
+            let row = c
+                .query_one(
+                    "INSERT INTO audit (at, data) VALUES ($1, $2) RETURNING seq",
+                    &[&at, &data],
+                )
+                .map_err(&err)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn audit(&mut self, limit: u32, before: Option<u64>) -> Result<Vec<AuditEntry>, StoreError> {
+        let err = self.conn.err();
+        let target = self.conn.target.to_string();
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let limit = i64::from(limit);
+        self.conn.run(move |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, data FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                    &[&before, &limit],
+                )
+                .map_err(&err)?;
+            rows.iter()
+                .map(|r| super::audit_entry(r.get::<_, i64>(0) as u64, r.get(1), &target))
+                .collect()
+        })
     }
 
     fn is_shared(&self) -> bool {
