@@ -620,8 +620,8 @@ fn builtin_ca_expiry_is_a_clear_error_and_re_enrollment_recovers() {
     );
     assert!(!log.contains("registered"), "{log}");
     assert!(
-        c.log_text().contains("refusing connection attempts")
-            && c.log_text().contains("expired-certificate"),
+        // Refused handshakes are logged at WARN at most every 10 s (each at DEBUG).
+        c.log_text().contains("refusing connection attempts"),
         "{}",
         c.log_text()
     );
