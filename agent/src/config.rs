@@ -165,7 +165,7 @@ impl VaultOverrides {
     }
 
     /// Applies the flags over `base` (the file's `[vault]`), or builds settings from flags.
-    fn apply(self, base: Option<VaultSettings>) -> Result<Option<VaultSettings>> {
+    pub fn apply(self, base: Option<VaultSettings>) -> Result<Option<VaultSettings>> {
         if self.is_empty() && base.is_none() {
             return Ok(None);
         }
@@ -349,12 +349,22 @@ impl Config {
         let token_file = o.join_token_file.or(f.join_token_file);
         let join_token = match (o.join_token.or(f.join_token), token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("key `join-token-file`: reading {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(t) => Some(t.trim().to_string()),
+                // A join token is used once: after enrolling, its file may be gone (a
+                // Kubernetes Secret's key deleted, a VM's secret removed).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && state_dir.join("tls").join("cert.pem").exists() =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("key `join-token-file`: reading {}", path.display())
+                    })
+                }
+            },
             (None, None) => None,
         };
         let endpoints = if o.endpoints.is_empty() {

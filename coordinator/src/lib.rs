@@ -1,6 +1,7 @@
 //! The Strait coordinator: the mesh's source of truth, and `straitctl`'s client side.
 //!
 //! - [`config`]: `coordinator.toml`, validated at start.
+//! - [`checkconfig`]: `strait-coordinator check-config`, the same without serving.
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
 //! - [`fanout`]: the current map version and waking only the sessions it concerns.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
@@ -11,6 +12,7 @@
 //! - [`handshake`]: which refusal a failed handshake counts as (pure).
 //! - [`store`]: persistence behind a trait; SQLite is the embedded default.
 
+pub mod checkconfig;
 pub mod config;
 pub mod connlimit;
 pub mod ctl;

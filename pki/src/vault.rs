@@ -160,6 +160,50 @@ impl VaultSettings {
         })
     }
 
+    /// Checks the settings without reading any file or reaching Vault (`check-config`):
+    /// the address, the auth method and the keys it needs, the certificate lifetime.
+    /// Returns the files the settings name (key, path), which `to_config` and the login read.
+    pub fn check_offline(&self) -> Result<Vec<(&'static str, PathBuf)>, VaultError> {
+        let need = |key: &str, set: bool| {
+            if set {
+                Ok(())
+            } else {
+                Err(VaultError::Config(format!(
+                    "auth {:?} needs `{key}`",
+                    self.auth
+                )))
+            }
+        };
+        let mut files = Vec::new();
+        match self.auth.as_str() {
+            "token" => {
+                if let Some(p) = &self.token_file {
+                    files.push(("token-file", p.clone()));
+                }
+            }
+            "approle" => {
+                need("role-id", self.role_id.is_some())?;
+                need("secret-id-file", self.secret_id_file.is_some())?;
+                files.extend(self.secret_id_file.clone().map(|p| ("secret-id-file", p)));
+            }
+            "kubernetes" => {
+                need("kubernetes-role", self.kubernetes_role.is_some())?;
+                files.push(("jwt-path", self.jwt_path.clone()));
+            }
+            other => {
+                return Err(VaultError::Config(format!(
+                    "key `auth`: unknown method {other:?}; use token, approle or kubernetes"
+                )))
+            }
+        }
+        self.cert_ttl()?;
+        parse_address(&self.address)?;
+        if let Some(p) = &self.ca_cert {
+            files.push(("ca-cert", p.clone()));
+        }
+        Ok(files)
+    }
+
     /// Resolves secrets and checks the settings.
     pub fn to_config(&self) -> Result<VaultConfig, VaultError> {
         let read = |path: &PathBuf, key: &str| {
@@ -561,13 +605,23 @@ fn refused(path: &str, status: u16, body: &str) -> VaultError {
     }
 }
 
-fn build_client(config: &VaultConfig) -> Result<VaultClient, VaultError> {
-    let url = url::Url::parse(&config.address).map_err(|e| {
+/// Vault's address as a URL: https, or http (warned about off loopback).
+fn parse_address(address: &str) -> Result<url::Url, VaultError> {
+    let url = url::Url::parse(address).map_err(|e| {
         VaultError::Config(format!(
-            "address {:?} is not a URL ({e}); use e.g. https://vault.example.com:8200",
-            config.address
+            "address {address:?} is not a URL ({e}); use e.g. https://vault.example.com:8200"
         ))
     })?;
+    match url.scheme() {
+        "https" | "http" => Ok(url),
+        other => Err(VaultError::Config(format!(
+            "address {address:?} has scheme {other:?}; use https:// (or http:// for a local test server)"
+        ))),
+    }
+}
+
+fn build_client(config: &VaultConfig) -> Result<VaultClient, VaultError> {
+    let url = parse_address(&config.address)?;
     match url.scheme() {
         "https" => {}
         "http" => {
