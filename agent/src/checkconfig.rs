@@ -186,6 +186,18 @@ join-token-file = "/run/credentials/strait-agent.service/secret_join-token"
         );
         let err = format!("{:#}", check_text(&vault).unwrap_err());
         assert!(err.contains("kubernetes-role"), "{err}");
+        // Cloud IAM auth: the auth method's role is needed, and no secret file.
+        for method in ["aws", "gcp"] {
+            let vault = format!(
+                "{GATEWAY}[vault]\naddress = \"https://v\"\nrole = \"r\"\nauth = \"{method}\"\n"
+            );
+            let err = format!("{:#}", check_text(&vault).unwrap_err());
+            assert!(err.contains("auth-role"), "{err}");
+            let ok = check_text(&format!("{vault}auth-role = \"strait-gateway\"\n")).unwrap();
+            assert!(ok
+                .summary(Path::new("a"))
+                .contains(&format!("auth={method}")));
+        }
     }
 
     #[test]

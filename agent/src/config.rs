@@ -188,6 +188,7 @@ impl VaultOverrides {
                 role_id: None,
                 secret_id_file: None,
                 kubernetes_role: None,
+                auth_role: None,
                 jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
                 ca_cert: None,
                 cert_ttl: "24h".into(),

@@ -10,6 +10,7 @@
 //! - [`material`]: PEM, key files (0600) and certificate bundles.
 
 pub mod ca;
+pub mod cloudauth;
 pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;

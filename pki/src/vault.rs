@@ -42,6 +42,20 @@ pub enum VaultAuth {
         role: String,
         jwt_path: PathBuf,
     },
+    /// AWS IAM, for EC2 instances: `auth/<mount>/login` with an `sts:GetCallerIdentity`
+    /// request signed with the instance role's credentials from IMDSv2 at `imds`.
+    Aws {
+        mount: String,
+        role: String,
+        imds: String,
+    },
+    /// GCP (gce), for Compute Engine instances: `auth/<mount>/login` with the identity
+    /// token the metadata server at `metadata` signs for the instance's service account.
+    Gcp {
+        mount: String,
+        role: String,
+        metadata: String,
+    },
 }
 
 impl std::fmt::Debug for VaultAuth {
@@ -63,6 +77,16 @@ impl std::fmt::Debug for VaultAuth {
                 .field("mount", mount)
                 .field("role", role)
                 .field("jwt_path", jwt_path)
+                .finish(),
+            VaultAuth::Aws { mount, role, .. } => f
+                .debug_struct("Aws")
+                .field("mount", mount)
+                .field("role", role)
+                .finish(),
+            VaultAuth::Gcp { mount, role, .. } => f
+                .debug_struct("Gcp")
+                .field("mount", mount)
+                .field("role", role)
                 .finish(),
         }
     }
@@ -111,7 +135,7 @@ pub struct VaultSettings {
     pub mount: String,
     /// PKI role for this process's certificates (e.g. `strait-gateway`).
     pub role: String,
-    /// `token`, `approle` or `kubernetes`.
+    /// `token`, `approle`, `kubernetes`, `aws` (IAM) or `gcp` (gce).
     pub auth: String,
     /// Mount of the auth method (default: the method's name).
     #[serde(default)]
@@ -128,6 +152,9 @@ pub struct VaultSettings {
     /// kubernetes: the Vault role to log in as.
     #[serde(default)]
     pub kubernetes_role: Option<String>,
+    /// aws, gcp: the role of the auth method to log in as.
+    #[serde(default)]
+    pub auth_role: Option<String>,
     /// kubernetes: the projected service-account token.
     #[serde(default = "default_jwt_path")]
     pub jwt_path: PathBuf,
@@ -190,10 +217,11 @@ impl VaultSettings {
                 need("kubernetes-role", self.kubernetes_role.is_some())?;
                 files.push(("jwt-path", self.jwt_path.clone()));
             }
+            "aws" | "gcp" => need("auth-role", self.auth_role.is_some())?,
             other => {
                 return Err(VaultError::Config(format!(
-                    "key `auth`: unknown method {other:?}; use token, approle or kubernetes"
-                )))
+                "key `auth`: unknown method {other:?}; use token, approle, kubernetes, aws or gcp"
+            )))
             }
         }
         self.cert_ttl()?;
@@ -218,43 +246,58 @@ impl VaultSettings {
                 .clone()
                 .unwrap_or_else(|| default.to_string())
         };
-        let auth = match self.auth.as_str() {
-            "token" => VaultAuth::Token {
-                token: match &self.token_file {
-                    Some(p) => read(p, "token-file")?,
-                    None => std::env::var("VAULT_TOKEN").map_err(|_| {
-                        VaultError::Config(
-                            "auth \"token\" needs `token-file` or the VAULT_TOKEN variable".into(),
-                        )
-                    })?,
+        let auth =
+            match self.auth.as_str() {
+                "token" => VaultAuth::Token {
+                    token: match &self.token_file {
+                        Some(p) => read(p, "token-file")?,
+                        None => std::env::var("VAULT_TOKEN").map_err(|_| {
+                            VaultError::Config(
+                                "auth \"token\" needs `token-file` or the VAULT_TOKEN variable"
+                                    .into(),
+                            )
+                        })?,
+                    },
                 },
-            },
-            "approle" => VaultAuth::AppRole {
-                mount: mount("approle"),
-                role_id: self
-                    .role_id
-                    .clone()
-                    .ok_or_else(|| VaultError::Config("auth \"approle\" needs `role-id`".into()))?,
-                secret_id: read(
-                    self.secret_id_file.as_ref().ok_or_else(|| {
-                        VaultError::Config("auth \"approle\" needs `secret-id-file`".into())
+                "approle" => VaultAuth::AppRole {
+                    mount: mount("approle"),
+                    role_id: self.role_id.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"approle\" needs `role-id`".into())
                     })?,
-                    "secret-id-file",
-                )?,
-            },
-            "kubernetes" => VaultAuth::Kubernetes {
-                mount: mount("kubernetes"),
-                role: self.kubernetes_role.clone().ok_or_else(|| {
-                    VaultError::Config("auth \"kubernetes\" needs `kubernetes-role`".into())
-                })?,
-                jwt_path: self.jwt_path.clone(),
-            },
-            other => {
-                return Err(VaultError::Config(format!(
-                    "key `auth`: unknown method {other:?}; use token, approle or kubernetes"
-                )))
-            }
-        };
+                    secret_id: read(
+                        self.secret_id_file.as_ref().ok_or_else(|| {
+                            VaultError::Config("auth \"approle\" needs `secret-id-file`".into())
+                        })?,
+                        "secret-id-file",
+                    )?,
+                },
+                "kubernetes" => VaultAuth::Kubernetes {
+                    mount: mount("kubernetes"),
+                    role: self.kubernetes_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"kubernetes\" needs `kubernetes-role`".into())
+                    })?,
+                    jwt_path: self.jwt_path.clone(),
+                },
+                "aws" => VaultAuth::Aws {
+                    mount: mount("aws"),
+                    role: self.auth_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"aws\" needs `auth-role`".into())
+                    })?,
+                    imds: "http://169.254.169.254".into(),
+                },
+                "gcp" => VaultAuth::Gcp {
+                    mount: mount("gcp"),
+                    role: self.auth_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"gcp\" needs `auth-role`".into())
+                    })?,
+                    metadata: "http://metadata.google.internal".into(),
+                },
+                other => {
+                    return Err(VaultError::Config(format!(
+                "key `auth`: unknown method {other:?}; use token, approle, kubernetes, aws or gcp"
+            )))
+                }
+            };
         self.cert_ttl()?;
         let mut config = VaultConfig::new(&self.address, &self.role, auth);
         config.mount = self.mount.clone();
@@ -370,6 +413,38 @@ impl VaultPki {
                     })?;
                 let path = format!("auth/{mount}/login");
                 let body = serde_json::json!({ "role": role, "jwt": jwt.trim() });
+                parse_login(
+                    &path,
+                    &self
+                        .call_with(RequestMethod::POST, &path, Some(body), "")
+                        .await?,
+                )?
+            }
+            VaultAuth::Aws { mount, role, imds } => {
+                let http = crate::cloudauth::metadata_client()?;
+                let creds = crate::cloudauth::aws_credentials(&http, imds).await?;
+                let body = crate::cloudauth::aws_login_body(
+                    role,
+                    &creds,
+                    &crate::cloudauth::amz_date_now(),
+                );
+                let path = format!("auth/{mount}/login");
+                parse_login(
+                    &path,
+                    &self
+                        .call_with(RequestMethod::POST, &path, Some(body), "")
+                        .await?,
+                )?
+            }
+            VaultAuth::Gcp {
+                mount,
+                role,
+                metadata,
+            } => {
+                let http = crate::cloudauth::metadata_client()?;
+                let jwt = crate::cloudauth::gce_identity_token(&http, metadata, role).await?;
+                let path = format!("auth/{mount}/login");
+                let body = serde_json::json!({ "role": role, "jwt": jwt });
                 parse_login(
                     &path,
                     &self
