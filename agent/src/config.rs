@@ -150,6 +150,9 @@ pub struct VaultOverrides {
     pub vault_secret_id_file: Option<PathBuf>,
     #[arg(long = "vault-kubernetes-role", env = "STRAIT_VAULT_KUBERNETES_ROLE")]
     pub vault_kubernetes_role: Option<String>,
+    /// aws, gcp: the role of the cloud auth method to log in as.
+    #[arg(long = "vault-auth-role", env = "STRAIT_VAULT_AUTH_ROLE")]
+    pub vault_auth_role: Option<String>,
     #[arg(long = "vault-jwt-path", env = "STRAIT_VAULT_JWT_PATH")]
     pub vault_jwt_path: Option<PathBuf>,
     #[arg(long = "vault-ca-cert", env = "STRAIT_VAULT_CA_CERT")]
@@ -205,6 +208,7 @@ impl VaultOverrides {
         s.role_id = self.vault_role_id.or(s.role_id);
         s.secret_id_file = self.vault_secret_id_file.or(s.secret_id_file);
         s.kubernetes_role = self.vault_kubernetes_role.or(s.kubernetes_role);
+        s.auth_role = self.vault_auth_role.or(s.auth_role);
         s.ca_cert = self.vault_ca_cert.or(s.ca_cert);
         Ok(Some(s))
     }

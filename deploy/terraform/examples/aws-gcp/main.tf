@@ -6,6 +6,10 @@
 locals {
   aws_site = "aws-use1"
   gcp_site = "gcp-usc1"
+
+  # Certificates from Vault (cloud IAM auth, no secret) when vault_address is set; from the
+  # coordinator's built-in CA with single-use join tokens otherwise.
+  join_token_file = "join-token-file = \"/run/credentials/strait-agent.service/secret_join-token\""
 }
 
 # --- AWS: VPC, a public subnet for the gateway, a private one for workloads -------------
@@ -90,12 +94,14 @@ module "aws_gateway" {
 
   # Vault's AWS auth method logs the instance in as its IAM role (output
   # aws_gateway_iam_role_arn): no secret in user data or state.
-  vault = {
+  vault = var.vault_address == null ? null : {
     address   = var.vault_address
     pki_role  = "strait-gateway-${local.aws_site}"
     auth_role = "strait-gateway-${local.aws_site}"
     ca_cert   = var.vault_ca_cert
   }
+  agent_config_extra = var.vault_address == null ? local.join_token_file : ""
+  agent_secrets      = var.vault_address == null ? { "join-token" = var.join_tokens[local.aws_site] } : {}
 }
 
 # --- GCP: a custom-mode network and one subnetwork --------------------------------------
@@ -135,10 +141,12 @@ module "gcp_gateway" {
 
   # Vault's GCP auth method (gce) logs the instance in as its service account (output
   # gcp_gateway_service_account): no secret in metadata or state.
-  vault = {
+  vault = var.vault_address == null ? null : {
     address   = var.vault_address
     pki_role  = "strait-gateway-${local.gcp_site}"
     auth_role = "strait-gateway-${local.gcp_site}"
     ca_cert   = var.vault_ca_cert
   }
+  agent_config_extra = var.vault_address == null ? local.join_token_file : ""
+  agent_secrets      = var.vault_address == null ? { "join-token" = var.join_tokens[local.gcp_site] } : {}
 }

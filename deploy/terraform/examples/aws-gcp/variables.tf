@@ -56,8 +56,16 @@ variable "strait_release_sha256" {
 }
 
 variable "vault_address" {
-  description = "Vault's address; the gateways get their certificates from its PKI engine, logging in with Vault's AWS and GCP auth methods as their instance identities (README.md, bootstrap)."
+  description = "Vault's address: the gateways get their certificates from its PKI engine, logging in with Vault's AWS and GCP auth methods as their instance identities (docs/vault.md). null: the coordinator's built-in CA, with join_tokens."
   type        = string
+  default     = null
+}
+
+variable "join_tokens" {
+  description = "Without Vault: a single-use join token per site (aws-use1, gcp-usc1), from `straitctl token create --site SITE --role gateway --ttl 1h`. Used once at first boot; a replaced gateway (a new strait_version) needs new ones."
+  type        = map(string)
+  default     = {}
+  sensitive   = true
 }
 
 variable "vault_ca_cert" {
