@@ -45,7 +45,7 @@ variable "local_prefixes" {
 }
 
 variable "remote_prefixes" {
-  description = "Prefixes of the other sites: routed to this gateway in route_table_ids."
+  description = "Prefixes of the other sites: routed to this gateway in route_tables."
   type        = list(string)
   default     = []
 }
