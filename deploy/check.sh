@@ -108,8 +108,10 @@ cloudinit="$(dirname "$venv")/cloud-init"
 if want cloudinit && [ ! -d "$cloudinit/usr/lib/python3/dist-packages/cloudinit" ]; then
   echo "unpacking Debian's cloud-init into $cloudinit (apt-get download)"
   mkdir -p "$cloudinit.deb"
-  (cd "$cloudinit.deb" && apt-get download cloud-init >/dev/null 2>&1) || {
-    echo "check.sh: apt-get download cloud-init failed: run apt-get update" >&2
+  # Stale package lists are the usual cause of a failure: refresh them once (as root).
+  (cd "$cloudinit.deb" && { apt-get download cloud-init >/dev/null 2>&1 ||
+    { [ "$(id -u)" -eq 0 ] && apt-get update -qq && apt-get download cloud-init >/dev/null 2>&1; }; }) || {
+    echo "check.sh: apt-get download cloud-init failed: run apt-get update (Debian's mirror must be reachable)" >&2
     exit 1
   }
   dpkg -x "$cloudinit.deb"/cloud-init_*.deb "$cloudinit"
