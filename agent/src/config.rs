@@ -137,7 +137,7 @@ pub struct VaultOverrides {
     /// PKI role (e.g. strait-gateway).
     #[arg(long = "vault-role", env = "STRAIT_VAULT_ROLE")]
     pub vault_role: Option<String>,
-    /// token, approle or kubernetes.
+    /// token, approle, kubernetes, aws or gcp.
     #[arg(long = "vault-auth", env = "STRAIT_VAULT_AUTH")]
     pub vault_auth: Option<String>,
     #[arg(long = "vault-auth-mount", env = "STRAIT_VAULT_AUTH_MOUNT")]
@@ -535,6 +535,34 @@ heartbeat-interval = "2s"
         };
         let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
         assert!(Config::merge(file, flag).unwrap().fail_closed);
+    }
+
+    #[test]
+    fn a_consumed_join_token_file_may_be_gone_once_enrolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |p: &std::path::Path| FileConfig {
+            join_token_file: Some(p.to_path_buf()),
+            ..FileConfig::default()
+        };
+        let o = || Overrides {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..overrides()
+        };
+        let token = dir.path().join("join-token");
+        std::fs::write(&token, "tok\n").unwrap();
+        let c = Config::merge(file(&token), o()).unwrap();
+        assert_eq!(c.join_token.as_deref(), Some("tok"));
+        std::fs::remove_file(&token).unwrap();
+        // Not enrolled: a missing token file is an error naming the key.
+        let err = format!("{:#}", Config::merge(file(&token), o()).unwrap_err());
+        assert!(err.contains("join-token-file"), "{err}");
+        // Enrolled: the token was used; its file may be removed.
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/cert.pem"), "").unwrap();
+        assert!(Config::merge(file(&token), o())
+            .unwrap()
+            .join_token
+            .is_none());
     }
 
     #[test]

@@ -1118,7 +1118,7 @@ mod tests {
             .to_config()
             .unwrap_err()
             .to_string()
-            .contains("token, approle or kubernetes"));
+            .contains("token, approle, kubernetes, aws or gcp"));
         bad = settings.clone();
         bad.cert_ttl = "forever".into();
         assert!(bad
