@@ -137,7 +137,7 @@ pub struct VaultOverrides {
     /// PKI role (e.g. strait-gateway).
     #[arg(long = "vault-role", env = "STRAIT_VAULT_ROLE")]
     pub vault_role: Option<String>,
-    /// token, approle or kubernetes.
+    /// token, approle, kubernetes, aws or gcp.
     #[arg(long = "vault-auth", env = "STRAIT_VAULT_AUTH")]
     pub vault_auth: Option<String>,
     #[arg(long = "vault-auth-mount", env = "STRAIT_VAULT_AUTH_MOUNT")]
@@ -150,6 +150,9 @@ pub struct VaultOverrides {
     pub vault_secret_id_file: Option<PathBuf>,
     #[arg(long = "vault-kubernetes-role", env = "STRAIT_VAULT_KUBERNETES_ROLE")]
     pub vault_kubernetes_role: Option<String>,
+    /// aws, gcp: the role of the cloud auth method to log in as.
+    #[arg(long = "vault-auth-role", env = "STRAIT_VAULT_AUTH_ROLE")]
+    pub vault_auth_role: Option<String>,
     #[arg(long = "vault-jwt-path", env = "STRAIT_VAULT_JWT_PATH")]
     pub vault_jwt_path: Option<PathBuf>,
     #[arg(long = "vault-ca-cert", env = "STRAIT_VAULT_CA_CERT")]
@@ -165,7 +168,7 @@ impl VaultOverrides {
     }
 
     /// Applies the flags over `base` (the file's `[vault]`), or builds settings from flags.
-    fn apply(self, base: Option<VaultSettings>) -> Result<Option<VaultSettings>> {
+    pub fn apply(self, base: Option<VaultSettings>) -> Result<Option<VaultSettings>> {
         if self.is_empty() && base.is_none() {
             return Ok(None);
         }
@@ -188,6 +191,7 @@ impl VaultOverrides {
                 role_id: None,
                 secret_id_file: None,
                 kubernetes_role: None,
+                auth_role: None,
                 jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
                 ca_cert: None,
                 cert_ttl: "24h".into(),
@@ -204,6 +208,7 @@ impl VaultOverrides {
         s.role_id = self.vault_role_id.or(s.role_id);
         s.secret_id_file = self.vault_secret_id_file.or(s.secret_id_file);
         s.kubernetes_role = self.vault_kubernetes_role.or(s.kubernetes_role);
+        s.auth_role = self.vault_auth_role.or(s.auth_role);
         s.ca_cert = self.vault_ca_cert.or(s.ca_cert);
         Ok(Some(s))
     }
@@ -350,14 +355,28 @@ impl Config {
         let token_file = o.join_token_file.or(f.join_token_file);
         let join_token = match (o.join_token.or(f.join_token), token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(path)) => Some(
-                strait_pki::files::check_file(&path, strait_pki::files::Sensitivity::Integrity)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| Ok(std::fs::read_to_string(&path)?))
-                    .with_context(|| format!("key `join-token-file`: reading {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(path)) => match strait_pki::files::check_file(
+                &path,
+                strait_pki::files::Sensitivity::Integrity,
+            )
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::fs::read_to_string(&path))
+            {
+                Ok(t) => Some(t.trim().to_string()),
+                // A join token is used once: after enrolling, its file may be gone (a
+                // Kubernetes Secret's key deleted, a VM's secret removed).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && state_dir.join("tls").join("cert.pem").exists() =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("key `join-token-file`: reading {}", path.display())
+                    })
+                }
+            },
             (None, None) => None,
         };
         let endpoints = if o.endpoints.is_empty() {
@@ -523,6 +542,34 @@ heartbeat-interval = "2s"
         };
         let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
         assert!(Config::merge(file, flag).unwrap().fail_closed);
+    }
+
+    #[test]
+    fn a_consumed_join_token_file_may_be_gone_once_enrolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |p: &std::path::Path| FileConfig {
+            join_token_file: Some(p.to_path_buf()),
+            ..FileConfig::default()
+        };
+        let o = || Overrides {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..overrides()
+        };
+        let token = dir.path().join("join-token");
+        std::fs::write(&token, "tok\n").unwrap();
+        let c = Config::merge(file(&token), o()).unwrap();
+        assert_eq!(c.join_token.as_deref(), Some("tok"));
+        std::fs::remove_file(&token).unwrap();
+        // Not enrolled: a missing token file is an error naming the key.
+        let err = format!("{:#}", Config::merge(file(&token), o()).unwrap_err());
+        assert!(err.contains("join-token-file"), "{err}");
+        // Enrolled: the token was used; its file may be removed.
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/cert.pem"), "").unwrap();
+        assert!(Config::merge(file(&token), o())
+            .unwrap()
+            .join_token
+            .is_none());
     }
 
     #[test]

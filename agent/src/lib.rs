@@ -1,6 +1,7 @@
 //! The Strait node agent.
 //!
 //! - [`config`]: `agent.toml` plus flags and `STRAIT_*` variables, validated at start.
+//! - [`checkconfig`]: `strait-agent check-config`, the same validation without starting.
 //! - [`wgkey`]: the node's WireGuard key (generated here, 0600, never sent or logged).
 //! - [`keyrotation`]: when to rotate that key, and the steps of a rotation.
 //! - [`enroll`]: the first certificate, from a join token and a CSR.
@@ -12,6 +13,7 @@
 //! - [`paths`]: path probing and selection.
 //! - [`metrics`]: Prometheus metrics read at scrape time.
 
+pub mod checkconfig;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -52,6 +52,49 @@ enum Command {
     /// routes and its policy rule (traffic for other sites then takes the main table).
     /// Run it when taking Strait off a node; the state directory is left alone.
     Uninstall,
+    /// Validate the configuration `run` would use (file, flags and STRAIT_* variables)
+    /// without starting anything; exits non-zero naming the key and the value at fault.
+    CheckConfig {
+        /// Agent config file (TOML).
+        #[arg(long, env = "STRAIT_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: Box<Overrides>,
+    },
+}
+
+/// The `STRAIT_*` variables some flag of this binary reads.
+fn known_variables() -> std::collections::BTreeSet<String> {
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
+}
+
+fn check_config(path: &std::path::Path, overrides: Overrides) -> Result<()> {
+    let unknown =
+        strait_agent::checkconfig::unknown_variables(std::env::vars(), &known_variables());
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "unknown variable(s) {}: no setting of strait-agent reads them (see `strait-agent run --help` for the STRAIT_* names); fix or remove them",
+            unknown.join(", ")
+        );
+    }
+    let checked = strait_agent::checkconfig::check(path, overrides)?;
+    for note in &checked.notes {
+        eprintln!("note: {note}");
+    }
+    println!("{}", checked.summary(path));
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -72,6 +115,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::CheckConfig { config, overrides } => check_config(&config, *overrides),
         Command::Run { config, overrides } => {
             let config = Config::load(config.as_deref(), *overrides)?;
             control::preflight(&config)?;

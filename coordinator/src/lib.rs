@@ -1,6 +1,7 @@
 //! The Strait coordinator: the mesh's source of truth, and `straitctl`'s client side.
 //!
 //! - [`config`]: `coordinator.toml`, validated at start.
+//! - [`checkconfig`]: `strait-coordinator check-config`, the same without serving.
 //! - [`mesh`]: the pure core: registry, tokens, revocations, per-node network maps.
 //! - [`fanout`]: the current map version and waking only the sessions it concerns.
 //! - [`policy`], [`overlay`]: prefix policy and overlay address allocation (pure).
@@ -15,6 +16,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod checkconfig;
 pub mod config;
 pub mod connlimit;
 pub mod ctl;

@@ -52,6 +52,13 @@ enum Command {
         #[arg(long = "site")]
         sites: Vec<SiteSpec>,
     },
+    /// Validate a config file without serving (no Vault login, no store, no socket);
+    /// exits non-zero naming the key and the value at fault.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, env = "STRAIT_CONFIG")]
+        config: PathBuf,
+    },
     /// Run the coordinator.
     Serve {
         /// The config file written by `init`.
@@ -96,7 +103,45 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::CheckConfig { config } => check_config(&config),
     }
+}
+
+/// The `STRAIT_*` variables some flag of this binary reads.
+fn known_variables() -> std::collections::BTreeSet<String> {
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
+}
+
+fn check_config(path: &std::path::Path) -> Result<()> {
+    let known = known_variables();
+    let unknown: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("STRAIT_") && !known.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "unknown variable(s) {}: no setting of strait-coordinator reads them; fix or remove them",
+            unknown.join(", ")
+        );
+    }
+    let checked = strait_coordinator::checkconfig::check(path)?;
+    for note in &checked.notes {
+        eprintln!("note: {note}");
+    }
+    println!("{}", checked.summary(path));
+    Ok(())
 }
 
 async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()> {

@@ -33,3 +33,34 @@ fn straitctl_without_a_certificate_exits_unreachable_with_a_hint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-dir"), "{err}");
 }
+
+#[test]
+fn check_config_validates_without_serving() {
+    let bin = env!("CARGO_BIN_EXE_strait-coordinator");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coordinator.toml");
+    let good = "mesh = \"prod\"\nstate-dir = \"/nonexistent\"\nlisten = \"127.0.0.1:1\"\n[[sites]]\nname = \"aws-use1\"\nprefixes = [\"10.10.0.0/16\"]\n";
+    let check = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        Command::new(bin)
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .env_remove("STRAIT_LISTEN")
+            .output()
+            .unwrap()
+    };
+    let out = check(good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sites=1"));
+    let out = check(&good.replace("10.10.0.0/16", "100.64.0.0/16"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sites[0].prefixes") && err.contains("100.64.0.0/16"),
+        "{err}"
+    );
+}

@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# Installs Strait on a systemd host (Debian 12 / Ubuntu 22.04 or newer, systemd >= 250).
+# Installs Strait on a systemd host (Debian 12 / Ubuntu 22.04 or newer, systemd >= 250)
+# from a release archive (deploy/release/archive.sh builds it).
 #
-#   install.sh [--gateway] [--coordinator] [--config FILE] [--secret NAME=FILE]...
-#              [--sha256 HEX] [--no-start] SOURCE
+#   install.sh --gateway|--member|--coordinator [options] SOURCE
 #
-# SOURCE is a directory holding the binaries (strait-agent, and strait-coordinator and
-# straitctl if present), a .tar.gz of them (any layout), or an https:// URL of such a
-# .tar.gz (checked against --sha256 when given). Binaries go to /usr/local/bin.
+# SOURCE is a release archive strait-<version>-<target>.tar.gz, an https:// URL of one
+# (then --sha256 is required), or an unpacked release directory (default: the release
+# this script is in). Every file of the release
+# is checked against its SHA256SUMS, and the archive against --sha256 when given; any
+# mismatch stops the install before anything is changed, whatever else is asked.
 #
-#   --config FILE        install FILE as /etc/strait/agent.toml (root, 0600); without it an
-#                        existing agent.toml is kept, and a missing one stops the install
-#   --secret NAME=FILE   install FILE as /etc/strait/agent-secrets/NAME (0600); the agent
-#                        sees it as /run/credentials/strait-agent.service/secret_NAME
-#                        (e.g. join-token, vault-secret-id, vault-token)
-#   --gateway            also install /etc/sysctl.d/90-strait-gateway.conf (IPv4 forwarding)
-#   --coordinator        also install strait-coordinator.service (enabled, started once
-#                        /etc/strait/coordinator.toml exists; see the unit file)
+# What to install (one or more):
+#   --gateway            the agent as a gateway: strait-agent.service and
+#                        /etc/sysctl.d/90-strait-gateway.conf (IPv4 forwarding)
+#   --member             the agent as a member: strait-agent.service
+#   --coordinator        the coordinator: strait-coordinator.service (started once
+#                        /etc/strait/coordinator.toml exists) and straitctl
+# Options:
+#   --config FILE        agent config, installed as /etc/strait/agent.toml (root, 0600);
+#                        without it an existing one is kept, and a missing one stops the
+#                        install. Checked with `strait-agent check-config` first.
+#   --coordinator-config FILE
+#                        coordinator config, installed as /etc/strait/coordinator.toml
+#                        (0600); checked with `strait-coordinator check-config` first
+#   --secret NAME=FILE   agent secret, /etc/strait/agent-secrets/NAME (0600); the agent sees
+#                        /run/credentials/strait-agent.service/secret_NAME (join-token,
+#                        vault-secret-id, vault-token, ...)
+#   --coordinator-secret NAME=FILE
+#                        coordinator secret, /etc/strait/coordinator-secrets/NAME (0600)
+#   --sha256 HEX         SHA-256 of the archive (the .sha256 file published beside it)
 #   --no-start           enable the units but do not (re)start them
+#   --root DIR           install into DIR as if it were / (an image or a test): no
+#                        systemctl start, sysctl or daemon-reload; units are enabled with
+#                        `systemctl --root`
 #
-# Run as root. Idempotent: running it again upgrades the binaries and restarts the agent.
+# Run as root. Idempotent: running it again upgrades the binaries and restarts the units.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-prefix=/usr/local/bin
-etc=/etc/strait
-unitdir=/etc/systemd/system
 
 die() {
   echo "install.sh: error: $*" >&2
@@ -32,36 +45,43 @@ die() {
 }
 note() { echo "install.sh: $*"; }
 usage() {
-  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
 gateway=no
+member=no
 coordinator=no
 start=yes
 config=""
+coordinator_config=""
 sha256=""
+root=""
 secrets=()
+coordinator_secrets=()
 source_arg=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --gateway) gateway=yes ;;
+    --member) member=yes ;;
     --coordinator) coordinator=yes ;;
     --no-start) start=no ;;
-    --config)
-      [ $# -ge 2 ] || die "--config needs a file"
-      config="$2"
-      shift
-      ;;
-    --secret)
-      [ $# -ge 2 ] || die "--secret needs NAME=FILE"
-      secrets+=("$2")
-      shift
-      ;;
-    --sha256)
-      [ $# -ge 2 ] || die "--sha256 needs a hex digest"
-      [[ "$2" =~ ^[0-9a-fA-F]{64}$ ]] || die "--sha256 $2: expected 64 hex digits"
-      sha256="$2"
+    --config | --coordinator-config | --secret | --coordinator-secret | --sha256 | --root)
+      [ $# -ge 2 ] || die "$1 needs a value (see --help)"
+      case "$1" in
+        --config) config="$2" ;;
+        --coordinator-config) coordinator_config="$2" ;;
+        --secret) secrets+=("$2") ;;
+        --coordinator-secret) coordinator_secrets+=("$2") ;;
+        --sha256)
+          [[ "$2" =~ ^[0-9a-fA-F]{64}$ ]] || die "--sha256 $2: expected 64 hex digits"
+          sha256="$2"
+          ;;
+        --root)
+          [ -d "$2" ] || die "--root $2: no such directory"
+          root="$(cd "$2" && pwd)"
+          ;;
+      esac
       shift
       ;;
     -h | --help) usage 0 ;;
@@ -74,36 +94,55 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-[ -n "$source_arg" ] || usage 2
+if [ -z "$source_arg" ]; then
+  [ -f "$here/../../SHA256SUMS" ] || usage 2
+  source_arg="$(cd "$here/../.." && pwd)"
+fi
+[ "$gateway" = yes ] || [ "$member" = yes ] || [ "$coordinator" = yes ] ||
+  die "say what to install: --gateway, --member or --coordinator (see --help)"
+[ "$gateway" = no ] || [ "$member" = no ] || die "--gateway and --member exclude each other: a node has one role"
+agent=no
+{ [ "$gateway" = yes ] || [ "$member" = yes ]; } && agent=yes
 [ "$(id -u)" -eq 0 ] || die "run as root (it writes /usr/local/bin, /etc/strait and systemd units)"
-command -v systemctl >/dev/null || die "systemctl not found: this installer is for systemd hosts"
-for unit in strait-agent.service strait-coordinator.service 90-strait-gateway.conf; do
-  [ -f "$here/$unit" ] || die "$here/$unit is missing: run install.sh from its directory in the Strait release (deploy/systemd)"
-done
-if [ -n "$config" ] && [ ! -r "$config" ]; then
-  die "--config $config: no such readable file"
-fi
-if [ -z "$config" ] && [ ! -f "$etc/agent.toml" ]; then
-  die "no $etc/agent.toml yet: pass --config FILE (see agent.example.toml next to this script)"
-fi
-for s in "${secrets[@]}"; do
-  name="${s%%=*}"
-  file="${s#*=}"
-  if [ "$name" = "$s" ] || [ -z "$name" ]; then
-    die "--secret $s: expected NAME=FILE"
+[ -n "$root" ] || command -v systemctl >/dev/null || die "systemctl not found: this installer is for systemd hosts"
+
+prefix="$root/usr/local/bin"
+etc="$root/etc/strait"
+unitdir="$root/etc/systemd/system"
+
+readable() { # FLAG FILE
+  if [ ! -r "$2" ] || [ ! -f "$2" ]; then
+    die "$1 $2: no such readable file"
+  fi
+}
+check_secret() { # FLAG NAME=FILE
+  local name="${2%%=*}" file="${2#*=}"
+  if [ "$name" = "$2" ] || [ -z "$name" ]; then
+    die "$1 $2: expected NAME=FILE"
   fi
   case "$name" in
-    */* | .*) die "--secret $s: NAME must be a plain file name" ;;
+    */* | .*) die "$1 $2: NAME must be a plain file name" ;;
   esac
-  [ -r "$file" ] || die "--secret $s: cannot read $file"
-done
+  readable "$1" "$file"
+}
+[ -z "$config" ] || readable --config "$config"
+[ -z "$coordinator_config" ] || readable --coordinator-config "$coordinator_config"
+if [ "$agent" = yes ] && [ -z "$config" ] && [ ! -f "$etc/agent.toml" ]; then
+  die "no $etc/agent.toml yet: pass --config FILE (see agent.example.toml next to this script)"
+fi
+[ "$agent" = yes ] || [ ${#secrets[@]} -eq 0 ] || die "--secret is for the agent: add --gateway or --member (or use --coordinator-secret)"
+[ "$agent" = yes ] || [ -z "$config" ] || die "--config is the agent's: add --gateway or --member (or use --coordinator-config)"
+[ "$coordinator" = yes ] || [ -z "$coordinator_config" ] || die "--coordinator-config needs --coordinator"
+for s in ${secrets[@]+"${secrets[@]}"}; do check_secret --secret "$s"; done
+for s in ${coordinator_secrets[@]+"${coordinator_secrets[@]}"}; do check_secret --coordinator-secret "$s"; done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Find the binaries: a directory, a local archive, or a downloaded archive.
+# --- The release: fetch, check the archive's sum, unpack, check every file's sum --------
 case "$source_arg" in
   https://*)
+    [ -n "$sha256" ] || die "--sha256 is required with a URL: the published strait-*.tar.gz.sha256 holds it"
     command -v curl >/dev/null || die "curl is needed to download $source_arg (apt-get install curl)"
     note "downloading $source_arg"
     curl --fail --silent --show-error --location --proto '=https' --retry 3 \
@@ -119,77 +158,124 @@ case "$source_arg" in
 esac
 if [ -n "$archive" ]; then
   if [ -n "$sha256" ]; then
-    echo "$sha256  $archive" | sha256sum --check --quiet - || die "$archive does not match --sha256 $sha256"
+    actual="$(sha256sum "$archive" | cut -d' ' -f1)"
+    [ "$actual" = "${sha256,,}" ] || die "$source_arg has SHA-256 $actual, not $sha256: refusing it (a corrupt or altered download)"
+    note "archive SHA-256 $actual matches"
   fi
-  tar -xzf "$archive" -C "$work" || die "$archive is not a .tar.gz"
-  bindir="$work"
+  mkdir "$work/release"
+  tar -xzf "$archive" -C "$work/release" --no-same-owner || die "$source_arg is not a .tar.gz"
+  mapfile -t sums < <(find "$work/release" -maxdepth 2 -name SHA256SUMS)
+  [ ${#sums[@]} -eq 1 ] || die "$source_arg holds ${#sums[@]} SHA256SUMS files, not one: not a Strait release archive"
+  release="$(dirname "${sums[0]}")"
 else
   [ -z "$sha256" ] || die "--sha256 applies to an archive, not to the directory $source_arg"
-  bindir="$source_arg"
+  release="$(cd "$source_arg" && pwd)"
+  [ -f "$release/SHA256SUMS" ] || die "$release has no SHA256SUMS: not an unpacked Strait release"
 fi
-find_bin() { find "$bindir" -type f -name "$1" -perm -u+x | head -n 1; }
-
-# Check everything before changing anything.
-agent_bin="$(find_bin strait-agent)"
-[ -n "$agent_bin" ] || die "no executable strait-agent in $source_arg"
-"$agent_bin" --version >/dev/null 2>&1 || die "$agent_bin does not run here (wrong architecture or libc?)"
-coordinator_bin="$(find_bin strait-coordinator)"
-straitctl_bin="$(find_bin straitctl)"
-if [ "$coordinator" = yes ] && [ -z "$coordinator_bin" ]; then
-  die "--coordinator given but there is no strait-coordinator in $source_arg"
+if ! (cd "$release" && sha256sum --check --strict --quiet SHA256SUMS); then
+  die "files of $source_arg do not match its SHA256SUMS: refusing a corrupt release"
 fi
-
-install -m 0755 -o root -g root "$agent_bin" "$prefix/strait-agent"
-note "installed $prefix/strait-agent ($("$prefix/strait-agent" --version))"
-if [ -n "$coordinator_bin" ]; then
-  install -m 0755 -o root -g root "$coordinator_bin" "$prefix/strait-coordinator"
-  note "installed $prefix/strait-coordinator"
-fi
-if [ -n "$straitctl_bin" ]; then
-  install -m 0755 -o root -g root "$straitctl_bin" "$prefix/straitctl"
-  note "installed $prefix/straitctl"
-fi
-
-# Configuration and secrets: root only. The service reads copies through LoadCredential=.
-install -d -m 0700 -o root -g root "$etc" "$etc/agent-secrets"
-if [ -n "$config" ]; then
-  install -m 0600 -o root -g root "$config" "$etc/agent.toml"
-  note "installed $etc/agent.toml"
-fi
-for s in "${secrets[@]}"; do
-  install -m 0600 -o root -g root "${s#*=}" "$etc/agent-secrets/${s%%=*}"
-  note "installed secret $etc/agent-secrets/${s%%=*}"
+listed() { grep -qE "^[0-9a-f]{64}  (\./)?$1\$" "$release/SHA256SUMS"; }
+for f in bin/strait-agent bin/strait-coordinator bin/straitctl deploy/systemd/strait-agent.service \
+  deploy/systemd/strait-coordinator.service deploy/systemd/90-strait-gateway.conf; do
+  if [ ! -f "$release/$f" ] || ! listed "$f"; then
+    die "$source_arg has no $f in its SHA256SUMS: not a complete Strait release"
+  fi
 done
+version="$("$release/bin/strait-agent" --version 2>/dev/null)" ||
+  die "$release/bin/strait-agent does not run here (wrong architecture, or glibc older than 2.34?)"
+note "release verified: $version ($(wc -l <"$release/SHA256SUMS") files)"
+units="$release/deploy/systemd"
 
-install -m 0644 -o root -g root "$here/strait-agent.service" "$unitdir/strait-agent.service"
+# --- Check the configuration before changing anything -----------------------------------
+agent_toml="${config:-$etc/agent.toml}"
+if [ "$agent" = yes ]; then
+  out="$("$release/bin/strait-agent" check-config --config "$agent_toml" 2>&1)" || die "$agent_toml: $out"
+  want=member
+  [ "$gateway" = yes ] && want=gateway
+  case "$out" in
+    *" role=$want "* | *" role=$want") ;;
+    *) die "$agent_toml: $out; but this install is --$want: set role = \"$want\" in it" ;;
+  esac
+  note "$out"
+fi
+coordinator_toml="${coordinator_config:-$etc/coordinator.toml}"
+if [ "$coordinator" = yes ] && [ -f "$coordinator_toml" ]; then
+  out="$("$release/bin/strait-coordinator" check-config --config "$coordinator_toml" 2>&1)" || die "$coordinator_toml: $out"
+  note "$out"
+fi
+
+# --- Install ---------------------------------------------------------------------------
+install -d -m 0755 "$prefix" "$unitdir"
+install_bin() {
+  install -m 0755 -o root -g root "$release/bin/$1" "$prefix/$1"
+  note "installed $prefix/$1"
+}
+[ "$agent" = no ] || install_bin strait-agent
+[ "$coordinator" = no ] || install_bin strait-coordinator
+install_bin straitctl
+# Configuration and secrets: root only. The services read copies through LoadCredential=.
+install -d -m 0700 -o root -g root "$etc"
+if [ "$agent" = yes ]; then
+  install -d -m 0700 -o root -g root "$etc/agent-secrets"
+  if [ -n "$config" ]; then
+    install -m 0600 -o root -g root "$config" "$etc/agent.toml"
+    note "installed $etc/agent.toml"
+  fi
+  for s in ${secrets[@]+"${secrets[@]}"}; do
+    install -m 0600 -o root -g root "${s#*=}" "$etc/agent-secrets/${s%%=*}"
+    note "installed secret $etc/agent-secrets/${s%%=*}"
+  done
+  install -m 0644 -o root -g root "$units/strait-agent.service" "$unitdir/strait-agent.service"
+fi
 if [ "$gateway" = yes ]; then
-  install -m 0644 -o root -g root "$here/90-strait-gateway.conf" /etc/sysctl.d/90-strait-gateway.conf
-  sysctl -q -p /etc/sysctl.d/90-strait-gateway.conf
-  note "IPv4 forwarding on (/etc/sysctl.d/90-strait-gateway.conf)"
+  install -d -m 0755 "$root/etc/sysctl.d"
+  install -m 0644 -o root -g root "$units/90-strait-gateway.conf" "$root/etc/sysctl.d/90-strait-gateway.conf"
+  if [ -z "$root" ]; then
+    sysctl -q -p /etc/sysctl.d/90-strait-gateway.conf
+    note "IPv4 forwarding on (/etc/sysctl.d/90-strait-gateway.conf)"
+  fi
 fi
 if [ "$coordinator" = yes ]; then
   install -d -m 0700 -o root -g root "$etc/coordinator-secrets"
-  install -m 0644 -o root -g root "$here/strait-coordinator.service" "$unitdir/strait-coordinator.service"
+  if [ -n "$coordinator_config" ]; then
+    install -m 0600 -o root -g root "$coordinator_config" "$etc/coordinator.toml"
+    note "installed $etc/coordinator.toml"
+  fi
+  for s in ${coordinator_secrets[@]+"${coordinator_secrets[@]}"}; do
+    install -m 0600 -o root -g root "${s#*=}" "$etc/coordinator-secrets/${s%%=*}"
+    note "installed secret $etc/coordinator-secrets/${s%%=*}"
+  done
+  install -m 0644 -o root -g root "$units/strait-coordinator.service" "$unitdir/strait-coordinator.service"
 fi
 
+services=()
+[ "$agent" = no ] || services+=(strait-agent.service)
+[ "$coordinator" = no ] || services+=(strait-coordinator.service)
+if [ -n "$root" ]; then
+  systemctl --root="$root" enable "${services[@]}" >/dev/null 2>&1 ||
+    die "systemctl --root=$root enable ${services[*]} failed"
+  note "enabled ${services[*]} in $root (not started: --root)"
+  exit 0
+fi
 systemctl daemon-reload
-systemctl enable strait-agent.service >/dev/null
-[ "$coordinator" = no ] || systemctl enable strait-coordinator.service >/dev/null
-
-if [ "$start" = yes ]; then
-  if [ "$coordinator" = yes ]; then
-    if [ -f "$etc/coordinator.toml" ]; then
-      systemctl restart strait-coordinator.service
-      note "strait-coordinator started"
-    else
-      note "strait-coordinator enabled but not started: create the mesh with"
-      note "  strait-coordinator init --state-dir /var/lib/strait-coordinator --mesh NAME --site ..."
-      note "  install -m 0600 /var/lib/strait-coordinator/coordinator.toml $etc/coordinator.toml"
-      note "  systemctl start strait-coordinator"
-    fi
+systemctl enable "${services[@]}" >/dev/null
+if [ "$start" = no ]; then
+  note "enabled ${services[*]}, not started (--no-start)"
+  exit 0
+fi
+if [ "$coordinator" = yes ]; then
+  if [ -f "$etc/coordinator.toml" ]; then
+    systemctl restart strait-coordinator.service
+    note "strait-coordinator started; follow it with: journalctl -u strait-coordinator -f"
+  else
+    note "strait-coordinator enabled but not started: create the mesh once with"
+    note "  strait-coordinator init --state-dir /var/lib/strait-coordinator --mesh NAME --site ..."
+    note "  install -m 0600 /var/lib/strait-coordinator/coordinator.toml $etc/coordinator.toml"
+    note "  systemctl start strait-coordinator"
   fi
+fi
+if [ "$agent" = yes ]; then
   systemctl restart strait-agent.service
   note "strait-agent started; follow it with: journalctl -u strait-agent -f"
-else
-  note "units enabled, not started (--no-start)"
 fi

@@ -11,6 +11,7 @@
 //! - [`files`]: which files and directories may be trusted (owner and mode).
 
 pub mod ca;
+pub mod cloudauth;
 pub mod files;
 pub mod fingerprint;
 #[doc(hidden)]

@@ -42,6 +42,20 @@ pub enum VaultAuth {
         role: String,
         jwt_path: PathBuf,
     },
+    /// AWS IAM, for EC2 instances: `auth/<mount>/login` with an `sts:GetCallerIdentity`
+    /// request signed with the instance role's credentials from IMDSv2 at `imds`.
+    Aws {
+        mount: String,
+        role: String,
+        imds: String,
+    },
+    /// GCP (gce), for Compute Engine instances: `auth/<mount>/login` with the identity
+    /// token the metadata server at `metadata` signs for the instance's service account.
+    Gcp {
+        mount: String,
+        role: String,
+        metadata: String,
+    },
 }
 
 impl std::fmt::Debug for VaultAuth {
@@ -63,6 +77,16 @@ impl std::fmt::Debug for VaultAuth {
                 .field("mount", mount)
                 .field("role", role)
                 .field("jwt_path", jwt_path)
+                .finish(),
+            VaultAuth::Aws { mount, role, .. } => f
+                .debug_struct("Aws")
+                .field("mount", mount)
+                .field("role", role)
+                .finish(),
+            VaultAuth::Gcp { mount, role, .. } => f
+                .debug_struct("Gcp")
+                .field("mount", mount)
+                .field("role", role)
                 .finish(),
         }
     }
@@ -111,7 +135,7 @@ pub struct VaultSettings {
     pub mount: String,
     /// PKI role for this process's certificates (e.g. `strait-gateway`).
     pub role: String,
-    /// `token`, `approle` or `kubernetes`.
+    /// `token`, `approle`, `kubernetes`, `aws` (IAM) or `gcp` (gce).
     pub auth: String,
     /// Mount of the auth method (default: the method's name).
     #[serde(default)]
@@ -128,6 +152,9 @@ pub struct VaultSettings {
     /// kubernetes: the Vault role to log in as.
     #[serde(default)]
     pub kubernetes_role: Option<String>,
+    /// aws, gcp: the role of the auth method to log in as.
+    #[serde(default)]
+    pub auth_role: Option<String>,
     /// kubernetes: the projected service-account token.
     #[serde(default = "default_jwt_path")]
     pub jwt_path: PathBuf,
@@ -160,6 +187,51 @@ impl VaultSettings {
         })
     }
 
+    /// Checks the settings without reading any file or reaching Vault (`check-config`):
+    /// the address, the auth method and the keys it needs, the certificate lifetime.
+    /// Returns the files the settings name (key, path), which `to_config` and the login read.
+    pub fn check_offline(&self) -> Result<Vec<(&'static str, PathBuf)>, VaultError> {
+        let need = |key: &str, set: bool| {
+            if set {
+                Ok(())
+            } else {
+                Err(VaultError::Config(format!(
+                    "auth {:?} needs `{key}`",
+                    self.auth
+                )))
+            }
+        };
+        let mut files = Vec::new();
+        match self.auth.as_str() {
+            "token" => {
+                if let Some(p) = &self.token_file {
+                    files.push(("token-file", p.clone()));
+                }
+            }
+            "approle" => {
+                need("role-id", self.role_id.is_some())?;
+                need("secret-id-file", self.secret_id_file.is_some())?;
+                files.extend(self.secret_id_file.clone().map(|p| ("secret-id-file", p)));
+            }
+            "kubernetes" => {
+                need("kubernetes-role", self.kubernetes_role.is_some())?;
+                files.push(("jwt-path", self.jwt_path.clone()));
+            }
+            "aws" | "gcp" => need("auth-role", self.auth_role.is_some())?,
+            other => {
+                return Err(VaultError::Config(format!(
+                "key `auth`: unknown method {other:?}; use token, approle, kubernetes, aws or gcp"
+            )))
+            }
+        }
+        self.cert_ttl()?;
+        parse_address(&self.address)?;
+        if let Some(p) = &self.ca_cert {
+            files.push(("ca-cert", p.clone()));
+        }
+        Ok(files)
+    }
+
     /// Resolves secrets and checks the settings.
     pub fn to_config(&self) -> Result<VaultConfig, VaultError> {
         let read = |path: &PathBuf, key: &str| {
@@ -176,43 +248,58 @@ impl VaultSettings {
                 .clone()
                 .unwrap_or_else(|| default.to_string())
         };
-        let auth = match self.auth.as_str() {
-            "token" => VaultAuth::Token {
-                token: match &self.token_file {
-                    Some(p) => read(p, "token-file")?,
-                    None => std::env::var("VAULT_TOKEN").map_err(|_| {
-                        VaultError::Config(
-                            "auth \"token\" needs `token-file` or the VAULT_TOKEN variable".into(),
-                        )
-                    })?,
+        let auth =
+            match self.auth.as_str() {
+                "token" => VaultAuth::Token {
+                    token: match &self.token_file {
+                        Some(p) => read(p, "token-file")?,
+                        None => std::env::var("VAULT_TOKEN").map_err(|_| {
+                            VaultError::Config(
+                                "auth \"token\" needs `token-file` or the VAULT_TOKEN variable"
+                                    .into(),
+                            )
+                        })?,
+                    },
                 },
-            },
-            "approle" => VaultAuth::AppRole {
-                mount: mount("approle"),
-                role_id: self
-                    .role_id
-                    .clone()
-                    .ok_or_else(|| VaultError::Config("auth \"approle\" needs `role-id`".into()))?,
-                secret_id: read(
-                    self.secret_id_file.as_ref().ok_or_else(|| {
-                        VaultError::Config("auth \"approle\" needs `secret-id-file`".into())
+                "approle" => VaultAuth::AppRole {
+                    mount: mount("approle"),
+                    role_id: self.role_id.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"approle\" needs `role-id`".into())
                     })?,
-                    "secret-id-file",
-                )?,
-            },
-            "kubernetes" => VaultAuth::Kubernetes {
-                mount: mount("kubernetes"),
-                role: self.kubernetes_role.clone().ok_or_else(|| {
-                    VaultError::Config("auth \"kubernetes\" needs `kubernetes-role`".into())
-                })?,
-                jwt_path: self.jwt_path.clone(),
-            },
-            other => {
-                return Err(VaultError::Config(format!(
-                    "key `auth`: unknown method {other:?}; use token, approle or kubernetes"
-                )))
-            }
-        };
+                    secret_id: read(
+                        self.secret_id_file.as_ref().ok_or_else(|| {
+                            VaultError::Config("auth \"approle\" needs `secret-id-file`".into())
+                        })?,
+                        "secret-id-file",
+                    )?,
+                },
+                "kubernetes" => VaultAuth::Kubernetes {
+                    mount: mount("kubernetes"),
+                    role: self.kubernetes_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"kubernetes\" needs `kubernetes-role`".into())
+                    })?,
+                    jwt_path: self.jwt_path.clone(),
+                },
+                "aws" => VaultAuth::Aws {
+                    mount: mount("aws"),
+                    role: self.auth_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"aws\" needs `auth-role`".into())
+                    })?,
+                    imds: "http://169.254.169.254".into(),
+                },
+                "gcp" => VaultAuth::Gcp {
+                    mount: mount("gcp"),
+                    role: self.auth_role.clone().ok_or_else(|| {
+                        VaultError::Config("auth \"gcp\" needs `auth-role`".into())
+                    })?,
+                    metadata: "http://metadata.google.internal".into(),
+                },
+                other => {
+                    return Err(VaultError::Config(format!(
+                "key `auth`: unknown method {other:?}; use token, approle, kubernetes, aws or gcp"
+            )))
+                }
+            };
         self.cert_ttl()?;
         let mut config = VaultConfig::new(&self.address, &self.role, auth);
         config.mount = self.mount.clone();
@@ -330,6 +417,38 @@ impl VaultPki {
                     })?;
                 let path = format!("auth/{mount}/login");
                 let body = serde_json::json!({ "role": role, "jwt": jwt.trim() });
+                parse_login(
+                    &path,
+                    &self
+                        .call_with(RequestMethod::POST, &path, Some(body), "")
+                        .await?,
+                )?
+            }
+            VaultAuth::Aws { mount, role, imds } => {
+                let http = crate::cloudauth::metadata_client()?;
+                let creds = crate::cloudauth::aws_credentials(&http, imds).await?;
+                let body = crate::cloudauth::aws_login_body(
+                    role,
+                    &creds,
+                    &crate::cloudauth::amz_date_now(),
+                );
+                let path = format!("auth/{mount}/login");
+                parse_login(
+                    &path,
+                    &self
+                        .call_with(RequestMethod::POST, &path, Some(body), "")
+                        .await?,
+                )?
+            }
+            VaultAuth::Gcp {
+                mount,
+                role,
+                metadata,
+            } => {
+                let http = crate::cloudauth::metadata_client()?;
+                let jwt = crate::cloudauth::gce_identity_token(&http, metadata, role).await?;
+                let path = format!("auth/{mount}/login");
+                let body = serde_json::json!({ "role": role, "jwt": jwt });
                 parse_login(
                     &path,
                     &self
@@ -565,13 +684,23 @@ fn refused(path: &str, status: u16, body: &str) -> VaultError {
     }
 }
 
-fn build_client(config: &VaultConfig) -> Result<VaultClient, VaultError> {
-    let url = url::Url::parse(&config.address).map_err(|e| {
+/// Vault's address as a URL: https, or http (warned about off loopback).
+fn parse_address(address: &str) -> Result<url::Url, VaultError> {
+    let url = url::Url::parse(address).map_err(|e| {
         VaultError::Config(format!(
-            "address {:?} is not a URL ({e}); use e.g. https://vault.example.com:8200",
-            config.address
+            "address {address:?} is not a URL ({e}); use e.g. https://vault.example.com:8200"
         ))
     })?;
+    match url.scheme() {
+        "https" | "http" => Ok(url),
+        other => Err(VaultError::Config(format!(
+            "address {address:?} has scheme {other:?}; use https:// (or http:// for a local test server)"
+        ))),
+    }
+}
+
+fn build_client(config: &VaultConfig) -> Result<VaultClient, VaultError> {
+    let url = parse_address(&config.address)?;
     match url.scheme() {
         "https" => {}
         "http" => {
@@ -995,7 +1124,7 @@ mod tests {
             .to_config()
             .unwrap_err()
             .to_string()
-            .contains("token, approle or kubernetes"));
+            .contains("token, approle, kubernetes, aws or gcp"));
         bad = settings.clone();
         bad.cert_ttl = "forever".into();
         assert!(bad

@@ -7,18 +7,9 @@ locals {
   aws_site = "aws-use1"
   gcp_site = "gcp-usc1"
 
-  # The gateways' [vault] table: a per-site PKI role (strait-gateway-<site>) and AppRole.
-  vault_config = <<-EOT
-    [vault]
-    address = "${var.vault_address}"
-    mount = "pki"
-    role = "strait-gateway-%s"
-    auth = "approle"
-    auth-mount = "approle"
-    role-id = "%s"
-    secret-id-file = "/run/credentials/strait-agent.service/secret_vault-secret-id"
-    cert-ttl = "24h"
-  EOT
+  # Certificates from Vault (cloud IAM auth, no secret) when vault_address is set; from the
+  # coordinator's built-in CA with single-use join tokens otherwise.
+  join_token_file = "join-token-file = \"/run/credentials/strait-agent.service/secret_join-token\""
 }
 
 # --- AWS: VPC, a public subnet for the gateway, a private one for workloads -------------
@@ -91,15 +82,26 @@ module "aws_gateway" {
   subnet_id       = aws_subnet.public.id
   local_prefixes  = [var.aws_vpc_cidr]
   remote_prefixes = [var.gcp_vpc_cidr]
-  route_table_ids = [aws_route_table.public.id, aws_route_table.private.id]
+  # Named: the IDs are known only after apply, the names now.
+  route_tables = { public = aws_route_table.public.id, private = aws_route_table.private.id }
 
-  # Only the GCP gateway connects to this one.
-  peer_public_cidrs = ["${module.gcp_gateway.public_ip}/32"]
+  # Only the GCP gateway connects to this one (its address is known after apply).
+  peer_public_cidrs = { (local.gcp_site) = "${module.gcp_gateway.public_ip}/32" }
 
-  strait_release_url    = var.strait_release_url
-  strait_release_sha256 = var.strait_release_sha256
-  agent_config_extra    = format(local.vault_config, local.aws_site, var.aws_gateway_approle.role_id)
-  agent_secrets         = { "vault-secret-id" = var.aws_gateway_approle.secret_id }
+  strait_version          = var.strait_version
+  strait_release_base_url = var.strait_release_base_url
+  strait_release_sha256   = var.strait_release_sha256
+
+  # Vault's AWS auth method logs the instance in as its IAM role (output
+  # aws_gateway_iam_role_arn): no secret in user data or state.
+  vault = var.vault_address == null ? null : {
+    address   = var.vault_address
+    pki_role  = "strait-gateway-${local.aws_site}"
+    auth_role = "strait-gateway-${local.aws_site}"
+    ca_cert   = var.vault_ca_cert
+  }
+  agent_config_extra = var.vault_address == null ? local.join_token_file : ""
+  agent_secrets      = var.vault_address == null ? { "join-token" = var.join_tokens[local.aws_site] } : {}
 }
 
 # --- GCP: a custom-mode network and one subnetwork --------------------------------------
@@ -131,10 +133,20 @@ module "gcp_gateway" {
   local_prefixes  = [var.gcp_vpc_cidr]
   remote_prefixes = [var.aws_vpc_cidr]
 
-  peer_public_cidrs = ["${module.aws_gateway.public_ip}/32"]
+  peer_public_cidrs = { (local.aws_site) = "${module.aws_gateway.public_ip}/32" }
 
-  strait_release_url    = var.strait_release_url
-  strait_release_sha256 = var.strait_release_sha256
-  agent_config_extra    = format(local.vault_config, local.gcp_site, var.gcp_gateway_approle.role_id)
-  agent_secrets         = { "vault-secret-id" = var.gcp_gateway_approle.secret_id }
+  strait_version          = var.strait_version
+  strait_release_base_url = var.strait_release_base_url
+  strait_release_sha256   = var.strait_release_sha256
+
+  # Vault's GCP auth method (gce) logs the instance in as its service account (output
+  # gcp_gateway_service_account): no secret in metadata or state.
+  vault = var.vault_address == null ? null : {
+    address   = var.vault_address
+    pki_role  = "strait-gateway-${local.gcp_site}"
+    auth_role = "strait-gateway-${local.gcp_site}"
+    ca_cert   = var.vault_ca_cert
+  }
+  agent_config_extra = var.vault_address == null ? local.join_token_file : ""
+  agent_secrets      = var.vault_address == null ? { "join-token" = var.join_tokens[local.gcp_site] } : {}
 }

@@ -24,3 +24,13 @@ output "coordinator_sites" {
     prefixes = ["${var.gcp_vpc_cidr}"]
   EOT
 }
+
+output "aws_gateway_iam_role_arn" {
+  description = "Bind Vault's AWS auth role strait-gateway-aws-use1 to it (bound_iam_principal_arn)."
+  value       = module.aws_gateway.iam_role_arn
+}
+
+output "gcp_gateway_service_account" {
+  description = "Bind Vault's GCP auth role strait-gateway-gcp-usc1 to it (bound_service_accounts)."
+  value       = module.gcp_gateway.service_account_email
+}

@@ -39,35 +39,37 @@ variable "gcp_vpc_cidr" {
   default     = "10.20.0.0/16"
 }
 
-variable "strait_release_url" {
-  description = "https:// URL of the Strait release archive (.tar.gz)."
+variable "strait_version" {
+  description = "Strait version the gateways run; changing it replaces them (each installs the new release at boot)."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "strait_release_base_url" {
+  description = "https:// URL under which release archives are published as <version>/strait-<version>-<target>.tar.gz."
   type        = string
 }
 
 variable "strait_release_sha256" {
-  description = "SHA-256 of the release archive."
+  description = "SHA-256 of the release archive of strait_version (its .sha256 file)."
   type        = string
 }
 
 variable "vault_address" {
-  description = "Vault's address; the gateways get their certificates from its PKI engine with AppRole (docs/vault.md)."
+  description = "Vault's address: the gateways get their certificates from its PKI engine, logging in with Vault's AWS and GCP auth methods as their instance identities (docs/vault.md). null: the coordinator's built-in CA, with join_tokens."
   type        = string
+  default     = null
 }
 
-variable "aws_gateway_approle" {
-  description = "AppRole credentials of the AWS gateway: role_id and a (short-lived, CIDR-bound) secret_id."
-  type = object({
-    role_id   = string
-    secret_id = string
-  })
-  sensitive = true
+variable "join_tokens" {
+  description = "Without Vault: a single-use join token per site (aws-use1, gcp-usc1), from `straitctl token create --site SITE --role gateway --ttl 1h`. Used once at first boot; a replaced gateway (a new strait_version) needs new ones."
+  type        = map(string)
+  default     = {}
+  sensitive   = true
 }
 
-variable "gcp_gateway_approle" {
-  description = "AppRole credentials of the GCP gateway: role_id and a (short-lived, CIDR-bound) secret_id."
-  type = object({
-    role_id   = string
-    secret_id = string
-  })
-  sensitive = true
+variable "vault_ca_cert" {
+  description = "PEM of the CA that signed Vault's TLS certificate, if it is private; null: the system's roots."
+  type        = string
+  default     = null
 }

@@ -19,9 +19,26 @@ data "aws_ami" "ubuntu" {
 }
 
 locals {
+  # AWS names and tags carry the site, so two sites' gateways in one account never clash.
+  prefix     = "${var.site}-${var.name}"
   ami_id     = var.ami_id != null ? var.ami_id : data.aws_ami.ubuntu[0].id
   private_ip = var.private_ip != null ? var.private_ip : cidrhost(data.aws_subnet.this.cidr_block, 10)
   tags       = merge(var.tags, { "strait.dev/site" = var.site, "strait.dev/role" = "gateway" })
+
+  release_url = "${trimsuffix(var.strait_release_base_url, "/")}/${var.strait_version}/strait-${var.strait_version}-${var.strait_target}.tar.gz"
+
+  # The [vault] table: AWS IAM auth as the instance's role, no secret anywhere.
+  vault_toml = var.vault == null ? "" : join("\n", compact([
+    "[vault]",
+    "address = ${jsonencode(var.vault.address)}",
+    "mount = ${jsonencode(var.vault.pki_mount)}",
+    "role = ${jsonencode(var.vault.pki_role)}",
+    "auth = \"aws\"",
+    "auth-mount = ${jsonencode(var.vault.auth_mount)}",
+    "auth-role = ${jsonencode(var.vault.auth_role)}",
+    "cert-ttl = ${jsonencode(var.vault.cert_ttl)}",
+    var.vault.ca_cert == null ? "" : "ca-cert = \"/etc/ssl/strait/vault-ca.pem\"",
+  ]))
 
   endpoints = concat(
     var.interconnect_address == null ? [] : [{ address = var.interconnect_address, kind = "interconnect" }],
@@ -38,22 +55,22 @@ locals {
     coordinators   = var.coordinators
     wireguard_port = var.wireguard_port
     mtu            = var.mtu
-    metrics_port   = var.metrics_port
+    metrics_listen = "${local.private_ip}:${var.metrics_port}"
     endpoints      = local.endpoints
     prefixes       = var.local_prefixes
     extra          = var.agent_config_extra
+    vault          = local.vault_toml
   })
 
   user_data = templatefile("${path.module}/../../templates/cloud-init.yaml.tftpl", {
     agent_toml     = local.agent_toml
     agent_secrets  = var.agent_secrets
-    release_url    = var.strait_release_url
+    vault_ca_cert  = var.vault == null ? null : var.vault.ca_cert
+    release_url    = local.release_url
     release_sha256 = var.strait_release_sha256
+    # The units come from the verified archive; install.sh is what verifies it.
     install_files = {
-      "install.sh"                 = file("${path.module}/../../../systemd/install.sh")
-      "strait-agent.service"       = file("${path.module}/../../../systemd/strait-agent.service")
-      "strait-coordinator.service" = file("${path.module}/../../../systemd/strait-coordinator.service")
-      "90-strait-gateway.conf"     = file("${path.module}/../../../systemd/90-strait-gateway.conf")
+      "install.sh" = file("${path.module}/../../../systemd/install.sh")
     }
   })
 }
@@ -61,22 +78,46 @@ locals {
 # A stable public address: it is the gateway's `public` endpoint in the mesh.
 resource "aws_eip" "this" {
   domain = "vpc"
-  tags   = merge(local.tags, { Name = var.name })
+  tags   = merge(local.tags, { Name = local.prefix })
+}
+
+# The instance's identity: Vault's AWS auth method (iam) logs it in as this role, so no
+# Vault secret is in user data or in Terraform's state. It needs no AWS permission.
+resource "aws_iam_role" "this" {
+  name_prefix = "${local.prefix}-"
+  description = "Strait gateway ${var.name} of site ${var.site}: its identity for Vault's AWS auth"
+  tags        = local.tags
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Action    = "sts:AssumeRole"
+      Principal = { Service = "ec2.amazonaws.com" }
+    }]
+  })
+}
+
+resource "aws_iam_instance_profile" "this" {
+  name_prefix = "${local.prefix}-"
+  role        = aws_iam_role.this.name
+  tags        = local.tags
 }
 
 resource "aws_security_group" "this" {
-  name_prefix = "${var.name}-"
+  name_prefix = "${local.prefix}-"
   description = "Strait gateway ${var.name} (site ${var.site})"
   vpc_id      = var.vpc_id
-  tags        = merge(local.tags, { Name = var.name })
+  tags        = merge(local.tags, { Name = local.prefix })
 
   lifecycle {
     create_before_destroy = true
   }
 }
 
+# Keyed by the names of var.peer_public_cidrs: the addresses may be known only after apply
+# (another module's Elastic IP), the names never are.
 resource "aws_vpc_security_group_ingress_rule" "wireguard" {
-  for_each          = toset(var.peer_public_cidrs)
+  for_each          = var.peer_public_cidrs
   security_group_id = aws_security_group.this.id
   description       = "Strait WireGuard and path probes from other sites"
   ip_protocol       = "udp"
@@ -139,6 +180,7 @@ resource "aws_instance" "this" {
   private_ip             = local.private_ip
   vpc_security_group_ids = [aws_security_group.this.id]
   key_name               = var.key_name
+  iam_instance_profile   = aws_iam_instance_profile.this.name
 
   # The gateway forwards packets that are neither from nor to its own addresses.
   source_dest_check = false
@@ -146,6 +188,10 @@ resource "aws_instance" "this" {
   # cloud-init decompresses gzip user data; compressed, the install bundle stays well
   # under EC2's 16 KiB limit.
   user_data_base64 = base64gzip(local.user_data)
+  # Upgrades replace the gateway: cloud-init runs once, so a new version, archive or config
+  # is installed by a new instance (same private IP, Elastic IP and routes; traffic between
+  # the sites stops for the minutes it takes to boot and enroll).
+  user_data_replace_on_change = true
 
   metadata_options {
     http_tokens                 = "required"
@@ -159,8 +205,8 @@ resource "aws_instance" "this" {
     encrypted   = true
   }
 
-  tags        = merge(local.tags, { Name = var.name })
-  volume_tags = merge(local.tags, { Name = var.name })
+  tags        = merge(local.tags, { Name = local.prefix })
+  volume_tags = merge(local.tags, { Name = local.prefix })
 
   lifecycle {
     # A new AMI release should not replace a running gateway; roll it deliberately.
@@ -174,10 +220,11 @@ resource "aws_eip_association" "this" {
 }
 
 # Each given route table sends each remote site's prefix to the gateway's primary ENI.
+# Keyed by the route tables' names, not their IDs, which are unknown until they exist.
 resource "aws_route" "remote" {
   for_each = {
-    for pair in setproduct(var.route_table_ids, var.remote_prefixes) :
-    "${pair[0]}|${pair[1]}" => { route_table_id = pair[0], prefix = pair[1] }
+    for pair in setproduct(keys(var.route_tables), var.remote_prefixes) :
+    "${pair[0]}|${pair[1]}" => { route_table_id = var.route_tables[pair[0]], prefix = pair[1] }
   }
 
   route_table_id         = each.value.route_table_id

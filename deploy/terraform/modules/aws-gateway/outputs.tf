@@ -32,3 +32,13 @@ output "agent_config" {
   description = "The rendered /etc/strait/agent.toml (no secrets: those are in agent_secrets)."
   value       = local.agent_toml
 }
+
+output "iam_role_arn" {
+  description = "The gateway's IAM role: bind Vault's AWS auth role to it (bound_iam_principal_arn)."
+  value       = aws_iam_role.this.arn
+}
+
+output "release_url" {
+  description = "The release archive the gateway installs."
+  value       = local.release_url
+}

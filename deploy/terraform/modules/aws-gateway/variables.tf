@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Name of the gateway: the EC2 Name tag, the prefix of its security group and Elastic IP, and (by default) the Strait node name. An RFC 1123 label."
+  description = "Name of the gateway within its site: the Strait node name. AWS names and tags are prefixed with the site (<site>-<name>, e.g. aws-use1-gw-1). An RFC 1123 label."
   type        = string
 
   validation {
@@ -45,21 +45,21 @@ variable "local_prefixes" {
 }
 
 variable "remote_prefixes" {
-  description = "Prefixes of the other sites: routed to this gateway in route_table_ids."
+  description = "Prefixes of the other sites: routed to this gateway in route_tables."
   type        = list(string)
   default     = []
 }
 
-variable "route_table_ids" {
-  description = "Route tables of the VPC whose subnets should reach remote_prefixes through the gateway."
-  type        = list(string)
-  default     = []
+variable "route_tables" {
+  description = "Route tables of the VPC whose subnets should reach remote_prefixes through the gateway, by a name of your choice (e.g. { private = aws_route_table.private.id }): the names key the routes, so the IDs may be unknown until apply."
+  type        = map(string)
+  default     = {}
 }
 
 variable "peer_public_cidrs" {
-  description = "Where other sites' gateways connect from (their public IPs as /32): admitted to the WireGuard port. 0.0.0.0/0 for roaming peers."
-  type        = list(string)
-  default     = ["0.0.0.0/0"]
+  description = "Where other sites' gateways connect from (their public IPs as /32), by a name of your choice (e.g. { gcp-usc1 = \"$${module.gcp.public_ip}/32\" }): admitted to the WireGuard port. The names key the rules, so the addresses may be unknown until apply. { any = \"0.0.0.0/0\" } for roaming peers."
+  type        = map(string)
+  default     = { any = "0.0.0.0/0" }
 }
 
 variable "interconnect_address" {
@@ -128,13 +128,34 @@ variable "key_name" {
   default     = null
 }
 
-variable "strait_release_url" {
-  description = "https:// URL of the Strait release archive (.tar.gz holding strait-agent); install.sh installs it at first boot."
+variable "strait_version" {
+  description = "Strait version the gateway runs (e.g. 0.1.0). Changing it (or strait_release_sha256, or anything else in the user data) replaces the instance, which installs the new release at first boot and gets its certificate from Vault again."
   type        = string
+
+  validation {
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+([-+][0-9A-Za-z.-]+)?$", var.strait_version))
+    error_message = "strait_version must be a version such as 0.1.0."
+  }
+}
+
+variable "strait_release_base_url" {
+  description = "https:// URL under which releases are published as <version>/strait-<version>-<target>.tar.gz (deploy/release/archive.sh names them)."
+  type        = string
+
+  validation {
+    condition     = startswith(var.strait_release_base_url, "https://")
+    error_message = "strait_release_base_url must be an https:// URL: install.sh refuses plain http."
+  }
+}
+
+variable "strait_target" {
+  description = "Target triple of the release archive; it must match the instance type's architecture."
+  type        = string
+  default     = "x86_64-unknown-linux-gnu"
 }
 
 variable "strait_release_sha256" {
-  description = "SHA-256 of the release archive (64 hex digits); install.sh refuses a mismatch."
+  description = "SHA-256 of the release archive (64 hex digits, the published .sha256 file); install.sh refuses a mismatch."
   type        = string
 
   validation {
@@ -144,16 +165,35 @@ variable "strait_release_sha256" {
 }
 
 variable "agent_config_extra" {
-  description = "TOML appended to the generated agent.toml, e.g. a [vault] table (docs/vault.md) or join-token-file. Tables only: top-level keys must come before it."
+  description = "TOML lines added to the generated agent.toml after its top-level keys and before the [vault] table of var.vault, e.g. join-token-file = \"/run/credentials/strait-agent.service/secret_join-token\" (built-in CA) or fail-closed = false."
   type        = string
   default     = ""
 }
 
 variable "agent_secrets" {
-  description = "Files for /etc/strait/agent-secrets (name => content, e.g. vault-secret-id, join-token); the agent sees /run/credentials/strait-agent.service/secret_<name>. They travel in user data: use short-lived or CIDR-bound secrets."
+  description = "Files for /etc/strait/agent-secrets (name => content); the agent sees /run/credentials/strait-agent.service/secret_<name>. For a single-use join token (built-in CA, `join-token` with agent_config_extra = \"join-token-file = ...\") only: user data and Terraform state keep it. Vault needs no secret here: use var.vault (AWS IAM auth)."
   type        = map(string)
   default     = {}
   sensitive   = true
+
+  validation {
+    condition     = length(setintersection(keys(var.agent_secrets), ["vault-secret-id", "vault-token"])) == 0
+    error_message = "agent_secrets must not carry Vault credentials (they would stay in user data and state): set var.vault, which logs in with the instance's IAM role."
+  }
+}
+
+variable "vault" {
+  description = "Certificates from Vault's PKI engine, logging in with Vault's AWS auth method (iam) as the instance's IAM role (output iam_role_arn: bind it with bound_iam_principal_arn). address, pki_role (e.g. strait-gateway-aws-use1), auth_role (the aws auth method's role); pki_mount, auth_mount and cert_ttl have defaults; ca_cert is the PEM of a private CA for Vault's TLS certificate. null: no [vault] table (built-in CA with a join token)."
+  type = object({
+    address    = string
+    pki_role   = string
+    auth_role  = string
+    pki_mount  = optional(string, "pki")
+    auth_mount = optional(string, "aws")
+    cert_ttl   = optional(string, "24h")
+    ca_cert    = optional(string)
+  })
+  default = null
 }
 
 variable "tags" {

@@ -3,10 +3,27 @@ data "google_compute_subnetwork" "this" {
 }
 
 locals {
+  # GCE names carry the site, so two sites' gateways in one project never clash.
+  prefix     = "${var.site}-${var.name}"
   region     = join("-", slice(split("-", var.zone), 0, 2))
   network_ip = var.network_ip != null ? var.network_ip : cidrhost(data.google_compute_subnetwork.this.ip_cidr_range, 10)
-  tag        = "${var.name}-strait-gateway"
+  tag        = "${local.prefix}-strait-gateway"
   labels     = merge(var.labels, { "strait-site" = var.site, "strait-role" = "gateway" })
+
+  release_url = "${trimsuffix(var.strait_release_base_url, "/")}/${var.strait_version}/strait-${var.strait_version}-${var.strait_target}.tar.gz"
+
+  # The [vault] table: GCP IAM auth (gce) as the instance's service account, no secret.
+  vault_toml = var.vault == null ? "" : join("\n", compact([
+    "[vault]",
+    "address = ${jsonencode(var.vault.address)}",
+    "mount = ${jsonencode(var.vault.pki_mount)}",
+    "role = ${jsonencode(var.vault.pki_role)}",
+    "auth = \"gcp\"",
+    "auth-mount = ${jsonencode(var.vault.auth_mount)}",
+    "auth-role = ${jsonencode(var.vault.auth_role)}",
+    "cert-ttl = ${jsonencode(var.vault.cert_ttl)}",
+    var.vault.ca_cert == null ? "" : "ca-cert = \"/etc/ssl/strait/vault-ca.pem\"",
+  ]))
 
   endpoints = concat(
     var.interconnect_address == null ? [] : [{ address = var.interconnect_address, kind = "interconnect" }],
@@ -23,22 +40,22 @@ locals {
     coordinators   = var.coordinators
     wireguard_port = var.wireguard_port
     mtu            = var.mtu
-    metrics_port   = var.metrics_port
+    metrics_listen = "${local.network_ip}:${var.metrics_port}"
     endpoints      = local.endpoints
     prefixes       = var.local_prefixes
     extra          = var.agent_config_extra
+    vault          = local.vault_toml
   })
 
   user_data = templatefile("${path.module}/../../templates/cloud-init.yaml.tftpl", {
     agent_toml     = local.agent_toml
     agent_secrets  = var.agent_secrets
-    release_url    = var.strait_release_url
+    vault_ca_cert  = var.vault == null ? null : var.vault.ca_cert
+    release_url    = local.release_url
     release_sha256 = var.strait_release_sha256
+    # The units come from the verified archive; install.sh is what verifies it.
     install_files = {
-      "install.sh"                 = file("${path.module}/../../../systemd/install.sh")
-      "strait-agent.service"       = file("${path.module}/../../../systemd/strait-agent.service")
-      "strait-coordinator.service" = file("${path.module}/../../../systemd/strait-coordinator.service")
-      "90-strait-gateway.conf"     = file("${path.module}/../../../systemd/90-strait-gateway.conf")
+      "install.sh" = file("${path.module}/../../../systemd/install.sh")
     }
   })
 }
@@ -46,16 +63,30 @@ locals {
 # A stable public address: it is the gateway's `public` endpoint in the mesh.
 resource "google_compute_address" "public" {
   project      = var.project
-  name         = "${var.name}-public"
+  name         = "${local.prefix}-public"
   region       = local.region
   address_type = "EXTERNAL"
   network_tier = "PREMIUM"
   labels       = local.labels
 }
 
+# The instance's identity: Vault's GCP auth method (gce) logs it in with the identity token
+# the metadata server signs for this account, so no Vault secret is in metadata or state.
+# It needs no IAM role.
+resource "google_service_account" "this" {
+  project      = var.project
+  account_id   = substr("${local.prefix}-strait", 0, 30)
+  display_name = "Strait gateway ${var.name} (site ${var.site})"
+}
+
+# What the gateway boots: a change of version, archive or config replaces the instance.
+resource "terraform_data" "release" {
+  input = sha256(local.user_data)
+}
+
 resource "google_compute_instance" "this" {
   project      = var.project
-  name         = var.name
+  name         = local.prefix
   zone         = var.zone
   machine_type = var.machine_type
   tags         = [local.tag]
@@ -93,21 +124,29 @@ resource "google_compute_instance" "this" {
     enable_integrity_monitoring = true
   }
 
-  # No service account: the agent needs no Google API (the metadata server still answers).
+  # No OAuth scope: the agent calls no Google API; the account only signs identity tokens.
+  service_account {
+    email  = google_service_account.this.email
+    scopes = []
+  }
 
   lifecycle {
     # A new image release should not replace a running gateway; roll it deliberately.
     ignore_changes = [boot_disk[0].initialize_params[0].image]
+    # Upgrades replace the gateway: cloud-init runs once, so a new version, archive or
+    # config is installed by a new instance (same address and routes; traffic between
+    # the sites stops while it boots and enrolls).
+    replace_triggered_by = [terraform_data.release]
   }
 }
 
 resource "google_compute_firewall" "wireguard" {
   project       = var.project
-  name          = "${var.name}-wireguard"
+  name          = "${local.prefix}-wireguard"
   network       = var.network
   description   = "Strait WireGuard and path probes from other sites to gateway ${var.name}"
   direction     = "INGRESS"
-  source_ranges = var.peer_public_cidrs
+  source_ranges = values(var.peer_public_cidrs)
   target_tags   = [local.tag]
 
   allow {
@@ -120,7 +159,7 @@ resource "google_compute_firewall" "wireguard" {
 # tunnels to it arrive on the WireGuard port: admit the site's own ranges.
 resource "google_compute_firewall" "site" {
   project       = var.project
-  name          = "${var.name}-from-site"
+  name          = "${local.prefix}-from-site"
   network       = var.network
   description   = "Traffic from site ${var.site} for Strait gateway ${var.name} to forward"
   direction     = "INGRESS"
@@ -136,7 +175,7 @@ resource "google_compute_firewall" "site" {
 resource "google_compute_firewall" "remote" {
   count         = length(var.remote_prefixes) > 0 ? 1 : 0
   project       = var.project
-  name          = "${var.name}-from-remote-sites"
+  name          = "${local.prefix}-from-remote-sites"
   network       = var.network
   description   = "Traffic from other Strait sites, through gateway ${var.name}"
   direction     = "INGRESS"
@@ -151,7 +190,7 @@ resource "google_compute_firewall" "remote" {
 resource "google_compute_firewall" "metrics" {
   count         = length(var.metrics_source_ranges) > 0 ? 1 : 0
   project       = var.project
-  name          = "${var.name}-metrics"
+  name          = "${local.prefix}-metrics"
   network       = var.network
   description   = "Strait agent metrics on gateway ${var.name}"
   direction     = "INGRESS"
@@ -169,7 +208,7 @@ resource "google_compute_route" "remote" {
   for_each = toset(var.remote_prefixes)
 
   project                = var.project
-  name                   = "${var.name}-${replace(replace(each.value, ".", "-"), "/", "--")}"
+  name                   = "${local.prefix}-${replace(replace(each.value, ".", "-"), "/", "--")}"
   network                = var.network
   description            = "Strait: ${each.value} through gateway ${var.name}"
   dest_range             = each.value

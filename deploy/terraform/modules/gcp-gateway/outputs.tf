@@ -32,3 +32,13 @@ output "agent_config" {
   description = "The rendered /etc/strait/agent.toml (no secrets: those are in agent_secrets)."
   value       = local.agent_toml
 }
+
+output "service_account_email" {
+  description = "The gateway's service account: bind Vault's GCP auth role to it (bound_service_accounts)."
+  value       = google_service_account.this.email
+}
+
+output "release_url" {
+  description = "The release archive the gateway installs."
+  value       = local.release_url
+}

@@ -1,10 +1,10 @@
 variable "name" {
-  description = "Name of the gateway: the instance name, the prefix of its address, firewall rules and routes, and (by default) the Strait node name. An RFC 1123 label."
+  description = "Name of the gateway within its site: the Strait node name. GCE names are prefixed with the site (<site>-<name>: the instance, its address, firewall rules, routes and service account)."
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z]([a-z0-9-]{0,50}[a-z0-9])?$", var.name))
-    error_message = "name must start with a letter, hold a-z, 0-9 and '-', end with a letter or digit, and be at most 52 characters (room for the suffixes of derived names)."
+    condition     = can(regex("^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$", var.name))
+    error_message = "name must start with a letter, hold a-z, 0-9 and '-', end with a letter or digit, and be at most 20 characters (with the site, room for the suffixes of derived names within GCE's 63)."
   }
 }
 
@@ -20,8 +20,13 @@ variable "mesh" {
 }
 
 variable "site" {
-  description = "Strait site of this VPC network, as declared in the coordinator's [[sites]] (e.g. gcp-usc1)."
+  description = "Strait site of this VPC network, as declared in the coordinator's [[sites]] (e.g. gcp-usc1); at most 20 characters (it prefixes GCE names)."
   type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$", var.site))
+    error_message = "site must be an RFC 1123 label of at most 20 characters starting with a letter."
+  }
 }
 
 variable "coordinators" {
@@ -80,9 +85,9 @@ variable "workload_target_tags" {
 }
 
 variable "peer_public_cidrs" {
-  description = "Where other sites' gateways connect from (their public IPs as /32): admitted to the WireGuard port. 0.0.0.0/0 for roaming peers."
-  type        = list(string)
-  default     = ["0.0.0.0/0"]
+  description = "Where other sites' gateways connect from (their public IPs as /32), by a name of your choice (e.g. { aws-use1 = \"$${module.aws.public_ip}/32\" }): admitted to the WireGuard port. { any = \"0.0.0.0/0\" } for roaming peers."
+  type        = map(string)
+  default     = { any = "0.0.0.0/0" }
 }
 
 variable "interconnect_address" {
@@ -127,13 +132,34 @@ variable "image" {
   default     = "ubuntu-os-cloud/ubuntu-2404-lts-amd64"
 }
 
-variable "strait_release_url" {
-  description = "https:// URL of the Strait release archive (.tar.gz holding strait-agent); install.sh installs it at first boot."
+variable "strait_version" {
+  description = "Strait version the gateway runs (e.g. 0.1.0). Changing it (or strait_release_sha256, or anything else in the user data) replaces the instance, which installs the new release at first boot and gets its certificate from Vault again."
   type        = string
+
+  validation {
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+([-+][0-9A-Za-z.-]+)?$", var.strait_version))
+    error_message = "strait_version must be a version such as 0.1.0."
+  }
+}
+
+variable "strait_release_base_url" {
+  description = "https:// URL under which releases are published as <version>/strait-<version>-<target>.tar.gz (deploy/release/archive.sh names them)."
+  type        = string
+
+  validation {
+    condition     = startswith(var.strait_release_base_url, "https://")
+    error_message = "strait_release_base_url must be an https:// URL: install.sh refuses plain http."
+  }
+}
+
+variable "strait_target" {
+  description = "Target triple of the release archive; it must match the machine type's architecture."
+  type        = string
+  default     = "x86_64-unknown-linux-gnu"
 }
 
 variable "strait_release_sha256" {
-  description = "SHA-256 of the release archive (64 hex digits); install.sh refuses a mismatch."
+  description = "SHA-256 of the release archive (64 hex digits, the published .sha256 file); install.sh refuses a mismatch."
   type        = string
 
   validation {
@@ -143,16 +169,35 @@ variable "strait_release_sha256" {
 }
 
 variable "agent_config_extra" {
-  description = "TOML appended to the generated agent.toml, e.g. a [vault] table (docs/vault.md) or join-token-file. Tables only: top-level keys must come before it."
+  description = "TOML lines added to the generated agent.toml after its top-level keys and before the [vault] table of var.vault, e.g. join-token-file = \"/run/credentials/strait-agent.service/secret_join-token\" (built-in CA) or fail-closed = false."
   type        = string
   default     = ""
 }
 
 variable "agent_secrets" {
-  description = "Files for /etc/strait/agent-secrets (name => content, e.g. vault-secret-id, join-token); the agent sees /run/credentials/strait-agent.service/secret_<name>. They travel in instance metadata: use short-lived or CIDR-bound secrets."
+  description = "Files for /etc/strait/agent-secrets (name => content); the agent sees /run/credentials/strait-agent.service/secret_<name>. For a single-use join token (built-in CA) only: instance metadata and Terraform state keep it. Vault needs no secret here: use var.vault (GCP IAM auth)."
   type        = map(string)
   default     = {}
   sensitive   = true
+
+  validation {
+    condition     = length(setintersection(keys(var.agent_secrets), ["vault-secret-id", "vault-token"])) == 0
+    error_message = "agent_secrets must not carry Vault credentials (they would stay in metadata and state): set var.vault, which logs in with the instance's service account."
+  }
+}
+
+variable "vault" {
+  description = "Certificates from Vault's PKI engine, logging in with Vault's GCP auth method (type gce) as the instance's service account (output service_account_email: bind it with bound_service_accounts). address, pki_role (e.g. strait-gateway-gcp-usc1), auth_role (the gcp auth method's role); pki_mount, auth_mount and cert_ttl have defaults; ca_cert is the PEM of a private CA for Vault's TLS certificate. null: no [vault] table (built-in CA with a join token)."
+  type = object({
+    address    = string
+    pki_role   = string
+    auth_role  = string
+    pki_mount  = optional(string, "pki")
+    auth_mount = optional(string, "gcp")
+    cert_ttl   = optional(string, "24h")
+    ca_cert    = optional(string)
+  })
+  default = null
 }
 
 variable "labels" {
