@@ -208,10 +208,15 @@ pub fn ping_flow(ns: &str, to: &str, count: u32) -> (u32, u32) {
         .output()
         .expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let Some(line) = text.lines().find(|l| l.contains("packets transmitted")) else {
+        // No route at all (a fail-closed `unreachable` route): ping sends nothing.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No route to host") || err.contains("unreachable"),
+            "no ping summary in {text}{err}"
+        );
+        return (count, 0);
+    };
     let nums: Vec<u32> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())

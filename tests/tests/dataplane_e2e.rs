@@ -325,18 +325,34 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
     })
     .unwrap();
 
-    // A clean stop leaves no Strait routes or rules behind.
+    // A clean stop leaves only the fail-closed routes and the rule (so the stopped node
+    // refuses traffic for other sites); `strait-agent uninstall` removes them too.
     let mut a = a;
     a.proc.stop();
     let left = gwa.ip(&["route", "show", "table", "21332", "proto", "83"]);
     assert!(
-        left.trim().is_empty(),
+        !left.trim().is_empty() && left.lines().all(|l| l.starts_with("unreachable ")),
         "routes left after a clean stop: {left}"
+    );
+    assert!(gwa.ip(&["rule", "show"]).contains("lookup 21332"));
+    let out = strait_tests::procs::command("strait-agent", Some(&gwa.name))
+        .arg("uninstall")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = gwa.ip(&["route", "show", "table", "21332", "proto", "83"]);
+    assert!(
+        left.trim().is_empty(),
+        "routes left after uninstall: {left}"
     );
     let rules = gwa.ip(&["rule", "show"]);
     assert!(
         !rules.contains("lookup 21332"),
-        "routing rule left after a clean stop: {rules}"
+        "routing rule left after uninstall: {rules}"
     );
 
     // Gateway B restarts on a host where a connected network now overlaps site A's prefix:

@@ -420,13 +420,7 @@ fn operator_roles_are_enforced_per_command_and_changes_are_audited() {
         (&["external-peer", "config", "none"], "admin"),
         (
             &[
-                "operator",
-                "create",
-                "x",
-                "--role",
-                "viewer",
-                "--out",
-                "/nonexistent/x",
+                "operator", "create", "x", "--role", "viewer", "--out", "OUT",
             ],
             "admin",
         ),
@@ -443,7 +437,19 @@ fn operator_roles_are_enforced_per_command_and_changes_are_audited() {
             ("operator", &operator),
             ("admin", &admin),
         ] {
-            let out = c.ctl_with(tls, args).unwrap();
+            // A directory of its own for each `operator create`, inside the test's.
+            let fresh = dir.path().join(format!("out-{role}"));
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| {
+                    if *a == "OUT" {
+                        fresh.to_str().unwrap()
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            let out = c.ctl_with(tls, &args).unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             if rank(role) < rank(lowest) {
                 assert_eq!(out.status.code(), Some(4), "{role} {args:?}: {err}");
