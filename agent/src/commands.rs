@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use strait_proto::map::NetworkMap;
-use strait_proto::msg::{AgentEvent, EndpointKind};
+use strait_proto::msg::EndpointKind;
 use strait_proto::probe::{
     Action, Command, ProbeEvent, MAX_PING_COUNT, MAX_THROUGHPUT_SECS, MIN_PING_INTERVAL_MS,
 };
@@ -49,56 +49,52 @@ impl Context {
     }
 }
 
-/// Runs `command` against `map` in a new task, sending its events on `events`.
-pub fn spawn(
+/// Runs `command` against `map`, sending its events on `events` (the last is `Done` or
+/// `Failed`). The session's shell runs each in its own task.
+pub async fn run(
     command: Command,
     map: Option<Arc<NetworkMap>>,
     ctx: Context,
-    events: mpsc::Sender<AgentEvent>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let id = command.id;
-        let out = Events { id, events };
-        let result = match (command.action, map) {
-            (_, None) => Err("this node has no network map yet".to_string()),
-            (
-                Action::Ping {
-                    peer,
-                    count,
-                    interval_ms,
-                },
-                Some(map),
-            ) => ping(&ctx, &map, &peer, count, interval_ms, &out).await,
-            (Action::ThroughputListen { from, nonce, secs }, Some(map)) => {
-                exclusive(&ctx, listen(&map, from, &nonce, secs, &out)).await
-            }
-            (Action::ThroughputSend { to, nonce, secs }, Some(map)) => {
-                exclusive(&ctx, send(&map, to, &nonce, secs, &out)).await
-            }
-            // The session itself rotates keys; it never hands this command here.
-            (Action::RotateKey, Some(_)) => Err("key rotation is not a probe".to_string()),
-        };
-        match result {
-            Ok(()) => out.emit(ProbeEvent::Done).await,
-            Err(message) => {
-                tracing::info!(command = id, %message, "probe command failed");
-                out.emit(ProbeEvent::Failed { message }).await;
-            }
+    events: mpsc::Sender<(u64, ProbeEvent)>,
+) {
+    let id = command.id;
+    let out = Events { id, events };
+    let result = match (command.action, map) {
+        (_, None) => Err("this node has no network map yet".to_string()),
+        (
+            Action::Ping {
+                peer,
+                count,
+                interval_ms,
+            },
+            Some(map),
+        ) => ping(&ctx, &map, &peer, count, interval_ms, &out).await,
+        (Action::ThroughputListen { from, nonce, secs }, Some(map)) => {
+            exclusive(&ctx, listen(&map, from, &nonce, secs, &out)).await
         }
-    })
+        (Action::ThroughputSend { to, nonce, secs }, Some(map)) => {
+            exclusive(&ctx, send(&map, to, &nonce, secs, &out)).await
+        }
+        // The session itself rotates keys; it never hands this command here.
+        (Action::RotateKey, Some(_)) => Err("key rotation is not a probe".to_string()),
+    };
+    match result {
+        Ok(()) => out.emit(ProbeEvent::Done).await,
+        Err(message) => {
+            tracing::info!(command = id, %message, "probe command failed");
+            out.emit(ProbeEvent::Failed { message }).await;
+        }
+    }
 }
 
 struct Events {
     id: u64,
-    events: mpsc::Sender<AgentEvent>,
+    events: mpsc::Sender<(u64, ProbeEvent)>,
 }
 
 impl Events {
     async fn emit(&self, event: ProbeEvent) {
-        let _ = self
-            .events
-            .send(AgentEvent::Probe { id: self.id, event })
-            .await;
+        let _ = self.events.send((self.id, event)).await;
     }
 }
 

@@ -5,8 +5,11 @@
 //! - [`wgkey`]: the node's WireGuard key (generated here, 0600, never sent or logged).
 //! - [`keyrotation`]: when to rotate that key, and the steps of a rotation.
 //! - [`enroll`]: the first certificate, from a join token and a CSR.
-//! - [`control`]: the session with the coordinator: register, apply maps, heartbeat,
-//!   reconnect; the last map is kept in the state directory.
+//! - [`session`]: the session with the coordinator as a pure state machine: register,
+//!   apply maps, heartbeat, admit commands, rotate the key, move to a renewed certificate,
+//!   reconnect with backoff.
+//! - [`control`]: its IO shell (QUIC, timers, tasks); the last map is kept in the state
+//!   directory.
 //! - [`commands`]: probes an operator asks for through the coordinator (RTT per path,
 //!   throughput transfers).
 //! - [`dataplane`]: the WireGuard engine, its IO and the kernel's routes.
@@ -24,4 +27,5 @@ pub mod fuzzing;
 pub mod keyrotation;
 pub mod metrics;
 pub mod paths;
+pub mod session;
 pub mod wgkey;

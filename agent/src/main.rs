@@ -10,7 +10,7 @@ use strait_agent::dataplane::pump::Counters;
 use strait_agent::metrics::AgentMetrics;
 use strait_agent::wgkey::WgKey;
 use strait_agent::{control, dataplane};
-use strait_observe::Readiness;
+use strait_observe::{logging, signal, Readiness};
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -27,15 +27,9 @@ impl Drop for AbortOnDrop {
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "STRAIT_LOG_FORMAT", default_value = "text", global = true)]
-    log_format: LogFormat,
+    log_format: logging::Format,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,23 +91,10 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::CheckConfig { config, overrides } => check_config(&config, *overrides),
         Command::Run { config, overrides } => {
@@ -206,7 +187,7 @@ async fn main() -> Result<()> {
             };
             let result = tokio::select! {
                 r = &mut control => r,
-                _ = shutdown_signal() => {
+                _ = signal::shutdown() => {
                     let _ = stop_tx.send(());
                     control.await
                 }
@@ -236,20 +217,5 @@ async fn main() -> Result<()> {
             println!("removed {routes} Strait routes and the policy rule; traffic for other sites now takes the main routing table");
             Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

@@ -1,12 +1,17 @@
-//! Observability shared by the agent and the coordinator: one HTTP listener serving
-//! `/metrics` (Prometheus text format, from a `prometheus-client` registry), `/healthz` (the
-//! process answers) and `/readyz` (the component says it is ready, or why not).
+//! Observability and process plumbing shared by the agent and the coordinator: one HTTP
+//! listener serving `/metrics` (Prometheus text format, from a `prometheus-client`
+//! registry), `/healthz` (the process answers) and `/readyz` (the component says it is
+//! ready, or why not); the log output; the shutdown signals.
 //!
 //! - [`http`]: the listener, bounded in connections, request size and time; a request is
 //!   answered by the pure [`http::answer`].
 //! - [`Readiness`]: what `/readyz` reports, set by the component.
+//! - [`logging`]: the log output (text or JSON on stderr, `RUST_LOG`).
+//! - [`signal`]: the signals that stop a process.
 
 pub mod http;
+pub mod logging;
+pub mod signal;
 
 use std::sync::Mutex;
 

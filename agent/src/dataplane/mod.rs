@@ -6,6 +6,8 @@
 //! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
+//! - [`peers`]: the map's peers for the engine, the engine's tunnels for the coordinator
+//!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
 //! - [`netlink`]: the only code that talks netlink.
 
@@ -13,6 +15,7 @@ pub mod access;
 pub mod engine;
 pub mod lpm;
 pub mod netlink;
+pub mod peers;
 pub mod pump;
 pub mod routes;
 pub mod tunnel;
@@ -22,18 +25,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use base64::Engine as _;
 use ipnetwork::IpNetwork;
 use strait_proto::access::AccessDrop;
 use strait_proto::map::NetworkMap;
-use strait_proto::msg::{EndpointKind, PathFigures, PeerLink, Refusal};
+use strait_proto::msg::{PeerLink, Refusal};
 use tokio::sync::watch;
 
 use crate::control::MapWatch;
-use crate::paths::select::Candidate;
 use crate::wgkey::WgKey;
 use engine::PeerSpec;
 use netlink::Netlink;
+use peers::{peer_links, peer_specs};
 
 /// How the data plane is set up on this node.
 #[derive(Debug, Clone)]
@@ -54,56 +56,6 @@ pub struct Settings {
     /// one (see `routes`), kept while the agent is stopped, so traffic for other sites is
     /// refused instead of leaving unencrypted by the main table.
     pub fail_closed: bool,
-}
-
-/// Which of a remote peer's endpoints to use until path probing chooses: a dedicated
-/// interconnect, then the public address, then a private one.
-fn endpoint_rank(kind: EndpointKind) -> u8 {
-    match kind {
-        EndpointKind::Interconnect => 0,
-        EndpointKind::Public => 1,
-        EndpointKind::Private => 2,
-    }
-}
-
-/// The engine's peers for `map`.
-pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
-    map.peers
-        .values()
-        .filter_map(|p| {
-            let key = decode_key(&p.wg_public_key)?;
-            let endpoint = p
-                .endpoints
-                .iter()
-                .min_by_key(|e| (endpoint_rank(e.kind), e.cost.unwrap_or(0)))
-                .map(|e| e.address);
-            let candidates = p
-                .endpoints
-                .iter()
-                .map(|e| Candidate {
-                    address: e.address,
-                    kind: e.kind,
-                    cost: e.cost.unwrap_or(0),
-                })
-                .collect();
-            Some(PeerSpec {
-                public_key: key,
-                endpoint,
-                allowed_ips: p.allowed_ips.clone(),
-                keepalive,
-                candidates,
-                next_public_key: p.next_wg_public_key.as_deref().and_then(decode_key),
-            })
-        })
-        .collect()
-}
-
-fn decode_key(b64: &str) -> Option<[u8; 32]> {
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .ok()?
-        .try_into()
-        .ok()
 }
 
 /// WireGuard's worst-case overhead: outer IPv6 header 40 + UDP 8 + WireGuard 32.
@@ -150,43 +102,6 @@ pub async fn tun_mtu(nl: &Netlink, targets: &[String]) -> u16 {
         "underlay MTU not found (set `mtu` to choose); using the default"
     );
     mtu
-}
-
-/// The engine's status in the coordinator's terms: peers by `site/node`.
-pub fn peer_links(map: &NetworkMap, status: &[engine::PeerStatus]) -> Vec<PeerLink> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    status
-        .iter()
-        .filter_map(|s| {
-            let key = b64.encode(s.public_key);
-            // A peer that has just switched to its announced key is found by that key.
-            let (id, _) = map.peers.iter().find(|(_, p)| {
-                p.wg_public_key == key || p.next_wg_public_key.as_deref() == Some(key.as_str())
-            })?;
-            Some(PeerLink {
-                peer: id.clone(),
-                endpoint: s.endpoint,
-                handshake_age_secs: s.last_handshake.map(|d| d.as_secs()),
-                tx_bytes: s.tx_bytes,
-                rx_bytes: s.rx_bytes,
-                paths: s
-                    .paths
-                    .iter()
-                    .map(|p| PathFigures {
-                        address: p.address,
-                        kind: p.kind,
-                        health: format!("{:?}", p.health).to_lowercase(),
-                        active: p.active,
-                        rtt_us: p.srtt_us,
-                        p50_us: p.p50_us,
-                        p95_us: p.p95_us,
-                        jitter_us: p.jitter_us,
-                        loss: p.loss,
-                    })
-                    .collect(),
-            })
-        })
-        .collect()
 }
 
 /// Turns IPv4 forwarding on, unless it already is (in a container `/proc/sys` is often

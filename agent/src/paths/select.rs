@@ -40,15 +40,34 @@ pub struct Candidate {
     pub cost: u32,
 }
 
+/// How much a path of `kind` is preferred among healthy paths, lower first: a dedicated
+/// interconnect, then a private address (a peered network), then the public internet. The
+/// one ranking of endpoint kinds in the agent (README: "use the preferred healthy path").
+pub fn preference(kind: EndpointKind) -> u8 {
+    match kind {
+        EndpointKind::Interconnect => 0,
+        EndpointKind::Private => 1,
+        EndpointKind::Public => 2,
+    }
+}
+
+/// The path to use before probing has found one healthy (a new peer's first handshake):
+/// the most preferred, except that private addresses come last. Until a probe comes back it
+/// is unknown whether this node reaches the peer's private network at all (another site's
+/// VPC usually is not), and a handshake sent there is lost, as is the answer the peer sends
+/// to where it believes this node is: the tunnel would wait for WireGuard's 5 s retry.
+/// Probing moves traffic to the preferred healthy path within a few probes.
+pub fn first_guess(candidates: &[Candidate]) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .min_by_key(|c| (c.kind == EndpointKind::Private, c.rank()))
+        .map(|c| c.address)
+}
+
 impl Candidate {
     /// Preference order: lower is better.
     fn rank(&self) -> (u8, u32) {
-        let kind = match self.kind {
-            EndpointKind::Interconnect => 0,
-            EndpointKind::Private => 1,
-            EndpointKind::Public => 2,
-        };
-        (kind, self.cost)
+        (preference(self.kind), self.cost)
     }
 }
 

@@ -1,0 +1,512 @@
+//! The engine with real boringtun tunnels, packets handed between engines in memory.
+
+use super::*;
+use crate::dataplane::tunnel::BUFFER;
+use crate::paths::probe::{Kind, Probe};
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 253; // experimental protocol: no checksum needed
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+struct Node {
+    engine: Engine,
+    addr: SocketAddr,
+}
+
+#[test]
+fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
+    let ic: SocketAddr = "172.31.255.2:51820".parse().unwrap();
+    let public: SocketAddr = "203.0.113.10:51820".parse().unwrap();
+    let nat: SocketAddr = "172.31.255.5:50487".parse().unwrap();
+    let candidates = vec![
+        Candidate {
+            address: ic,
+            kind: strait_proto::msg::EndpointKind::Interconnect,
+            cost: 0,
+        },
+        Candidate {
+            address: public,
+            kind: strait_proto::msg::EndpointKind::Public,
+            cost: 0,
+        },
+    ];
+    let th = Thresholds::for_interval(std::time::Duration::from_secs(1));
+    let mut selector = Selector::new(&candidates, th);
+    // Only the public path answers: it becomes the active one.
+    let t0 = Instant::now();
+    let mut now = t0;
+    for _ in 0..3 {
+        for (to, seq) in selector.due(now) {
+            if to == public {
+                let recorded = selector.on_reply(seq, now + std::time::Duration::from_millis(1));
+                assert!(recorded.is_ok());
+            }
+        }
+        now += th.interval;
+        selector.on_tick(now);
+    }
+    assert_eq!(selector.active(), Some(public));
+    let state = PeerState {
+        tunnel: Tunnel::new(
+            StaticSecret::from([1u8; 32]),
+            PublicKey::from(&StaticSecret::from([2u8; 32])),
+            None,
+            1,
+        ),
+        spec: PeerSpec {
+            public_key: [2u8; 32],
+            endpoint: Some(nat),
+            allowed_ips: vec![],
+            keepalive: None,
+            candidates,
+            next_public_key: None,
+        },
+        probe_key: ProbeKey::derive(
+            &StaticSecret::from([1u8; 32]),
+            &PublicKey::from(&StaticSecret::from([2u8; 32])),
+        ),
+        selector: Some(selector),
+        standing: Standing::Primary,
+        predecessor: None,
+        standby: None,
+        kick: false,
+    };
+    assert!(state.may_roam_to(public), "back to the selected path");
+    assert!(
+        !state.may_roam_to(ic),
+        "another announced endpoint: the selector decides"
+    );
+    assert!(
+        state.may_roam_to("198.51.100.7:4000".parse().unwrap()),
+        "a new NAT mapping"
+    );
+}
+
+fn pair() -> (Node, Node) {
+    let a_secret = StaticSecret::from([1u8; 32]);
+    let b_secret = StaticSecret::from([2u8; 32]);
+    let a_pub = *PublicKey::from(&a_secret).as_bytes();
+    let b_pub = *PublicKey::from(&b_secret).as_bytes();
+    let a_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+    let b_addr: SocketAddr = "198.51.100.1:51820".parse().unwrap();
+    let mut a = Engine::new(a_secret, std::time::Duration::from_secs(1));
+    a.set_peers(&[PeerSpec {
+        public_key: b_pub,
+        endpoint: Some(b_addr),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: None,
+    }]);
+    let mut b = Engine::new(b_secret, std::time::Duration::from_secs(1));
+    // B does not know A's endpoint (A is behind NAT): it learns it.
+    b.set_peers(&[PeerSpec {
+        public_key: a_pub,
+        endpoint: None,
+        allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: None,
+    }]);
+    (
+        Node {
+            engine: a,
+            addr: a_addr,
+        },
+        Node {
+            engine: b,
+            addr: b_addr,
+        },
+    )
+}
+
+/// Delivers datagrams back and forth until quiet; returns what each side wrote to TUN.
+fn exchange(
+    a: &mut Node,
+    b: &mut Node,
+    first: (SocketAddr, Vec<u8>),
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut out = vec![0u8; BUFFER];
+    let mut in_flight = vec![(a.addr, first.0, first.1)];
+    let (mut tun_a, mut tun_b) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let Some((from, to, bytes)) = in_flight.pop() else {
+            break;
+        };
+        let (node, tun) = if to == b.addr {
+            (&mut *b, &mut tun_b)
+        } else {
+            (&mut *a, &mut tun_a)
+        };
+        let me = node.addr;
+        node.engine.inbound(from, &bytes, &mut out, |e| match e {
+            Emit::Network(ep, d) => in_flight.insert(0, (me, ep, d.to_vec())),
+            Emit::Tun(p) => tun.push(p.to_vec()),
+        });
+    }
+    (tun_a, tun_b)
+}
+
+/// Encrypts `packet` at `from` and delivers it at `to`; what `to` wrote to TUN.
+fn send_one(from: &mut Node, to: &mut Node, packet: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![0u8; BUFFER];
+    let Some((_, d)) = from.engine.outbound(packet, &mut out) else {
+        return Vec::new();
+    };
+    let d = d.to_vec();
+    let mut got = Vec::new();
+    let from_addr = from.addr;
+    to.engine.inbound(from_addr, &d, &mut out, |e| {
+        if let Emit::Tun(p) = e {
+            got.push(p.to_vec())
+        }
+    });
+    got
+}
+
+#[test]
+fn a_key_rotation_loses_no_packet_in_either_direction() {
+    let (mut a, mut b) = pair();
+    let mut out = vec![0u8; BUFFER];
+    let a_to_b = |n: u8| ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[n]);
+    let b_to_a = |n: u8| ipv4([10, 2, 0, 9], [10, 1, 0, 5], &[n]);
+    let (ep, init) = a
+        .engine
+        .outbound(&a_to_b(0), &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    exchange(&mut a, &mut b, (ep, init));
+    assert_eq!(send_one(&mut b, &mut a, &b_to_a(1)), vec![b_to_a(1)]);
+
+    // A announces its next key; B's map carries it (a standby tunnel, no route).
+    let next = StaticSecret::from([7u8; 32]);
+    let next_pub = *PublicKey::from(&next).as_bytes();
+    let a_pub = *PublicKey::from(&StaticSecret::from([1u8; 32])).as_bytes();
+    let a_addr = a.addr;
+    let spec_of_a = |key: [u8; 32], next: Option<[u8; 32]>| PeerSpec {
+        public_key: key,
+        endpoint: Some(a_addr),
+        allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: next,
+    };
+    b.engine.set_peers(&[spec_of_a(a_pub, Some(next_pub))]);
+    assert_eq!(b.engine.peer_count(), 1);
+    // A datagram encrypted under the old session, still in flight after the switch.
+    let (_, late) = a
+        .engine
+        .outbound(&a_to_b(2), &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+
+    // A switches. Until its new tunnel has a session, the old session carries traffic.
+    a.engine.rotate_own(next);
+    assert_eq!(send_one(&mut a, &mut b, &a_to_b(3)), vec![a_to_b(3)]);
+    assert_eq!(send_one(&mut b, &mut a, &b_to_a(4)), vec![b_to_a(4)]);
+    // The new handshake starts at the next tick; B answers on its standby and promotes it.
+    let mut kicked = Vec::new();
+    a.engine
+        .tick(&mut out, |ep, d| kicked.push((ep, d.to_vec())));
+    assert_eq!(kicked.len(), 1, "one handshake initiation");
+    exchange(&mut a, &mut b, kicked.remove(0));
+    // Both directions work on the new sessions, and the straggler is still decrypted.
+    assert_eq!(send_one(&mut a, &mut b, &a_to_b(5)), vec![a_to_b(5)]);
+    assert_eq!(send_one(&mut b, &mut a, &b_to_a(6)), vec![b_to_a(6)]);
+    let mut got = Vec::new();
+    b.engine.inbound(a.addr, &late, &mut out, |e| {
+        if let Emit::Tun(p) = e {
+            got.push(p.to_vec())
+        }
+    });
+    assert_eq!(got, vec![a_to_b(2)], "in-flight datagram under the old key");
+    // B's status shows A under its new key; the map catching up changes nothing.
+    assert_eq!(b.engine.status()[0].public_key, next_pub);
+    b.engine.set_peers(&[spec_of_a(next_pub, None)]);
+    assert_eq!(b.engine.peer_count(), 1);
+    assert_eq!(send_one(&mut a, &mut b, &a_to_b(7)), vec![a_to_b(7)]);
+    // Retired tunnels go after RETIRE_AFTER; traffic is unaffected.
+    let t0 = Instant::now();
+    for node in [&mut a, &mut b] {
+        node.engine.probe_tick(t0, |_, _| {});
+        node.engine
+            .probe_tick(t0 + rotation::RETIRE_AFTER, |_, _| {});
+        assert_eq!(node.engine.peers.len(), 1, "only the primary is left");
+    }
+    assert_eq!(send_one(&mut b, &mut a, &b_to_a(8)), vec![b_to_a(8)]);
+    assert_eq!(send_one(&mut a, &mut b, &a_to_b(9)), vec![a_to_b(9)]);
+    // The old key no longer gets in: a handshake under it finds no tunnel.
+    assert!(!b.engine.by_key.contains_key(&a_pub));
+}
+
+#[test]
+fn a_peer_that_never_uses_its_announced_key_keeps_its_tunnel() {
+    let (mut a, mut b) = pair();
+    let mut out = vec![0u8; BUFFER];
+    let (ep, init) = a
+        .engine
+        .outbound(&ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    exchange(&mut a, &mut b, (ep, init));
+    let a_pub = *PublicKey::from(&StaticSecret::from([1u8; 32])).as_bytes();
+    let mut spec = PeerSpec {
+        public_key: a_pub,
+        endpoint: Some(a.addr),
+        allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: Some([9u8; 32]),
+    };
+    b.engine.set_peers(std::slice::from_ref(&spec));
+    assert_eq!(b.engine.peers.len(), 2, "primary and standby");
+    // The announcement is withdrawn (the agent restarted): the standby goes.
+    spec.next_public_key = None;
+    b.engine.set_peers(std::slice::from_ref(&spec));
+    assert_eq!(b.engine.peers.len(), 1);
+    let p = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"y");
+    assert_eq!(send_one(&mut a, &mut b, &p), vec![p]);
+}
+
+#[test]
+fn packets_cross_after_a_handshake_and_the_nat_side_is_learned() {
+    let (mut a, mut b) = pair();
+    let mut out = vec![0u8; BUFFER];
+    let packet = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"ping");
+    let (ep, init) = a
+        .engine
+        .outbound(&packet, &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    assert_eq!(ep, b.addr);
+    let (_, tun_b) = exchange(&mut a, &mut b, (ep, init));
+    assert!(
+        tun_b.contains(&packet),
+        "queued packet delivered after the handshake"
+    );
+    // B learned A's endpoint from the authenticated handshake and can answer.
+    let reply = ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"pong");
+    let (ep, data) = b
+        .engine
+        .outbound(&reply, &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    assert_eq!(ep, a.addr);
+    let mut got = Vec::new();
+    a.engine.inbound(b.addr, &data, &mut out, |e| {
+        if let Emit::Tun(p) = e {
+            got.push(p.to_vec())
+        }
+    });
+    assert_eq!(got, vec![reply]);
+    // No route: dropped.
+    assert!(a
+        .engine
+        .outbound(&ipv4([10, 1, 0, 5], [172, 16, 0, 1], b"x"), &mut out)
+        .is_none());
+}
+
+#[test]
+fn a_peer_cannot_send_from_addresses_it_does_not_own() {
+    let (mut a, mut b) = pair();
+    let mut out = vec![0u8; BUFFER];
+    let first = ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hello");
+    let (ep, init) = a
+        .engine
+        .outbound(&first, &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    exchange(&mut a, &mut b, (ep, init));
+    // A spoofs an inner source in B's own range: B must drop it.
+    let spoofed = ipv4([10, 2, 0, 1], [10, 2, 0, 9], b"spoof");
+    a.engine.set_peers(&[PeerSpec {
+        public_key: *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes(),
+        endpoint: Some(b.addr),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: None,
+    }]);
+    let (_, data) = a
+        .engine
+        .outbound(&spoofed, &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    let mut delivered = 0;
+    b.engine.inbound(a.addr, &data, &mut out, |e| {
+        if matches!(e, Emit::Tun(p) if !p.is_empty()) {
+            delivered += 1
+        }
+    });
+    assert_eq!(delivered, 0, "spoofed inner source delivered");
+    // Removing the peer drops its traffic; the session of others is untouched.
+    b.engine.set_peers(&[]);
+    assert_eq!(b.engine.peer_count(), 0);
+}
+
+#[test]
+fn the_receiving_engine_enforces_its_policy_and_lets_replies_to_its_own_flows_in() {
+    use crate::dataplane::access::packet::build::{ports, v4};
+    use crate::dataplane::access::packet::TCP;
+    use strait_proto::access::{AccessPolicy, AccessRule, Action, Source};
+    let (mut a, mut b) = pair();
+    let mut out = vec![0u8; BUFFER];
+    let tcp = |src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16| {
+        v4(src, dst, TCP, &ports(TCP, sport, dport))
+    };
+    let (ep, init) = a
+        .engine
+        .outbound(&ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    exchange(&mut a, &mut b, (ep, init));
+    // B lets site a open tcp/443 and nothing else; A lets nothing in.
+    let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+    let web = AccessPolicy {
+        default: Action::Deny,
+        rules: vec![AccessRule {
+            name: "web".into(),
+            action: Action::Allow,
+            from: vec![Source::Site("a".into())],
+            to: vec![net("10.2.0.0/16")],
+            to_node: false,
+            services: vec!["tcp/443".parse().unwrap()],
+        }],
+    };
+    b.engine.set_access(std::sync::Arc::new(Filter::compile(
+        &web,
+        &[("a".into(), vec![net("10.1.0.0/16")])],
+        None,
+    )));
+    let closed = AccessPolicy {
+        default: Action::Deny,
+        rules: vec![],
+    };
+    a.engine.set_access(std::sync::Arc::new(Filter::compile(
+        &closed,
+        &[("b".into(), vec![net("10.2.0.0/16")])],
+        None,
+    )));
+    let (a_host, b_host) = ([10, 1, 0, 5], [10, 2, 0, 9]);
+    let open = tcp(a_host, 40000, b_host, 443);
+    assert_eq!(send_one(&mut a, &mut b, &open), vec![open.clone()]);
+    // A sends anyway what B's policy refuses (A does not filter): B drops it.
+    let ssh = tcp(a_host, 40001, b_host, 22);
+    assert_eq!(send_one(&mut a, &mut b, &ssh), Vec::<Vec<u8>>::new());
+    // B's answer on the flow A opened reaches A; a flow B opens does not.
+    let answer = tcp(b_host, 443, a_host, 40000);
+    assert_eq!(send_one(&mut b, &mut a, &answer), vec![answer.clone()]);
+    let back = tcp(b_host, 5555, a_host, 22);
+    assert_eq!(send_one(&mut b, &mut a, &back), Vec::<Vec<u8>>::new());
+    let drops = |n: &mut Node| {
+        n.engine
+            .take_access_report()
+            .unwrap()
+            .drops
+            .into_iter()
+            .map(|d| (d.site, d.reason, d.packets))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(drops(&mut b), vec![("a".into(), "default".into(), 1)]);
+    assert_eq!(drops(&mut a), vec![("b".into(), "default".into(), 1)]);
+}
+
+#[test]
+fn probes_choose_the_endpoint_and_ignore_forgeries() {
+    use crate::paths::select::Health;
+    use strait_proto::msg::EndpointKind;
+    let (mut a, mut b) = pair();
+    let b_pub = *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes();
+    let inside: SocketAddr = "10.2.0.1:51820".parse().unwrap();
+    a.engine.set_peers(&[PeerSpec {
+        public_key: b_pub,
+        endpoint: Some(b.addr),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![
+            Candidate {
+                address: b.addr,
+                kind: EndpointKind::Public,
+                cost: 0,
+            },
+            // B's address on its own LAN, inside the prefixes the tunnel carries: probed
+            // too (the marked socket takes the underlay), but it never answers here.
+            Candidate {
+                address: inside,
+                kind: EndpointKind::Private,
+                cost: 0,
+            },
+        ],
+        next_public_key: None,
+    }]);
+    let t0 = Instant::now();
+    for round in 0..3u32 {
+        let now = t0 + std::time::Duration::from_secs(u64::from(round));
+        let mut requests = Vec::new();
+        a.engine
+            .probe_tick(now, |to, d| requests.push((to, d.to_vec())));
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert!(requests.iter().any(|(to, _)| *to == inside));
+        let mut replies = Vec::new();
+        for (_, req) in requests.iter().filter(|(to, _)| *to == b.addr) {
+            let outcome = b
+                .engine
+                .on_probe(a.addr, req, now, |to, d| replies.push((to, d.to_vec())));
+            assert_eq!(outcome, ProbeOutcome::Answered);
+        }
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].0, a.addr, "answered on the path it came in on");
+        // A forged reply (a third node's key) and a replay of a real one change nothing.
+        let forged = probe::encode(
+            &Probe {
+                kind: Kind::Reply,
+                sender: probe::id_of(&PublicKey::from(&StaticSecret::from([2u8; 32]))),
+                seq: 1,
+            },
+            &ProbeKey::derive(
+                &StaticSecret::from([9u8; 32]),
+                &PublicKey::from(&StaticSecret::from([1u8; 32])),
+            ),
+        );
+        let before = a.engine.paths();
+        let outcome = a
+            .engine
+            .on_probe(b.addr, &forged, now, |_, _| panic!("answered a reply"));
+        assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::BadMac));
+        assert_eq!(a.engine.paths(), before);
+        // A probe naming no peer, and one reflected back to its sender (it names A).
+        let mut stranger = forged;
+        stranger[4..12].copy_from_slice(b"stranger");
+        let reflected = &requests[0].1;
+        for d in [&stranger[..], reflected] {
+            let outcome = a.engine.on_probe(b.addr, d, now, |_, _| panic!("answered"));
+            assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::UnknownSender));
+        }
+        assert_eq!(a.engine.paths(), before);
+        let later = now + std::time::Duration::from_millis(2);
+        let outcome = a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+        assert_eq!(outcome, ProbeOutcome::Recorded);
+        let after = a.engine.paths();
+        let outcome = a.engine.on_probe(b.addr, &replies[0].1, later, |_, _| {});
+        assert_eq!(outcome, ProbeOutcome::Refused(ProbeRefusal::NotInFlight));
+        assert_eq!(a.engine.paths(), after, "a replayed reply counted");
+    }
+    let paths = a.engine.paths();
+    assert_eq!(paths.len(), 1);
+    let report = &paths[0].1;
+    assert_eq!(report.len(), 2, "{report:?}");
+    let public = report.iter().find(|p| p.address == b.addr).unwrap();
+    assert_eq!(public.health, Health::Up);
+    assert!(public.active);
+    let lan = report.iter().find(|p| p.address == inside).unwrap();
+    assert!(lan.health != Health::Up && !lan.active, "{lan:?}");
+}
