@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::mesh::{Persisted, Presence, StoreOp};
+use crate::records::{Persisted, Presence, StoreOp};
 use strait_proto::msg::AuditEntry;
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +301,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::{IssuedCert, NodeRecord, Revocation};
+    use crate::records::{IssuedCert, NodeRecord, Revocation};
     use strait_pki::Role;
 
     fn node(name: &str) -> NodeRecord {

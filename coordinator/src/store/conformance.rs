@@ -40,7 +40,9 @@ pub fn audit_log(store: &mut dyn Store, reopen: &mut dyn FnMut() -> Box<dyn Stor
         [seqs[2], seqs[1]]
     );
     // Writes to the registry leave the log alone, and the log survives a reopen.
-    store.apply(&[crate::mesh::StoreOp::SetVersion(9)]).unwrap();
+    store
+        .apply(&[crate::records::StoreOp::SetVersion(9)])
+        .unwrap();
     let mut again = reopen();
     assert_eq!(again.audit(10, None).unwrap(), all);
 }

@@ -30,7 +30,6 @@
 //! write whose outcome is unknown makes the next one reload first. Only PostgreSQL is
 //! tested (15, `coordinator/tests/pg_store.rs`, `tests/tests/ha_postgres.rs`).
 
-use std::str::FromStr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -41,8 +40,8 @@ use serde::de::DeserializeOwned;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{json, Store, StoreError, Watcher};
-use crate::config::StoreConfig;
-use crate::mesh::{Persisted, Presence, StoreOp};
+use crate::config::{parse_url, StoreConfig};
+use crate::records::{Persisted, Presence, StoreOp};
 use strait_proto::msg::AuditEntry;
 
 const SCHEMA: &str = "
@@ -63,15 +62,6 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Rows per statement when recording presence.
 const PRESENCE_CHUNK: usize = 500;
-
-/// Parses a `postgres://` URL (or a `key=value` connection string).
-pub fn parse_url(url: &str) -> Result<::postgres::Config> {
-    ::postgres::Config::from_str(url.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "not a PostgreSQL URL ({e}); write e.g. postgres://strait@db.example:5432/strait?sslmode=require"
-        )
-    })
-}
 
 /// `user@host:port/db`, for messages (never the password).
 fn describe(config: &::postgres::Config) -> String {
