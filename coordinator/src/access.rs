@@ -2,8 +2,9 @@
 //! may open traffic to which, by protocol and port. Pure.
 //!
 //! [`Policy::build`] (with the config, in [`crate::config::access`]) validates the config's
-//! `[policy]` against its sites (errors name the key and the fix); [`Policy::for_site`] compiles the part one site enforces, which the
-//! core ships in the maps of that site's tunnel nodes. Rules are tried in order and the
+//! `[policy]` against its sites (errors name the key and the fix); [`Policy::for_site`]
+//! compiles the part one site enforces, which the core ships in the maps of that site's
+//! tunnel nodes. Rules are tried in order and the
 //! first that matches decides; a packet no rule matches gets `default`. Not to be confused
 //! with [`crate::policy`], which decides which prefixes a node may advertise.
 
