@@ -23,6 +23,7 @@ pub mod ctl;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handlers;
 pub mod handshake;
 pub mod init;
 pub mod logging;
