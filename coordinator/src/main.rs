@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use strait_coordinator::config::Config;
 use strait_coordinator::config::StoreKind;
+use strait_coordinator::handlers::{Pki, VaultMode};
 use strait_coordinator::init::{init, InitOptions, Layout, SiteSpec};
-use strait_coordinator::server::{self, Coordinator, Pki};
+use strait_coordinator::server::{self, Coordinator};
 use strait_coordinator::store::postgres::PgStore;
 use strait_coordinator::store::{SqliteStore, Store};
 use strait_coordinator::{logging, renew_own};
@@ -186,7 +187,7 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()
             (
                 certs,
                 vec![ca.cert_der().clone()],
-                Pki::Builtin { ca: Box::new(ca) },
+                Box::new(ca) as Box<dyn Pki>,
                 renewal,
             )
         }
@@ -215,7 +216,7 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()
                 },
                 certs.clone(),
             );
-            (certs, cas, Pki::Vault, renewal)
+            (certs, cas, Box::new(VaultMode) as Box<dyn Pki>, renewal)
         }
     };
     // Bind the metrics address first: a bad address is refused before serving anything.

@@ -51,6 +51,8 @@ pub fn snapshot(views: &Views, key: &NodeKey) -> Option<(NodeView, NetworkMap)> 
 }
 
 /// What a session sends when `views` are published, holding `current`.
+// Lives only until the session has written it; boxing the delta buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Update {
     /// Nothing: the version is not newer, or only the version moved and versions are not

@@ -355,8 +355,7 @@ impl Mesh {
         }
     }
 
-    /// Two online nodes with a tunnel between them, for a probe from `from` to `to`.
-
+    /// A throughput measured from `a` to `b` (live, not persisted).
     pub fn record_throughput(&mut self, a: &NodeKey, b_id: &str, mbps: f64, at: u64) {
         if let Some(node) = self.nodes.get_mut(a) {
             node.throughput.insert(b_id.to_string(), (mbps, at));

@@ -10,6 +10,7 @@ use strait_proto::msg::{
 use super::{CoreError, Mesh, NodeKey, NodeRecord, ProbePair};
 
 impl Mesh {
+    /// Two online nodes with a tunnel between them, for a probe from `from` to `to`.
     pub fn probe_pair(&self, from: &str, to: &str) -> Result<ProbePair, CoreError> {
         let a = self.resolve(from)?;
         let b = self.resolve(to)?;
@@ -59,8 +60,6 @@ impl Mesh {
         pairs.sort();
         pairs
     }
-
-    /// A throughput measured from `a` to `b` (live, not persisted).
 
     // ---- operator views ----
 

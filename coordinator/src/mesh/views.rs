@@ -14,8 +14,6 @@ use strait_proto::msg::EndpointKind;
 use super::{Mesh, NodeKey, NodeRecord};
 
 impl Mesh {
-    // ---- maps ----
-
     pub(super) fn tunnel_capable(&self, n: &NodeRecord) -> bool {
         n.role == Role::Gateway || self.config.site(&n.site).is_some_and(|s| s.full_mesh)
     }
