@@ -1,4 +1,5 @@
-//! The Strait coordinator: the mesh's source of truth, and `straitctl`'s client side.
+//! The Strait coordinator: the mesh's source of truth (`straitctl` is the `strait-ctl`
+//! crate).
 //!
 //! - [`config`]: `coordinator.toml`, validated at start.
 //! - [`checkconfig`]: `strait-coordinator check-config`, the same without serving.
@@ -19,7 +20,6 @@ pub mod audit;
 pub mod checkconfig;
 pub mod config;
 pub mod connlimit;
-pub mod ctl;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
