@@ -22,6 +22,7 @@ use crate::identity::Identity;
 use crate::material::{parse_certs, CertBundle, MaterialError, SecretPem};
 use crate::renewal::CertSource;
 
+pub mod cloudauth;
 mod responses;
 mod settings;
 
@@ -128,12 +129,12 @@ impl VaultPki {
                 )?
             }
             VaultAuth::Aws { mount, role, imds } => {
-                let http = crate::cloudauth::metadata_client()?;
-                let creds = crate::cloudauth::aws_credentials(&http, imds).await?;
-                let body = crate::cloudauth::aws_login_body(
+                let http = cloudauth::metadata_client()?;
+                let creds = cloudauth::aws_credentials(&http, imds).await?;
+                let body = cloudauth::aws_login_body(
                     role,
                     &creds,
-                    &crate::cloudauth::amz_date_now(),
+                    &cloudauth::amz_date_now(),
                 );
                 let path = format!("auth/{mount}/login");
                 parse_login(
@@ -148,8 +149,8 @@ impl VaultPki {
                 role,
                 metadata,
             } => {
-                let http = crate::cloudauth::metadata_client()?;
-                let jwt = crate::cloudauth::gce_identity_token(&http, metadata, role).await?;
+                let http = cloudauth::metadata_client()?;
+                let jwt = cloudauth::gce_identity_token(&http, metadata, role).await?;
                 let path = format!("auth/{mount}/login");
                 let body = serde_json::json!({ "role": role, "jwt": jwt });
                 parse_login(
