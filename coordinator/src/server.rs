@@ -1,6 +1,6 @@
 //! The coordinator's IO shell: QUIC with mutual TLS, one task per connection and per
 //! stream, the registry behind one lock, map changes fanned out to the sessions they concern
-//! (see [`crate::fanout`]). The decisions are the pure [`crate::handlers`]'; this shell
+//! (see [`crate::fanout`]). Decisions are made by the pure [`crate::handlers`]; this shell
 //! moves bytes, reads the clock and the OS's randomness, persists the store operations the
 //! handlers return and keeps the metrics.
 //!
@@ -22,7 +22,7 @@ use strait_proto::msg::{close, ErrorBody, ErrorCode, Request, Response};
 use crate::config::Config;
 use crate::connlimit::Connections;
 use crate::fanout::Fanout;
-use crate::handlers::Pki;
+use crate::handlers::{unix, Pki};
 use crate::mesh::{Mesh, NodeKey, StoreOp, Views};
 use crate::metrics::CoordinatorMetrics;
 use crate::probes::Probes;
@@ -46,16 +46,7 @@ const MAX_ATTEMPTS: u32 = 8;
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub(crate) fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    unix(SystemTime::now())
 }
 
 struct Core {

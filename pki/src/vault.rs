@@ -131,11 +131,7 @@ impl VaultPki {
             VaultAuth::Aws { mount, role, imds } => {
                 let http = cloudauth::metadata_client()?;
                 let creds = cloudauth::aws_credentials(&http, imds).await?;
-                let body = cloudauth::aws_login_body(
-                    role,
-                    &creds,
-                    &cloudauth::amz_date_now(),
-                );
+                let body = cloudauth::aws_login_body(role, &creds, &cloudauth::amz_date_now());
                 let path = format!("auth/{mount}/login");
                 parse_login(
                     &path,
