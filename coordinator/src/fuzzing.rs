@@ -28,7 +28,7 @@ use harness::Harness;
 
 /// `data` as a `coordinator.toml` (UTF-8; other inputs are skipped, as reading the file
 /// would fail): deserialized and validated, as [`Config::load`] does. Errors must have
-/// messages. A config that validates must make a working [`Mesh`]: one gateway registers in
+/// messages. A config that validates must make a working [`Mesh`](crate::mesh::Mesh): one gateway registers in
 /// each of its first 8 sites, advertising the site's prefixes, and every check of
 /// [`messages`] holds after each registration.
 ///
@@ -104,7 +104,7 @@ pub const NAMES: [&str; 4] = ["gw", "gw2", "m1", "dc1"];
 /// Certificate serials.
 pub const SERIALS: [&str; 4] = ["01", "02", "aa", ""];
 
-/// Message handling: a sequence of operations on the coordinator's core ([`Mesh`]), as its
+/// Message handling: a sequence of operations on the coordinator's core ([`Mesh`](crate::mesh::Mesh)), as its
 /// server applies them for registrations, heartbeats, link and conflict reports, operators'
 /// commands (revoke, tokens, probes) and its timer; with the store ops persisted as a store
 /// would, and every registered node followed by a session as the server runs it (a snapshot,
