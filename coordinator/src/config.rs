@@ -11,6 +11,10 @@ use serde::Deserialize;
 use strait_pki::identity::Label;
 use strait_pki::vault::VaultSettings;
 
+pub mod access;
+mod store;
+pub use store::{parse_url, StoreConfig, StoreKind, MAX_STORE_POLL, MIN_STORE_POLL};
+
 /// Default overlay CIDR: the CGNAT range (RFC 6598), unlikely to collide with VPC ranges.
 pub const DEFAULT_OVERLAY_CIDR: &str = "100.64.0.0/10";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
@@ -59,7 +63,7 @@ pub struct Config {
     /// Which sites or prefixes may open traffic to which (default: every site reaches every
     /// site); enforced by the receiving gateways. See [`crate::access`].
     #[serde(default)]
-    pub policy: crate::access::PolicyConfig,
+    pub policy: access::PolicyConfig,
 }
 
 /// `[limits]`: connection limits. A connection counts from its first packet (handshakes
@@ -130,111 +134,6 @@ impl Limits {
                 "key `limits.anonymous-lifetime`: use {} to {} (an enrollment takes one request)",
                 humantime::format_duration(MIN_ANONYMOUS_LIFETIME),
                 humantime::format_duration(MAX_ANONYMOUS_LIFETIME)
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Which store backend holds the registry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// `<state-dir>/strait.db`: one coordinator.
-    #[default]
-    Sqlite,
-    /// A PostgreSQL (or CockroachDB) database that several coordinators share.
-    Postgres,
-}
-
-/// `[store]`: where the registry is kept.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct StoreConfig {
-    #[serde(default)]
-    pub kind: StoreKind,
-    /// `postgres://user@host:port/db?sslmode=require`, without a password (a URL with one
-    /// belongs in `url-file`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A file (mode 0600) holding the URL, password included.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// PEM CA certificate(s) to trust for the database's TLS certificate (default: the
-    /// system's roots).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate and key for databases that authenticate clients by
-    /// certificate (CockroachDB's usual setup).
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-    /// How often to look for changes other coordinators made.
-    #[serde(default = "default_store_poll", with = "duration")]
-    pub poll_interval: Duration,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            kind: StoreKind::Sqlite,
-            url: None,
-            url_file: None,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            poll_interval: default_store_poll(),
-        }
-    }
-}
-
-fn default_store_poll() -> Duration {
-    Duration::from_millis(200)
-}
-
-/// Bounds of `store.poll-interval`.
-pub const MIN_STORE_POLL: Duration = Duration::from_millis(50);
-pub const MAX_STORE_POLL: Duration = Duration::from_secs(5);
-
-impl StoreConfig {
-    /// Checks the keys that can be checked without reading files or the network.
-    pub fn validate(&self) -> Result<()> {
-        match self.kind {
-            StoreKind::Sqlite => {
-                let set = [
-                    ("url", self.url.is_some()),
-                    ("url-file", self.url_file.is_some()),
-                    ("ca-file", self.ca_file.is_some()),
-                    ("client-cert-file", self.client_cert_file.is_some()),
-                    ("client-key-file", self.client_key_file.is_some()),
-                ];
-                if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
-                    bail!("key `store.{key}` is set but `store.kind` is \"sqlite\"; set kind = \"postgres\" or remove it");
-                }
-            }
-            StoreKind::Postgres => {
-                match (&self.url, &self.url_file) {
-                    (Some(_), Some(_)) => bail!("keys `store.url` and `store.url-file` are both set; keep one"),
-                    (None, None) => bail!("key `store.kind` is \"postgres\" but neither `store.url` nor `store.url-file` is set"),
-                    (Some(url), None) => {
-                        let parsed = crate::store::postgres::parse_url(url).context("key `store.url`")?;
-                        if parsed.get_password().is_some() {
-                            bail!("key `store.url` holds a password; put the URL in a file of mode 0600 and name it in `store.url-file`");
-                        }
-                    }
-                    (None, Some(_)) => {}
-                }
-                if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-                    bail!("keys `store.client-cert-file` and `store.client-key-file` go together; set both or neither");
-                }
-            }
-        }
-        if self.poll_interval < MIN_STORE_POLL || self.poll_interval > MAX_STORE_POLL {
-            bail!(
-                "key `store.poll-interval`: use {} to {}",
-                humantime::format_duration(MIN_STORE_POLL),
-                humantime::format_duration(MAX_STORE_POLL)
             );
         }
         Ok(())
@@ -454,7 +353,7 @@ impl Config {
                         p.prefix()
                     );
                 }
-                if crate::policy::overlaps(*p, self.overlay_cidr) {
+                if crate::prefix::overlaps(*p, self.overlay_cidr) {
                     bail!("key `sites[{i}].prefixes`: {p} overlaps the overlay CIDR {}; change one of them", self.overlay_cidr);
                 }
             }
@@ -463,7 +362,7 @@ impl Config {
             for b in &self.sites[i + 1..] {
                 for pa in &a.prefixes {
                     for pb in &b.prefixes {
-                        if crate::policy::overlaps(*pa, *pb) {
+                        if crate::prefix::overlaps(*pa, *pb) {
                             bail!(
                                 "key `sites`: site {}'s prefix {pa} overlaps site {}'s prefix {pb}; sites must not share address space",
                                 a.name, b.name
@@ -513,7 +412,7 @@ impl Config {
                 if !site
                     .prefixes
                     .iter()
-                    .any(|own| crate::policy::contains(*own, *prefix))
+                    .any(|own| crate::prefix::contains(*own, *prefix))
                 {
                     bail!(
                         "{}: {prefix} is outside site {}'s prefixes",
@@ -551,7 +450,7 @@ impl Config {
                 );
             }
         }
-        crate::access::Policy::build(self)?;
+        access::Policy::build(self)?;
         Ok(())
     }
 

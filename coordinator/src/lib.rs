@@ -1,4 +1,5 @@
-//! The Strait coordinator: the mesh's source of truth, and `straitctl`'s client side.
+//! The Strait coordinator: the mesh's source of truth (`straitctl` is the `strait-ctl`
+//! crate).
 //!
 //! - [`config`]: `coordinator.toml`, validated at start.
 //! - [`checkconfig`]: `strait-coordinator check-config`, the same without serving.
@@ -19,19 +20,20 @@ pub mod audit;
 pub mod checkconfig;
 pub mod config;
 pub mod connlimit;
-pub mod ctl;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handlers;
 pub mod handshake;
 pub mod init;
-pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod overlay;
 pub mod policy;
+pub mod prefix;
 pub mod probes;
 pub mod ratelimit;
+pub mod records;
 pub mod renew_own;
 pub mod server;
 pub mod store;

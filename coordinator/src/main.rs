@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use strait_coordinator::config::Config;
 use strait_coordinator::config::StoreKind;
+use strait_coordinator::handlers::{Pki, VaultMode};
 use strait_coordinator::init::{init, InitOptions, Layout, SiteSpec};
-use strait_coordinator::server::{self, Coordinator, Pki};
+use strait_coordinator::renew_own;
+use strait_coordinator::server::{self, Coordinator};
 use strait_coordinator::store::postgres::PgStore;
 use strait_coordinator::store::{SqliteStore, Store};
-use strait_coordinator::{logging, renew_own};
+use strait_observe::logging;
 use strait_pki::ca::BuiltinCa;
 use strait_pki::renewal;
 use strait_pki::tls::CertStore;
@@ -186,7 +188,7 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()
             (
                 certs,
                 vec![ca.cert_der().clone()],
-                Pki::Builtin { ca: Box::new(ca) },
+                Box::new(ca) as Box<dyn Pki>,
                 renewal,
             )
         }
@@ -215,7 +217,7 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()
                 },
                 certs.clone(),
             );
-            (certs, cas, Pki::Vault, renewal)
+            (certs, cas, Box::new(VaultMode) as Box<dyn Pki>, renewal)
         }
     };
     // Bind the metrics address first: a bad address is refused before serving anything.
@@ -252,7 +254,7 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<()
         "coordinator serving"
     );
     let reloads = tokio::spawn(reload_policy_on_hangup(coordinator.clone(), path));
-    server::serve(coordinator, endpoint, shutdown_signal()).await?;
+    server::serve(coordinator, endpoint, strait_observe::signal::shutdown()).await?;
     reloads.abort();
     renewal.abort();
     if let Some(m) = metrics_server {
@@ -287,20 +289,5 @@ async fn reload_policy_on_hangup(coordinator: Arc<Coordinator>, path: PathBuf) {
                 "access policy not reloaded; the previous one stays in force"
             ),
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

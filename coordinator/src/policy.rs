@@ -4,6 +4,7 @@ use ipnetwork::IpNetwork;
 use strait_proto::msg::Refusal;
 
 use crate::config::SiteConfig;
+pub use crate::prefix::{contains, overlaps};
 
 /// A prefix accepted for another site's node, which advertisements must not overlap.
 #[derive(Debug, Clone)]
@@ -153,21 +154,6 @@ fn refusal_reason(
         ));
     }
     None
-}
-
-/// Whether two prefixes share any address.
-pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
-    contains(a, b) || contains(b, a)
-}
-
-/// Whether `outer` contains all of `inner`.
-pub fn contains(outer: IpNetwork, inner: IpNetwork) -> bool {
-    outer.prefix() <= inner.prefix()
-        && outer.contains(inner.network())
-        && matches!(
-            (outer, inner),
-            (IpNetwork::V4(_), IpNetwork::V4(_)) | (IpNetwork::V6(_), IpNetwork::V6(_))
-        )
 }
 
 #[cfg(test)]

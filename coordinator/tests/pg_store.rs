@@ -1,6 +1,7 @@
 //! `PgStore` against a real PostgreSQL server started by the test (see
-//! `strait_tests::postgres`): the round trip SQLite's store has, the generation check
-//! that serializes coordinators sharing one database, and presence.
+//! `strait_tests::postgres`): the checks every store passes (`store::conformance`, run on
+//! SQLite too), the generation check that serializes coordinators sharing one database,
+//! and presence.
 
 use strait_coordinator::config::{StoreConfig, StoreKind};
 use strait_coordinator::mesh::{IssuedCert, NodeRecord, Presence, Revocation, StoreOp};
@@ -185,6 +186,16 @@ fn postgres_store_round_trip_conflicts_and_presence() {
     .unwrap();
     let err = a.load().unwrap_err().to_string();
     assert!(err.contains("nodes") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn postgres_store_round_trips_records_in_order() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("strait").unwrap();
+    let mut s = PgStore::open_url(&url).unwrap();
+    strait_coordinator::store::conformance::round_trip(&mut s, &mut || {
+        Box::new(PgStore::open_url(&url).unwrap())
+    });
 }
 
 #[test]

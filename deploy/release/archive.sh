@@ -56,7 +56,7 @@ if [ -z "$target" ]; then
   [ -n "$target" ] || die "rustc not found: pass --target TRIPLE"
 fi
 if [ -z "$bins" ]; then
-  (cd "$repo" && cargo build --profile dist --locked -p strait-agent -p strait-coordinator)
+  (cd "$repo" && cargo build --profile dist --locked -p strait-agent -p strait-coordinator -p strait-ctl)
   bins="$repo/target/dist"
 fi
 for b in strait-agent strait-coordinator straitctl; do

@@ -109,7 +109,7 @@ impl BuiltinCa {
         let now = SystemTime::now();
         params.not_before = to_offset(now - CLOCK_SKEW_ALLOWANCE);
         params.not_after = to_offset(now + CA_LIFETIME);
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(serial_number(random_serial_bytes()));
         let cert = params.self_signed(&key)?;
         Ok(BuiltinCa {
             mesh,
@@ -190,7 +190,7 @@ impl BuiltinCa {
     /// identities created on the CA's own host).
     pub fn issue(&self, identity: &Identity, validity: Validity) -> Result<CertBundle, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let der = self.sign(identity, validity, &key)?;
+        let der = self.sign(identity, validity, &key, random_serial_bytes())?;
         self.bundle(der, SecretPem::new(key.serialize_pem()))
     }
 
@@ -203,8 +203,21 @@ impl BuiltinCa {
         identity: &Identity,
         validity: Validity,
     ) -> Result<CertificateDer<'static>, CaError> {
+        self.sign_csr_with_serial(csr_pem, identity, validity, random_serial_bytes())
+    }
+
+    /// [`BuiltinCa::sign_csr`] with the serial number's 16 bytes given by the caller (made
+    /// a positive INTEGER without a leading zero byte), so a caller whose randomness is an
+    /// input (the coordinator's handlers, a simulation) decides it.
+    pub fn sign_csr_with_serial(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        validity: Validity,
+        serial: [u8; SERIAL_BYTES],
+    ) -> Result<CertificateDer<'static>, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
-        self.sign(identity, validity, &csr.public_key)
+        self.sign(identity, validity, &csr.public_key, serial)
     }
 
     fn sign(
@@ -212,6 +225,7 @@ impl BuiltinCa {
         identity: &Identity,
         validity: Validity,
         public_key: &impl rcgen::PublicKeyData,
+        serial: [u8; SERIAL_BYTES],
     ) -> Result<CertificateDer<'static>, CaError> {
         if identity.mesh() != self.mesh.as_str() {
             return Err(CaError::WrongMesh {
@@ -238,7 +252,7 @@ impl BuiltinCa {
         ];
         params.not_before = to_offset(validity.not_before);
         params.not_after = to_offset(validity.not_after);
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(serial_number(serial));
         params.use_authority_key_identifier_extension = true;
         let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)?;
         Ok(params.signed_by(public_key, &issuer)?.der().clone())
@@ -287,11 +301,18 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
 
-fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
+/// Bytes of a certificate serial number.
+pub const SERIAL_BYTES: usize = 16;
+
+fn random_serial_bytes() -> [u8; SERIAL_BYTES] {
+    let mut bytes = [0u8; SERIAL_BYTES];
     // SystemRandom only fails if the OS has no entropy source; a fixed serial would still be
     // a valid (if weaker) certificate, and the fill is retried by the OS in practice.
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes
+}
+
+fn serial_number(mut bytes: [u8; SERIAL_BYTES]) -> SerialNumber {
     bytes[0] &= 0x7f; // positive INTEGER
     bytes[0] |= 0x01; // no leading zero byte to strip
     SerialNumber::from_slice(&bytes)
@@ -318,6 +339,29 @@ mod tests {
         assert_eq!(bundle.identity, id);
         let life = bundle.lifetime().as_secs();
         assert!((24 * 3600..=24 * 3600 + 61).contains(&life), "{life}");
+    }
+
+    #[test]
+    fn the_caller_may_choose_the_serial() {
+        let ca = BuiltinCa::generate("prod").unwrap();
+        let node = generate_csr("x").unwrap();
+        let id = Identity::node("prod", "s", "n", Role::Member).unwrap();
+        let validity = Validity::for_lifetime(Duration::from_secs(60));
+        let sign = |serial| {
+            let leaf = ca
+                .sign_csr_with_serial(&node.csr_pem, &id, validity, serial)
+                .unwrap();
+            crate::material::CertInfo::parse(&leaf).unwrap().serial
+        };
+        let a = sign([0xab; SERIAL_BYTES]);
+        assert_eq!(a, sign([0xab; SERIAL_BYTES]), "same bytes, same serial");
+        assert_ne!(a, sign([0xac; SERIAL_BYTES]));
+        // Zero bytes still make a positive serial of full length.
+        let zero = sign([0; SERIAL_BYTES]);
+        assert!(
+            zero.trim_start_matches('0').len() >= 2 * SERIAL_BYTES - 1,
+            "{zero}"
+        );
     }
 
     #[test]

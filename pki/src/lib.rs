@@ -11,7 +11,6 @@
 //! - [`files`]: which files and directories may be trusted (owner and mode).
 
 pub mod ca;
-pub mod cloudauth;
 pub mod files;
 pub mod fingerprint;
 #[doc(hidden)]

@@ -6,10 +6,12 @@
 //! - [`map`]: network maps (what one node needs to know), their deltas and how to apply them.
 //! - [`probe`]: probes operators ask agents to run (live RTT per path, throughput).
 //! - [`access`]: the inter-site access policy a node enforces, and what it dropped.
+//! - [`endpoint`]: where a node can be reached (used by messages, maps and probes alike).
 
 pub mod access;
 #[cfg(feature = "io")]
 pub mod client;
+pub mod endpoint;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -11,8 +11,16 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::access::AccessPolicy;
-use crate::msg::{Endpoint, Refusal};
+use crate::endpoint::Endpoint;
 use crate::Role;
+
+/// A prefix that was refused and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Refusal {
+    pub prefix: String,
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

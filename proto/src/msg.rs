@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessDrop, PolicyView};
 use crate::map::{MapDelta, NetworkMap};
+// Defined beside the maps and probes that use them too; named here as before.
+pub use crate::endpoint::{Endpoint, EndpointKind};
+pub use crate::map::Refusal;
 use crate::probe::{Command, ProbeEvent, ProbeRequest};
 use crate::{OperatorRole, Role};
 
@@ -173,39 +176,6 @@ impl std::fmt::Debug for EnrollRequest {
     }
 }
 
-/// The kind of underlay a node endpoint sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EndpointKind {
-    /// A dedicated link (Megaport, Equinix, Direct Connect, Interconnect).
-    Interconnect,
-    /// An address reachable inside the site or over private peering.
-    Private,
-    /// An address on the public internet.
-    Public,
-}
-
-impl EndpointKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointKind::Interconnect => "interconnect",
-            EndpointKind::Private => "private",
-            EndpointKind::Public => "public",
-        }
-    }
-}
-
-/// Where a node's WireGuard socket can be reached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    pub kind: EndpointKind,
-    /// Relative cost weight (lower is preferred among paths of equal kind).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost: Option<u32>,
-}
-
 /// What an agent tells the coordinator about itself when it subscribes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -313,14 +283,6 @@ pub struct Registered {
     pub overlay_ip: Ipv4Addr,
     /// Advertised prefixes the coordinator refused, each with the reason.
     pub refused: Vec<Refusal>,
-}
-
-/// A prefix that was refused and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Refusal {
-    pub prefix: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::msg::EndpointKind;
+use crate::endpoint::EndpointKind;
 
 /// Longest throughput transfer an operator may ask for.
 pub const MAX_THROUGHPUT_SECS: u32 = 30;

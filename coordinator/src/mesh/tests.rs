@@ -1,3 +1,9 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use strait_pki::{Fingerprint, Identity, Role};
+use strait_proto::msg::{Endpoint, EndpointKind, PeerLink, Registration};
+
 use super::*;
 use crate::config::PkiConfig;
 

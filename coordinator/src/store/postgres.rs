@@ -1,8 +1,8 @@
 //! The registry in PostgreSQL, shared by several coordinators (HA).
 //!
-//! The tables are SQLite's ([`super::SqliteStore`]): records as JSON text in key-value
-//! tables, plus `presence` (liveness the coordinators exchange). Every write goes through
-//! one row, `meta.generation`:
+//! The tables are SQLite's ([`super::SqliteStore`]), defined once in `store/schema.rs`:
+//! records as JSON text in key-value tables, plus `presence` (liveness the coordinators
+//! exchange). Every write goes through one row, `meta.generation`:
 //!
 //! ```sql
 //! UPDATE meta SET value = <seen + 1> WHERE key = 'generation' AND value = <seen>
@@ -24,13 +24,14 @@
 //! primary key or whole table; explicit transactions (`BEGIN`, `START TRANSACTION
 //! ISOLATION LEVEL REPEATABLE READ, READ ONLY`, `COMMIT`, `ROLLBACK`); `SET
 //! statement_timeout`, `SET client_min_messages` (whose failure is ignored). No
-//! LISTEN/NOTIFY, advisory locks, sequences, `SERIAL`, triggers, stored procedures, JSONB
-//! operators or `RETURNING`. Serialization failures (SQLSTATE 40001, CockroachDB's retry
-//! errors, and 40P01) are reported as conflicts, which the coordinator already retries; a
-//! write whose outcome is unknown makes the next one reload first. Only PostgreSQL is
+//! LISTEN/NOTIFY, advisory locks, triggers, stored procedures or JSONB operators; the one
+//! sequence is the audit log's key (`BIGSERIAL`, read back with `INSERT ... RETURNING`,
+//! both of which CockroachDB has; its serials increase but are not consecutive).
+//! Serialization failures (SQLSTATE 40001, CockroachDB's retry errors, and 40P01) are
+//! reported as conflicts, which the coordinator already retries; a write whose outcome is
+//! unknown makes the next one reload first. Only PostgreSQL is
 //! tested (15, `coordinator/tests/pg_store.rs`, `tests/tests/ha_postgres.rs`).
 
-use std::str::FromStr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -40,20 +41,11 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::schema::{create_tables, Dialect};
 use super::{json, Store, StoreError, Watcher};
-use crate::config::StoreConfig;
-use crate::mesh::{Persisted, Presence, StoreOp};
+use crate::config::{parse_url, StoreConfig};
+use crate::records::{Persisted, Presence, StoreOp};
 use strait_proto::msg::AuditEntry;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS nodes (site TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (site, name));
-CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS revocations (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS issued (serial TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS presence (site TEXT NOT NULL, name TEXT NOT NULL, last_seen BIGINT NOT NULL, map_version BIGINT NOT NULL, PRIMARY KEY (site, name));
-CREATE TABLE IF NOT EXISTS audit (seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, data TEXT NOT NULL);
-";
 
 /// A statement that does not finish in this time fails (the registry lock is held while
 /// the coordinator waits for the database).
@@ -63,15 +55,6 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Rows per statement when recording presence.
 const PRESENCE_CHUNK: usize = 500;
-
-/// Parses a `postgres://` URL (or a `key=value` connection string).
-pub fn parse_url(url: &str) -> Result<::postgres::Config> {
-    ::postgres::Config::from_str(url.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "not a PostgreSQL URL ({e}); write e.g. postgres://strait@db.example:5432/strait?sslmode=require"
-        )
-    })
-}
 
 /// `user@host:port/db`, for messages (never the password).
 fn describe(config: &::postgres::Config) -> String {
@@ -346,7 +329,8 @@ impl PgStore {
             let done = conn.run(move |c| {
                 // No "already exists, skipping" notices in the log.
                 let _ = c.batch_execute("SET client_min_messages = warning");
-                c.batch_execute(SCHEMA).map_err(&err)?;
+                c.batch_execute(&create_tables(Dialect::Postgres))
+                    .map_err(&err)?;
                 c.execute(
                     "INSERT INTO meta (key, value) VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING",
                     &[],

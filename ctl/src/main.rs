@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use strait_coordinator::ctl::{self, exit};
+use strait_ctl::{self as ctl, exit};
 use strait_pki::{OperatorRole, Role};
 use strait_proto::msg::{Request, Response};
 use strait_proto::probe::ProbeRequest;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use ring::{digest, hmac};
 
-use crate::vault::VaultError;
+use super::VaultError;
 
 /// The request Vault's AWS auth method replays to STS.
 pub const STS_URL: &str = "https://sts.amazonaws.com/";
