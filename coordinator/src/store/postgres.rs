@@ -30,7 +30,7 @@
 //! Serialization failures (SQLSTATE 40001, CockroachDB's retry errors, and 40P01) are
 //! reported as conflicts, which the coordinator already retries; a write whose outcome is
 //! unknown makes the next one reload first. Only PostgreSQL is
-//! tested (15, `coordinator/tests/pg_store.rs`, `tests/tests/ha_postgres.rs`).
+//! tested (15, `tests/tests/pg_store.rs`, `tests/tests/ha_postgres.rs`).
 
 use std::sync::{mpsc, Arc};
 use std::time::Duration;

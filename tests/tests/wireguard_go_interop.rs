@@ -7,7 +7,7 @@
 //!  a0 192.0.2.1/24  <---- veth ---->  b0 192.0.2.2/24
 //! ```
 
-mod common;
+mod engine_node;
 
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -61,7 +61,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
     b.ip(&["link", "set", wg_if.as_str(), "up"]);
 
     // Strait's engine in A, on its own thread inside the namespace.
-    let engine = common::start(
+    let engine = engine_node::start(
         &a,
         a_secret,
         "100.64.0.1/10",

@@ -10,13 +10,13 @@
 //!  a0 192.0.2.1/24  <-------- veth -------->  b0 192.0.2.2/24
 //! ```
 
-mod common;
+mod engine_node;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boringtun::x25519::{PublicKey, StaticSecret};
-use common::start;
+use engine_node::start;
 use strait_agent::dataplane::engine::PeerSpec;
 use strait_agent::dataplane::pump::Counters;
 use strait_tests::netns::{veth, Netns};
