@@ -148,7 +148,7 @@ async fn get_text(
     Ok(text)
 }
 
-/// The instance role's credentials from IMDSv2 at `imds` (http://169.254.169.254).
+/// The instance role's credentials from IMDSv2 at `imds` (`http://169.254.169.254`).
 pub async fn aws_credentials(
     http: &reqwest::Client,
     imds: &str,
@@ -198,7 +198,7 @@ pub async fn aws_credentials(
 }
 
 /// The GCE identity token for Vault's GCP auth role `role`, from the metadata server at
-/// `metadata` (http://metadata.google.internal).
+/// `metadata` (`http://metadata.google.internal`).
 pub async fn gce_identity_token(
     http: &reqwest::Client,
     metadata: &str,
