@@ -144,6 +144,7 @@ pub async fn run(
         prefixes: config.prefixes.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         have_version: None,
+        priority: config.priority,
     };
     let rotation = KeyRotation::new(
         config.wg_key_rotation,

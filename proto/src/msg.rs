@@ -189,6 +189,14 @@ pub struct Registration {
     /// The map version the agent already holds (from its state dir), if any.
     #[serde(default)]
     pub have_version: Option<u64>,
+    /// Among the gateways of its site, lower is preferred: 0 active (the default), 1
+    /// standby (carries traffic only while no active gateway is reachable).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// Coordinator -> agent on a session stream.
@@ -563,6 +571,7 @@ mod tests {
                 prefixes: vec!["10.1.0.0/16".parse().unwrap()],
                 agent_version: "0.1.0".into(),
                 have_version: Some(3),
+                priority: 0,
             }),
         ];
         for r in reqs {

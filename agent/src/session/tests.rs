@@ -25,6 +25,7 @@ fn registration() -> Registration {
         prefixes: vec!["10.10.0.0/16".parse().unwrap()],
         agent_version: "test".into(),
         have_version: None,
+        priority: 0,
     }
 }
 
@@ -73,6 +74,7 @@ fn peer(id: &str, kind: PeerKind) -> PeerView {
         allowed_ips: vec!["10.20.0.0/16".parse().unwrap()],
         overlay_ip: None,
         online: true,
+        priority: 0,
     }
 }
 

@@ -212,6 +212,7 @@ impl Mesh {
             // A rotation in progress is announced again on the new session (an agent
             // that restarted has dropped the key it announced).
             next_wg_public_key: None,
+            priority: reg.priority,
             links: Vec::new(),
             throughput: self
                 .nodes

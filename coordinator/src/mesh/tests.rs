@@ -56,6 +56,7 @@ fn reg(prefixes: &[&str], lan: &str) -> Registration {
         prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
         agent_version: "test".into(),
         have_version: None,
+        priority: 0,
     }
 }
 
@@ -354,7 +355,7 @@ fn full_mesh_sites_peer_every_node() {
 }
 
 #[test]
-fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
+fn every_gateway_of_a_site_carries_its_prefix_online_or_not() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let mut store = Persisted::default();
     three_nodes(&mut mesh, &mut store);
@@ -366,7 +367,7 @@ fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
         100,
     )
     .unwrap();
-    let owner = |mesh: &Mesh| {
+    let carriers = |mesh: &Mesh| {
         let a = mesh.map_for(&key("a", "gw")).unwrap();
         a.peers
             .values()
@@ -374,11 +375,14 @@ fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
             .map(|p| p.id.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(owner(&mesh), vec!["b/gw"]);
+    // Peers judge the gateways' health by their own probes: the coordinator lists all.
+    assert_eq!(carriers(&mesh), vec!["b/gw", "b/gw2"]);
     mesh.heartbeat(&key("b", "gw2"), 0, 111);
     mesh.heartbeat(&key("a", "gw"), 0, 111);
     mesh.tick(111);
-    assert_eq!(owner(&mesh), vec!["b/gw2"]);
+    assert_eq!(carriers(&mesh), vec!["b/gw", "b/gw2"]);
+    let a = mesh.map_for(&key("a", "gw")).unwrap();
+    assert!(!a.peers["b/gw"].online && a.peers["b/gw2"].online);
 }
 
 #[test]

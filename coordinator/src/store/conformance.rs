@@ -30,6 +30,7 @@ pub fn node(name: &str) -> NodeRecord {
         cert_not_after: 9,
         map_version: 3,
         next_wg_public_key: None,
+        priority: 0,
         links: Vec::new(),
         throughput: Default::default(),
     }
