@@ -138,7 +138,7 @@ pub struct Overrides {
     /// How often to send heartbeats, e.g. 5s.
     #[arg(long, env = "STRAIT_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
-    /// How often to probe every path to every peer, e.g. 1s (200ms to 60s).
+    /// How often to probe every path to every peer, e.g. 1s (100ms to 60s).
     #[arg(long, env = "STRAIT_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
     /// How often to rotate the WireGuard key, e.g. 24h (10m or more; "off" never).
@@ -277,14 +277,27 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// A 1500-byte underlay minus 80 bytes of WireGuard-over-IPv6 overhead.
 /// An interval setting `key` (200ms to 60s), `default` when unset.
 fn interval(key: &str, value: Option<String>, default: Duration) -> Result<Duration> {
+    interval_from(key, value, default, Duration::from_millis(200))
+}
+
+/// An interval setting `key` (`min` to 60s), `default` when unset.
+fn interval_from(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration> {
     let d = match value {
         Some(s) => humantime::parse_duration(&s).map_err(|e| {
             anyhow::anyhow!("key `{key}`: {s:?} is not a duration ({e}); write e.g. \"5s\"")
         })?,
         None => default,
     };
-    if d < Duration::from_millis(200) || d > Duration::from_secs(60) {
-        bail!("key `{key}`: must be between 200ms and 60s");
+    if d < min || d > Duration::from_secs(60) {
+        bail!(
+            "key `{key}`: must be between {} and 60s",
+            humantime::format_duration(min)
+        );
     }
     Ok(d)
 }
@@ -427,10 +440,11 @@ impl Config {
             o.heartbeat_interval.or(f.heartbeat_interval),
             Duration::from_secs(5),
         )?;
-        let probe_interval = interval(
+        let probe_interval = interval_from(
             "probe-interval",
             o.probe_interval.or(f.probe_interval),
             Duration::from_secs(1),
+            Duration::from_millis(100),
         )?;
         let wg_key_rotation = rotation_period(
             o.wg_key_rotation.or(f.wg_key_rotation),

@@ -220,6 +220,13 @@ impl Engine {
                 }
                 None => {
                     let idx = self.add_tunnel(spec.clone(), Standing::Primary);
+                    // Handshake at once: a peer may still hold a session with this node's
+                    // previous run (a restart), which this run cannot decrypt; a peer that
+                    // only sends here (a site's gateway carrying replies) would keep using
+                    // it until a keepalive of ours, up to 25 s later.
+                    if let Some(state) = self.peers.get_mut(&idx) {
+                        state.kick = true;
+                    }
                     tracing::debug!(peer = idx, "peer added");
                 }
             }
