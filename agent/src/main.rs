@@ -110,7 +110,8 @@ async fn main() -> Result<()> {
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
             let (up_tx, up_rx) = tokio::sync::watch::channel(Vec::new());
-            let (bgp_tx, _bgp_rx) = tokio::sync::watch::channel(bgp::Status::default());
+            let (bgp_tx, mut bgp_rx) = tokio::sync::watch::channel(bgp::Status::default());
+            let (bgp_report_tx, bgp_report) = tokio::sync::watch::channel(None);
             let mut bgp_task = None;
             let mut pings = None;
             let counters = Arc::new(Counters::default());
@@ -185,12 +186,21 @@ async fn main() -> Result<()> {
                         let _ = stop.recv().await;
                     },
                 )));
+                metrics.set_bgp(bgp_report.clone());
+                // The report to the coordinator and the metrics follow BIRD's status.
+                tokio::spawn(async move {
+                    while bgp_rx.changed().await.is_ok() {
+                        let report = bgp_rx.borrow_and_update().report();
+                        bgp_report_tx.send_replace(Some(report));
+                    }
+                });
             }
             let mut stop = stop_tx.subscribe();
             let reports = control::DataplaneChannels {
                 conflicts: conflicts_rx,
                 links: links_rx,
                 access_drops: access_rx,
+                bgp: bgp_report,
                 pings,
                 keys: keys_tx,
             };

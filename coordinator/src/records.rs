@@ -43,6 +43,9 @@ pub struct NodeRecord {
     /// The agent's last link report (live health, not persisted).
     #[serde(skip)]
     pub links: Vec<PeerLink>,
+    /// A gateway's BGP side from its last link report (live, not persisted).
+    #[serde(skip)]
+    pub bgp: Option<strait_proto::msg::BgpReport>,
     /// The last throughput measured from this node to each peer (`site/node` ->
     /// (Mbit/s, Unix seconds)); live, not persisted.
     #[serde(skip)]

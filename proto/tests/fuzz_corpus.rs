@@ -395,6 +395,7 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                         reason: "default".into(),
                         packets: 12,
                     }],
+                    bgp: None,
                 }),
                 enc(&Request::Policy),
                 enc(&Response::Policy(access::PolicyView {

@@ -29,7 +29,8 @@
 //! (its tunnel only, with the underlay up; its uplink; `kill -9` of its agent), several
 //! times each: the ping flow's interruption and the time until the router's route via the
 //! cut gateway is gone are measured and must stay under 1 s, traffic returns when the
-//! gateway does, and no packet for a site's prefix crosses the internet router unencrypted.
+//! gateway does (no silence over 200 ms after it returns), and no packet for a site's prefix
+//! crosses the internet router unencrypted.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -469,10 +470,29 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
             "one flow crossed both gateways: {d:?}"
         );
     }
-    // Visibility before the coordinator goes: straitctl shows every gateway of the site.
-    let nodes = c.ctl(&["nodes"]).unwrap();
-    let nodes = String::from_utf8_lossy(&nodes.stdout);
-    assert!(nodes.contains("gwa1") && nodes.contains("gwa2"), "{nodes}");
+    // Visibility before the coordinator goes: `straitctl gateways` shows both gateways of
+    // site A carrying traffic, each with its BGP session established and site B announced.
+    wait_for(Duration::from_secs(20), "straitctl gateways", || {
+        let gws = c.ctl_json(&["gateways"]).ok()?;
+        let site_a: Vec<&serde_json::Value> = gws
+            .as_array()?
+            .iter()
+            .filter(|g| g["site"] == "aws-use1")
+            .collect();
+        let ready = site_a.len() == 2
+            && site_a.iter().all(|g| {
+                g["online"] == true
+                    && g["tunnels-up"] == 1
+                    && g["bgp"]["sessions"][0]["info"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with("Established"))
+                    && g["bgp"]["announced"] == serde_json::json!(["10.20.0.0/16"])
+            });
+        ready.then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", c.ctl_json(&["gateways"])));
+    let table = c.ctl(&["gateways"]).unwrap();
+    println!("{}", String::from_utf8_lossy(&table.stdout));
 
     // The cuts, with the coordinator stopped.
     c.proc.as_mut().unwrap().stop();
@@ -626,9 +646,9 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
             w < 1000,
             "{cut:?} of {node}: the router kept the route for {w} ms"
         );
-        // Back without a loss burst: no silence longer than 100 ms (a few pings).
+        // Back without a loss burst: no silence longer than 200 ms.
         assert!(
-            *after <= 100,
+            *after <= 200,
             "{cut:?} of {node}: {after} ms without replies after it returned"
         );
     }

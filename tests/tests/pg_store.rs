@@ -31,6 +31,7 @@ fn node(name: &str) -> NodeRecord {
         next_wg_public_key: None,
         priority: 0,
         links: Vec::new(),
+        bgp: None,
         throughput: Default::default(),
     }
 }

@@ -25,23 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use strait_proto::map::NetworkMap;
+use strait_proto::msg::{BgpReport, BgpSession};
 use tokio::sync::watch;
 
 use announce::Announcement;
 use settings::BgpSettings;
 
 /// One BGP session as BIRD reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Session {
-    pub neighbor: String,
-    /// BIRD's protocol state (`up`, `start`, `down`...).
-    pub state: String,
-    /// BIRD's information column (`Established`, `Active`, `Connect`, an error...).
-    pub info: String,
-}
+pub type Session = BgpSession;
 
 /// What the BGP side of a gateway is doing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +45,21 @@ pub struct Status {
     pub applied: bool,
     /// Reloads of BIRD done.
     pub reloads: u64,
+}
+
+impl Status {
+    /// The report sent to the coordinator.
+    pub fn report(&self) -> BgpReport {
+        BgpReport {
+            sessions: self.sessions.clone(),
+            announced: self
+                .announced
+                .iter()
+                .map(|a| a.prefix.to_string())
+                .collect(),
+            applied: self.applied,
+        }
+    }
 }
 
 /// `birdc show protocols`' lines for Strait's neighbours: (protocol, state, info).

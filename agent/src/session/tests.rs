@@ -223,7 +223,8 @@ fn registration_connects_subscribes_and_reports_the_data_plane_at_once() {
                 ConnId(1),
                 AgentEvent::LinkReport {
                     peers: vec![],
-                    access_drops: vec![]
+                    access_drops: vec![],
+                    bgp: None,
                 }
             ),
         ]
@@ -239,6 +240,7 @@ fn registration_connects_subscribes_and_reports_the_data_plane_at_once() {
     let actions = r.handle(Event::Links {
         peers: vec![],
         access_drops: vec![],
+        bgp: None,
     });
     assert_eq!(sent(&actions).len(), 1);
 }

@@ -283,6 +283,7 @@ fn presence_from_other_coordinators_keeps_nodes_online_and_reloads_keep_live_dat
             rx_bytes: 2,
             paths: vec![],
         }],
+        None,
     );
     let mut reloaded = Mesh::new(config(false), store.clone());
     assert_eq!(reloaded.node(&key("a", "gw")).unwrap().last_seen, 100);

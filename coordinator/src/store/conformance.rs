@@ -32,6 +32,7 @@ pub fn node(name: &str) -> NodeRecord {
         next_wg_public_key: None,
         priority: 0,
         links: Vec::new(),
+        bgp: None,
         throughput: Default::default(),
     }
 }

@@ -196,6 +196,7 @@ mod tests {
             next_wg_public_key: None,
             priority: 0,
             links: Vec::new(),
+            bgp: None,
             throughput: Default::default(),
         }
     }
