@@ -353,19 +353,16 @@ impl Engine {
         if let [only] = carriers {
             return Some(*only);
         }
-        let gateways: Vec<Gateway<u32>> = carriers
-            .iter()
-            .filter_map(|idx| {
-                let s = self.peers.get(idx)?;
-                Some(Gateway {
-                    id: *idx,
-                    key: s.spec.public_key,
-                    priority: s.spec.priority,
-                    healthy: s.reachable(),
-                })
+        let gateways = carriers.iter().filter_map(|idx| {
+            let s = self.peers.get(idx)?;
+            Some(Gateway {
+                id: *idx,
+                key: s.spec.public_key,
+                priority: s.spec.priority,
+                healthy: s.reachable(),
             })
-            .collect();
-        spread::choose(&gateways, spread::flow_hash(packet).unwrap_or(0))
+        });
+        spread::choose(gateways, spread::flow_hash(packet).unwrap_or(0))
     }
 
     /// Whether the primary tunnel `idx` is reachable by this node's probes.

@@ -42,16 +42,19 @@ pub struct Gateway<T> {
 
 /// The gateway for a flow of hash `flow`: the highest weight among the healthy gateways of
 /// the best priority found among healthy ones, or, with none healthy, among all gateways of
-/// the best priority. `None` only for an empty list.
-pub fn choose<T: Copy>(gateways: &[Gateway<T>], flow: u64) -> Option<T> {
-    let any_healthy = gateways.iter().any(|g| g.healthy);
-    let eligible = |g: &&Gateway<T>| g.healthy || !any_healthy;
-    let best = gateways.iter().filter(eligible).map(|g| g.priority).min()?;
+/// the best priority. `None` only for an empty list. One pass, no allocation (it runs per
+/// packet): the order (healthy, best priority, weight, key) is that rule.
+pub fn choose<T: Copy>(gateways: impl IntoIterator<Item = Gateway<T>>, flow: u64) -> Option<T> {
     gateways
-        .iter()
-        .filter(eligible)
-        .filter(|g| g.priority == best)
-        .max_by_key(|g| (weight(flow, &g.key), g.key))
+        .into_iter()
+        .max_by_key(|g| {
+            (
+                g.healthy,
+                std::cmp::Reverse(g.priority),
+                weight(flow, &g.key),
+                g.key,
+            )
+        })
         .map(|g| g.id)
 }
 
@@ -139,8 +142,8 @@ mod tests {
         let mut counts = [0usize; 4];
         for port in 0..3000u16 {
             let h = flow_hash(&tcp([10, 10, 0, 5], 10000 + port, [10, 20, 0, 5], 443)).unwrap();
-            let first = choose(&gws, h).unwrap();
-            assert_eq!(choose(&gws, h), Some(first), "same flow, same gateway");
+            let first = choose(gws, h).unwrap();
+            assert_eq!(choose(gws, h), Some(first), "same flow, same gateway");
             counts[first as usize] += 1;
         }
         for (i, n) in counts.iter().enumerate().skip(1) {
@@ -155,8 +158,8 @@ mod tests {
         let mut moved = 0;
         for port in 0..2000u16 {
             let h = flow_hash(&tcp([10, 10, 0, 5], port, [10, 20, 0, 9], 80)).unwrap();
-            let before = choose(&all, h).unwrap();
-            let after = choose(&two_down, h).unwrap();
+            let before = choose(all, h).unwrap();
+            let after = choose(two_down, h).unwrap();
             assert_ne!(
                 after, 2,
                 "a down gateway gets no flow while another is healthy"
@@ -176,12 +179,12 @@ mod tests {
         let gws = [gw(1, 0, true), gw(2, 1, true)];
         for port in 0..200u16 {
             let h = flow_hash(&tcp([10, 10, 0, 5], port, [10, 20, 0, 9], 80)).unwrap();
-            assert_eq!(choose(&gws, h), Some(1));
+            assert_eq!(choose(gws, h), Some(1));
         }
-        assert_eq!(choose(&[gw(1, 0, false), gw(2, 1, true)], h), Some(2));
+        assert_eq!(choose([gw(1, 0, false), gw(2, 1, true)], h), Some(2));
         // Nothing healthy: the best priority among all, as if all were up.
-        assert_eq!(choose(&[gw(1, 0, false), gw(2, 1, false)], h), Some(1));
-        assert_eq!(choose::<u8>(&[], h), None);
+        assert_eq!(choose([gw(1, 0, false), gw(2, 1, false)], h), Some(1));
+        assert_eq!(choose::<u8>([], h), None);
     }
 
     #[test]
@@ -190,7 +193,7 @@ mod tests {
         let b = [gw(3, 0, true), gw(1, 0, true), gw(2, 0, true)];
         for port in 0..500u16 {
             let h = flow_hash(&tcp([10, 10, 0, 5], port, [10, 20, 0, 9], 80)).unwrap();
-            assert_eq!(choose(&a, h), choose(&b, h));
+            assert_eq!(choose(a, h), choose(b, h));
         }
     }
 

@@ -360,14 +360,30 @@ fn every_gateway_of_a_site_carries_its_prefix_online_or_not() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let mut store = Persisted::default();
     three_nodes(&mut mesh, &mut store);
-    mesh.register(
-        &id("b", "gw2", Role::Gateway),
-        &reg(&["10.2.0.0/16"], "10.2.0.2"),
-        "01",
-        0,
-        100,
-    )
-    .unwrap();
+    let (_, ops) = mesh
+        .register(
+            &id("b", "gw2", Role::Gateway),
+            &Registration {
+                priority: 1,
+                ..reg(&["10.2.0.0/16"], "10.2.0.2")
+            },
+            "01",
+            0,
+            100,
+        )
+        .unwrap();
+    persist(&mut store, &ops);
+    // A standby gateway's priority reaches its peers' maps, and survives a reload.
+    let a = mesh.map_for(&key("a", "gw")).unwrap();
+    assert_eq!(
+        (a.peers["b/gw"].priority, a.peers["b/gw2"].priority),
+        (0, 1)
+    );
+    let reloaded = Mesh::new(config(false), store.clone());
+    assert_eq!(
+        reloaded.map_for(&key("a", "gw")).unwrap().peers["b/gw2"].priority,
+        1
+    );
     let carriers = |mesh: &Mesh| {
         let a = mesh.map_for(&key("a", "gw")).unwrap();
         a.peers
