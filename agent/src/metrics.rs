@@ -458,6 +458,17 @@ mod tests {
             .unwrap();
         let store = CertStore::new(bundle).unwrap();
         m.set_certs(store.clone());
+        // A gateway with [bgp] (the dashboard's BGP panel queries these).
+        let (_bgp_tx, bgp) = watch::channel(Some(BgpReport {
+            sessions: vec![strait_proto::msg::BgpSession {
+                neighbor: "10.10.0.1".into(),
+                state: "up".into(),
+                info: "Established".into(),
+            }],
+            announced: vec!["10.20.0.0/16".into()],
+            applied: true,
+        }));
+        m.set_bgp(bgp);
         let (_state_tx, state) = watch::channel(RenewalState::Retrying {
             serial: "01".into(),
             not_after: SystemTime::now(),
