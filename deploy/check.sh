@@ -340,6 +340,7 @@ f = next(f for f in doc["write_files"] if f["path"] == "/etc/strait/agent.toml")
 open(sys.argv[2], "w").write(f["content"])
 PY
   configs=("strait-agent:$deploy/systemd/agent.example.toml"
+    "strait-agent:$deploy/systemd/agent-bgp.example.toml"
     "strait-agent:$work/cloud-init-agent.toml"
     "strait-coordinator:$deploy/systemd/coordinator.example.toml")
   [ ! -f "$work/tf-agent.toml" ] || configs+=("strait-agent:$work/tf-agent.toml")

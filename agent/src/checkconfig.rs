@@ -80,6 +80,15 @@ pub fn check(path: &Path, mut overrides: Overrides) -> Result<Checked> {
             absent(&format!("vault.{key}"), &p);
         }
     }
+    // BGP password files that are not here are noted, and the rest of `[bgp]` checked.
+    if let Some(bgp) = file.bgp.as_mut() {
+        for (i, n) in bgp.neighbors.iter_mut().enumerate() {
+            if let Some(p) = n.password_file.as_ref().filter(|p| !p.exists()) {
+                absent(&format!("bgp.neighbors[{i}].password-file"), p);
+                n.password_file = None;
+            }
+        }
+    }
     // A join-token file that is not here stands in as a token, so the rest is checked.
     let token_file: Option<PathBuf> = overrides
         .join_token_file
@@ -118,6 +127,20 @@ pub fn check(path: &Path, mut overrides: Overrides) -> Result<Checked> {
     }
     if config.role == strait_pki::Role::Member && !config.prefixes.is_empty() {
         notes.push("key `prefixes` is set on a member: a site's traffic normally goes through its gateways".into());
+    }
+    if let Some(bgp) = &config.bgp {
+        if config.probe_interval > std::time::Duration::from_millis(300) {
+            notes.push(format!(
+                "key `probe-interval` is {}: with [bgp], a gateway withdraws a site's prefixes about 3-4 probe intervals after its path fails; 100ms-200ms keeps that under 1 s",
+                humantime::format_duration(config.probe_interval)
+            ));
+        }
+        if !bgp.bird_config.is_absolute() || !bgp.bird_socket.is_absolute() {
+            bail!(
+                "invalid agent configuration ({}): keys `bgp.bird-config` and `bgp.bird-socket` must be absolute paths",
+                path.display()
+            );
+        }
     }
     if config.endpoints.is_empty() {
         notes.push("no `endpoints`: other nodes cannot reach this one (fine only when it always connects out)".into());
@@ -209,5 +232,39 @@ join-token-file = "/run/credentials/strait-agent.service/secret_join-token"
             ("HOME".to_string(), "/root".to_string()),
         ];
         assert_eq!(unknown_variables(vars, &known), vec!["STRAIT_VAULT_ROEL"]);
+    }
+
+    #[test]
+    fn bgp_is_checked_with_absent_password_files_noted() {
+        let bgp = format!(
+            "{GATEWAY}probe-interval = \"200ms\"\n[bgp]\nlocal-as = 65001\nrouter-id = \"10.10.0.10\"\nbfd = true\n\
+             [[bgp.neighbors]]\naddress = \"10.10.0.1\"\nremote-as = 65000\n\
+             password-file = \"/run/credentials/strait-agent.service/secret_bgp-password\"\n"
+        );
+        let ok = check_text(&bgp).unwrap();
+        assert!(ok.config.bgp.is_some());
+        assert!(
+            ok.notes
+                .iter()
+                .any(|n| n.contains("bgp.neighbors[0].password-file")),
+            "{:?}",
+            ok.notes
+        );
+        let err = format!(
+            "{:#}",
+            check_text(&bgp.replace("remote-as = 65000", "remote-as = 0")).unwrap_err()
+        );
+        assert!(err.contains("remote-as"), "{err}");
+        let member = bgp
+            .replace("role = \"gateway\"", "role = \"member\"")
+            .replace("prefixes = [\"10.10.0.0/16\"]", "");
+        let err = format!("{:#}", check_text(&member).unwrap_err());
+        assert!(err.contains("only gateways speak BGP"), "{err}");
+        let slow = check_text(&bgp.replace("probe-interval = \"200ms\"", "")).unwrap();
+        assert!(
+            slow.notes.iter().any(|n| n.contains("probe-interval")),
+            "{:?}",
+            slow.notes
+        );
     }
 }

@@ -24,6 +24,25 @@ pub enum Dataplane {
     Userspace,
 }
 
+/// A gateway's standing among its site's gateways: peers spread flows over the reachable
+/// active ones, and use standby ones only while no active one is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayPriority {
+    Active,
+    Standby,
+}
+
+impl GatewayPriority {
+    /// The priority in maps (lower is preferred).
+    pub fn value(self) -> u8 {
+        match self {
+            GatewayPriority::Active => 0,
+            GatewayPriority::Standby => 1,
+        }
+    }
+}
+
 /// The file form: every key optional, so flags and variables can supply it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -48,6 +67,9 @@ pub struct FileConfig {
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
     pub fail_closed: Option<bool>,
+    pub gateway_priority: Option<GatewayPriority>,
+    /// BGP toward the site's routers, through a BIRD 2 daemon the agent configures.
+    pub bgp: Option<crate::bgp::settings::BgpFile>,
     /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
     pub vault: Option<VaultSettings>,
 }
@@ -99,6 +121,10 @@ pub struct Overrides {
     /// (default) or false.
     #[arg(long, env = "STRAIT_FAIL_CLOSED")]
     pub fail_closed: Option<bool>,
+    /// Gateways: active (default) or standby (used by peers only while no active gateway
+    /// of the site is reachable).
+    #[arg(long, env = "STRAIT_GATEWAY_PRIORITY", value_enum)]
+    pub gateway_priority: Option<GatewayPriority>,
     /// WireGuard UDP port.
     #[arg(long, env = "STRAIT_LISTEN_PORT")]
     pub listen_port: Option<u16>,
@@ -112,7 +138,7 @@ pub struct Overrides {
     /// How often to send heartbeats, e.g. 5s.
     #[arg(long, env = "STRAIT_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
-    /// How often to probe every path to every peer, e.g. 1s (200ms to 60s).
+    /// How often to probe every path to every peer, e.g. 1s (100ms to 60s).
     #[arg(long, env = "STRAIT_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
     /// How often to rotate the WireGuard key, e.g. 24h (10m or more; "off" never).
@@ -240,6 +266,10 @@ pub struct Config {
     pub persistent_keepalive: Option<u16>,
     /// Tunnel prefixes are backed by `unreachable` routes that outlive a dead agent.
     pub fail_closed: bool,
+    /// Gateways: priority among the site's gateways (0 active, 1 standby).
+    pub priority: u8,
+    /// BGP to the site's routers (gateways only).
+    pub bgp: Option<crate::bgp::settings::BgpSettings>,
     pub vault: Option<VaultSettings>,
 }
 
@@ -247,14 +277,27 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// A 1500-byte underlay minus 80 bytes of WireGuard-over-IPv6 overhead.
 /// An interval setting `key` (200ms to 60s), `default` when unset.
 fn interval(key: &str, value: Option<String>, default: Duration) -> Result<Duration> {
+    interval_from(key, value, default, Duration::from_millis(200))
+}
+
+/// An interval setting `key` (`min` to 60s), `default` when unset.
+fn interval_from(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration> {
     let d = match value {
         Some(s) => humantime::parse_duration(&s).map_err(|e| {
             anyhow::anyhow!("key `{key}`: {s:?} is not a duration ({e}); write e.g. \"5s\"")
         })?,
         None => default,
     };
-    if d < Duration::from_millis(200) || d > Duration::from_secs(60) {
-        bail!("key `{key}`: must be between 200ms and 60s");
+    if d < min || d > Duration::from_secs(60) {
+        bail!(
+            "key `{key}`: must be between {} and 60s",
+            humantime::format_duration(min)
+        );
     }
     Ok(d)
 }
@@ -397,10 +440,11 @@ impl Config {
             o.heartbeat_interval.or(f.heartbeat_interval),
             Duration::from_secs(5),
         )?;
-        let probe_interval = interval(
+        let probe_interval = interval_from(
             "probe-interval",
             o.probe_interval.or(f.probe_interval),
             Duration::from_secs(1),
+            Duration::from_millis(100),
         )?;
         let wg_key_rotation = rotation_period(
             o.wg_key_rotation.or(f.wg_key_rotation),
@@ -428,7 +472,25 @@ impl Config {
             Some(s) => Some(s),
             None => Some(25),
         };
+        let priority = o
+            .gateway_priority
+            .or(f.gateway_priority)
+            .unwrap_or(GatewayPriority::Active);
+        if role != Role::Gateway && priority != GatewayPriority::Active {
+            bail!("key `gateway-priority`: only gateways have a priority; remove it or set `role = \"gateway\"`");
+        }
+        let bgp = match f.bgp {
+            Some(b) => {
+                if role != Role::Gateway {
+                    bail!("key `bgp`: only gateways speak BGP to the site's routers; remove `[bgp]` or set `role = \"gateway\"`");
+                }
+                Some(b.validate(priority).context("key `bgp`")?)
+            }
+            None => None,
+        };
         Ok(Config {
+            priority: priority.value(),
+            bgp,
             tun_name,
             mtu,
             persistent_keepalive,

@@ -24,7 +24,9 @@ use strait_pki::Role;
 use strait_proto::access::AccessDrop;
 use strait_proto::frame::MAX_FRAME;
 use strait_proto::map::NetworkMap;
-use strait_proto::msg::{AgentEvent, PeerLink, Refusal, Registration, Request, SessionEvent};
+use strait_proto::msg::{
+    AgentEvent, BgpReport, PeerLink, Refusal, Registration, Request, SessionEvent,
+};
 use strait_proto::probe::ProbeEvent;
 use strait_proto::{client, io as wire, ALPN};
 use tokio::sync::{mpsc, watch};
@@ -67,6 +69,8 @@ pub struct DataplaneChannels {
     pub links: watch::Receiver<Vec<PeerLink>>,
     /// Packets the access policy dropped, sent with the links.
     pub access_drops: watch::Receiver<Vec<AccessDrop>>,
+    /// A gateway's BGP side (with `[bgp]`), sent with the links.
+    pub bgp: watch::Receiver<Option<BgpReport>>,
     /// On-demand probes (`None` without a userspace data plane).
     pub pings: Option<mpsc::Sender<PingRequest>>,
     /// This node's WireGuard key; a key rotation publishes the new one here.
@@ -144,6 +148,7 @@ pub async fn run(
         prefixes: config.prefixes.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         have_version: None,
+        priority: config.priority,
     };
     let rotation = KeyRotation::new(
         config.wg_key_rotation,
@@ -182,6 +187,7 @@ pub async fn run(
         conflicts: reports.conflicts,
         links: reports.links,
         access_drops: reports.access_drops,
+        bgp: reports.bgp,
         renewal: renewal_state,
     };
     shell.drive(&mut session, inputs, shutdown).await;
@@ -204,6 +210,7 @@ struct Inputs {
     conflicts: watch::Receiver<Vec<Refusal>>,
     links: watch::Receiver<Vec<PeerLink>>,
     access_drops: watch::Receiver<Vec<AccessDrop>>,
+    bgp: watch::Receiver<Option<BgpReport>>,
     renewal: watch::Receiver<RenewalState>,
 }
 
@@ -303,11 +310,13 @@ impl Shell<'_> {
         session.handle(now, Event::RouteConflicts(conflicts));
         let peers = inputs.links.borrow_and_update().clone();
         let access_drops = inputs.access_drops.borrow().clone();
+        let bgp = inputs.bgp.borrow().clone();
         session.handle(
             now,
             Event::Links {
                 peers,
                 access_drops,
+                bgp,
             },
         );
         inputs.renewal.borrow_and_update();
@@ -358,7 +367,8 @@ impl Shell<'_> {
                     }
                     let peers = inputs.links.borrow_and_update().clone();
                     let access_drops = inputs.access_drops.borrow().clone();
-                    Event::Links { peers, access_drops }
+                    let bgp = inputs.bgp.borrow().clone();
+                    Event::Links { peers, access_drops, bgp }
                 }
                 changed = inputs.renewal.changed(), if renewal_alive => {
                     if changed.is_err() {

@@ -199,6 +199,7 @@ impl ProbeBench {
                 },
             ],
             next_public_key: None,
+            priority: 0,
         }]);
         let mut bench = ProbeBench {
             engine,

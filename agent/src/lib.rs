@@ -16,6 +16,7 @@
 //! - [`paths`]: path probing and selection.
 //! - [`metrics`]: Prometheus metrics read at scrape time.
 
+pub mod bgp;
 pub mod checkconfig;
 pub mod commands;
 pub mod config;

@@ -9,7 +9,7 @@ use strait_agent::config::{Config, Dataplane, Overrides};
 use strait_agent::dataplane::pump::Counters;
 use strait_agent::metrics::AgentMetrics;
 use strait_agent::wgkey::WgKey;
-use strait_agent::{control, dataplane};
+use strait_agent::{bgp, control, dataplane};
 use strait_observe::{logging, signal, Readiness};
 
 /// Aborts a background task when dropped.
@@ -109,6 +109,10 @@ async fn main() -> Result<()> {
             let (access_tx, access_rx) = tokio::sync::watch::channel(Vec::new());
             let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut dataplane = None;
+            let (up_tx, up_rx) = tokio::sync::watch::channel(Vec::new());
+            let (bgp_tx, mut bgp_rx) = tokio::sync::watch::channel(bgp::Status::default());
+            let (bgp_report_tx, bgp_report) = tokio::sync::watch::channel(None);
+            let mut bgp_task = None;
             let mut pings = None;
             let counters = Arc::new(Counters::default());
             let metrics = Arc::new(AgentMetrics::new(
@@ -157,6 +161,7 @@ async fn main() -> Result<()> {
                             links: links_tx,
                             counters,
                             access_drops: access_tx,
+                            up_peers: up_tx,
                         },
                         pings_rx,
                         async move {
@@ -166,11 +171,36 @@ async fn main() -> Result<()> {
                     .await
                 }));
             }
+            if let (Some(settings), Dataplane::Userspace) = (config.bgp.clone(), config.dataplane) {
+                let mut stop = stop_tx.subscribe();
+                let maps = maps.subscribe();
+                let tun = config.tun_name.clone();
+                tracing::info!(config = %settings.bird_config.display(), neighbors = settings.neighbors.len(), "driving BIRD for BGP to the site's routers");
+                bgp_task = Some(tokio::spawn(bgp::run(
+                    settings,
+                    tun,
+                    maps,
+                    up_rx,
+                    bgp_tx,
+                    async move {
+                        let _ = stop.recv().await;
+                    },
+                )));
+                metrics.set_bgp(bgp_report.clone());
+                // The report to the coordinator and the metrics follow BIRD's status.
+                tokio::spawn(async move {
+                    while bgp_rx.changed().await.is_ok() {
+                        let report = bgp_rx.borrow_and_update().report();
+                        bgp_report_tx.send_replace(Some(report));
+                    }
+                });
+            }
             let mut stop = stop_tx.subscribe();
             let reports = control::DataplaneChannels {
                 conflicts: conflicts_rx,
                 links: links_rx,
                 access_drops: access_rx,
+                bgp: bgp_report,
                 pings,
                 keys: keys_tx,
             };
@@ -203,6 +233,9 @@ async fn main() -> Result<()> {
                 }
             };
             let _ = stop_tx.send(());
+            if let Some(task) = bgp_task {
+                let _ = task.await;
+            }
             if let Some(dp) = dataplane {
                 match dp.await {
                     Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "data plane failed"),

@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use strait_pki::renewal::{RenewalCounts, RenewalState};
 use strait_pki::tls::CertStore;
-use strait_proto::msg::{PeerLink, Refusal};
+use strait_proto::msg::{BgpReport, PeerLink, Refusal};
 use tokio::sync::watch;
 
 use crate::dataplane::engine::ProbeRefusal;
@@ -29,6 +29,7 @@ pub struct AgentMetrics {
     counters: Option<Arc<Counters>>,
     certs: OnceLock<CertStore>,
     renewal: OnceLock<(watch::Receiver<RenewalState>, Arc<RenewalCounts>)>,
+    bgp: OnceLock<watch::Receiver<Option<BgpReport>>>,
     session_up: AtomicBool,
     /// Unix seconds; 0 without a session.
     coordinator_cert_expiry: AtomicU64,
@@ -53,6 +54,7 @@ impl AgentMetrics {
             counters,
             certs: OnceLock::new(),
             renewal: OnceLock::new(),
+            bgp: OnceLock::new(),
             session_up: AtomicBool::new(false),
             coordinator_cert_expiry: AtomicU64::new(0),
             started: Instant::now(),
@@ -69,6 +71,12 @@ impl AgentMetrics {
     /// `strait_cert_renewal_failures_total`).
     pub fn set_renewal(&self, state: watch::Receiver<RenewalState>, counts: Arc<RenewalCounts>) {
         let _ = self.renewal.set((state, counts));
+    }
+
+    /// A gateway's BGP side (exported as `strait_bgp_session_up`,
+    /// `strait_bgp_announced_prefixes` and `strait_bgp_config_applied`).
+    pub fn set_bgp(&self, bgp: watch::Receiver<Option<BgpReport>>) {
+        let _ = self.bgp.set(bgp);
     }
 
     /// Whether a session with a coordinator is up.
@@ -366,6 +374,39 @@ impl Collector for Shared {
                 counts.failed(),
             )?;
         }
+        if let Some(report) = m.bgp.get().and_then(|b| b.borrow().clone()) {
+            family(
+                &mut e,
+                "strait_bgp_session_up",
+                "1 while the BGP session to a router is established (BIRD's view)",
+                Gauge,
+                report
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        let l: Labels = vec![("neighbor", s.neighbor.clone())];
+                        (
+                            l,
+                            f64::from(u8::from(
+                                s.state == "up" && s.info.starts_with("Established"),
+                            )),
+                        )
+                    })
+                    .collect(),
+            )?;
+            gauge(
+                &mut e,
+                "strait_bgp_announced_prefixes",
+                "Prefixes of other sites this gateway announces to its routers now (those it has a path up to)",
+                report.announced.len() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "strait_bgp_config_applied",
+                "1 when BIRD took the agent's last configuration",
+                f64::from(u8::from(report.applied)),
+            )?;
+        }
         gauge(
             &mut e,
             "strait_coordinator_session_up",
@@ -417,6 +458,17 @@ mod tests {
             .unwrap();
         let store = CertStore::new(bundle).unwrap();
         m.set_certs(store.clone());
+        // A gateway with [bgp] (the dashboard's BGP panel queries these).
+        let (_bgp_tx, bgp) = watch::channel(Some(BgpReport {
+            sessions: vec![strait_proto::msg::BgpSession {
+                neighbor: "10.10.0.1".into(),
+                state: "up".into(),
+                info: "Established".into(),
+            }],
+            announced: vec!["10.20.0.0/16".into()],
+            applied: true,
+        }));
+        m.set_bgp(bgp);
         let (_state_tx, state) = watch::channel(RenewalState::Retrying {
             serial: "01".into(),
             not_after: SystemTime::now(),
@@ -485,6 +537,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bgp_reports_become_series() {
+        let (_l, links) = watch::channel(Vec::new());
+        let (_c, conflicts) = watch::channel(Vec::new());
+        let m = Arc::new(AgentMetrics::new(links, conflicts, None));
+        let (_b, bgp) = watch::channel(Some(BgpReport {
+            sessions: vec![
+                strait_proto::msg::BgpSession {
+                    neighbor: "10.10.1.1".into(),
+                    state: "up".into(),
+                    info: "Established".into(),
+                },
+                strait_proto::msg::BgpSession {
+                    neighbor: "10.10.1.2".into(),
+                    state: "start".into(),
+                    info: "Active".into(),
+                },
+            ],
+            announced: vec!["10.20.0.0/16".into(), "10.30.0.0/16".into()],
+            applied: true,
+        }));
+        m.set_bgp(bgp);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        assert!(
+            text.contains("strait_bgp_session_up{neighbor=\"10.10.1.1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strait_bgp_session_up{neighbor=\"10.10.1.2\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("strait_bgp_announced_prefixes 2"), "{text}");
+        assert!(text.contains("strait_bgp_config_applied 1"), "{text}");
     }
 
     /// `strait_...` names in `text`.

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use strait_proto::access::AccessDrop;
 use strait_proto::map::{NetworkMap, VersionGap};
-use strait_proto::msg::{AgentEvent, ErrorBody, PeerLink, Refusal, Registration, SessionEvent};
+use strait_proto::msg::{
+    AgentEvent, BgpReport, ErrorBody, PeerLink, Refusal, Registration, SessionEvent,
+};
 use strait_proto::probe::{Command, ProbeEvent};
 
 use crate::keyrotation::KeyRotation;
@@ -91,6 +93,8 @@ pub enum Event {
     Links {
         peers: Vec<PeerLink>,
         access_drops: Vec<AccessDrop>,
+        /// A gateway's BGP side (with `[bgp]`).
+        bgp: Option<BgpReport>,
     },
     /// A running command's progress.
     CommandProgress { id: u64, event: ProbeEvent },
@@ -243,7 +247,7 @@ pub struct Session {
     published: Option<Arc<NetworkMap>>,
     /// The data plane's last reports, sent again on every new connection.
     conflicts: Vec<Refusal>,
-    links: (Vec<PeerLink>, Vec<AccessDrop>),
+    links: (Vec<PeerLink>, Vec<AccessDrop>, Option<BgpReport>),
     /// The serial of this node's current certificate, once told.
     serial: Option<String>,
     /// Commands running, by id.
@@ -310,7 +314,7 @@ impl Session {
             generating: false,
             published: settings.saved_map,
             conflicts: Vec::new(),
-            links: (Vec::new(), Vec::new()),
+            links: (Vec::new(), Vec::new(), None),
             serial: None,
             running: Vec::new(),
             attempt: 0,
@@ -430,8 +434,9 @@ impl Session {
             Event::Links {
                 peers,
                 access_drops,
+                bgp,
             } => {
-                self.links = (peers, access_drops);
+                self.links = (peers, access_drops, bgp);
                 if let Some(conn) = self.connection() {
                     self.send_links(conn);
                 }
@@ -593,12 +598,13 @@ impl Session {
     }
 
     fn send_links(&mut self, conn: ConnId) {
-        let (peers, access_drops) = self.links.clone();
+        let (peers, access_drops, bgp) = self.links.clone();
         self.send(
             conn,
             AgentEvent::LinkReport {
                 peers,
                 access_drops,
+                bgp,
             },
         );
     }

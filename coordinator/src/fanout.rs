@@ -279,6 +279,7 @@ mod tests {
             prefixes,
             agent_version: "test".into(),
             have_version: None,
+            priority: 0,
         };
         let id = Identity::node("prod", site, name, role).unwrap();
         mesh.register(&id, &reg, "01", 0, 100).unwrap();

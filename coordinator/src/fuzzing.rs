@@ -85,6 +85,7 @@ pub fn coordinator_config(data: &[u8]) {
             prefixes,
             agent_version: "fuzz".into(),
             have_version: None,
+            priority: 0,
         };
         h.register(&id, &reg, "01", 1_000);
         h.check();
@@ -341,6 +342,7 @@ impl Reader<'_> {
             prefixes: (0..self.u8() % 5).map(|_| self.prefix()).collect(),
             agent_version: "fuzz".into(),
             have_version: (self.u8() & 1 != 0).then(|| self.u64()),
+            priority: 0,
         }
     }
 

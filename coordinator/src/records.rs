@@ -37,9 +37,15 @@ pub struct NodeRecord {
     /// before the node switches to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_wg_public_key: Option<String>,
+    /// Gateway priority among its site's gateways (0 active, 1 standby).
+    #[serde(default)]
+    pub priority: u8,
     /// The agent's last link report (live health, not persisted).
     #[serde(skip)]
     pub links: Vec<PeerLink>,
+    /// A gateway's BGP side from its last link report (live, not persisted).
+    #[serde(skip)]
+    pub bgp: Option<strait_proto::msg::BgpReport>,
     /// The last throughput measured from this node to each peer (`site/node` ->
     /// (Mbit/s, Unix seconds)); live, not persisted.
     #[serde(skip)]

@@ -65,6 +65,9 @@ enum Command {
     Routes,
     /// Peer pairs and their state.
     Links,
+    /// Every site's gateways: priority, whether each carries traffic, tunnels up, bytes,
+    /// BGP sessions and the prefixes each announces to its routers.
+    Gateways,
     /// The topology: sites as clusters, nodes, links.
     Graph {
         #[arg(long, value_enum, default_value = "dot")]
@@ -348,6 +351,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Nodes => Request::Nodes,
         Command::Routes => Request::Routes,
         Command::Links => Request::Links,
+        Command::Gateways => Request::Gateways,
         Command::Graph { .. } => Request::Graph,
         Command::Token {
             command: TokenCommand::Create { site, role, ttl },
@@ -392,6 +396,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&links)
             } else {
                 ctl::render_links(&links)
+            }
+        }
+        (_, Response::Gateways { gateways }) => {
+            if as_json {
+                json(&gateways)
+            } else {
+                ctl::render_gateways(&gateways)
             }
         }
         (Command::Graph { format }, Response::Graph(g)) => {

@@ -197,6 +197,73 @@ pub fn render_links(links: &[LinkInfo]) -> String {
     )
 }
 
+/// `straitctl gateways`: per site its gateways, whether each carries traffic (online with
+/// tunnels up), bytes, BGP sessions and what each announces to its routers.
+pub fn render_gateways(gateways: &[strait_proto::msg::GatewayInfo]) -> String {
+    let mut sorted: Vec<&strait_proto::msg::GatewayInfo> = gateways.iter().collect();
+    sorted.sort_by(|a, b| (&a.site, &a.node).cmp(&(&b.site, &b.node)));
+    let rows = sorted
+        .iter()
+        .map(|g| {
+            let carrying = g.online && g.tunnels_up > 0;
+            let (bgp, announced) = match &g.bgp {
+                None => ("-".to_string(), "-".to_string()),
+                Some(b) => {
+                    let sessions = b
+                        .sessions
+                        .iter()
+                        .map(|s| {
+                            let state = if s.state == "up" && s.info.starts_with("Established") {
+                                "established".to_string()
+                            } else {
+                                format!("{} {}", s.state, s.info).trim().to_string()
+                            };
+                            format!("{} {state}", s.neighbor)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let mut ann = if b.announced.is_empty() {
+                        "none".to_string()
+                    } else {
+                        b.announced.join(" ")
+                    };
+                    if !b.applied {
+                        ann.push_str(" (BIRD has not taken the last config)");
+                    }
+                    (sessions, ann)
+                }
+            };
+            vec![
+                g.site.clone(),
+                g.node.clone(),
+                if g.priority == 0 { "active" } else { "standby" }.to_string(),
+                if g.online { "online" } else { "offline" }.to_string(),
+                if carrying { "yes" } else { "no" }.to_string(),
+                format!("{}/{}", g.tunnels_up, g.tunnels),
+                human_bytes(g.tx_bytes),
+                human_bytes(g.rx_bytes),
+                bgp,
+                announced,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SITE",
+            "GATEWAY",
+            "PRIORITY",
+            "STATE",
+            "CARRYING",
+            "TUNNELS-UP",
+            "TX",
+            "RX",
+            "BGP",
+            "ANNOUNCED",
+        ],
+        rows,
+    )
+}
+
 /// `straitctl policy`: the rules in order, then per tunnel node whether it has the current
 /// policy and what it dropped.
 pub fn render_policy(p: &PolicyView) -> String {

@@ -93,6 +93,14 @@ pub struct PeerView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_ip: Option<Ipv4Addr>,
     pub online: bool,
+    /// Among gateways of one site carrying the same prefixes, lower is preferred (0 active,
+    /// 1 standby): peers spread flows over the reachable ones of the best priority.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// A remote prefix a member reaches through a gateway of its own site.
@@ -236,6 +244,7 @@ mod tests {
             allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
             overlay_ip: Some(Ipv4Addr::new(100, 64, 0, 2)),
             online,
+            priority: 0,
         }
     }
 

@@ -40,6 +40,8 @@ pub enum Request {
     Nodes,
     Routes,
     Links,
+    /// Every site's gateways: priority, health, traffic, BGP.
+    Gateways,
     Graph,
     CreateToken {
         site: String,
@@ -93,6 +95,7 @@ impl Request {
             | Request::Nodes
             | Request::Routes
             | Request::Links
+            | Request::Gateways
             | Request::Graph
             | Request::Policy
             | Request::Audit { .. } => Some(OperatorRole::Viewer),
@@ -141,6 +144,7 @@ impl Request {
             Request::Nodes => "nodes",
             Request::Routes => "routes",
             Request::Links => "links",
+            Request::Gateways => "gateways",
             Request::Graph => "graph",
             Request::CreateToken { .. } => "token-create",
             Request::Revoke { .. } => "revoke",
@@ -189,6 +193,14 @@ pub struct Registration {
     /// The map version the agent already holds (from its state dir), if any.
     #[serde(default)]
     pub have_version: Option<u64>,
+    /// Among the gateways of its site, lower is preferred: 0 active (the default), 1
+    /// standby (carries traffic only while no active gateway is reachable).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// Coordinator -> agent on a session stream.
@@ -221,6 +233,9 @@ pub enum AgentEvent {
         peers: Vec<PeerLink>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         access_drops: Vec<AccessDrop>,
+        /// A gateway's BGP sessions to its site's routers (absent without `[bgp]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bgp: Option<BgpReport>,
     },
     /// What happened while running a [`Command`].
     Probe {
@@ -305,6 +320,9 @@ pub enum Response {
     },
     Links {
         links: Vec<LinkInfo>,
+    },
+    Gateways {
+        gateways: Vec<GatewayInfo>,
     },
     Graph(GraphView),
     Token(TokenCreated),
@@ -478,6 +496,48 @@ pub struct RouteInfo {
     pub reason: Option<String>,
 }
 
+/// A gateway's BGP side as its agent reports it (BIRD's view).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BgpReport {
+    pub sessions: Vec<BgpSession>,
+    /// Prefixes of other sites announced to the routers now.
+    pub announced: Vec<String>,
+    /// Whether BIRD took the last configuration.
+    pub applied: bool,
+}
+
+/// One BGP session of a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BgpSession {
+    pub neighbor: String,
+    /// BIRD's protocol state (`up`, `start`, ...).
+    pub state: String,
+    /// BIRD's info (`Established`, `Active`, an error...).
+    pub info: String,
+}
+
+/// One gateway of a site, for `straitctl gateways`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GatewayInfo {
+    pub site: String,
+    pub node: String,
+    /// 0 active, 1 standby.
+    pub priority: u8,
+    pub online: bool,
+    /// Tunnels with a path up, of all its tunnels (its agent's last report).
+    pub tunnels_up: usize,
+    pub tunnels: usize,
+    /// Bytes sent and received over all its tunnels (counters since its agent started).
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Its BGP side, when it has `[bgp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpReport>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct LinkInfo {
@@ -563,6 +623,7 @@ mod tests {
                 prefixes: vec!["10.1.0.0/16".parse().unwrap()],
                 agent_version: "0.1.0".into(),
                 have_version: Some(3),
+                priority: 0,
             }),
         ];
         for r in reqs {

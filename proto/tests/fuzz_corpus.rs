@@ -70,6 +70,7 @@ fn peer(id: &str, online: bool) -> PeerView {
         ],
         overlay_ip: Some(Ipv4Addr::new(100, 64, 0, 2)),
         online,
+        priority: 0,
     }
 }
 
@@ -195,6 +196,7 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
         prefixes: vec!["10.1.0.0/16".parse().unwrap()],
         agent_version: "0.1.0".into(),
         have_version: Some(3),
+        priority: 0,
     };
     let m1 = map(1, &[peer("gcp-euw1/gw", true)], false);
     let m2 = map(
@@ -393,6 +395,7 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                         reason: "default".into(),
                         packets: 12,
                     }],
+                    bgp: None,
                 }),
                 enc(&Request::Policy),
                 enc(&Response::Policy(access::PolicyView {

@@ -61,6 +61,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             keepalive: None,
             candidates: vec![],
             next_public_key: None,
+            priority: 0,
         },
     );
     let node_b = start(
@@ -75,6 +76,7 @@ fn segmented_and_coalesced_paths_carry_small_large_and_fragmented_packets_and_tc
             keepalive: None,
             candidates: vec![],
             next_public_key: None,
+            priority: 0,
         },
     );
 

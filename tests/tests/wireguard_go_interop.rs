@@ -76,6 +76,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
             keepalive: None,
             candidates: vec![],
             next_public_key: None,
+            priority: 0,
         },
     );
 

@@ -13,6 +13,7 @@ use ipnetwork::IpNetwork;
 
 use super::access::{Access, AccessReport, Filter};
 use super::lpm::PrefixTable;
+use super::spread::{self, Gateway};
 use super::tunnel::{self, Addressee, Output, Tunnel};
 use crate::paths::ping::Pings;
 use crate::paths::probe::{self, ProbeKey};
@@ -38,6 +39,9 @@ pub struct PeerSpec {
     /// The key the peer announced for its next rotation: handshakes from it are accepted
     /// (on a standby tunnel) before the map names it as the peer's key.
     pub next_public_key: Option<[u8; 32]>,
+    /// Among gateways of one site carrying the same prefix, lower is preferred (0: active,
+    /// 1: standby); see `spread`.
+    pub priority: u8,
 }
 
 /// What a tunnel is for. Every peer has one primary tunnel (routes point at it); key
@@ -95,6 +99,12 @@ impl PeerState {
         };
         from == active || !self.spec.candidates.iter().any(|c| c.address == from)
     }
+
+    /// Whether this node's probes reach the peer (some path not down); a peer without
+    /// probing counts as reachable.
+    fn reachable(&self) -> bool {
+        self.selector.as_ref().is_none_or(Selector::reachable)
+    }
 }
 
 /// A peer's tunnel as the engine sees it.
@@ -122,7 +132,8 @@ pub struct Engine {
     public: PublicKey,
     peers: HashMap<u32, PeerState>,
     by_key: HashMap<[u8; 32], u32>,
-    table: PrefixTable<u32>,
+    /// Prefix -> the primary tunnels carrying it, sorted (several: the gateways of one site).
+    table: PrefixTable<Vec<u32>>,
     next_index: u32,
     /// This node's probe id, and peers by theirs.
     own_id: [u8; 8],
@@ -209,6 +220,13 @@ impl Engine {
                 }
                 None => {
                     let idx = self.add_tunnel(spec.clone(), Standing::Primary);
+                    // Handshake at once: a peer may still hold a session with this node's
+                    // previous run (a restart), which this run cannot decrypt; a peer that
+                    // only sends here (a site's gateway carrying replies) would keep using
+                    // it until a keepalive of ours, up to 25 s later.
+                    if let Some(state) = self.peers.get_mut(&idx) {
+                        state.kick = true;
+                    }
                     tracing::debug!(peer = idx, "peer added");
                 }
             }
@@ -314,9 +332,75 @@ impl Engine {
                 continue;
             }
             for prefix in &state.spec.allowed_ips {
-                self.table.insert(*prefix, *idx);
+                match self.table.get_mut(*prefix) {
+                    Some(v) => v.push(*idx),
+                    None => {
+                        self.table.insert(*prefix, vec![*idx]);
+                    }
+                }
             }
         }
+        self.table.for_each_mut(|v| {
+            v.sort_unstable();
+            v.dedup();
+        });
+    }
+
+    /// The tunnel that carries `packet` among `carriers` (the primaries whose allowed IPs
+    /// hold its destination): the only one, or the choice of [`spread::choose`] by the
+    /// packet's flow among the reachable ones.
+    fn carrier(&self, carriers: &[u32], packet: &[u8]) -> Option<u32> {
+        if let [only] = carriers {
+            return Some(*only);
+        }
+        let gateways = carriers.iter().filter_map(|idx| {
+            let s = self.peers.get(idx)?;
+            Some(Gateway {
+                id: *idx,
+                key: s.spec.public_key,
+                priority: s.spec.priority,
+                healthy: s.reachable(),
+            })
+        });
+        spread::choose(gateways, spread::flow_hash(packet).unwrap_or(0))
+    }
+
+    /// Whether the primary tunnel `idx` is reachable by this node's probes.
+    pub fn peer_reachable(&self, key: &[u8; 32]) -> bool {
+        self.by_key
+            .get(key)
+            .and_then(|idx| self.peers.get(idx))
+            .is_some_and(PeerState::reachable)
+    }
+
+    /// The public keys of the peers with a path up by this node's probes (a peer without
+    /// probing: with a handshake in the last 180 s), sorted.
+    pub fn up_peers(&self) -> Vec<[u8; 32]> {
+        let mut keys: Vec<[u8; 32]> = self
+            .primaries()
+            .filter(|(_, s)| match &s.selector {
+                Some(sel) => sel.any_up(),
+                None => s
+                    .tunnel
+                    .stats()
+                    .last_handshake
+                    .is_some_and(|age| age < std::time::Duration::from_secs(180)),
+            })
+            .map(|(_, s)| s.spec.public_key)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The public keys of the primary tunnels this node's probes reach, sorted.
+    pub fn reachable_peers(&self) -> Vec<[u8; 32]> {
+        let mut keys: Vec<[u8; 32]> = self
+            .primaries()
+            .filter(|(_, s)| s.reachable())
+            .map(|(_, s)| s.spec.public_key)
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     pub fn peer_count(&self) -> usize {
@@ -330,7 +414,11 @@ impl Engine {
         out: &'a mut [u8],
     ) -> Option<(SocketAddr, &'a [u8])> {
         let dst = tunnel::destination(packet)?;
-        let Some(&idx) = self.table.lookup(dst) else {
+        let Some(idx) = self
+            .table
+            .lookup(dst)
+            .and_then(|carriers| self.carrier(carriers, packet))
+        else {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return None;
         };
@@ -399,7 +487,7 @@ impl Engine {
             }
             Output::Tun(packet, src) => {
                 authenticated = true;
-                if table.lookup(src) == Some(&owner) {
+                if table.lookup(src).is_some_and(|c| c.contains(&owner)) {
                     if access.inbound(packet) {
                         emit(Emit::Tun(packet));
                     }

@@ -109,6 +109,21 @@ impl<T> PrefixTable<T> {
         }
     }
 
+    /// The value stored for exactly `prefix`.
+    pub fn get_mut(&mut self, prefix: IpNetwork) -> Option<&mut T> {
+        let len = prefix.prefix();
+        match prefix.network() {
+            IpAddr::V4(a) => self.v4.get_mut(&(len, mask4(u32::from(a), len))),
+            IpAddr::V6(a) => self.v6.get_mut(&(len, mask6(u128::from(a), len))),
+        }
+    }
+
+    /// Runs `f` on every value.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        self.v4.values_mut().for_each(&mut f);
+        self.v6.values_mut().for_each(&mut f);
+    }
+
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }

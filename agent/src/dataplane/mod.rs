@@ -9,6 +9,7 @@
 //! - [`peers`]: the map's peers for the engine, the engine's tunnels for the coordinator
 //!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
+//! - [`spread`]: which gateway of a site carries a flow (pure).
 //! - [`netlink`]: the only code that talks netlink.
 
 pub mod access;
@@ -18,6 +19,7 @@ pub mod netlink;
 pub mod peers;
 pub mod pump;
 pub mod routes;
+pub mod spread;
 pub mod tunnel;
 
 use std::future::Future;
@@ -126,6 +128,8 @@ pub struct Reports {
     pub counters: std::sync::Arc<pump::Counters>,
     /// Packets the access policy dropped (published with the link reports).
     pub access_drops: watch::Sender<Vec<AccessDrop>>,
+    /// The public keys of the peers with a path up, sorted, as soon as it changes.
+    pub up_peers: watch::Sender<Vec<[u8; 32]>>,
 }
 
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
@@ -146,6 +150,7 @@ pub async fn run(
         links,
         counters,
         access_drops,
+        up_peers,
     } = reports;
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let mtu = match settings.mtu {
@@ -201,6 +206,7 @@ pub async fn run(
         feeds,
         counters,
         status_tx,
+        up_peers,
     ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);

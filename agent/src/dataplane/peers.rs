@@ -33,6 +33,7 @@ pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
                 keepalive,
                 candidates,
                 next_public_key: p.next_wg_public_key.as_deref().and_then(decode_key),
+                priority: p.priority,
             })
         })
         .collect()
@@ -120,6 +121,7 @@ mod tests {
             allowed_ips: vec!["10.20.0.0/16".parse().unwrap()],
             overlay_ip: None,
             online: true,
+            priority: 0,
         }
     }
 

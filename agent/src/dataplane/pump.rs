@@ -181,6 +181,7 @@ pub async fn run(
     feeds: Feeds,
     counters: Arc<Counters>,
     status: watch::Sender<Vec<PeerStatus>>,
+    up: watch::Sender<Vec<[u8; 32]>>,
 ) -> io::Result<()> {
     let Feeds {
         mut keys,
@@ -241,6 +242,16 @@ pub async fn run(
                     }
                     ping_waiters.retain(|_, w| !w.is_closed());
                     engine.probe_tick(now, |ep, b| pending.push(ep, b));
+                    // Peers with a path up, every pass: BGP withdraws a site's prefixes
+                    // within a pass of its last path going down.
+                    let now_up = engine.up_peers();
+                    up.send_if_modified(|cur| {
+                        let changed = *cur != now_up;
+                        if changed {
+                            *cur = now_up;
+                        }
+                        changed
+                    });
                     if pass % 5 == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }

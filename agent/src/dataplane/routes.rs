@@ -315,6 +315,7 @@ mod tests {
             allowed_ips: vec![net("100.64.0.2/32"), net("10.20.0.0/16")],
             overlay_ip: None,
             online: true,
+            priority: 0,
         };
         let route = RouteView {
             prefix: net("10.30.0.0/16"),

@@ -224,6 +224,19 @@ impl Selector {
         self.active.map(|i| self.paths[i].candidate.address)
     }
 
+    /// Whether the peer may be reachable: some path is not down (up, or not yet judged).
+    /// A peer whose every path is down is not offered traffic while another gateway of its
+    /// site is reachable (`dataplane::spread`).
+    pub fn reachable(&self) -> bool {
+        self.paths.iter().any(|p| p.health != Health::Down)
+    }
+
+    /// Whether some path is up (answered its last probes): positive evidence that the
+    /// peer is reachable, which announcing its prefixes over BGP waits for.
+    pub fn any_up(&self) -> bool {
+        self.paths.iter().any(Path::healthy)
+    }
+
     /// Probes to send now: (path address, sequence number). Each is recorded as in flight.
     pub fn due(&mut self, now: Instant) -> Vec<(SocketAddr, u64)> {
         let mut out = Vec::new();

@@ -25,6 +25,7 @@ fn registration() -> Registration {
         prefixes: vec!["10.10.0.0/16".parse().unwrap()],
         agent_version: "test".into(),
         have_version: None,
+        priority: 0,
     }
 }
 
@@ -73,6 +74,7 @@ fn peer(id: &str, kind: PeerKind) -> PeerView {
         allowed_ips: vec!["10.20.0.0/16".parse().unwrap()],
         overlay_ip: None,
         online: true,
+        priority: 0,
     }
 }
 
@@ -221,7 +223,8 @@ fn registration_connects_subscribes_and_reports_the_data_plane_at_once() {
                 ConnId(1),
                 AgentEvent::LinkReport {
                     peers: vec![],
-                    access_drops: vec![]
+                    access_drops: vec![],
+                    bgp: None,
                 }
             ),
         ]
@@ -237,6 +240,7 @@ fn registration_connects_subscribes_and_reports_the_data_plane_at_once() {
     let actions = r.handle(Event::Links {
         peers: vec![],
         access_drops: vec![],
+        bgp: None,
     });
     assert_eq!(sent(&actions).len(), 1);
 }

@@ -121,6 +121,7 @@ fn pair() -> Result<Pair> {
         keepalive: None,
         candidates: vec![],
         next_public_key: None,
+        priority: 0,
     };
     let mut a = Engine::new(a_secret, Duration::from_secs(1));
     a.set_peers(&[spec(b_pub, b_addr, "10.2.0.0/16")]);

@@ -215,6 +215,7 @@ impl Sim {
             prefixes: prefix.into_iter().collect(),
             agent_version: "bench".into(),
             have_version: None,
+            priority: 0,
         };
         wire::write(&mut send, &Request::Subscribe(reg)).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

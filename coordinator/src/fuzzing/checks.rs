@@ -276,13 +276,17 @@ fn check_map(
         view.peers.is_empty() || view.routes.is_empty(),
         "{key:?} has both tunnels and routes"
     );
-    let mut routed: BTreeMap<IpNetwork, &str> = BTreeMap::new();
+    // A prefix may be carried by several peers (a site's gateways), never by two sites.
+    let mut routed: BTreeMap<IpNetwork, (&str, &str)> = BTreeMap::new();
     for (id, p) in &map.peers {
         assert_eq!(*id, p.id);
         assert_ne!(p.site, key.0, "{key:?} has peer {id} of its own site");
         for prefix in &p.allowed_ips {
-            if let Some(other) = routed.insert(*prefix, id) {
-                panic!("{key:?}: {prefix} is routed to both {other} and {id}");
+            if let Some((other, site)) = routed.insert(*prefix, (id, &p.site)) {
+                assert_eq!(
+                    site, p.site,
+                    "{key:?}: {prefix} is routed to both {other} and {id}, of two sites"
+                );
             }
         }
     }

@@ -134,7 +134,7 @@ impl Harness {
             2 => {
                 let key = r.key();
                 let links = (0..r.u8() % 3).map(|_| r.link()).collect::<Vec<_>>();
-                self.mesh.report_links(&key, links);
+                self.mesh.report_links(&key, links, None);
                 assert_eq!(
                     self.mesh.version(),
                     version,

@@ -107,6 +107,9 @@ pub fn view(mesh: &Mesh, pki: &dyn Pki, request: &Request) -> Option<Response> {
         Request::Links => Response::Links {
             links: mesh.links(),
         },
+        Request::Gateways => Response::Gateways {
+            gateways: mesh.gateways(),
+        },
         Request::Graph => Response::Graph(mesh.graph()),
         Request::Policy => Response::Policy(mesh.policy_view()),
         Request::ExternalPeerConfig { name } => match mesh.external_peer_config(name) {

@@ -113,9 +113,10 @@ pub fn agent_event(
         AgentEvent::LinkReport {
             peers,
             access_drops,
+            bgp,
         } => {
             // Live figures: never stored, no map change.
-            mesh.report_links(key, peers.clone());
+            mesh.report_links(key, peers.clone(), bgp.clone());
             mesh.report_access_drops(key, access_drops.clone());
             Vec::new()
         }

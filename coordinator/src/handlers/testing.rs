@@ -93,5 +93,6 @@ pub fn registration(n: u8, prefixes: &[&str]) -> Registration {
         prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
         agent_version: "test".into(),
         have_version: None,
+        priority: 0,
     }
 }

@@ -173,6 +173,7 @@ mod tests {
             },
             agent_version: "test".into(),
             have_version: None,
+            priority: 0,
         };
         let id = Identity::node("prod", site, name, role).unwrap();
         let (_, ops) = mesh.register(&id, &reg, "01", 0, 100).unwrap();

@@ -102,6 +102,7 @@ impl Mesh {
                 allowed_ips: allowed,
                 overlay_ip: ext.overlay_ip,
                 online: true,
+                priority: 0,
             })
         })
     }

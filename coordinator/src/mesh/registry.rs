@@ -212,7 +212,9 @@ impl Mesh {
             // A rotation in progress is announced again on the new session (an agent
             // that restarted has dropped the key it announced).
             next_wg_public_key: None,
+            priority: reg.priority,
             links: Vec::new(),
+            bgp: None,
             throughput: self
                 .nodes
                 .get(&key)
@@ -289,6 +291,7 @@ impl Mesh {
         for (key, node) in self.nodes.iter_mut() {
             if let Some(o) = old.nodes.get(key) {
                 node.links = o.links.clone();
+                node.bgp = o.bgp.clone();
                 node.throughput = o.throughput.clone();
                 node.last_seen = node.last_seen.max(o.last_seen);
                 node.map_version = node.map_version.max(o.map_version);
@@ -349,9 +352,15 @@ impl Mesh {
 
     /// The agent's view of its tunnels. Live figures only: kept in memory, never stored,
     /// and no map changes.
-    pub fn report_links(&mut self, key: &NodeKey, peers: Vec<PeerLink>) {
+    pub fn report_links(
+        &mut self,
+        key: &NodeKey,
+        peers: Vec<PeerLink>,
+        bgp: Option<strait_proto::msg::BgpReport>,
+    ) {
         if let Some(node) = self.nodes.get_mut(key) {
             node.links = peers;
+            node.bgp = bgp;
         }
     }
 

@@ -166,6 +166,30 @@ impl Mesh {
         links
     }
 
+    /// Every gateway, by site and name: priority, online, its tunnels with a path up and
+    /// bytes (its agent's last link report), its BGP side.
+    pub fn gateways(&self) -> Vec<strait_proto::msg::GatewayInfo> {
+        self.nodes
+            .values()
+            .filter(|n| n.role == Role::Gateway)
+            .map(|n| strait_proto::msg::GatewayInfo {
+                site: n.site.clone(),
+                node: n.name.clone(),
+                priority: n.priority,
+                online: n.online,
+                tunnels_up: n
+                    .links
+                    .iter()
+                    .filter(|l| l.paths.iter().any(|p| p.health == "up"))
+                    .count(),
+                tunnels: n.links.len(),
+                tx_bytes: n.links.iter().map(|l| l.tx_bytes).sum(),
+                rx_bytes: n.links.iter().map(|l| l.rx_bytes).sum(),
+                bgp: n.bgp.clone(),
+            })
+            .collect()
+    }
+
     pub fn graph(&self) -> GraphView {
         GraphView {
             mesh: self.config.mesh.clone(),

@@ -56,6 +56,7 @@ fn reg(prefixes: &[&str], lan: &str) -> Registration {
         prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
         agent_version: "test".into(),
         have_version: None,
+        priority: 0,
     }
 }
 
@@ -282,6 +283,7 @@ fn presence_from_other_coordinators_keeps_nodes_online_and_reloads_keep_live_dat
             rx_bytes: 2,
             paths: vec![],
         }],
+        None,
     );
     let mut reloaded = Mesh::new(config(false), store.clone());
     assert_eq!(reloaded.node(&key("a", "gw")).unwrap().last_seen, 100);
@@ -354,19 +356,35 @@ fn full_mesh_sites_peer_every_node() {
 }
 
 #[test]
-fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
+fn every_gateway_of_a_site_carries_its_prefix_online_or_not() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let mut store = Persisted::default();
     three_nodes(&mut mesh, &mut store);
-    mesh.register(
-        &id("b", "gw2", Role::Gateway),
-        &reg(&["10.2.0.0/16"], "10.2.0.2"),
-        "01",
-        0,
-        100,
-    )
-    .unwrap();
-    let owner = |mesh: &Mesh| {
+    let (_, ops) = mesh
+        .register(
+            &id("b", "gw2", Role::Gateway),
+            &Registration {
+                priority: 1,
+                ..reg(&["10.2.0.0/16"], "10.2.0.2")
+            },
+            "01",
+            0,
+            100,
+        )
+        .unwrap();
+    persist(&mut store, &ops);
+    // A standby gateway's priority reaches its peers' maps, and survives a reload.
+    let a = mesh.map_for(&key("a", "gw")).unwrap();
+    assert_eq!(
+        (a.peers["b/gw"].priority, a.peers["b/gw2"].priority),
+        (0, 1)
+    );
+    let reloaded = Mesh::new(config(false), store.clone());
+    assert_eq!(
+        reloaded.map_for(&key("a", "gw")).unwrap().peers["b/gw2"].priority,
+        1
+    );
+    let carriers = |mesh: &Mesh| {
         let a = mesh.map_for(&key("a", "gw")).unwrap();
         a.peers
             .values()
@@ -374,11 +392,14 @@ fn a_second_gateway_takes_over_the_prefix_when_the_first_goes_offline() {
             .map(|p| p.id.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(owner(&mesh), vec!["b/gw"]);
+    // Peers judge the gateways' health by their own probes: the coordinator lists all.
+    assert_eq!(carriers(&mesh), vec!["b/gw", "b/gw2"]);
     mesh.heartbeat(&key("b", "gw2"), 0, 111);
     mesh.heartbeat(&key("a", "gw"), 0, 111);
     mesh.tick(111);
-    assert_eq!(owner(&mesh), vec!["b/gw2"]);
+    assert_eq!(carriers(&mesh), vec!["b/gw", "b/gw2"]);
+    let a = mesh.map_for(&key("a", "gw")).unwrap();
+    assert!(!a.peers["b/gw"].online && a.peers["b/gw2"].online);
 }
 
 #[test]

@@ -97,10 +97,13 @@ impl Mesh {
                 let mut allowed = vec![IpNetwork::V4(
                     Ipv4Network::new(p.overlay_ip, 32).expect("/32 is valid"),
                 )];
+                // Every node of the owning site that carries a prefix has it in its allowed
+                // IPs: a site's gateways all carry traffic, and peers spread flows over
+                // those they find healthy (the agent's `dataplane::spread`).
                 allowed.extend(
                     p.accepted
                         .iter()
-                        .filter(|prefix| owners.get(prefix).map(|o| o.key()) == Some(p.key())),
+                        .filter(|prefix| owners.get(prefix).map(|o| &o.site) == Some(&p.site)),
                 );
                 let view = PeerView {
                     id: p.id(),
@@ -114,6 +117,7 @@ impl Mesh {
                     allowed_ips: allowed,
                     overlay_ip: Some(p.overlay_ip),
                     online: p.online,
+                    priority: p.priority,
                 };
                 match prev.peers.binary_search_by(|old| old.id.cmp(&view.id)) {
                     Ok(i) if *prev.peers[i] == view => prev.peers[i].clone(),

@@ -30,7 +30,9 @@ pub fn node(name: &str) -> NodeRecord {
         cert_not_after: 9,
         map_version: 3,
         next_wg_public_key: None,
+        priority: 0,
         links: Vec::new(),
+        bgp: None,
         throughput: Default::default(),
     }
 }

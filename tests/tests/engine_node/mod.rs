@@ -99,7 +99,8 @@ pub fn start(
                         pings,
                         access,
                     };
-                    pump::run(tun, socket, engine, feeds, c, status)
+                    let (up, _) = watch::channel(Vec::new());
+                    pump::run(tun, socket, engine, feeds, c, status, up)
                         .await
                         .expect("engine");
                     drop(keys_tx);

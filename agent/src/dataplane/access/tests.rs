@@ -425,6 +425,7 @@ fn a_filter_knows_the_map_it_was_compiled_from() {
             allowed_ips: peers()[0].1.clone(),
             overlay_ip: None,
             online: true,
+            priority: 0,
         },
     );
     let f = Filter::for_map(&map);

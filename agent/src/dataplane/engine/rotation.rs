@@ -207,7 +207,10 @@ impl Engine {
         emit: &mut impl FnMut(SocketAddr, &[u8]),
     ) {
         for (idx, state) in self.peers.iter_mut() {
-            if !std::mem::take(&mut state.kick) {
+            // A retiring tunnel only carries what its session still can.
+            if !std::mem::take(&mut state.kick)
+                || matches!(state.standing, Standing::Retiring { .. })
+            {
                 continue;
             }
             // An empty packet is a keepalive: with no session, it starts a handshake.

@@ -69,6 +69,7 @@ fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
             keepalive: None,
             candidates,
             next_public_key: None,
+            priority: 0,
         },
         probe_key: ProbeKey::derive(
             &StaticSecret::from([1u8; 32]),
@@ -106,6 +107,7 @@ fn pair() -> (Node, Node) {
         keepalive: None,
         candidates: vec![],
         next_public_key: None,
+        priority: 0,
     }]);
     let mut b = Engine::new(b_secret, std::time::Duration::from_secs(1));
     // B does not know A's endpoint (A is behind NAT): it learns it.
@@ -116,6 +118,7 @@ fn pair() -> (Node, Node) {
         keepalive: None,
         candidates: vec![],
         next_public_key: None,
+        priority: 0,
     }]);
     (
         Node {
@@ -199,6 +202,7 @@ fn a_key_rotation_loses_no_packet_in_either_direction() {
         keepalive: None,
         candidates: vec![],
         next_public_key: next,
+        priority: 0,
     };
     b.engine.set_peers(&[spec_of_a(a_pub, Some(next_pub))]);
     assert_eq!(b.engine.peer_count(), 1);
@@ -266,6 +270,7 @@ fn a_peer_that_never_uses_its_announced_key_keeps_its_tunnel() {
         keepalive: None,
         candidates: vec![],
         next_public_key: Some([9u8; 32]),
+        priority: 0,
     };
     b.engine.set_peers(std::slice::from_ref(&spec));
     assert_eq!(b.engine.peers.len(), 2, "primary and standby");
@@ -335,6 +340,7 @@ fn a_peer_cannot_send_from_addresses_it_does_not_own() {
         keepalive: None,
         candidates: vec![],
         next_public_key: None,
+        priority: 0,
     }]);
     let (_, data) = a
         .engine
@@ -447,6 +453,7 @@ fn probes_choose_the_endpoint_and_ignore_forgeries() {
             },
         ],
         next_public_key: None,
+        priority: 0,
     }]);
     let t0 = Instant::now();
     for round in 0..3u32 {
@@ -509,4 +516,109 @@ fn probes_choose_the_endpoint_and_ignore_forgeries() {
     assert!(public.active);
     let lan = report.iter().find(|p| p.address == inside).unwrap();
     assert!(lan.health != Health::Up && !lan.active, "{lan:?}");
+}
+
+/// A with two peers (B1, B2: the gateways of one site) carrying the same prefix, each with
+/// one probed path; probes are exchanged in memory unless the peer is `cut`.
+#[test]
+fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
+    use crate::dataplane::access::packet::build::{ports, v4};
+    use crate::dataplane::access::packet::UDP;
+    let secret = |n: u8| StaticSecret::from([n; 32]);
+    let public = |n: u8| *PublicKey::from(&secret(n)).as_bytes();
+    let addr = |n: u8| -> SocketAddr { format!("198.51.100.{n}:51820").parse().unwrap() };
+    let interval = std::time::Duration::from_millis(200);
+    let candidate = |n: u8| Candidate {
+        address: addr(n),
+        kind: strait_proto::msg::EndpointKind::Public,
+        cost: 0,
+    };
+    let spec = |n: u8, allowed: &str, with_path: bool| PeerSpec {
+        public_key: public(n),
+        endpoint: Some(addr(n)),
+        allowed_ips: vec![allowed.parse().unwrap()],
+        keepalive: None,
+        candidates: if with_path {
+            vec![candidate(n)]
+        } else {
+            vec![]
+        },
+        next_public_key: None,
+        priority: 0,
+    };
+    let mut a = Engine::new(secret(1), interval);
+    a.set_peers(&[spec(2, "10.2.0.0/16", true), spec(3, "10.2.0.0/16", true)]);
+    let mut gws: Vec<(u8, Engine)> = [2u8, 3]
+        .into_iter()
+        .map(|n| {
+            let mut e = Engine::new(secret(n), interval);
+            e.set_peers(&[spec(1, "10.1.0.0/16", true)]);
+            (n, e)
+        })
+        .collect();
+    let carriers: Vec<u32> = {
+        let mut v: Vec<u32> = a.table.lookup("10.2.0.9".parse().unwrap()).unwrap().clone();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(carriers.len(), 2, "both gateways carry the prefix");
+    let key_of = |e: &Engine, idx: u32| e.peers[&idx].spec.public_key;
+    let chosen = |a: &Engine| -> std::collections::BTreeMap<[u8; 32], usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for port in 0..200u16 {
+            let p = v4(
+                [10, 1, 0, 5],
+                [10, 2, 0, 9],
+                UDP,
+                &ports(UDP, 20000 + port, 53),
+            );
+            let idx = a.carrier(&carriers, &p).unwrap();
+            // One flow, one gateway, as long as health does not change.
+            assert_eq!(a.carrier(&carriers, &p), Some(idx));
+            *m.entry(key_of(a, idx)).or_default() += 1;
+        }
+        m
+    };
+    // Probes both ways for `rounds` intervals; peers in `cut` neither get nor answer them.
+    let mut now = Instant::now();
+    let mut run = |a: &mut Engine, gws: &mut Vec<(u8, Engine)>, rounds: usize, cut: &[u8]| {
+        for _ in 0..rounds {
+            let mut sent = Vec::new();
+            a.probe_tick(now, |to, b| sent.push((to, b.to_vec())));
+            for (to, bytes) in sent {
+                let Some((n, gw)) = gws.iter_mut().find(|(n, _)| addr(*n) == to) else {
+                    continue;
+                };
+                if cut.contains(n) {
+                    continue;
+                }
+                let mut replies = Vec::new();
+                gw.on_probe(addr(1), &bytes, now, |_, r| replies.push(r.to_vec()));
+                for r in replies {
+                    a.on_probe(to, &r, now + std::time::Duration::from_millis(1), |_, _| {});
+                }
+            }
+            now += interval;
+        }
+    };
+    run(&mut a, &mut gws, 4, &[]);
+    let mut up_both = vec![public(2), public(3)];
+    up_both.sort_unstable();
+    assert_eq!(a.up_peers(), up_both);
+    let both = chosen(&a);
+    assert_eq!(both.len(), 2, "flows use both gateways: {both:?}");
+    assert!(both.values().all(|n| *n > 50), "{both:?}");
+    // B3's path stops answering: within 3 lost probes (0.6-0.8 s at 200 ms) it carries
+    // nothing, and B2 carries every flow.
+    run(&mut a, &mut gws, 4, &[3]);
+    assert!(!a.peer_reachable(&public(3)));
+    assert_eq!(a.up_peers(), vec![public(2)]);
+    let one = chosen(&a);
+    assert_eq!(one.into_keys().collect::<Vec<_>>(), vec![public(2)]);
+    // Back: two replies make the path up again, and flows spread again.
+    run(&mut a, &mut gws, 3, &[]);
+    assert_eq!(chosen(&a).len(), 2);
+    // A peer without probing (no announced endpoint) counts as reachable.
+    a.set_peers(&[spec(2, "10.2.0.0/16", true), spec(3, "10.2.0.0/16", false)]);
+    assert!(a.peer_reachable(&public(3)));
 }

@@ -200,12 +200,30 @@ fn agent_events_change_the_registry_as_reported() {
         rx_bytes: 20,
         paths: vec![],
     };
+    let bgp = strait_proto::msg::BgpReport {
+        sessions: vec![strait_proto::msg::BgpSession {
+            neighbor: "10.1.0.1".into(),
+            state: "up".into(),
+            info: "Established".into(),
+        }],
+        announced: vec!["10.2.0.0/16".into()],
+        applied: true,
+    };
     let report = AgentEvent::LinkReport {
         peers: vec![link],
         access_drops: vec![],
+        bgp: Some(bgp.clone()),
     };
     let version = mesh.version();
     assert_eq!(agent_event(&mut mesh, &gw1, &report, at(35)).unwrap(), []);
     assert_eq!(mesh.version(), version);
     assert_eq!(mesh.links()[0].rx_bytes, Some(20));
+    // `straitctl gateways` shows the report: traffic and BGP.
+    let gw = mesh
+        .gateways()
+        .into_iter()
+        .find(|g| g.tx_bytes == 10)
+        .expect("the reporting gateway");
+    assert_eq!((gw.rx_bytes, gw.tunnels), (20, 1));
+    assert_eq!(gw.bgp, Some(bgp));
 }
