@@ -1,6 +1,7 @@
 //! The coordinator as the simulator runs it: the real registry ([`Mesh`]) and handlers, the
 //! real SQLite store in a temporary file (a restart reads it back), the real built-in CA,
-//! and the fan-out's pure bookkeeping ([`Sessions`], [`settle_at`]'s delays). What
+//! and the fan-out's pure bookkeeping ([`Sessions`], and the settling delays
+//! `fanout::settle_at` combines). What
 //! `server/` does with tokio and quinn is done here synchronously: a session registers,
 //! gets `Registered` and its snapshot, then the update [`handlers::session::update`]
 //! decides whenever a version concerns it (or once versions settle); a newer session of a
