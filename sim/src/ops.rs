@@ -1,7 +1,7 @@
 //! The operations of a scenario, generated from its seed: what operators, machines and the
-//! network do to the mesh. Nodes are named by their index in enrollment order, taken
-//! modulo the nodes enrolled so far, so any subset of a scenario's steps still runs (which
-//! is how a failure is shrunk).
+//! network do to the mesh. Nodes are named by a number taken modulo the nodes enrolled and
+//! not revoked at the time (in enrollment order), so any subset of a scenario's steps still
+//! runs (which is how a failure is shrunk).
 
 use std::fmt;
 use std::time::Duration;
@@ -112,7 +112,7 @@ impl fmt::Display for Step {
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub steps: usize,
-    /// Most nodes enrolled (the first three are gateways, one per site).
+    /// Most nodes enrolled and not revoked (the first three are gateways, one per site).
     pub max_nodes: usize,
     pub sites: usize,
     /// A `Quiet` step every this many steps (and one at the end).
@@ -124,6 +124,8 @@ pub fn generate(seed: u64, shape: &Shape) -> Vec<Step> {
     let mut rng = Rng::new(seed).fork(0x0905);
     let mut out = Vec::with_capacity(shape.steps + 8);
     let mut enrolled = 0usize;
+    // A revoked node is replaced by a new one: about `max_nodes` stay live.
+    let mut revoked = 0usize;
     let prefixes = |rng: &mut Rng| -> Vec<usize> {
         let n = rng.below(3) as usize;
         (0..n)
@@ -145,7 +147,7 @@ pub fn generate(seed: u64, shape: &Shape) -> Vec<Step> {
         let node = rng.below(64) as usize;
         let roll = rng.below(100);
         let op = match roll {
-            0..=11 if enrolled < shape.max_nodes => {
+            0..=11 if enrolled < shape.max_nodes + revoked => {
                 enrolled += 1;
                 let kind = if rng.chance(0.4) {
                     Kind::Gateway
@@ -167,7 +169,10 @@ pub fn generate(seed: u64, shape: &Shape) -> Vec<Step> {
             26..=33 => Op::Start { node },
             34..=43 => Op::Partition { node },
             44..=55 => Op::Heal { node },
-            56..=58 => Op::Revoke { node },
+            56..=58 => {
+                revoked += 1;
+                Op::Revoke { node }
+            }
             59..=65 => Op::RotateKey { node },
             66..=70 => Op::SetPrefixes {
                 node,
@@ -220,7 +225,11 @@ mod tests {
             .iter()
             .filter(|s| matches!(s.op, Op::Enroll { .. }))
             .count();
-        assert!((3..=10).contains(&enrolls), "{enrolls}");
+        let revokes = a
+            .iter()
+            .filter(|s| matches!(s.op, Op::Revoke { .. }))
+            .count();
+        assert!((3..=10 + revokes).contains(&enrolls), "{enrolls}");
         assert!(a.iter().filter(|s| s.op == Op::Quiet).count() >= 3);
     }
 }

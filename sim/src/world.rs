@@ -28,6 +28,8 @@ pub const EPOCH_UNIX: u64 = 1_767_225_600;
 pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(20 * 60);
 /// The coordinator certificate's lifetime; it is renewed every two thirds of it.
 pub const COORDINATOR_CERT_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How long a revoked node's agent keeps running (refused) before its machine goes.
+pub const DECOMMISSION_AFTER: Duration = Duration::from_secs(120);
 /// Most session actions one event may cause before the simulator calls it a livelock.
 pub(crate) const MAX_ACTIONS: usize = 10_000;
 
@@ -173,14 +175,28 @@ impl World {
         self.violations.push(Violation { property, detail });
     }
 
-    /// Node `i` of an operation, modulo the nodes enrolled.
+    /// Node `i` of an operation, modulo the nodes not revoked (a revoked node's agent keeps
+    /// running, refused, until the end).
     pub(crate) fn pick(&self, i: usize) -> Option<usize> {
-        (!self.nodes.is_empty()).then(|| i % self.nodes.len())
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| self.nodes[*n].revoked_at.is_none())
+            .collect();
+        (!live.is_empty()).then(|| live[i % live.len()])
     }
 
     /// Applies `step`'s operation and runs the mesh for its time.
     pub fn step(&mut self, index: usize, step: &Step) -> Result<(), Violation> {
         self.step_index = index;
+        // A revoked node's machine is decommissioned a while after (its agent, refused
+        // meanwhile, has shown it cannot come back).
+        for i in 0..self.nodes.len() {
+            let gone = self.nodes[i]
+                .revoked_at
+                .is_some_and(|t| self.now.saturating_sub(t) > DECOMMISSION_AFTER);
+            if gone && self.nodes[i].process.is_some() {
+                self.stop(i);
+            }
+        }
         self.record(format!("step {index}: {}", step.op));
         match &step.op {
             Op::Enroll {
