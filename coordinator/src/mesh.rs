@@ -69,6 +69,9 @@ pub enum CoreError {
     KeyInUse { key: String, owner: String },
     #[error("node name {node} belongs to {holder}; a name belongs to one identity: choose another node name, or if this machine replaces it, `straitctl revoke {node}` first")]
     NameTaken { node: String, holder: String },
+    /// The connection's certificate was revoked after the connection was accepted.
+    #[error("certificate serial {serial} was revoked; enroll this node again with a new join token (straitctl token create)")]
+    Revoked { serial: String },
 }
 
 impl CoreError {
@@ -81,6 +84,7 @@ impl CoreError {
                 ErrorCode::PermissionDenied
             }
             CoreError::Offline(_) => ErrorCode::Unavailable,
+            CoreError::Revoked { .. } => ErrorCode::Revoked,
             CoreError::UnknownSite(_)
             | CoreError::AmbiguousNode { .. }
             | CoreError::BadPublicKey(_)

@@ -36,8 +36,6 @@ impl Session {
                 // Every new session hears the data plane's current state.
                 self.send_conflicts(conn);
                 self.send_links(conn);
-                // Renewed while connecting with the certificate before.
-                self.move_if_renewed();
             }
             Phase::Open(open) => match &mut open.moving {
                 Some(m) if m.conn == conn && m.connected.is_none() => {
@@ -79,6 +77,8 @@ impl Session {
                     open.registered = true;
                 }
                 self.actions.push_back(Action::Registered { conn });
+                // Renewed while connecting or subscribing with the certificate before.
+                self.move_if_renewed();
             }
             SessionEvent::Snapshot(m) => {
                 tracing::info!(

@@ -37,12 +37,17 @@ impl Session {
         }
     }
 
+    /// Starts a move to the renewed certificate, once the session is registered. Not
+    /// before: two subscriptions of one node in flight at once race at the coordinator,
+    /// which keeps the one it registers last and closes the other as replaced; the
+    /// session could then adopt the move's connection holding an older snapshot than the
+    /// map it had published (found by the mesh simulator, `strait-sim`).
     pub(super) fn move_if_renewed(&mut self) {
         let Phase::Open(open) = &self.phase else {
             return;
         };
         let renewed = self.serial.as_ref().is_some_and(|s| *s != open.serial);
-        if renewed && open.moving.is_none() {
+        if renewed && open.registered && open.moving.is_none() {
             self.start_move(Move::Renewed);
         }
     }

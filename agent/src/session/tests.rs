@@ -661,7 +661,7 @@ fn a_coordinator_expiry_during_a_renewal_move_makes_its_failure_end_the_session(
 }
 
 #[test]
-fn a_renewal_while_connecting_moves_the_session_once_it_opens() {
+fn a_renewal_while_connecting_moves_the_session_once_registered() {
     let mut r = Rig::new();
     r.handle(Event::CertificateRenewed {
         serial: "S1".into(),
@@ -670,10 +670,44 @@ fn a_renewal_while_connecting_moves_the_session_once_it_opens() {
     r.handle(Event::CertificateRenewed {
         serial: "S2".into(),
     });
-    // The connection presented S1, the certificate before.
+    // The connection presented S1, the certificate before: no second subscription
+    // while the first is not registered (the coordinator would register both, in
+    // either order, and keep the last).
     let actions = r.connected(conn, "S1", Some(DAY));
-    assert!(connect_of(&actions).is_some());
+    assert!(connect_of(&actions).is_none(), "{actions:?}");
+    assert_eq!(r.s.state(), State::Subscribed);
+    let actions = r.frame(conn, registered());
+    assert_eq!(actions[0], Action::Registered { conn });
+    assert!(connect_of(&actions).is_some(), "{actions:?}");
     assert_eq!(r.s.state(), State::Moving(Move::Renewed));
+}
+
+/// Found by the mesh simulator: a renewal between `Connected` and `Registered` opened a
+/// second subscription; the coordinator registered it first, then the first one (closing
+/// the second as replaced), and the session adopted the second with its older snapshot,
+/// publishing a map version lower than the one it had published.
+#[test]
+fn a_renewal_before_registered_waits_so_versions_never_go_back() {
+    let mut r = Rig::new();
+    r.handle(Event::CertificateRenewed {
+        serial: "S1".into(),
+    });
+    let first = connect_of(&r.at(r.t0)).unwrap();
+    r.connected(first, "S1", Some(DAY));
+    assert!(connect_of(&r.handle(Event::CertificateRenewed {
+        serial: "S2".into(),
+    }))
+    .is_none());
+    r.frame(first, registered());
+    let second = r.s.moving_conn().expect("the move starts once registered");
+    let actions = r.frame(first, SessionEvent::Snapshot(map(72)));
+    assert_eq!(actions[0], Action::Publish(Arc::new(map(72))));
+    r.connected(second, "S2", Some(DAY));
+    // The second registered after the first: its snapshot is at least as new.
+    r.frame(second, registered());
+    let actions = r.frame(second, SessionEvent::Snapshot(map(73)));
+    assert_eq!(actions[0], Action::Publish(Arc::new(map(73))));
+    assert_eq!(r.s.connection(), Some(second));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use strait_proto::msg::{EnrollRequest, ErrorBody, ErrorCode, Response};
 use super::pki::{signer, validity};
 use super::{core_err, random, Entropy, Pki, Signed};
 use crate::connlimit;
-use crate::mesh::{IssuedCert, Mesh, StoreOp};
+use crate::mesh::{CoreError, IssuedCert, Mesh, StoreOp};
 use crate::metrics::Refusal;
 use crate::ratelimit::FailureLimiter;
 
@@ -193,11 +193,16 @@ pub fn bad_token(
     }
 }
 
-/// Renews the certificate of a node connected as `identity`, from a fresh CSR.
+/// Renews the certificate of a node connected as `identity` with the certificate `serial`,
+/// from a fresh CSR. A revoked serial is refused: the transport checks it when a
+/// connection is accepted, but a revocation may come while the connection is open, and a
+/// new certificate would undo it (found by the mesh simulator).
+#[allow(clippy::too_many_arguments)]
 pub fn renew(
     mesh: &mut Mesh,
     pki: &dyn Pki,
     identity: &Identity,
+    serial: &str,
     csr_pem: &str,
     now: SystemTime,
     rng: &mut dyn Entropy,
@@ -208,6 +213,11 @@ pub fn renew(
             ErrorCode::PermissionDenied,
             format!("{identity} cannot renew through the coordinator"),
         ));
+    }
+    if mesh.is_revoked(serial) {
+        return Err(core_err(CoreError::Revoked {
+            serial: serial.to_string(),
+        }));
     }
     let lifetime = mesh.config().pki.agent_cert_lifetime;
     let cert = ca.sign_csr(csr_pem, identity, validity(now, lifetime), random(rng))?;

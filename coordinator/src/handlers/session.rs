@@ -38,6 +38,7 @@ pub fn register(
 pub fn registration_refusal(e: &CoreError) -> Refusal {
     match e {
         CoreError::KeyInUse { .. } => Refusal::DuplicateKey,
+        CoreError::Revoked { .. } => Refusal::Revoked,
         _ => Refusal::Registration,
     }
 }

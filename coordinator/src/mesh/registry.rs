@@ -116,7 +116,10 @@ impl Mesh {
 
     // ---- registration and liveness ----
 
-    /// Registers (or re-registers) the node named by `identity`.
+    /// Registers (or re-registers) the node named by `identity`, connected with the
+    /// certificate `cert_serial`. A revoked serial is refused: the transport checks it when
+    /// a connection is accepted, but a revocation may come between that and the
+    /// subscription (found by the mesh simulator).
     pub fn register(
         &mut self,
         identity: &Identity,
@@ -125,6 +128,11 @@ impl Mesh {
         cert_not_after: u64,
         now: u64,
     ) -> Result<(Registered, Vec<StoreOp>), CoreError> {
+        if self.is_revoked(cert_serial) {
+            return Err(CoreError::Revoked {
+                serial: cert_serial.to_string(),
+            });
+        }
         let site = identity
             .site()
             .ok_or_else(|| CoreError::NotANode(identity.to_string()))?

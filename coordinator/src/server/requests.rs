@@ -126,7 +126,8 @@ pub(super) async fn handle_stream(
         }
         Request::Renew { csr_pem } => c
             .mutate(|mesh| {
-                handlers::certs::renew(mesh, &*c.pki, &identity, &csr_pem, now, &mut OsEntropy)
+                let rng = &mut OsEntropy;
+                handlers::certs::renew(mesh, &*c.pki, &identity, &peer.serial, &csr_pem, now, rng)
             })
             .map_or_else(Response::Error, |issued| issued.renewed()),
         Request::CreateToken {

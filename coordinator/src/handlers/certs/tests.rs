@@ -213,18 +213,35 @@ fn nodes_renew_their_own_identity_and_nobody_else_does() {
     let mut mesh = mesh();
     let mut rng = SeededEntropy::new(4);
     let gw = gateway("b", "gw9");
-    let (issued, ops) = renew(&mut mesh, ca(), &gw, &csr(), at(0), &mut rng).unwrap();
+    let (issued, ops) = renew(&mut mesh, ca(), &gw, "01", &csr(), at(0), &mut rng).unwrap();
     assert_eq!(cert_info(&issued.cert.cert_pem).identity.unwrap(), gw);
     assert!(matches!(&ops[..], [StoreOp::PutIssued(c)] if c.serial == issued.cert.serial));
     assert!(matches!(issued.renewed(), Response::Renewed { .. }));
 
     let operator = Identity::operator("prod", "alice", OperatorRole::Admin).unwrap();
-    let e = renew(&mut mesh, ca(), &operator, &csr(), at(0), &mut rng).unwrap_err();
+    let e = renew(&mut mesh, ca(), &operator, "01", &csr(), at(0), &mut rng).unwrap_err();
     assert_eq!(e.code, ErrorCode::PermissionDenied);
-    let e = renew(&mut mesh, &VaultMode, &gw, &csr(), at(0), &mut rng).unwrap_err();
+    let e = renew(&mut mesh, &VaultMode, &gw, "01", &csr(), at(0), &mut rng).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unsupported);
-    let e = renew(&mut mesh, ca(), &gw, "garbage", at(0), &mut rng).unwrap_err();
+    let e = renew(&mut mesh, ca(), &gw, "01", "garbage", at(0), &mut rng).unwrap_err();
     assert_eq!(e.code, ErrorCode::BadRequest);
+}
+
+/// Found by the mesh simulator: a connection accepted before its certificate was revoked
+/// could renew after, and the new certificate (a serial never revoked) would undo the
+/// revocation.
+#[test]
+fn a_revoked_certificate_renews_nothing_even_on_an_open_connection() {
+    let mut mesh = mesh();
+    let mut rng = SeededEntropy::new(6);
+    let gw = gateway("b", "gw9");
+    let (issued, _) = renew(&mut mesh, ca(), &gw, "01", &csr(), at(0), &mut rng).unwrap();
+    let serial = issued.cert.serial;
+    mesh.revoke(&("b".to_string(), "gw9".to_string()), 100);
+    assert!(mesh.is_revoked(&serial));
+    let e = renew(&mut mesh, ca(), &gw, &serial, &csr(), at(1), &mut rng).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Revoked);
+    assert!(e.message.contains(&serial), "{e}");
 }
 
 #[test]

@@ -227,3 +227,25 @@ fn agent_events_change_the_registry_as_reported() {
     assert_eq!((gw.rx_bytes, gw.tunnels), (20, 1));
     assert_eq!(gw.bgp, Some(bgp));
 }
+
+/// Found by the mesh simulator: a node revoked between its connection's handshake (where
+/// the transport checks revocation) and its subscription registered again with the revoked
+/// certificate, and so came back into every map.
+#[test]
+fn a_revoked_certificate_does_not_register_even_on_an_open_connection() {
+    let mut mesh = mesh();
+    let gw = gateway("a", "gw1");
+    let reg = registration(1, &["10.1.0.0/16"]);
+    register(&mut mesh, &gw, &reg, "0a", 99, at(0)).unwrap();
+    revoke(&mut mesh, "a/gw1", at(1)).unwrap();
+    let version = mesh.version();
+    let e = register(&mut mesh, &gw, &reg, "0a", 99, at(2)).unwrap_err();
+    assert!(
+        matches!(&e, CoreError::Revoked { serial } if serial == "0a"),
+        "{e}"
+    );
+    assert_eq!(core_err(e.clone()).code, ErrorCode::Revoked);
+    assert_eq!(registration_refusal(&e), Refusal::Revoked);
+    assert_eq!(mesh.version(), version, "a refusal changes nothing");
+    assert!(snapshot(&mesh.views(), &key("a", "gw1")).is_none());
+}
