@@ -156,6 +156,7 @@ pub fn config(flags: u8) -> Config {
         region: "region".into(),
         prefixes: prefixes.iter().map(|p| net(p)).collect(),
         full_mesh,
+        global_prefixes: vec![],
     };
     let mut a = vec!["10.1.0.0/16"];
     if flags & 16 != 0 {
@@ -223,6 +224,7 @@ pub fn config(flags: u8) -> Config {
         } else {
             "100.64.0.0/10"
         }),
+        global_cidr: None,
         heartbeat_timeout: Duration::from_secs(10),
         pki: PkiConfig::default(),
         sites,

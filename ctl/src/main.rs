@@ -65,6 +65,13 @@ enum Command {
     Routes,
     /// Peer pairs and their state.
     Links,
+    /// Which site (and node) an address belongs to: a global address of a site with
+    /// global prefixes, a real address (of several sites, if their address space
+    /// overlaps), or an overlay address.
+    Resolve {
+        /// An IPv4 or IPv6 address, e.g. 10.200.0.10.
+        address: std::net::IpAddr,
+    },
     /// The topology: sites as clusters, nodes, links.
     Graph {
         #[arg(long, value_enum, default_value = "dot")]
@@ -347,6 +354,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Status => Request::Status,
         Command::Nodes => Request::Nodes,
         Command::Routes => Request::Routes,
+        Command::Resolve { address } => Request::Resolve { address: *address },
         Command::Links => Request::Links,
         Command::Graph { .. } => Request::Graph,
         Command::Token {
@@ -385,6 +393,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&routes)
             } else {
                 ctl::render_routes(&routes)
+            }
+        }
+        (_, Response::Resolved { address, matches }) => {
+            if as_json {
+                json(&serde_json::json!({ "address": address, "matches": matches }))
+            } else {
+                ctl::render_resolved(address, &matches)
             }
         }
         (_, Response::Links { links }) => {

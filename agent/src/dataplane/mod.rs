@@ -10,6 +10,8 @@
 //!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
 //! - [`netlink`]: the only code that talks netlink.
+//! - [`translate`]: 1:1 address translation for sites with global prefixes (a pure nft
+//!   script and the shell that applies it; the only code that runs `nft`).
 
 pub mod access;
 pub mod engine;
@@ -18,6 +20,7 @@ pub mod netlink;
 pub mod peers;
 pub mod pump;
 pub mod routes;
+pub mod translate;
 pub mod tunnel;
 
 use std::future::Future;
@@ -209,6 +212,7 @@ pub async fn run(
         index,
         mtu,
         address: None,
+        translator: translate::Translator::new(&settings.tun_name),
     };
     let mut map_changed = true;
     let result = loop {
@@ -259,6 +263,10 @@ pub async fn run(
         }
     };
     engine.abort();
+    // The rules name the TUN device, which goes with this process.
+    if let Err(e) = link.translator.remove().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not remove the address translation table at shutdown");
+    }
     // Failing closed holds while the agent is stopped too (every upgrade restarts it): the
     // unreachable routes and the rule stay; `strait-agent uninstall` removes them.
     let keep = settings.fail_closed;
@@ -290,6 +298,9 @@ pub async fn uninstall() -> Result<usize> {
     nl.remove_rules()
         .await
         .context("removing Strait's routing rule (needs root or CAP_NET_ADMIN)")?;
+    translate::uninstall()
+        .await
+        .context("removing Strait's address translation table (needs root or CAP_NET_ADMIN)")?;
     Ok(routes)
 }
 
@@ -299,6 +310,7 @@ struct TunLink {
     index: u32,
     mtu: u16,
     address: Option<IpNetwork>,
+    translator: translate::Translator,
 }
 
 /// Where a map's parts go.
@@ -346,6 +358,8 @@ async fn apply(
         }
         access.send_replace(Arc::new(filter));
     }
+    // Translation before the peers and routes that bring traffic to be translated.
+    link.translator.apply(&map.node.translations).await?;
     peers.send_replace(peer_specs(map, settings.keepalive));
     let plan = link
         .nl
