@@ -297,7 +297,11 @@ fn config_text(opts: &InitOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "# site's `prefixes`; sites must not overlap. `full-mesh = true` peers every node"
+        "# site's `prefixes`; sites may overlap only with global addresses (`global-cidr`,"
+    );
+    let _ = writeln!(
+        s,
+        "# or `global-prefixes` per site: README.md). `full-mesh = true` peers every node"
     );
     let _ = writeln!(
         s,
