@@ -65,8 +65,9 @@ pub struct SelfView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fail_closed: Vec<IpNetwork>,
     /// The own site's local prefixes and the global ones the rest of the mesh reaches them
-    /// by, when the site has global addresses (its address space overlaps another site's).
-    /// Every node of the site that terminates tunnels translates between them, 1:1 and
+    /// by, when the site has global addresses (its address space overlaps another site's),
+    /// in the maps of the site's nodes that terminate tunnels (gateways, full-mesh nodes),
+    /// which translate between them, 1:1 and
     /// statelessly: destination global -> local into the site, source local -> global out
     /// of it. Empty for sites that use their real addresses in the mesh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -209,7 +209,12 @@ impl Mesh {
                     refused: n.refused.clone(),
                     next_wg_public_key: n.next_wg_public_key.clone(),
                     fail_closed: closed.get(n.site.as_str()).cloned().unwrap_or_default(),
-                    translations: self.globals.pairs(&n.site).to_vec(),
+                    // Only nodes that terminate tunnels translate (members need no nft).
+                    translations: if self.tunnel_capable(n) {
+                        self.globals.pairs(&n.site).to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let own = match prev.nodes.get(&n.key()) {
                     Some((old, _)) if **old == own => old.clone(),

@@ -83,6 +83,8 @@ fn translated_sites_are_known_by_their_global_prefixes_everywhere() {
         ]
     );
     // The untranslated site sees both by their global prefixes and translates nothing.
+    let m = mesh.map_for(&key("a", "m1")).unwrap();
+    assert!(m.node.translations.is_empty(), "members do not translate");
     let c = mesh.map_for(&key("c", "gw")).unwrap();
     assert!(c.node.translations.is_empty());
     assert_eq!(c.peers["a/gw"].allowed_ips[1..], [net("10.128.0.0/16")]);
