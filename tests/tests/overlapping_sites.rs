@@ -26,6 +26,8 @@
 //! has exactly one rule per direction on gwa and gwb and does not exist on gwc; it is
 //! removed at a clean stop and is neither missing nor duplicated after a restart (SIGTERM
 //! for gwa, SIGKILL for gwb). The router sees no packet between private ranges in clear.
+//! An access policy rule written with ovb's global address (ovc may not open tcp/7001 on
+//! wlb) is enforced by gwb, which judges packets before translating them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -247,7 +249,13 @@ fn overlapping_sites_reach_each_other_by_global_addresses_through_stateless_tran
          add rule inet count through ip saddr 10.0.0.0/8 ip daddr 10.0.0.0/8 counter name plain",
     );
 
-    let mut c = Coordinator::init(SITES, &format!("global-cidr = \"{GLOBAL_CIDR}\"")).unwrap();
+    // The access policy names ovb's workload by its global address, as the receiving
+    // gateway sees packets: ovc may not open tcp/7001 on it, ova may.
+    let policy = format!(
+        "[policy]\n[[policy.rules]]\nname = \"no-7001\"\naction = \"deny\"\nfrom = \"ovc\"\nto = \"{WLB_GLOBAL}/32\"\nports = \"tcp/7001\"\n"
+    );
+    let mut c =
+        Coordinator::init(SITES, &format!("global-cidr = \"{GLOBAL_CIDR}\"\n{policy}")).unwrap();
     let path = c.state().join("coordinator.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("10.30.0.0/16", "10.10.0.0/16")).unwrap();
@@ -298,6 +306,19 @@ fn overlapping_sites_reach_each_other_by_global_addresses_through_stateless_tran
         .unwrap_or_else(|e| panic!("{e}: {} to {to}\n{}", from.name, logs(&c, &a, &b)));
     }
     check_all(&wla, &wlb, &wlc, "first start");
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(&wlb, move || {
+        tx.send(TcpListener::bind((WL, 7001)).unwrap()).unwrap()
+    });
+    let _denied = rx.recv().unwrap();
+    let opens = |ns: &Netns| {
+        let to: SocketAddr = format!("{WLB_GLOBAL}:7001").parse().unwrap();
+        in_netns(ns, move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok()
+        })
+    };
+    assert!(opens(&wla), "ova may open tcp/7001 on ovb's workload");
+    assert!(!opens(&wlc), "ovc opened tcp/7001 through the policy");
 
     // The rules: one per direction on each translated gateway, none on gwc.
     let rules_a = translation_rules(&gwa).expect("gwa has the translation table");
