@@ -2,9 +2,9 @@
 //! and a probe's events as they come.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
-use std::time::{Duration, SystemTime};
 
 use strait_proto::access::{Action, PolicyView};
 use strait_proto::msg::{
@@ -603,6 +603,51 @@ mod tests {
         assert!(text.contains("b/gw  online   12"), "{text}");
         assert!(text.contains("11 (previous policy)"), "{text}");
         assert!(text.contains("b/gw  a          default    7"), "{text}");
+    }
+
+    #[test]
+    fn routes_and_resolve_show_local_and_global_addresses() {
+        let routes = render_routes(&[RouteInfo {
+            prefix: "10.10.0.0/16".into(),
+            site: "b".into(),
+            node: "gw".into(),
+            status: "accepted".into(),
+            global: Some("10.129.0.0/16".parse().unwrap()),
+            reason: None,
+        }]);
+        assert!(
+            routes.starts_with("PREFIX        GLOBAL         SITE"),
+            "{routes}"
+        );
+        assert!(
+            routes.contains("10.10.0.0/16  10.129.0.0/16  b"),
+            "{routes}"
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let m = |site: &str, global: &str| ResolveInfo {
+            site: site.into(),
+            local: ip("10.10.0.10"),
+            global: ip(global),
+            node: None,
+            by: "local".into(),
+        };
+        let text = render_resolved(
+            ip("10.10.0.10"),
+            &[m("a", "10.128.0.10"), m("b", "10.129.0.10")],
+        );
+        assert!(
+            text.contains("b     10.10.0.10  10.129.0.10  -     local"),
+            "{text}"
+        );
+        assert!(text.contains("several sites use this address"), "{text}");
+        assert!(render_resolved(ip("192.0.2.1"), &[]).contains("no site's address"));
+        assert_eq!(
+            local_global(
+                &["10.10.0.0/16".parse().unwrap()],
+                &["10.129.0.0/16".parse().unwrap()]
+            ),
+            "10.10.0.0/16=>10.129.0.0/16"
+        );
     }
 
     #[test]
