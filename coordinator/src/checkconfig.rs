@@ -83,6 +83,28 @@ pub fn check(path: &Path) -> Result<Checked> {
     if config.sites.is_empty() {
         notes.push("no [[sites]]: no agent can join until sites are declared".into());
     }
+    // Global addresses, declared or allocated: what the rest of the mesh (and the private
+    // DNS zone) uses for each translated site.
+    let globals = crate::globals::Globals::of(&config);
+    for site in &config.sites {
+        let pairs = globals.pairs(&site.name);
+        if !pairs.is_empty() {
+            let listed: Vec<String> = pairs
+                .iter()
+                .map(|t| format!("{} => {}", t.local, t.global))
+                .collect();
+            let how = if site.global_prefixes.is_empty() {
+                "allocated from `global-cidr`"
+            } else {
+                "declared"
+            };
+            notes.push(format!(
+                "site {} is reached by global addresses ({how}): {}",
+                site.name,
+                listed.join(", ")
+            ));
+        }
+    }
     Ok(Checked { config, notes })
 }
 
@@ -123,6 +145,23 @@ prefixes = ["10.10.0.0/16"]
             "{:?}",
             c.notes
         );
+    }
+
+    #[test]
+    fn global_addresses_are_shown_and_overlaps_without_them_refused() {
+        let overlapping = VAULT.replace(
+            "10.10.0.0/16",
+            "10.10.0.0/16\"]\n[[sites]]\nname = \"b\"\nprefixes = [\"10.10.0.0/16",
+        );
+        let err = format!("{:#}", check_text(&overlapping).unwrap_err());
+        assert!(err.contains("add `global-prefixes`"), "{err}");
+        let c = check_text(&format!("global-cidr = \"10.128.0.0/12\"\n{overlapping}")).unwrap();
+        for note in [
+            "site aws-use1 is reached by global addresses (allocated from `global-cidr`): 10.10.0.0/16 => 10.128.0.0/16",
+            "site b is reached by global addresses (allocated from `global-cidr`): 10.10.0.0/16 => 10.129.0.0/16",
+        ] {
+            assert!(c.notes.iter().any(|n| n == note), "{note:?} not in {:?}", c.notes);
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Config {
     /// CIDR from which overlay addresses are allocated.
     #[serde(default = "default_overlay")]
     pub overlay_cidr: IpNetwork,
+    /// A free range from which sites whose address space overlaps another site's get
+    /// global prefixes, unless they declare `global-prefixes` (see [`crate::globals`]).
+    #[serde(default)]
+    pub global_cidr: Option<IpNetwork>,
     /// A node with no heartbeat for this long is marked offline (it stays in maps).
     #[serde(default = "default_heartbeat_timeout", with = "duration")]
     pub heartbeat_timeout: Duration,
@@ -225,6 +229,11 @@ pub struct SiteConfig {
     /// Peer every node of this site with every remote node (not only gateways).
     #[serde(default)]
     pub full_mesh: bool,
+    /// The addresses the rest of the mesh reaches this site by, one per prefix in
+    /// `prefixes` (same order, family and size); its tunnel nodes translate 1:1. Empty: the
+    /// site's own addresses (or, when it overlaps another site, some from `global-cidr`).
+    #[serde(default)]
+    pub global_prefixes: Vec<IpNetwork>,
 }
 
 fn default_name() -> String {
@@ -358,20 +367,8 @@ impl Config {
                 }
             }
         }
-        for (i, a) in self.sites.iter().enumerate() {
-            for b in &self.sites[i + 1..] {
-                for pa in &a.prefixes {
-                    for pb in &b.prefixes {
-                        if crate::prefix::overlaps(*pa, *pb) {
-                            bail!(
-                                "key `sites`: site {}'s prefix {pa} overlaps site {}'s prefix {pb}; sites must not share address space",
-                                a.name, b.name
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        // Overlapping sites need global addresses; those declared or allocated are valid.
+        crate::globals::assign(self)?;
         let mut peer_names = BTreeSet::new();
         // Two peers of one map cannot share a destination: no prefix or overlay address is
         // given to two external peers.

@@ -149,7 +149,9 @@ pub fn messages(data: &[u8]) {
 /// (10.1.9.0/24, overlay 100.64.0.1), named `gw` with 32, else `dc1`; 16: site `a` also has
 /// fd00:1::/48; 128: an external peer `dc2` in site `b` (10.2.9.0/24, no endpoint, no
 /// overlay address). With site `c`, an access policy: default deny, `a` may open tcp/443 to
-/// `b`, 10.3.1.0/24 may not send DNS to `a`'s 10.1.5.0/24.
+/// `b`, 10.3.1.0/24 may not send DNS to `a`'s 10.1.5.0/24. 64 without 2: a site `c` that
+/// overlaps `a` (10.1.0.0/16) with global prefix 10.3.0.0/16; with 32 too, and neither 8
+/// nor 16, `global-cidr` 10.0.0.0/16 gives `a` global addresses as well (10.0.0.0/16).
 pub fn config(flags: u8) -> Config {
     let site = |name: &str, prefixes: &[&str], full_mesh: bool| SiteConfig {
         name: name.into(),
@@ -157,6 +159,7 @@ pub fn config(flags: u8) -> Config {
         region: "region".into(),
         prefixes: prefixes.iter().map(|p| net(p)).collect(),
         full_mesh,
+        global_prefixes: vec![],
     };
     let mut a = vec!["10.1.0.0/16"];
     if flags & 16 != 0 {
@@ -169,6 +172,13 @@ pub fn config(flags: u8) -> Config {
     if flags & 2 != 0 {
         sites.push(site("c", &["10.3.0.0/16"], flags & 64 != 0));
     }
+    let overlapping = flags & 64 != 0 && flags & 2 == 0;
+    if overlapping {
+        let mut c = site("c", &["10.1.0.0/16"], false);
+        c.global_prefixes = vec![net("10.3.0.0/16")];
+        sites.push(c);
+    }
+    let both_translated = overlapping && flags & 32 != 0 && flags & (8 | 16) == 0;
     let mut external_peers = Vec::new();
     if flags & 8 != 0 {
         external_peers.push(ExternalPeerConfig {
@@ -224,6 +234,7 @@ pub fn config(flags: u8) -> Config {
         } else {
             "100.64.0.0/10"
         }),
+        global_cidr: both_translated.then(|| net("10.0.0.0/16")),
         heartbeat_timeout: Duration::from_secs(10),
         pki: PkiConfig::default(),
         sites,

@@ -64,6 +64,8 @@ pub struct InitOptions {
     pub name: String,
     pub operator: String,
     pub sites: Vec<SiteSpec>,
+    /// `global-cidr`: where sites whose address space overlaps get global prefixes.
+    pub global_cidr: Option<IpNetwork>,
 }
 
 /// Paths inside a coordinator state directory.
@@ -250,6 +252,13 @@ fn config_text(opts: &InitOptions) -> String {
         "# Overlay addresses are allocated from this CIDR (default: CGNAT space)."
     );
     let _ = writeln!(s, "overlay-cidr = {DEFAULT_OVERLAY_CIDR:?}\n");
+    if let Some(cidr) = opts.global_cidr {
+        let _ = writeln!(
+            s,
+            "# Sites whose address space overlaps another's get global prefixes from here."
+        );
+        let _ = writeln!(s, "global-cidr = {:?}\n", cidr.to_string());
+    }
     let _ = writeln!(
         s,
         "# A node without a heartbeat for this long is shown offline (it stays in maps)."
@@ -297,7 +306,11 @@ fn config_text(opts: &InitOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "# site's `prefixes`; sites must not overlap. `full-mesh = true` peers every node"
+        "# site's `prefixes`; sites may overlap only with global addresses (`global-cidr`,"
+    );
+    let _ = writeln!(
+        s,
+        "# or `global-prefixes` per site: README.md). `full-mesh = true` peers every node"
     );
     let _ = writeln!(
         s,
@@ -339,6 +352,7 @@ mod tests {
             sites: vec!["aws-use1:aws:us-east-1:10.10.0.0/16,10.11.0.0/16"
                 .parse()
                 .unwrap()],
+            global_cidr: None,
         };
         let layout = init(&opts).unwrap();
         let config = crate::config::Config::load(&layout.config()).unwrap();
@@ -377,6 +391,7 @@ mod tests {
                 "aws-use1:aws:us-east-1:10.10.0.0/16".parse().unwrap(),
                 "gcp-usc1:gcp:us-central1:10.10.128.0/17".parse().unwrap(),
             ],
+            global_cidr: None,
         };
         let err = format!("{:#}", init(&opts).unwrap_err());
         assert!(
@@ -388,6 +403,17 @@ mod tests {
             0,
             "init left files"
         );
+        // Overlapping sites are fine with a `global-cidr` (both get global prefixes).
+        opts.global_cidr = Some("10.128.0.0/12".parse().unwrap());
+        let layout = init(&opts).unwrap();
+        let config = crate::config::Config::load(&layout.config()).unwrap();
+        let globals = crate::globals::Globals::of(&config);
+        assert_eq!(
+            globals.pairs("gcp-usc1")[0].global.to_string(),
+            "10.129.0.0/17"
+        );
+        std::fs::remove_dir_all(&layout.root).unwrap();
+        opts.global_cidr = None;
         opts.sites[1] = "gcp-usc1:gcp:us-central1:10.20.0.0/16".parse().unwrap();
         init(&opts).unwrap();
         // An existing empty directory (say, a volume mounted there) is filled.

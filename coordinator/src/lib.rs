@@ -23,6 +23,7 @@ pub mod connlimit;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod globals;
 pub mod handlers;
 pub mod handshake;
 pub mod init;

@@ -53,6 +53,10 @@ enum Command {
         /// A site as name:cloud:region:prefix[,prefix...] (repeatable).
         #[arg(long = "site")]
         sites: Vec<SiteSpec>,
+        /// A free range from which sites whose address space overlaps get global prefixes
+        /// (`global-cidr`; README: "Sites whose addresses overlap").
+        #[arg(long)]
+        global_cidr: Option<ipnetwork::IpNetwork>,
     },
     /// Validate a config file without serving (no Vault login, no store, no socket);
     /// exits non-zero naming the key and the value at fault.
@@ -84,6 +88,7 @@ async fn main() -> Result<()> {
             name,
             operator,
             sites,
+            global_cidr,
         } => {
             let layout = init(&InitOptions {
                 state_dir,
@@ -92,6 +97,7 @@ async fn main() -> Result<()> {
                 name,
                 operator,
                 sites,
+                global_cidr,
             })?;
             let ca = BuiltinCa::load(&layout.root, &Config::load(&layout.config())?.mesh)?;
             println!("Created mesh state in {}", layout.root.display());

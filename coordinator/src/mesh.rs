@@ -19,6 +19,7 @@ use strait_pki::token::{TokenBook, TokenError};
 use strait_proto::msg::ErrorCode;
 
 use crate::config::{Config, SiteConfig};
+use crate::globals::Globals;
 
 mod access;
 mod changes;
@@ -105,6 +106,8 @@ pub struct Mesh {
     views: Arc<Views>,
     /// The access policy (`[policy]`, or the last one reloaded), and what nodes dropped.
     access: access::AccessState,
+    /// The global prefixes of translated sites (a function of `config`).
+    globals: Arc<Globals>,
 }
 
 impl Mesh {
@@ -128,6 +131,7 @@ impl Mesh {
                 .map(|c| (c.serial.clone(), c))
                 .collect(),
             access: access::AccessState::new(&config, persisted.version),
+            globals: Arc::new(Globals::of(&config)),
             version: persisted.version,
             config,
         };
@@ -141,6 +145,11 @@ impl Mesh {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The global prefixes of translated sites.
+    pub fn globals(&self) -> &Globals {
+        &self.globals
     }
 
     pub fn node(&self, key: &NodeKey) -> Option<&NodeRecord> {

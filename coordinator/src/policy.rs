@@ -23,6 +23,10 @@ pub type External<'a> = Claimed<'a>;
 /// declares or already carries, is exactly a prefix an external peer carries (both would
 /// route it, and peers of one map cannot share a destination), or lies outside every prefix
 /// of the node's own site.
+///
+/// Other sites' prefixes (in `sites`) and `claimed` are mesh addresses (global prefixes for
+/// translated sites, see [`crate::globals`]); `to_mesh` gives an advertised prefix's mesh
+/// form, which is what must not clash with them.
 pub fn check(
     site: &SiteConfig,
     sites: &[SiteConfig],
@@ -30,12 +34,13 @@ pub fn check(
     external: &[External<'_>],
     overlay: IpNetwork,
     advertised: &[IpNetwork],
+    to_mesh: &dyn Fn(IpNetwork) -> IpNetwork,
 ) -> (Vec<IpNetwork>, Vec<Refusal>) {
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     for &p in advertised {
         let p = normalize(p);
-        match refusal_reason(site, sites, claimed, external, overlay, p) {
+        match refusal_reason(site, sites, claimed, external, overlay, p, to_mesh(p)) {
             None if !accepted.contains(&p) => accepted.push(p),
             None => {}
             Some(reason) => refused.push(Refusal {
@@ -121,6 +126,7 @@ fn refusal_reason(
     external: &[External<'_>],
     overlay: IpNetwork,
     p: IpNetwork,
+    mesh: IpNetwork,
 ) -> Option<String> {
     if p.prefix() == 0 {
         return Some(format!("{DEFAULT_ROUTE}; advertise the site's own ranges"));
@@ -129,13 +135,13 @@ fn refusal_reason(
         return Some(format!("{OVERLAY} {overlay}"));
     }
     for other in sites.iter().filter(|s| s.name != site.name) {
-        if let Some(theirs) = other.prefixes.iter().find(|q| overlaps(**q, p)) {
+        if let Some(theirs) = other.prefixes.iter().find(|q| overlaps(**q, mesh)) {
             return Some(format!("{OTHER_SITE}{}'s prefix {theirs}", other.name));
         }
     }
     if let Some(c) = claimed
         .iter()
-        .find(|c| c.site != site.name && overlaps(c.prefix, p))
+        .find(|c| c.site != site.name && overlaps(c.prefix, mesh))
     {
         return Some(format!(
             "overlaps {}{CARRIED}{}/{}",
@@ -167,6 +173,7 @@ mod tests {
             region: String::new(),
             prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
             full_mesh: false,
+            global_prefixes: vec![],
         }
     }
 
@@ -201,6 +208,7 @@ mod tests {
                 net("100.64.0.0/16"),
                 net("10.1.2.3/24"),
             ],
+            &|p| p,
         );
         assert_eq!(ok, vec![net("10.1.0.0/16"), net("10.1.2.0/24")]);
         let reasons: Vec<&str> = refused.iter().map(|r| r.reason.as_str()).collect();
@@ -229,6 +237,7 @@ mod tests {
             &[],
             overlay,
             &[net("172.16.5.128/25")],
+            &|p| p,
         );
         assert!(ok.is_empty());
         assert!(refused[0].reason.contains("carried by c/gw"), "{refused:?}");
@@ -248,6 +257,7 @@ mod tests {
             &external,
             overlay,
             &[net("10.1.9.0/24"), net("10.1.0.0/16")],
+            &|p| p,
         );
         assert_eq!(ok, vec![net("10.1.0.0/16")]);
         assert!(
@@ -277,6 +287,7 @@ mod tests {
                 net("10.1.5.0/24"),
                 net("10.0.0.0/8"),
             ],
+            &|p| p,
         );
         assert_eq!(ok, vec![net("10.3.0.0/16")]);
         let got: Vec<(&str, &str)> = refused

@@ -68,6 +68,13 @@ enum Command {
     /// Every site's gateways: priority, whether each carries traffic, tunnels up, bytes,
     /// BGP sessions and the prefixes each announces to its routers.
     Gateways,
+    /// Which site (and node) an address belongs to: a global address of a site with
+    /// global prefixes, a real address (of several sites, if their address space
+    /// overlaps), or an overlay address.
+    Resolve {
+        /// An IPv4 or IPv6 address, e.g. 10.200.0.10.
+        address: std::net::IpAddr,
+    },
     /// The topology: sites as clusters, nodes, links.
     Graph {
         #[arg(long, value_enum, default_value = "dot")]
@@ -350,6 +357,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Status => Request::Status,
         Command::Nodes => Request::Nodes,
         Command::Routes => Request::Routes,
+        Command::Resolve { address } => Request::Resolve { address: *address },
         Command::Links => Request::Links,
         Command::Gateways => Request::Gateways,
         Command::Graph { .. } => Request::Graph,
@@ -389,6 +397,13 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 json(&routes)
             } else {
                 ctl::render_routes(&routes)
+            }
+        }
+        (_, Response::Resolved { address, matches }) => {
+            if as_json {
+                json(&serde_json::json!({ "address": address, "matches": matches }))
+            } else {
+                ctl::render_resolved(address, &matches)
             }
         }
         (_, Response::Links { links }) => {

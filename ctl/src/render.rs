@@ -1,11 +1,15 @@
 //! `straitctl`'s output: tables for people (JSON for scripts is serde's), DOT for graphs,
 //! and a probe's events as they come.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
+use ipnetwork::IpNetwork;
+
 use strait_proto::access::{Action, PolicyView};
-use strait_proto::msg::{EndpointKind, GraphView, LinkInfo, MeshStatus, NodeInfo, RouteInfo};
+use strait_proto::msg::{
+    EndpointKind, GraphView, LinkInfo, MeshStatus, NodeInfo, ResolveInfo, RouteInfo,
+};
 use strait_proto::probe::{mbit_per_s, ProbeEvent};
 
 /// A plain text table with aligned columns.
@@ -77,11 +81,7 @@ pub fn render_status(s: &MeshStatus) -> String {
                 site.name.clone(),
                 site.cloud.clone(),
                 site.region.clone(),
-                site.prefixes
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                local_global(&site.prefixes, &site.global_prefixes),
                 format!("{}/{}", site.online, site.nodes),
                 site.gateways.to_string(),
                 if site.full_mesh {
@@ -115,11 +115,7 @@ pub fn render_nodes(nodes: &[NodeInfo]) -> String {
                 ago(n.last_seen),
                 n.map_version.to_string(),
                 until(n.cert_not_after),
-                n.prefixes
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                local_global(&n.prefixes, &n.global_prefixes),
                 n.refused.len().to_string(),
             ]
         })
@@ -147,6 +143,9 @@ pub fn render_routes(routes: &[RouteInfo]) -> String {
         .map(|r| {
             vec![
                 r.prefix.clone(),
+                r.global
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 r.site.clone(),
                 r.node.clone(),
                 r.status.clone(),
@@ -154,7 +153,50 @@ pub fn render_routes(routes: &[RouteInfo]) -> String {
             ]
         })
         .collect();
-    table(&["PREFIX", "SITE", "NODE", "STATUS", "REASON"], rows)
+    table(
+        &["PREFIX", "GLOBAL", "SITE", "NODE", "STATUS", "REASON"],
+        rows,
+    )
+}
+
+/// Prefixes, each with its global prefix when the site is translated:
+/// `10.10.0.0/16=>10.200.0.0/16`.
+pub fn local_global(local: &[IpNetwork], global: &[IpNetwork]) -> String {
+    local
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match global.get(i) {
+            Some(g) => format!("{p}=>{g}"),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `straitctl resolve`: one line per site the address belongs to.
+pub fn render_resolved(address: IpAddr, matches: &[ResolveInfo]) -> String {
+    if matches.is_empty() {
+        return format!("{address}: no site's address (nor an overlay address)\n");
+    }
+    let rows = matches
+        .iter()
+        .map(|m| {
+            vec![
+                m.site.clone(),
+                m.local.to_string(),
+                m.global.to_string(),
+                m.node.clone().unwrap_or_else(|| "-".into()),
+                m.by.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(&["SITE", "LOCAL", "GLOBAL", "NODE", "BY"], rows);
+    if matches.iter().filter(|m| m.by == "local").count() > 1 {
+        out.push_str(
+            "several sites use this address: from other sites, reach each by its GLOBAL address\n",
+        );
+    }
+    out
 }
 
 pub fn render_links(links: &[LinkInfo]) -> String {
@@ -514,7 +556,17 @@ pub fn render_dot(g: &GraphView) -> String {
     for (i, site) in g.sites.iter().enumerate() {
         out.push_str(&format!(
             "  subgraph cluster_{i} {{\n    label={};\n",
-            q(&format!("{} ({} {})", site.name, site.cloud, site.region))
+            q(&if site.global_prefixes.is_empty() {
+                format!("{} ({} {})", site.name, site.cloud, site.region)
+            } else {
+                format!(
+                    "{} ({} {})\\n{}",
+                    site.name,
+                    site.cloud,
+                    site.region,
+                    local_global(&site.prefixes, &site.global_prefixes)
+                )
+            })
         ));
         for n in &site.nodes {
             let style = if n.online { "solid" } else { "dashed" };
@@ -621,6 +673,51 @@ mod tests {
     }
 
     #[test]
+    fn routes_and_resolve_show_local_and_global_addresses() {
+        let routes = render_routes(&[RouteInfo {
+            prefix: "10.10.0.0/16".into(),
+            site: "b".into(),
+            node: "gw".into(),
+            status: "accepted".into(),
+            global: Some("10.129.0.0/16".parse().unwrap()),
+            reason: None,
+        }]);
+        assert!(
+            routes.starts_with("PREFIX        GLOBAL         SITE"),
+            "{routes}"
+        );
+        assert!(
+            routes.contains("10.10.0.0/16  10.129.0.0/16  b"),
+            "{routes}"
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let m = |site: &str, global: &str| ResolveInfo {
+            site: site.into(),
+            local: ip("10.10.0.10"),
+            global: ip(global),
+            node: None,
+            by: "local".into(),
+        };
+        let text = render_resolved(
+            ip("10.10.0.10"),
+            &[m("a", "10.128.0.10"), m("b", "10.129.0.10")],
+        );
+        assert!(
+            text.contains("b     10.10.0.10  10.129.0.10  -     local"),
+            "{text}"
+        );
+        assert!(text.contains("several sites use this address"), "{text}");
+        assert!(render_resolved(ip("192.0.2.1"), &[]).contains("no site's address"));
+        assert_eq!(
+            local_global(
+                &["10.10.0.0/16".parse().unwrap()],
+                &["10.129.0.0/16".parse().unwrap()]
+            ),
+            "10.10.0.0/16=>10.129.0.0/16"
+        );
+    }
+
+    #[test]
     fn tables_align_columns() {
         let t = table(&["A", "LONGER"], vec![vec!["xxxx".into(), "y".into()]]);
         assert_eq!(t, "A     LONGER\nxxxx  y\n");
@@ -634,6 +731,8 @@ mod tests {
                 name: "a".into(),
                 cloud: "aws".into(),
                 region: "r".into(),
+                prefixes: vec!["10.10.0.0/16".parse().unwrap()],
+                global_prefixes: vec!["10.200.0.0/16".parse().unwrap()],
                 nodes: vec![GraphNode {
                     id: "a/gw".into(),
                     name: "gw".into(),
@@ -660,6 +759,10 @@ mod tests {
         let dot = render_dot(&g);
         assert!(dot.starts_with("graph \"prod\" {"));
         assert!(dot.contains("subgraph cluster_0"));
+        assert!(
+            dot.contains("label=\"a (aws r)\\n10.10.0.0/16=>10.200.0.0/16\""),
+            "{dot}"
+        );
         assert!(dot.contains("\"a/gw\" -- \"b/gw\""));
         assert!(dot.contains("12.5 ms 0% loss"), "{dot}");
         let table = render_links(&g.links);

@@ -55,12 +55,32 @@ pub struct SelfView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_wg_public_key: Option<String>,
     /// Every prefix that belongs to the rest of the mesh by configuration: the other sites'
-    /// declared prefixes, external peers' prefixes and the overlay CIDR. The node keeps an
+    /// declared prefixes (their global prefixes, for sites that have them), external
+    /// peers' prefixes and the overlay CIDR, and the own site's global prefixes (packets
+    /// for them are translated before routing; untranslated, they are refused, never
+    /// routed by the main table). The node keeps an
     /// `unreachable` route for each behind its tunnel routes, so such traffic is refused,
     /// never sent unencrypted, whatever the state of the nodes that carry it (revoked,
     /// offline, never enrolled) and while the agent is stopped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fail_closed: Vec<IpNetwork>,
+    /// The own site's local prefixes and the global ones the rest of the mesh reaches them
+    /// by, when the site has global addresses (its address space overlaps another site's),
+    /// in the maps of the site's nodes that terminate tunnels (gateways, full-mesh nodes),
+    /// which translate between them, 1:1 and
+    /// statelessly: destination global -> local into the site, source local -> global out
+    /// of it. Empty for sites that use their real addresses in the mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<Translation>,
+}
+
+/// One local prefix of a site and its global prefix (same family and length): address
+/// `local.network() + i` is `global.network() + i` in the rest of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Translation {
+    pub local: IpNetwork,
+    pub global: IpNetwork,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +282,7 @@ mod tests {
                 refused: vec![],
                 next_wg_public_key: None,
                 fail_closed: vec![],
+                translations: vec![],
             },
             peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             routes: BTreeMap::new(),

@@ -11,7 +11,7 @@
 //! certificate. Fields such as `site` in [`EnrollRequest`] are what the node *asks* for and
 //! are checked against the join token.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
     },
+    /// Which site (and node) an address belongs to, by its global or real address.
+    Resolve {
+        address: IpAddr,
+    },
 }
 
 impl Request {
@@ -98,6 +102,7 @@ impl Request {
             | Request::Gateways
             | Request::Graph
             | Request::Policy
+            | Request::Resolve { .. }
             | Request::Audit { .. } => Some(OperatorRole::Viewer),
             Request::CreateToken { .. } | Request::Probe(_) | Request::RotateKey { .. } => {
                 Some(OperatorRole::Operator)
@@ -154,6 +159,7 @@ impl Request {
             Request::Policy => "policy",
             Request::CreateOperator { .. } => "operator-create",
             Request::Audit { .. } => "audit",
+            Request::Resolve { .. } => "resolve",
         }
     }
 }
@@ -325,6 +331,12 @@ pub enum Response {
         gateways: Vec<GatewayInfo>,
     },
     Graph(GraphView),
+    /// What [`Request::Resolve`] found: one entry per site the address belongs to (several
+    /// for a real address of overlapping sites), none if it is no site's.
+    Resolved {
+        address: IpAddr,
+        matches: Vec<ResolveInfo>,
+    },
     Token(TokenCreated),
     Revoked {
         node: String,
@@ -452,6 +464,10 @@ pub struct SiteInfo {
     pub cloud: String,
     pub region: String,
     pub prefixes: Vec<IpNetwork>,
+    /// The addresses the rest of the mesh reaches the site by, paired with `prefixes`
+    /// (empty: the site's own addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_prefixes: Vec<IpNetwork>,
     pub full_mesh: bool,
     pub nodes: usize,
     pub online: usize,
@@ -471,6 +487,9 @@ pub struct NodeInfo {
     pub next_wg_public_key: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub prefixes: Vec<IpNetwork>,
+    /// `prefixes` as the rest of the mesh reaches them, when the site is translated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_prefixes: Vec<IpNetwork>,
     pub refused: Vec<Refusal>,
     pub route_conflicts: Vec<Refusal>,
     pub agent_version: String,
@@ -492,6 +511,9 @@ pub struct RouteInfo {
     pub node: String,
     /// `accepted`, `refused` (by the coordinator) or `conflict` (by the node's kernel).
     pub status: String,
+    /// An accepted prefix of a translated site: the global prefix the mesh routes for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<IpNetwork>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -587,7 +609,29 @@ pub struct GraphSite {
     pub name: String,
     pub cloud: String,
     pub region: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<IpNetwork>,
+    /// Paired with `prefixes` when the site is translated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_prefixes: Vec<IpNetwork>,
     pub nodes: Vec<GraphNode>,
+}
+
+/// One site an address belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ResolveInfo {
+    pub site: String,
+    /// The address inside the site (what its hosts use).
+    pub local: IpAddr,
+    /// The address the rest of the mesh uses (equal to `local` for an untranslated site).
+    pub global: IpAddr,
+    /// The node that carries it (`site/node`: the accepted prefix that contains it, or the
+    /// node whose overlay address it is), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `global` (asked by its global address), `local` (by its real address) or `overlay`.
+    pub by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -275,6 +275,7 @@ impl World {
                 prefixes: node.prefixes.clone(),
                 agent_version: "sim".into(),
                 have_version: None,
+                priority: 0,
             },
             rotation: KeyRotation::new(node.rotation_period, age, now),
             saved_map: saved_map.clone(),
@@ -289,6 +290,7 @@ impl World {
             Event::Links {
                 peers: Vec::new(),
                 access_drops: Vec::new(),
+                bgp: None,
             },
         );
         let p = node.process.as_mut().expect("started");

@@ -95,6 +95,7 @@ impl Fault {
                         allowed_ips: vec![prefix],
                         overlay_ip: None,
                         online: true,
+                        priority: 0,
                     },
                 );
             }

@@ -89,6 +89,7 @@ mod tests {
                 refused: vec![],
                 next_wg_public_key: None,
                 fail_closed: vec![],
+                translations: vec![],
             },
             peers: peers.into_iter().map(|p| (p.id.clone(), p)).collect(),
             routes: BTreeMap::new(),

@@ -11,6 +11,8 @@
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
 //! - [`spread`]: which gateway of a site carries a flow (pure).
 //! - [`netlink`]: the only code that talks netlink.
+//! - [`translate`]: 1:1 address translation for sites with global prefixes (a pure nft
+//!   script and the shell that applies it; the only code that runs `nft`).
 
 pub mod access;
 pub mod engine;
@@ -20,6 +22,7 @@ pub mod peers;
 pub mod pump;
 pub mod routes;
 pub mod spread;
+pub mod translate;
 pub mod tunnel;
 
 use std::future::Future;
@@ -215,6 +218,7 @@ pub async fn run(
         index,
         mtu,
         address: None,
+        translator: translate::Translator::new(&settings.tun_name),
     };
     let mut map_changed = true;
     let result = loop {
@@ -265,6 +269,10 @@ pub async fn run(
         }
     };
     engine.abort();
+    // The rules name the TUN device, which goes with this process.
+    if let Err(e) = link.translator.remove().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not remove the address translation table at shutdown");
+    }
     // Failing closed holds while the agent is stopped too (every upgrade restarts it): the
     // unreachable routes and the rule stay; `strait-agent uninstall` removes them.
     let keep = settings.fail_closed;
@@ -296,6 +304,9 @@ pub async fn uninstall() -> Result<usize> {
     nl.remove_rules()
         .await
         .context("removing Strait's routing rule (needs root or CAP_NET_ADMIN)")?;
+    translate::uninstall()
+        .await
+        .context("removing Strait's address translation table (needs root or CAP_NET_ADMIN)")?;
     Ok(routes)
 }
 
@@ -305,6 +316,7 @@ struct TunLink {
     index: u32,
     mtu: u16,
     address: Option<IpNetwork>,
+    translator: translate::Translator,
 }
 
 /// Where a map's parts go.
@@ -352,6 +364,8 @@ async fn apply(
         }
         access.send_replace(Arc::new(filter));
     }
+    // Translation before the peers and routes that bring traffic to be translated.
+    link.translator.apply(&map.node.translations).await?;
     peers.send_replace(peer_specs(map, settings.keepalive));
     let plan = link
         .nl

@@ -336,6 +336,7 @@ mod tests {
                 refused: vec![],
                 next_wg_public_key: None,
                 fail_closed: vec![],
+                translations: vec![],
             },
             peers: BTreeMap::from([(peer.id.clone(), peer)]),
             routes: BTreeMap::from([(route.prefix, route)]),

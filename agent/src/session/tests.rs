@@ -54,6 +54,7 @@ fn map(version: u64) -> NetworkMap {
             refused: vec![],
             next_wg_public_key: None,
             fail_closed: vec![],
+            translations: vec![],
         },
         peers: BTreeMap::new(),
         routes: BTreeMap::new(),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use strait_proto::access::{Action, Service, DEFAULT_REASON, MALFORMED_REASON};
 
 use super::Config;
+use crate::globals::Globals;
 use crate::prefix::contains;
 
 /// Most rules a policy may have (each is shipped to, and tried by, the gateways of the
@@ -105,6 +106,7 @@ impl Policy {
     /// Validates `config.policy` against `config`'s sites and overlay.
     pub fn build(config: &Config) -> Result<Policy> {
         let p = &config.policy;
+        let globals = crate::globals::Globals::of(config);
         if p.rules.len() > MAX_RULES {
             bail!(
                 "key `policy.rules`: {} rules, at most {MAX_RULES}; merge rules (each takes lists in `from`, `to` and `ports`)",
@@ -128,8 +130,8 @@ impl Policy {
                     other + 1
                 );
             }
-            let from = targets(config, &r.from, &key("from"))?;
-            let to = targets(config, &r.to, &key("to"))?;
+            let from = targets(config, &globals, &r.from, &key("from"))?;
+            let to = targets(config, &globals, &r.to, &key("to"))?;
             if r.ports.0.is_empty() || r.ports.0.len() > MAX_ENTRIES {
                 bail!(
                     "{}: list 1 to {MAX_ENTRIES} services, e.g. [\"tcp/443\", \"icmp\"] (\"any\" for every protocol)",
@@ -145,7 +147,9 @@ impl Policy {
             }
             for f in &from {
                 for t in &to {
-                    if let (Some(a), Some(b)) = (site_of(config, f), site_of(config, t)) {
+                    if let (Some(a), Some(b)) =
+                        (site_of(config, &globals, f), site_of(config, &globals, t))
+                    {
                         if a == b {
                             bail!(
                                 "{}: traffic within site {a} never crosses a tunnel, so no gateway could enforce this rule; remove {a} (or its prefix) from `from` or `to`",
@@ -199,18 +203,64 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The site a target lies in (`None` for overlay prefixes, which belong to no site).
-fn site_of<'c>(config: &'c Config, t: &'c Target) -> Option<&'c str> {
+/// Prefixes of targets are mesh addresses.
+fn site_of<'c>(config: &'c Config, globals: &Globals, t: &'c Target) -> Option<&'c str> {
     match t {
         Target::Site(s) => Some(s),
         Target::Prefix(p) => config
             .sites
             .iter()
-            .find(|s| s.prefixes.iter().any(|own| contains(*own, *p)))
+            .find(|s| {
+                globals
+                    .mesh_prefixes(s)
+                    .iter()
+                    .any(|own| contains(*own, *p))
+            })
             .map(|s| s.name.as_str()),
     }
 }
 
-fn targets(config: &Config, names: &Names, key: &str) -> Result<Vec<Target>> {
+/// A prefix as written, as the mesh addresses it: a global prefix (or part of one) stays;
+/// a prefix inside a translated site's local prefixes becomes the same part of its global
+/// prefix, unless several sites have those local addresses (their address space
+/// overlaps), when the error names each one's global form to write instead.
+fn mesh_prefix(
+    config: &Config,
+    globals: &Globals,
+    p: IpNetwork,
+    key: &str,
+) -> Result<Option<IpNetwork>> {
+    let in_global = config
+        .sites
+        .iter()
+        .any(|s| globals.pairs(&s.name).iter().any(|t| contains(t.global, p)));
+    if in_global {
+        return Ok(Some(p));
+    }
+    let owners: Vec<&str> = config
+        .sites
+        .iter()
+        .filter(|s| s.prefixes.iter().any(|own| contains(*own, p)))
+        .map(|s| s.name.as_str())
+        .collect();
+    match owners.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(globals.to_mesh(one, p))),
+        many => {
+            let forms: Vec<String> = many
+                .iter()
+                .map(|s| format!("{s}: {}", globals.to_mesh(s, p)))
+                .collect();
+            bail!(
+                "{key}: {p} lies in sites {}, whose address space overlaps; write the global prefix of the one you mean ({})",
+                many.join(" and "),
+                forms.join(", ")
+            )
+        }
+    }
+}
+
+fn targets(config: &Config, globals: &Globals, names: &Names, key: &str) -> Result<Vec<Target>> {
     if names.0.is_empty() || names.0.len() > MAX_ENTRIES {
         bail!("{key}: list 1 to {MAX_ENTRIES} site names or prefixes");
     }
@@ -237,17 +287,14 @@ fn targets(config: &Config, names: &Names, key: &str) -> Result<Vec<Target>> {
                     p.prefix()
                 );
             }
-            let in_site = config
-                .sites
-                .iter()
-                .any(|s| s.prefixes.iter().any(|own| contains(*own, p)));
-            if !in_site && !contains(config.overlay_cidr, p) {
-                bail!(
-                    "{key}: {p} lies in no site's prefixes (nor in overlay-cidr {}); name a site, or a prefix inside one site",
+            match mesh_prefix(config, globals, p, key)? {
+                Some(m) => Target::Prefix(m),
+                None if contains(config.overlay_cidr, p) => Target::Prefix(p),
+                None => bail!(
+                    "{key}: {p} lies in no site's prefixes or global prefixes (nor in overlay-cidr {}); name a site, or a prefix inside one site",
                     config.overlay_cidr
-                );
+                ),
             }
-            Target::Prefix(p)
         } else {
             bail!(
                 "{key}: {n:?} is neither a declared site ({}) nor a prefix like 10.20.1.0/24",

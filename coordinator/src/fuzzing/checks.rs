@@ -91,10 +91,26 @@ impl Harness {
                 );
             }
         }
+        // In mesh addresses (global prefixes for translated sites): overlapping sites may
+        // carry the same real prefix, never the same mesh prefix.
+        let globals = crate::globals::Globals::of(&self.config);
+        let mesh_prefixes = |n: &strait_proto::msg::NodeInfo| -> Vec<IpNetwork> {
+            n.prefixes
+                .iter()
+                .map(|p| globals.to_mesh(&n.site, *p))
+                .collect()
+        };
+        for n in &nodes {
+            if globals.is_translated(&n.site) {
+                assert_eq!(n.global_prefixes, mesh_prefixes(n), "{}/{}", n.site, n.name);
+            } else {
+                assert!(n.global_prefixes.is_empty(), "{}/{}", n.site, n.name);
+            }
+        }
         for (i, n) in nodes.iter().enumerate() {
             for m in nodes[i + 1..].iter().filter(|m| m.site != n.site) {
-                for p in &n.prefixes {
-                    for q in &m.prefixes {
+                for p in &mesh_prefixes(n) {
+                    for q in &mesh_prefixes(m) {
                         assert!(
                             !policy::overlaps(*p, *q),
                             "{}/{} carries {p}, {}/{} carries {q}",
@@ -234,6 +250,27 @@ fn check_map(
     // The access policy: a member enforces none; a tunnel node the default, and only rules
     // whose destinations lie in its site or the overlay, in the configured order.
     let site = config.site(&key.0).expect("a node of a declared site");
+    // Global addresses: the node has its site's pairs; a translated site's node never
+    // routes, closes or accepts from a peer an address of its own local space (its hosts
+    // use them), and closes its own global prefixes.
+    let globals = crate::globals::Globals::of(config);
+    let pairs = if tunnel { globals.pairs(&key.0) } else { &[] };
+    assert_eq!(map.node.translations, pairs, "{key:?}");
+    for t in globals.pairs(&key.0) {
+        assert!(
+            map.node.fail_closed.contains(&t.global),
+            "{key:?} does not close its own global {}",
+            t.global
+        );
+        let shadowed = map
+            .peers
+            .values()
+            .flat_map(|p| p.allowed_ips.iter())
+            .chain(map.routes.keys())
+            .chain(&map.node.fail_closed)
+            .find(|p| policy::overlaps(t.local, **p));
+        assert_eq!(shadowed, None, "{key:?}: inside its own local {}", t.local);
+    }
     if !tunnel {
         assert!(map.access.allows_all(), "{key:?}: a member got a policy");
     } else {
@@ -258,7 +295,10 @@ fn check_map(
             for p in &r.to {
                 assert!(
                     policy::contains(config.overlay_cidr, *p)
-                        || site.prefixes.iter().any(|own| policy::overlaps(*own, *p)),
+                        || globals
+                            .mesh_prefixes(site)
+                            .iter()
+                            .any(|own| policy::overlaps(*own, *p)),
                     "{key:?}: rule {} sends {p} here, outside the site",
                     r.name
                 );

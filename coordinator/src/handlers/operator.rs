@@ -112,6 +112,10 @@ pub fn view(mesh: &Mesh, pki: &dyn Pki, request: &Request) -> Option<Response> {
         },
         Request::Graph => Response::Graph(mesh.graph()),
         Request::Policy => Response::Policy(mesh.policy_view()),
+        Request::Resolve { address } => Response::Resolved {
+            address: *address,
+            matches: mesh.resolve_address(*address),
+        },
         Request::ExternalPeerConfig { name } => match mesh.external_peer_config(name) {
             Ok(config) => Response::ExternalPeerConfig { config },
             Err(e) => Response::Error(core_err(e)),

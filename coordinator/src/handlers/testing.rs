@@ -26,6 +26,7 @@ pub fn config() -> Arc<Config> {
         region: "r".into(),
         prefixes: vec![prefix.parse().unwrap()],
         full_mesh: false,
+        global_prefixes: vec![],
     };
     Arc::new(Config {
         mesh: "prod".into(),
@@ -33,6 +34,7 @@ pub fn config() -> Arc<Config> {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: "/nonexistent".into(),
         overlay_cidr: "100.64.0.0/10".parse().unwrap(),
+        global_cidr: None,
         heartbeat_timeout: Duration::from_secs(10),
         pki: PkiConfig::default(),
         sites: vec![site("a", "10.1.0.0/16"), site("b", "10.2.0.0/16")],

@@ -9,6 +9,7 @@ use strait_proto::access::{AccessDrop, AccessPolicy, NodeDrops, PolicyView};
 use super::{Mesh, NodeKey, StoreOp, Views};
 use crate::access::Policy;
 use crate::config::Config;
+use crate::config::SiteConfig;
 
 /// Most drop lines kept per node (a node reports one per sending site and reason).
 pub const MAX_REPORTED_DROPS: usize = 1024;
@@ -114,7 +115,16 @@ impl Mesh {
             .sites
             .iter()
             .map(|site| {
-                let access = self.access.policy.for_site(site, self.config.overlay_cidr);
+                // Packets are judged as they travel in the tunnel, before the site's
+                // translation: by the site's mesh addresses.
+                let mesh_site = SiteConfig {
+                    prefixes: self.globals.mesh_prefixes(site),
+                    ..site.clone()
+                };
+                let access = self
+                    .access
+                    .policy
+                    .for_site(&mesh_site, self.config.overlay_cidr);
                 let access = match prev.site_access.get(&site.name) {
                     Some(old) if **old == access => old.clone(),
                     _ => Arc::new(access),

@@ -144,13 +144,15 @@ impl Mesh {
             check_same_role(existing, identity.role())?;
         }
         check_key_free(&self.keys_in_use(&key), &reg.wg_public_key)?;
+        // Conflicts with other sites are judged on mesh addresses (global prefixes for
+        // translated sites), so overlapping sites with global addresses do not clash.
         let claimed: Vec<policy::Claimed<'_>> = self
             .nodes
             .values()
             .filter(|n| n.site != site)
             .flat_map(|n| {
                 n.accepted.iter().map(|p| policy::Claimed {
-                    prefix: *p,
+                    prefix: self.globals.to_mesh(&n.site, *p),
                     site: &n.site,
                     node: &n.name,
                 })
@@ -168,13 +170,27 @@ impl Mesh {
                 })
             })
             .collect();
+        let sites: Vec<crate::config::SiteConfig> = self
+            .config
+            .sites
+            .iter()
+            .map(|s| crate::config::SiteConfig {
+                prefixes: if s.name == site {
+                    s.prefixes.clone()
+                } else {
+                    self.globals.mesh_prefixes(s)
+                },
+                ..s.clone()
+            })
+            .collect();
         let (accepted, refused) = policy::check(
             &site_cfg,
-            &self.config.sites,
+            &sites,
             &claimed,
             &external,
             self.config.overlay_cidr,
             &reg.prefixes,
+            &|p| self.globals.to_mesh(&site, p),
         );
         let overlay_ip = match self.nodes.get(&key) {
             Some(existing) => existing.overlay_ip,

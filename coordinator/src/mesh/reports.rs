@@ -1,10 +1,11 @@
 //! What operators see (status, nodes, routes, links, the graph) and the pairs a probe may
 //! run between: read-only views of the registry and the agents' live reports.
 
+use std::net::IpAddr;
 use strait_pki::Role;
 use strait_proto::msg::{
-    EndpointKind, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus, NodeInfo, RouteInfo,
-    SiteInfo,
+    EndpointKind, GraphNode, GraphSite, GraphView, LinkInfo, MeshStatus, NodeInfo, ResolveInfo,
+    RouteInfo, SiteInfo,
 };
 
 use super::{CoreError, Mesh, NodeKey, NodeRecord, ProbePair};
@@ -76,6 +77,12 @@ impl Mesh {
                     cloud: s.cloud.clone(),
                     region: s.region.clone(),
                     prefixes: s.prefixes.clone(),
+                    global_prefixes: self
+                        .globals
+                        .pairs(&s.name)
+                        .iter()
+                        .map(|t| t.global)
+                        .collect(),
                     full_mesh: s.full_mesh,
                     nodes: nodes.len(),
                     online: nodes.iter().filter(|n| n.online).count(),
@@ -108,6 +115,14 @@ impl Mesh {
                 next_wg_public_key: n.next_wg_public_key.clone(),
                 endpoints: n.endpoints.clone(),
                 prefixes: n.accepted.clone(),
+                global_prefixes: if self.globals.is_translated(&n.site) {
+                    n.accepted
+                        .iter()
+                        .map(|p| self.globals.to_mesh(&n.site, *p))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 refused: n.refused.clone(),
                 route_conflicts: n.route_conflicts.clone(),
                 agent_version: n.agent_version.clone(),
@@ -128,13 +143,18 @@ impl Mesh {
                 site: n.site.clone(),
                 node: n.name.clone(),
                 status: status.to_string(),
+                global: None,
                 reason,
             };
-            out.extend(
-                n.accepted
-                    .iter()
-                    .map(|p| entry(p.to_string(), "accepted", None)),
-            );
+            out.extend(n.accepted.iter().map(|p| {
+                RouteInfo {
+                    global: self
+                        .globals
+                        .is_translated(&n.site)
+                        .then(|| self.globals.to_mesh(&n.site, *p)),
+                    ..entry(p.to_string(), "accepted", None)
+                }
+            }));
             out.extend(
                 n.refused
                     .iter()
@@ -201,6 +221,13 @@ impl Mesh {
                     name: s.name.clone(),
                     cloud: s.cloud.clone(),
                     region: s.region.clone(),
+                    prefixes: s.prefixes.clone(),
+                    global_prefixes: self
+                        .globals
+                        .pairs(&s.name)
+                        .iter()
+                        .map(|t| t.global)
+                        .collect(),
                     nodes: self
                         .nodes
                         .values()
@@ -216,6 +243,56 @@ impl Mesh {
                 .collect(),
             links: self.links(),
         }
+    }
+}
+
+impl Mesh {
+    /// Which site, and which node, `addr` belongs to: by a global address of a translated
+    /// site, a real address of one site or of several (overlapping sites), or an overlay
+    /// address.
+    pub fn resolve_address(&self, addr: IpAddr) -> Vec<ResolveInfo> {
+        let mut out: Vec<ResolveInfo> = self
+            .globals
+            .resolve(&self.config.sites, addr)
+            .into_iter()
+            .map(|r| {
+                // The node whose accepted prefix holds it most specifically (online first).
+                let node = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.site == r.site)
+                    .flat_map(|n| n.accepted.iter().map(move |p| (p, n)))
+                    .filter(|(p, _)| p.contains(r.local))
+                    .max_by_key(|(p, n)| (p.prefix(), n.online, std::cmp::Reverse(n.name.clone())))
+                    .map(|(_, n)| n.id());
+                ResolveInfo {
+                    by: if r.global == addr && r.local != addr {
+                        "global"
+                    } else {
+                        "local"
+                    }
+                    .into(),
+                    site: r.site,
+                    local: r.local,
+                    global: r.global,
+                    node,
+                }
+            })
+            .collect();
+        for n in self
+            .nodes
+            .values()
+            .filter(|n| IpAddr::V4(n.overlay_ip) == addr)
+        {
+            out.push(ResolveInfo {
+                site: n.site.clone(),
+                local: addr,
+                global: addr,
+                node: Some(n.id()),
+                by: "overlay".into(),
+            });
+        }
+        out
     }
 }
 

@@ -23,6 +23,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         region: "r".into(),
         prefixes: vec![prefix.parse().unwrap()],
         full_mesh,
+        global_prefixes: vec![],
     };
     Arc::new(Config {
         mesh: "prod".into(),
@@ -30,6 +31,7 @@ fn config(full_mesh_b: bool) -> Arc<Config> {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: "/nonexistent".into(),
         overlay_cidr: "100.64.0.0/10".parse().unwrap(),
+        global_cidr: None,
         heartbeat_timeout: Duration::from_secs(10),
         pki: PkiConfig::default(),
         sites: vec![
@@ -756,3 +758,5 @@ fn a_node_name_belongs_to_one_identity() {
     mesh.complete_enrollment(&t2, "b", Role::Member, cert("n2"), 113)
         .unwrap();
 }
+
+mod overlap;

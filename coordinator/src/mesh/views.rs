@@ -18,18 +18,20 @@ impl Mesh {
         n.role == Role::Gateway || self.config.site(&n.site).is_some_and(|s| s.full_mesh)
     }
 
-    /// Which node carries each prefix: among nodes claiming it, online first, then by
-    /// name, so a site with two gateways fails over when the first goes offline.
+    /// Which node carries each prefix, by its mesh address (global for translated sites):
+    /// among nodes claiming it, online first, then by name, so a site with two gateways
+    /// fails over when the first goes offline.
     pub(super) fn prefix_owners(&self) -> BTreeMap<IpNetwork, &NodeRecord> {
         let mut owners: BTreeMap<IpNetwork, &NodeRecord> = BTreeMap::new();
         for n in self.nodes.values().filter(|n| self.tunnel_capable(n)) {
             for p in &n.accepted {
-                let better = match owners.get(p) {
+                let p = self.globals.to_mesh(&n.site, *p);
+                let better = match owners.get(&p) {
                     None => true,
                     Some(cur) => (!n.online, &n.name) < (!cur.online, &cur.name),
                 };
                 if better {
-                    owners.insert(*p, n);
+                    owners.insert(p, n);
                 }
             }
         }
@@ -56,14 +58,16 @@ impl Mesh {
     }
 
     /// What a node of `site` keeps closed (see [`SelfView::fail_closed`]): every prefix the
-    /// configuration gives to another site or an external peer, and the overlay CIDR.
+    /// configuration gives to another site (its mesh addresses) or an external peer, and
+    /// the overlay CIDR; never one inside the site's own address space (see
+    /// [`Mesh::shadowed`]); and the site's own global prefixes, if it has some.
     pub(super) fn fail_closed(&self, site: &str) -> Vec<IpNetwork> {
         let mut prefixes: Vec<IpNetwork> = self
             .config
             .sites
             .iter()
             .filter(|s| s.name != site)
-            .flat_map(|s| s.prefixes.iter().copied())
+            .flat_map(|s| self.globals.mesh_prefixes(s))
             .chain(
                 self.config
                     .external_peers
@@ -72,10 +76,25 @@ impl Mesh {
                     .flat_map(|e| e.prefixes.iter().copied()),
             )
             .chain([self.config.overlay_cidr])
+            .filter(|p| !self.shadowed(site, *p))
+            // The site's own global prefixes: reached only through its translation, so
+            // if that is missing they are refused rather than routed by the main table.
+            .chain(self.globals.pairs(site).iter().map(|t| t.global))
             .collect();
         prefixes.sort();
         prefixes.dedup();
         prefixes
+    }
+
+    /// Whether a mesh prefix lies in `site`'s own local address space, which happens only
+    /// when `site` is translated and another site that overlaps it is not: its hosts use
+    /// those addresses locally, so the site cannot reach them (nor accept packets from
+    /// them), and no route, fail-closed route or peer's allowed IP of its nodes has them.
+    pub(super) fn shadowed(&self, site: &str, prefix: IpNetwork) -> bool {
+        self.globals
+            .pairs(site)
+            .iter()
+            .any(|t| crate::prefix::overlaps(t.local, prefix))
     }
 
     /// The shared inputs of every node's map at the current version.
@@ -103,6 +122,7 @@ impl Mesh {
                 allowed.extend(
                     p.accepted
                         .iter()
+                        .map(|prefix| self.globals.to_mesh(&p.site, *prefix))
                         .filter(|prefix| owners.get(prefix).map(|o| &o.site) == Some(&p.site)),
                 );
                 let view = PeerView {
@@ -135,6 +155,9 @@ impl Mesh {
             if let Some(gw) = self.site_gateway(&site.name) {
                 if let Some(via_address) = lan_address(gw) {
                     let mut add = |prefix: IpNetwork, remote: &str| {
+                        if self.shadowed(&site.name, prefix) {
+                            return;
+                        }
                         routes.insert(
                             prefix,
                             RouteView {
@@ -190,6 +213,12 @@ impl Mesh {
                     refused: n.refused.clone(),
                     next_wg_public_key: n.next_wg_public_key.clone(),
                     fail_closed: closed.get(n.site.as_str()).cloned().unwrap_or_default(),
+                    // Only nodes that terminate tunnels translate (members need no nft).
+                    translations: if self.tunnel_capable(n) {
+                        self.globals.pairs(&n.site).to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let own = match prev.nodes.get(&n.key()) {
                     Some((old, _)) if **old == own => old.clone(),
@@ -205,6 +234,13 @@ impl Mesh {
             nodes,
             site_routes,
             site_access,
+            shadows: self
+                .config
+                .sites
+                .iter()
+                .filter(|s| self.globals.is_translated(&s.name))
+                .map(|s| (s.name.clone(), s.prefixes.clone()))
+                .collect(),
         });
     }
 
@@ -227,6 +263,9 @@ pub struct Views {
     pub(super) site_routes: BTreeMap<String, Arc<BTreeMap<IpNetwork, RouteView>>>,
     /// The access policy each site's tunnel nodes enforce.
     pub(super) site_access: BTreeMap<String, Arc<AccessPolicy>>,
+    /// The local prefixes of translated sites: their tunnel nodes' peers never have
+    /// allowed IPs inside them (see [`Mesh::shadowed`]).
+    pub(super) shadows: BTreeMap<String, Vec<IpNetwork>>,
 }
 
 /// One node's map, sharing its parts with [`Views`].
@@ -250,11 +289,12 @@ impl Views {
     pub fn view(&self, key: &NodeKey) -> Option<NodeView> {
         let (node, tunnel) = self.nodes.get(key)?;
         let (peers, routes) = if *tunnel {
+            let shadow = self.shadows.get(&key.0).map(Vec::as_slice).unwrap_or(&[]);
             let peers = self
                 .peers
                 .iter()
                 .filter(|p| p.site != key.0)
-                .cloned()
+                .map(|p| unshadowed(p, shadow))
                 .collect();
             (peers, Arc::new(BTreeMap::new()))
         } else {
@@ -351,6 +391,17 @@ impl NodeView {
                 .then(|| (*next.access).clone()),
         }
     }
+}
+
+/// `peer` without the allowed IPs inside `shadow` (shared unchanged when it has none).
+fn unshadowed(peer: &Arc<PeerView>, shadow: &[IpNetwork]) -> Arc<PeerView> {
+    let hidden = |a: &IpNetwork| shadow.iter().any(|s| crate::prefix::overlaps(*s, *a));
+    if !peer.allowed_ips.iter().any(hidden) {
+        return peer.clone();
+    }
+    let mut p = (**peer).clone();
+    p.allowed_ips.retain(|a| !hidden(a));
+    Arc::new(p)
 }
 
 /// The address a member routes through: the gateway's `private` endpoint, else any.

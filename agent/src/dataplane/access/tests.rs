@@ -406,6 +406,7 @@ fn a_filter_knows_the_map_it_was_compiled_from() {
             refused: vec![],
             next_wg_public_key: None,
             fail_closed: vec![],
+            translations: vec![],
         },
         peers: Default::default(),
         routes: Default::default(),
