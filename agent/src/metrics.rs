@@ -153,6 +153,7 @@ impl Collector for Shared {
         let mut loss = Vec::new();
         let mut active = Vec::new();
         let mut up = Vec::new();
+        let mut mtu = Vec::new();
         let mut tx = Vec::new();
         let mut rx = Vec::new();
         let mut handshake = Vec::new();
@@ -174,6 +175,9 @@ impl Collector for Shared {
                 }
                 jitter.push((l.clone(), path.jitter_us as f64 / 1e6));
                 loss.push((l.clone(), path.loss));
+                if let Some(m) = path.mtu {
+                    mtu.push((l.clone(), f64::from(m)));
+                }
                 active.push((l.clone(), f64::from(u8::from(path.active))));
                 up.push((l, f64::from(u8::from(path.health == "up"))));
             }
@@ -199,6 +203,13 @@ impl Collector for Shared {
             "Fraction of the last 32 probes lost on a path",
             Gauge,
             loss,
+        )?;
+        family(
+            &mut e,
+            "strait_path_mtu_bytes",
+            "Path MTU discovered on a path with sized probes (whole outer IP packets)",
+            Gauge,
+            mtu,
         )?;
         family(
             &mut e,
@@ -449,6 +460,7 @@ mod tests {
                 p95_us: None,
                 jitter_us: 250,
                 loss: 0.25,
+                mtu: Some(1500),
             }],
         }]);
         let after = text(&r);
@@ -457,6 +469,7 @@ mod tests {
         for line in [
             format!("strait_path_rtt_seconds{labels} 0.0015"),
             format!("strait_path_loss_ratio{labels} 0.25"),
+            format!("strait_path_mtu_bytes{labels} 1500"),
             format!("strait_path_active{labels} 1"),
             r#"strait_peer_tx_bytes_total{peer="gcp-usc1/gw"} 2048"#.to_string(),
             r#"strait_peer_handshake_age_seconds{peer="gcp-usc1/gw"} 12"#.to_string(),

@@ -18,9 +18,11 @@ use crate::paths::ping::Pings;
 use crate::paths::probe::{self, ProbeKey};
 use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
+mod pmtu;
 mod probing;
 mod rotation;
 
+pub use pmtu::{inner_mtu, overhead, Outbound, PeerMtu};
 pub use probing::{PingSent, ProbeOutcome, ProbeRefusal};
 
 /// One peer as the engine should have it.
@@ -81,6 +83,8 @@ struct PeerState {
     standby: Option<u32>,
     /// Start a handshake at the next timer tick (a new tunnel after a rotation).
     kick: bool,
+    /// Path MTU discovery on each path, and the limit on packets it implies.
+    mtu: PeerMtu,
 }
 
 impl PeerState {
@@ -95,6 +99,19 @@ impl PeerState {
         };
         from == active || !self.spec.candidates.iter().any(|c| c.address == from)
     }
+
+    /// The selector's report of every path, with each path's discovered MTU.
+    fn path_reports(&self) -> Vec<PathReport> {
+        let mut paths = self
+            .selector
+            .as_ref()
+            .map(Selector::report)
+            .unwrap_or_default();
+        for p in &mut paths {
+            p.mtu = self.mtu.of(p.address);
+        }
+        paths
+    }
 }
 
 /// A peer's tunnel as the engine sees it.
@@ -107,6 +124,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub paths: Vec<PathReport>,
+    /// The largest packet the active path carries (inner bytes), once discovered.
+    pub mtu: Option<u16>,
 }
 
 /// Where a packet goes.
@@ -132,6 +151,14 @@ pub struct Engine {
     pings: Pings,
     /// The access policy on decrypted packets, and the flows sent (whose replies pass).
     access: Access,
+    /// Path MTU discovery: the interface MTU toward each path (from the shell), the
+    /// search's timings, a buffer for size probes, whether packets over a path's MTU are
+    /// refused, and the smallest limit of any peer (packets no larger skip the check).
+    ceilings: HashMap<SocketAddr, u16>,
+    pmtu_tunables: crate::paths::pmtu::Tunables,
+    size_probe: Vec<u8>,
+    enforce_mtu: bool,
+    min_limit: Option<u16>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -158,6 +185,11 @@ impl Engine {
             thresholds: Thresholds::for_interval(probe_interval),
             pings: Pings::default(),
             access: Access::default(),
+            ceilings: HashMap::new(),
+            pmtu_tunables: crate::paths::pmtu::Tunables::for_interval(probe_interval),
+            size_probe: Vec::new(),
+            enforce_mtu: true,
+            min_limit: None,
         }
     }
 
@@ -254,6 +286,7 @@ impl Engine {
                 predecessor: None,
                 standby: None,
                 kick: false,
+                mtu: PeerMtu::default(),
             },
         );
         idx
@@ -438,11 +471,8 @@ impl Engine {
                     last_handshake: stats.last_handshake,
                     tx_bytes: stats.tx_bytes as u64,
                     rx_bytes: stats.rx_bytes as u64,
-                    paths: s
-                        .selector
-                        .as_ref()
-                        .map(Selector::report)
-                        .unwrap_or_default(),
+                    paths: s.path_reports(),
+                    mtu: s.mtu.limit,
                 }
             })
             .collect();

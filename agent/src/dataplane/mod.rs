@@ -3,6 +3,8 @@
 //!
 //! - [`engine`]: per-packet decisions (cryptokey routing, roaming, timers).
 //! - [`access`]: the inter-site access policy on decrypted packets (pure).
+//! - [`icmp`]: "fragmentation needed" / "packet too big" for oversized packets (pure).
+//! - [`underlay`]: the kernel's view of the underlay: the MTU toward a path.
 //! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
@@ -13,13 +15,16 @@
 
 pub mod access;
 pub mod engine;
+pub mod icmp;
 pub mod lpm;
 pub mod netlink;
 pub mod peers;
 pub mod pump;
 pub mod routes;
 pub mod tunnel;
+pub mod underlay;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -182,6 +187,11 @@ pub async fn run(
     socket2::SockRef::from(&socket)
         .set_mark(routes::FWMARK)
         .context("marking the WireGuard socket (SO_MARK needs CAP_NET_ADMIN)")?;
+    // Every datagram leaves with DF set and crosses whole or not at all: path MTU discovery
+    // measures exactly that.
+    if let Err(e) = underlay::set_dont_fragment(&socket) {
+        tracing::warn!(error = %e, "could not set don't-fragment on the WireGuard socket; path MTU discovery may find too large a size");
+    }
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let (access_tx, access_rx) = watch::channel(Arc::new(access::Filter::allow_all()));
     let io_counters = counters.clone();
@@ -194,14 +204,11 @@ pub async fn run(
         pings,
         access: access_rx,
     };
-    let mut engine = tokio::spawn(pump::run(
-        tun,
-        socket,
-        engine::Engine::new(secret, settings.probe_interval),
-        feeds,
-        counters,
-        status_tx,
-    ));
+    let mut core = engine::Engine::new(secret, settings.probe_interval);
+    // An explicit MTU wins: path MTUs are still discovered and reported, but neither set on
+    // routes nor enforced.
+    core.set_enforce_mtu(settings.mtu.is_none());
+    let mut engine = tokio::spawn(pump::run(tun, socket, core, feeds, counters, status_tx));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
     let mut link = TunLink {
@@ -209,6 +216,7 @@ pub async fn run(
         index,
         mtu,
         address: None,
+        route_mtus: BTreeMap::new(),
     };
     let mut map_changed = true;
     let result = loop {
@@ -245,8 +253,17 @@ pub async fn run(
                         changed
                     });
                     let report = status.borrow_and_update().clone();
-                    if let Some(map) = maps.borrow().as_ref() {
-                        links.send_replace(peer_links(map, &report));
+                    let map = maps.borrow().clone();
+                    if let Some(map) = map {
+                        links.send_replace(peer_links(&map, &report));
+                        let route_mtus = route_mtus(&report, settings.mtu.is_none());
+                        if route_mtus != link.route_mtus {
+                            tracing::info!(peers = ?route_mtus, "route MTUs from the path MTUs");
+                            link.route_mtus = route_mtus;
+                            if let Err(e) = apply_routes(&link, &settings, &map, &conflicts).await {
+                                tracing::warn!(error = %format!("{e:#}"), "setting route MTUs failed; retrying at the next change");
+                            }
+                        }
                     }
                 }
             }
@@ -299,6 +316,25 @@ struct TunLink {
     index: u32,
     mtu: u16,
     address: Option<IpNetwork>,
+    /// The MTU of each peer's routes (by WireGuard key as the map spells it), from the
+    /// path MTU of its active path.
+    route_mtus: BTreeMap<String, u32>,
+}
+
+/// The route MTU of every peer whose active path's MTU is known (none when `enabled` is
+/// false: an explicit `mtu` wins).
+fn route_mtus(report: &[engine::PeerStatus], enabled: bool) -> BTreeMap<String, u32> {
+    use base64::Engine as _;
+    if !enabled {
+        return BTreeMap::new();
+    }
+    report
+        .iter()
+        .filter_map(|p| {
+            let key = base64::engine::general_purpose::STANDARD.encode(p.public_key);
+            Some((key, u32::from(p.mtu?)))
+        })
+        .collect()
 }
 
 /// Where a map's parts go.
@@ -347,10 +383,21 @@ async fn apply(
         access.send_replace(Arc::new(filter));
     }
     peers.send_replace(peer_specs(map, settings.keepalive));
-    let plan = link
-        .nl
-        .reconcile(&routes::desired(map, settings.fail_closed), link.index)
-        .await?;
+    apply_routes(link, settings, map, conflicts).await
+}
+
+/// Brings the kernel's routes to the map's, each peer's TUN routes at its path's MTU.
+async fn apply_routes(
+    link: &TunLink,
+    settings: &Settings,
+    map: &NetworkMap,
+    conflicts: &watch::Sender<Vec<Refusal>>,
+) -> Result<()> {
+    let mut desired = routes::desired(map, settings.fail_closed);
+    routes::set_mtus(&mut desired, map, link.mtu.into(), |key| {
+        link.route_mtus.get(key).copied()
+    });
+    let plan = link.nl.reconcile(&desired, link.index).await?;
     conflicts.send_if_modified(|current| {
         let changed = *current != plan.conflicts;
         if changed {

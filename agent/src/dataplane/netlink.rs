@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -185,14 +185,13 @@ impl Netlink {
                 .kind(RouteType::Unreachable)
                 .priority(FAIL_CLOSED_METRIC),
         };
-        match self
-            .handle
-            .route()
-            .add(builder.build())
-            .replace()
-            .execute()
-            .await
-        {
+        let mut message = builder.build();
+        if let Some(mtu) = route.mtu {
+            message
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        match self.handle.route().add(message).replace().execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(err(format!("adding route {}", route.prefix))(e)),
@@ -340,8 +339,15 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut oif = None;
     let mut gateway = None;
     let mut metric = None;
+    let mut mtu = None;
     for attr in &msg.attributes {
         match attr {
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(v) => Some(*v),
+                    _ => None,
+                });
+            }
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Priority(m) => metric = Some(*m),
             RouteAttribute::Destination(a) => destination = address(a),
@@ -370,6 +376,7 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
         gateway,
         unreachable: msg.header.kind == RouteType::Unreachable,
         metric,
+        mtu,
     })
 }
 

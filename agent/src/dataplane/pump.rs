@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::access::{AccessReport, Filter};
-use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal};
+use super::engine::{
+    Emit, Engine, Outbound, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal,
+};
+use super::icmp;
 use super::tunnel::BUFFER;
 use crate::paths::ping::PingOutcome;
 use crate::paths::probe;
@@ -48,8 +51,11 @@ const RECV_SLOT: usize = 65535;
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload of one GSO send (an IPv4 datagram's limit; larger is refused).
 const MAX_GSO_BYTES: usize = 65507;
-/// Timer passes (50 ms each) between publications of the tunnels' status (5 s).
+/// Timer passes (50 ms each) between publications of the tunnels' status (5 s); it is
+/// also published at once when a peer's path MTU changes.
 const STATUS_PASSES: u32 = 100;
+/// Timer passes between readings of the interface MTU toward every path (1 s).
+const CEILING_PASSES: u32 = 20;
 /// UDP send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 4 << 20;
 /// UDP receive buffer asked for (capped by `net.core.rmem_max`). This is the queue in front
@@ -76,6 +82,10 @@ pub struct Counters {
     pub udp_recv_datagrams: AtomicU64,
     /// Probe datagrams dropped, by [`ProbeRefusal::index`].
     pub probes_rejected: [AtomicU64; ProbeRefusal::ALL.len()],
+    /// Packets from the TUN device larger than their peer's path carries, and the ICMP
+    /// errors sent back for them (rate-limited).
+    pub too_big: AtomicU64,
+    pub too_big_errors: AtomicU64,
     /// The access policy's drops and flows, copied from the engine when they change (at
     /// most every timer pass, 50 ms).
     pub access: Mutex<AccessReport>,
@@ -227,10 +237,20 @@ pub async fn run(
     let mut access_open = true;
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
+    let mut mtus = Vec::new();
     loop {
         tokio::select! {
             _ = timers.tick() => {
                 pending.clear();
+                if pass % CEILING_PASSES == 0 {
+                    // Syscalls, so outside the engine's lock.
+                    let addresses = shared.engine().mtu_addresses();
+                    let ceilings: Vec<_> = addresses
+                        .into_iter()
+                        .filter_map(|a| Some((a, super::underlay::mtu_toward(a)?)))
+                        .collect();
+                    shared.engine().set_ceilings(&ceilings, Instant::now());
+                }
                 {
                     let mut engine = shared.engine();
                     let now = Instant::now();
@@ -244,8 +264,10 @@ pub async fn run(
                     if pass % 5 == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }
-                    if pass % STATUS_PASSES == 0 {
+                    let now_mtus = engine.peer_mtus();
+                    if pass % STATUS_PASSES == 0 || now_mtus != mtus {
                         status.send_replace(engine.status());
+                        mtus = now_mtus;
                     }
                     if let Some(report) = engine.take_access_report() {
                         *shared.counters.access.lock().unwrap_or_else(|p| p.into_inner()) = report;
@@ -342,6 +364,10 @@ async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
     // Encrypted datagrams back to back, so runs of them can go out as one GSO send.
     let mut wire = vec![0u8; BATCH * BUFFER];
     let mut batch = SendBatch::default();
+    // ICMP errors for packets too big for their peer's path, written back to the TUN.
+    let mut errors = TunBatch::default();
+    let mut gro = GROTable::new();
+    let mut limit = icmp::RateLimit::default();
     loop {
         let mut n = match shared
             .tun
@@ -375,18 +401,45 @@ async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
         Counters::add(&shared.counters.tun_reads, reads);
         Counters::add(&shared.counters.tun_read_packets, n);
         batch.clear(shared.state.max_gso_segments());
+        errors.clear();
+        let mut too_big = 0;
         {
             let mut engine = shared.engine();
             let mut cursor = 0;
             for (packet, &len) in packets.iter().zip(&sizes[..n]) {
                 let out = &mut wire[cursor..];
                 let base = out.as_ptr() as usize;
-                if let Some((ep, bytes)) = engine.outbound(&packet[..len], out) {
-                    let start = cursor + (bytes.as_ptr() as usize - base);
-                    let end = start + bytes.len();
-                    batch.push(ep, start, end);
-                    cursor = end;
+                match engine.outbound_checked(&packet[..len], out) {
+                    Outbound::Send(ep, bytes) => {
+                        let start = cursor + (bytes.as_ptr() as usize - base);
+                        let end = start + bytes.len();
+                        batch.push(ep, start, end);
+                        cursor = end;
+                    }
+                    Outbound::TooBig(mtu) => {
+                        too_big += 1;
+                        if errors.len < TunBatch::MAX && limit.allow(Instant::now()) {
+                            if let Some(error) = icmp::too_big(&packet[..len], mtu) {
+                                tracing::trace!(len, mtu, to = ?icmp::source(&packet[..len]), "packet too big for the path; ICMP error sent");
+                                errors.push(&error);
+                            }
+                        }
+                    }
+                    Outbound::Drop => {}
                 }
+            }
+        }
+        if too_big > 0 {
+            Counters::add(&shared.counters.too_big, too_big);
+            Counters::add(&shared.counters.too_big_errors, errors.len);
+        }
+        if errors.len > 0 {
+            if let Err(e) = shared
+                .tun
+                .send_multiple(&mut gro, errors.packets(), TunBatch::OFFSET)
+                .await
+            {
+                tracing::trace!(error = %e, "TUN write of ICMP errors failed");
             }
         }
         for run in batch.runs() {
