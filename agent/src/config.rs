@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub mtu: Option<u16>,
     pub persistent_keepalive: Option<u16>,
     pub fail_closed: Option<bool>,
+    pub mss_clamp: Option<bool>,
     /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
     pub vault: Option<VaultSettings>,
 }
@@ -99,6 +100,10 @@ pub struct Overrides {
     /// (default) or false.
     #[arg(long, env = "STRAIT_FAIL_CLOSED")]
     pub fail_closed: Option<bool>,
+    /// On gateways, clamp the MSS of TCP forwarded to other sites to the path MTU: true
+    /// (default) or false.
+    #[arg(long, env = "STRAIT_MSS_CLAMP")]
+    pub mss_clamp: Option<bool>,
     /// WireGuard UDP port.
     #[arg(long, env = "STRAIT_LISTEN_PORT")]
     pub listen_port: Option<u16>,
@@ -240,6 +245,8 @@ pub struct Config {
     pub persistent_keepalive: Option<u16>,
     /// Tunnel prefixes are backed by `unreachable` routes that outlive a dead agent.
     pub fail_closed: bool,
+    /// Gateways clamp the MSS of TCP forwarded into the tunnel to the path MTU.
+    pub mss_clamp: bool,
     pub vault: Option<VaultSettings>,
 }
 
@@ -433,6 +440,7 @@ impl Config {
             mtu,
             persistent_keepalive,
             fail_closed: o.fail_closed.or(f.fail_closed).unwrap_or(true),
+            mss_clamp: o.mss_clamp.or(f.mss_clamp).unwrap_or(true),
             vault,
             mesh,
             site,
@@ -542,6 +550,9 @@ heartbeat-interval = "2s"
         };
         let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
         assert!(Config::merge(file, flag).unwrap().fail_closed);
+        assert!(c.mss_clamp, "MSS clamping is on unless turned off");
+        let file: FileConfig = toml::from_str("mss-clamp = false").unwrap();
+        assert!(!Config::merge(file, overrides()).unwrap().mss_clamp);
     }
 
     #[test]

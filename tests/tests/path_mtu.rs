@@ -279,21 +279,44 @@ fn a_narrow_hop_is_found_and_tcp_and_large_pings_cross_it() {
 
 #[test]
 fn discovery_converges_when_the_routers_drop_icmp() {
-    let m = mesh("pq", 1280, true, &[]);
+    let mut m = mesh("pq", 1280, true, &[]);
+    // The workloads drop ICMP too: only MSS clamping on the gateways keeps their TCP
+    // segments within the path.
+    for w in [&m.wla, &m.wlb] {
+        let out = w.exec(&[
+            "nft",
+            "add table ip noicmp; add chain ip noicmp in { type filter hook input priority 0; }; add rule ip noicmp in ip protocol icmp drop",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let took = wait_mtu(&m, 1280, Duration::from_secs(20));
     println!("path MTU 1280 found {took:?} after the first ping, with no ICMP from the routers");
+    let table = m.gwa.exec(&["nft", "list", "table", "inet", "strait_mss"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("oifname \"strait0\"") && table.contains("maxseg size set rt mtu"),
+        "{table}"
+    );
     transfer(
         &m.wla,
         &m.wlb,
         "10.20.0.10",
-        "A->B across the 1280 hop, no ICMP",
+        "A->B across the 1280 hop, no ICMP anywhere",
     );
     transfer(
         &m.wlb,
         &m.wla,
         "10.10.0.10",
-        "B->A across the 1280 hop, no ICMP",
+        "B->A across the 1280 hop, no ICMP anywhere",
     );
+    // A clean stop removes the table, like the routes.
+    m.a.proc.stop();
+    let out = m.gwa.exec(&["nft", "list", "table", "inet", "strait_mss"]);
+    assert!(!out.status.success(), "table left after a clean stop");
 }
 
 #[test]

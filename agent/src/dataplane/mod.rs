@@ -8,6 +8,7 @@
 //! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
+//! - [`mss`]: MSS clamping of forwarded TCP into the tunnel (an nftables table of its own).
 //! - [`peers`]: the map's peers for the engine, the engine's tunnels for the coordinator
 //!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
@@ -17,6 +18,7 @@ pub mod access;
 pub mod engine;
 pub mod icmp;
 pub mod lpm;
+pub mod mss;
 pub mod netlink;
 pub mod peers;
 pub mod pump;
@@ -61,6 +63,9 @@ pub struct Settings {
     /// one (see `routes`), kept while the agent is stopped, so traffic for other sites is
     /// refused instead of leaving unencrypted by the main table.
     pub fail_closed: bool,
+    /// Clamp the MSS of TCP connections forwarded into the tunnel to the route's MTU
+    /// (gateways only: with `forward`).
+    pub mss_clamp: bool,
 }
 
 /// WireGuard's worst-case overhead: outer IPv6 header 40 + UDP 8 + WireGuard 32.
@@ -180,6 +185,17 @@ pub async fn run(
     if settings.forward {
         enable_forwarding()?;
     }
+    let clamping = settings.forward && settings.mss_clamp;
+    if clamping {
+        mss::install(&settings.tun_name).await?;
+        tracing::info!(
+            table = mss::TABLE,
+            "MSS of forwarded TCP clamped to the path MTU"
+        );
+    } else if let Err(e) = mss::remove().await {
+        // A run with clamping may have left the table; without nft there is none.
+        tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
+    }
     let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     // The tunnel's own datagrams skip Strait's routing table (see `routes`): they take the
@@ -292,6 +308,11 @@ pub async fn run(
             tracing::warn!(error = %e, "could not remove the routing rule at shutdown");
         }
     }
+    if clamping {
+        if let Err(e) = mss::remove().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove MSS clamping at shutdown");
+        }
+    }
     result
 }
 
@@ -307,6 +328,9 @@ pub async fn uninstall() -> Result<usize> {
     nl.remove_rules()
         .await
         .context("removing Strait's routing rule (needs root or CAP_NET_ADMIN)")?;
+    if let Err(e) = mss::remove().await {
+        tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
+    }
     Ok(routes)
 }
 
