@@ -517,6 +517,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_endpoints_are_accepted_in_brackets() {
+        let e = parse_endpoint("public=[2001:db8::1]:51820").unwrap();
+        assert_eq!(e.address, "[2001:db8::1]:51820".parse().unwrap());
+        assert_eq!(e.kind, EndpointKind::Public);
+        let err = parse_endpoint("public=2001:db8::1:51820").unwrap_err();
+        assert!(format!("{err:#}").contains("not address:port"), "{err:#}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: FileConfig = toml::from_str(
             r#"

@@ -115,9 +115,19 @@ pub async fn tun_mtu(nl: &Netlink, targets: &[String]) -> u16 {
 }
 
 /// Turns IPv4 forwarding on, unless it already is (in a container `/proc/sys` is often
-/// read-only, and the node's own setup, e.g. an init container or sysctl.d, has done it).
+/// read-only, and the node's own setup, e.g. an init container or sysctl.d, has done it),
+/// and IPv6 forwarding where the node has IPv6 (a failure there is only logged: a site
+/// without IPv6 prefixes does not need it).
 fn enable_forwarding() -> Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    const PATH6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::path::Path::new(PATH6).exists()
+        && !std::fs::read_to_string(PATH6).is_ok_and(|v| v.trim() == "1")
+    {
+        if let Err(e) = std::fs::write(PATH6, "1") {
+            tracing::warn!(error = %e, "could not enable IPv6 forwarding ({PATH6}); IPv6 prefixes will not be forwarded (set net.ipv6.conf.all.forwarding=1 on the node)");
+        }
+    }
     if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
@@ -196,7 +206,7 @@ pub async fn run(
         // A run with clamping may have left the table; without nft there is none.
         tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
     }
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
+    let socket = underlay::bind_dual_stack(settings.listen_port)
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     // The tunnel's own datagrams skip Strait's routing table (see `routes`): they take the
     // underlay even toward an address inside a prefix the tunnel carries.

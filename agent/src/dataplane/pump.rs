@@ -116,6 +116,8 @@ struct Shared {
     tun: tun_rs::AsyncDevice,
     udp: UdpSocket,
     state: UdpSocketState,
+    /// The socket is IPv6 (dual-stack): IPv4 destinations are sent as mapped addresses.
+    v6: bool,
 }
 
 impl Shared {
@@ -130,7 +132,7 @@ impl Shared {
     /// and the datagrams dropped, as a network would.
     async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
         let transmit = Transmit {
-            destination: to,
+            destination: super::underlay::for_socket(to, self.v6),
             ecn: None,
             contents,
             segment_size: segment,
@@ -216,7 +218,9 @@ pub async fn run(
     }
     engine.set_access(access.borrow_and_update().clone());
     engine.set_peers(&peers.borrow_and_update());
+    let v6 = socket.local_addr()?.is_ipv6();
     let shared = Arc::new(Shared {
+        v6,
         engine: Mutex::new(engine),
         counters,
         tun,
@@ -545,6 +549,7 @@ fn decrypt(
     let now = Instant::now();
     while let Some(m) = meta.get(cursor.0) {
         let data = &slots[cursor.0][..m.len.min(RECV_SLOT)];
+        let from = super::underlay::canonical(m.addr);
         let stride = m.stride.max(1);
         while cursor.1 < data.len() {
             if to_tun.is_full() {
@@ -553,12 +558,12 @@ fn decrypt(
             let end = (cursor.1 + stride).min(data.len());
             let datagram = &data[cursor.1..end];
             if probe::is_probe(datagram) {
-                let outcome = engine.on_probe(m.addr, datagram, now, |ep, b| pending.push(ep, b));
+                let outcome = engine.on_probe(from, datagram, now, |ep, b| pending.push(ep, b));
                 if let ProbeOutcome::Refused(why) = outcome {
                     Counters::add(&shared.counters.probes_rejected[why.index()], 1);
                 }
             } else {
-                engine.inbound(m.addr, datagram, out, |e| match e {
+                engine.inbound(from, datagram, out, |e| match e {
                     Emit::Network(ep, b) => pending.push(ep, b),
                     Emit::Tun(b) => to_tun.push(b),
                 });
