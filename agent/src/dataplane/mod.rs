@@ -241,6 +241,7 @@ pub async fn run(
         nl: nl.clone(),
         index,
         mtu,
+        base_mtu: mtu,
         address: None,
         route_mtus: BTreeMap::new(),
     };
@@ -286,7 +287,7 @@ pub async fn run(
                         if route_mtus != link.route_mtus {
                             tracing::info!(peers = ?route_mtus, "route MTUs from the path MTUs");
                             link.route_mtus = route_mtus;
-                            if let Err(e) = apply_routes(&link, &settings, &map, &conflicts).await {
+                            if let Err(e) = follow_path_mtus(&mut link, &settings, &map, &conflicts).await {
                                 tracing::warn!(error = %format!("{e:#}"), "setting route MTUs failed; retrying at the next change");
                             }
                         }
@@ -349,6 +350,9 @@ struct TunLink {
     nl: Netlink,
     index: u32,
     mtu: u16,
+    /// The MTU from the underlay (or `mtu`): the TUN device's MTU unless a path carries
+    /// more (a jumbo interconnect), and the routes' MTU while their peer's is unknown.
+    base_mtu: u16,
     address: Option<IpNetwork>,
     /// The MTU of each peer's routes (by WireGuard key as the map spells it), from the
     /// path MTU of its active path.
@@ -420,6 +424,46 @@ async fn apply(
     apply_routes(link, settings, map, conflicts).await
 }
 
+/// After a change of the peers' path MTUs: the TUN device's MTU follows the largest
+/// (never below the underlay's, at most 9000, so a jumbo path carries jumbo packets), then
+/// the routes take each peer's. Lowered, routes go first; raised, the device goes first, so
+/// no route ever allows more than the device or its peer's path.
+async fn follow_path_mtus(
+    link: &mut TunLink,
+    settings: &Settings,
+    map: &NetworkMap,
+    conflicts: &watch::Sender<Vec<Refusal>>,
+) -> Result<()> {
+    let largest = link.route_mtus.values().copied().max().unwrap_or(0);
+    let want = u16::try_from(largest.min(9000))
+        .unwrap_or(9000)
+        .max(link.base_mtu);
+    if settings.mtu.is_some() || want == link.mtu {
+        return apply_routes(link, settings, map, conflicts).await;
+    }
+    if want < link.mtu {
+        let before = link.mtu;
+        link.mtu = want;
+        apply_routes(link, settings, map, conflicts).await?;
+        link.nl.set_link_mtu(link.index, want.into()).await?;
+        tracing::info!(
+            from = before,
+            to = want,
+            "TUN MTU lowered with the path MTUs"
+        );
+    } else {
+        link.nl.set_link_mtu(link.index, want.into()).await?;
+        tracing::info!(
+            from = link.mtu,
+            to = want,
+            "TUN MTU raised for a path that carries more"
+        );
+        link.mtu = want;
+        apply_routes(link, settings, map, conflicts).await?;
+    }
+    Ok(())
+}
+
 /// Brings the kernel's routes to the map's, each peer's TUN routes at its path's MTU.
 async fn apply_routes(
     link: &TunLink,
@@ -428,8 +472,10 @@ async fn apply_routes(
     conflicts: &watch::Sender<Vec<Refusal>>,
 ) -> Result<()> {
     let mut desired = routes::desired(map, settings.fail_closed);
+    // A peer whose path MTU is unknown gets the underlay's, when the device allows more.
+    let unknown = (link.mtu > link.base_mtu).then_some(u32::from(link.base_mtu));
     routes::set_mtus(&mut desired, map, link.mtu.into(), |key| {
-        link.route_mtus.get(key).copied()
+        link.route_mtus.get(key).copied().or(unknown)
     });
     let plan = link.nl.reconcile(&desired, link.index).await?;
     conflicts.send_if_modified(|current| {

@@ -152,6 +152,16 @@ impl Netlink {
             )))
     }
 
+    /// Sets the link's MTU.
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(err(format!("setting MTU {mtu} on link {index}")))
+    }
+
     /// Routes in the main table and in [`STRAIT_TABLE`].
     pub async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut out = Vec::new();
