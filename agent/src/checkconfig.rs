@@ -119,6 +119,11 @@ pub fn check(path: &Path, mut overrides: Overrides) -> Result<Checked> {
     if config.role == strait_pki::Role::Member && !config.prefixes.is_empty() {
         notes.push("key `prefixes` is set on a member: a site's traffic normally goes through its gateways".into());
     }
+    if let Some(mtu) = config.mtu {
+        notes.push(format!(
+            "key `mtu` = {mtu}: the TUN MTU is fixed and per-path MTUs are off (paths are still probed and their MTUs reported); leave it unset to use each path's discovered MTU"
+        ));
+    }
     if config.endpoints.is_empty() {
         notes.push("no `endpoints`: other nodes cannot reach this one (fine only when it always connects out)".into());
     }
@@ -169,6 +174,7 @@ join-token-file = "/run/credentials/strait-agent.service/secret_join-token"
             ("listen-prot = 51820\n", "listen-prot"),
             ("mtu = 100\n", "key `mtu`: 100"),
             ("probe-interval = \"1ms\"\n", "probe-interval"),
+            ("mss-clamp = \"yes\"\n", "mss-clamp"),
         ];
         for (line, needle) in cases {
             let text = format!("{line}{GATEWAY}");
