@@ -195,13 +195,20 @@ pub async fn run(
     if settings.forward {
         enable_forwarding()?;
     }
+    // Clamping is a safety net, not a condition of the tunnel: without `nft` (a slim
+    // container image) the data plane runs without it, saying so.
     let clamping = settings.forward && settings.mss_clamp;
     if clamping {
-        mss::install(&settings.tun_name).await?;
-        tracing::info!(
-            table = mss::TABLE,
-            "MSS of forwarded TCP clamped to the path MTU"
-        );
+        match mss::install(&settings.tun_name).await {
+            Ok(()) => tracing::info!(
+                table = mss::TABLE,
+                "MSS of forwarded TCP clamped to the path MTU"
+            ),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "MSS clamping is off: TCP between sites relies on the hosts' path MTU discovery (install nftables, or set mss-clamp = false to silence this)"
+            ),
+        }
     } else if let Err(e) = mss::remove().await {
         // A run with clamping may have left the table; without nft there is none.
         tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
