@@ -297,6 +297,20 @@ impl Collector for Shared {
                 Counter,
                 rejected,
             )?;
+            family(
+                &mut e,
+                "strait_dataplane_too_big_packets",
+                "Packets from the TUN device larger than their peer's path MTU carries (not sent)",
+                Counter,
+                vec![(Labels::new(), Counters::get(&c.too_big) as f64)],
+            )?;
+            family(
+                &mut e,
+                "strait_dataplane_too_big_icmp_errors",
+                "ICMP fragmentation-needed / packet-too-big errors sent back for them (rate-limited)",
+                Counter,
+                vec![(Labels::new(), Counters::get(&c.too_big_errors) as f64)],
+            )?;
             let access = c.access();
             family(
                 &mut e,
@@ -475,6 +489,7 @@ mod tests {
             r#"strait_peer_handshake_age_seconds{peer="gcp-usc1/gw"} 12"#.to_string(),
             r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="bad-mac"} 3"#.to_string(),
+            "strait_dataplane_too_big_packets_total{} 0".to_string(),
             r#"strait_agent_probes_rejected_total{reason="not-in-flight"} 0"#.to_string(),
             r#"strait_agent_access_dropped_packets_total{site="gcp-usc1",reason="no-ssh"} 4"#
                 .to_string(),
