@@ -142,6 +142,11 @@ pub fn check(path: &Path, mut overrides: Overrides) -> Result<Checked> {
             );
         }
     }
+    if let Some(mtu) = config.mtu {
+        notes.push(format!(
+            "key `mtu` = {mtu}: the TUN MTU is fixed and per-path MTUs are off (paths are still probed and their MTUs reported); leave it unset to use each path's discovered MTU"
+        ));
+    }
     if config.endpoints.is_empty() {
         notes.push("no `endpoints`: other nodes cannot reach this one (fine only when it always connects out)".into());
     }
@@ -192,6 +197,7 @@ join-token-file = "/run/credentials/strait-agent.service/secret_join-token"
             ("listen-prot = 51820\n", "listen-prot"),
             ("mtu = 100\n", "key `mtu`: 100"),
             ("probe-interval = \"1ms\"\n", "probe-interval"),
+            ("mss-clamp = \"yes\"\n", "mss-clamp"),
         ];
         for (line, needle) in cases {
             let text = format!("{line}{GATEWAY}");

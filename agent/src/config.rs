@@ -70,6 +70,7 @@ pub struct FileConfig {
     pub gateway_priority: Option<GatewayPriority>,
     /// BGP toward the site's routers, through a BIRD 2 daemon the agent configures.
     pub bgp: Option<crate::bgp::settings::BgpFile>,
+    pub mss_clamp: Option<bool>,
     /// Get certificates from Vault's PKI engine instead of enrolling with a join token.
     pub vault: Option<VaultSettings>,
 }
@@ -125,6 +126,10 @@ pub struct Overrides {
     /// of the site is reachable).
     #[arg(long, env = "STRAIT_GATEWAY_PRIORITY", value_enum)]
     pub gateway_priority: Option<GatewayPriority>,
+    /// On gateways, clamp the MSS of TCP forwarded to other sites to the path MTU: true
+    /// (default) or false.
+    #[arg(long, env = "STRAIT_MSS_CLAMP")]
+    pub mss_clamp: Option<bool>,
     /// WireGuard UDP port.
     #[arg(long, env = "STRAIT_LISTEN_PORT")]
     pub listen_port: Option<u16>,
@@ -270,6 +275,8 @@ pub struct Config {
     pub priority: u8,
     /// BGP to the site's routers (gateways only).
     pub bgp: Option<crate::bgp::settings::BgpSettings>,
+    /// Gateways clamp the MSS of TCP forwarded into the tunnel to the path MTU.
+    pub mss_clamp: bool,
     pub vault: Option<VaultSettings>,
 }
 
@@ -495,6 +502,7 @@ impl Config {
             mtu,
             persistent_keepalive,
             fail_closed: o.fail_closed.or(f.fail_closed).unwrap_or(true),
+            mss_clamp: o.mss_clamp.or(f.mss_clamp).unwrap_or(true),
             vault,
             mesh,
             site,
@@ -571,6 +579,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_endpoints_are_accepted_in_brackets() {
+        let e = parse_endpoint("public=[2001:db8::1]:51820").unwrap();
+        assert_eq!(e.address, "[2001:db8::1]:51820".parse().unwrap());
+        assert_eq!(e.kind, EndpointKind::Public);
+        let err = parse_endpoint("public=2001:db8::1:51820").unwrap_err();
+        assert!(format!("{err:#}").contains("not address:port"), "{err:#}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: FileConfig = toml::from_str(
             r#"
@@ -604,6 +621,9 @@ heartbeat-interval = "2s"
         };
         let file: FileConfig = toml::from_str("fail-closed = false").unwrap();
         assert!(Config::merge(file, flag).unwrap().fail_closed);
+        assert!(c.mss_clamp, "MSS clamping is on unless turned off");
+        let file: FileConfig = toml::from_str("mss-clamp = false").unwrap();
+        assert!(!Config::merge(file, overrides()).unwrap().mss_clamp);
     }
 
     #[test]

@@ -149,6 +149,7 @@ async fn main() -> Result<()> {
                     forward: config.role == strait_pki::Role::Gateway,
                     probe_interval: config.probe_interval,
                     fail_closed: config.fail_closed,
+                    mss_clamp: config.mss_clamp,
                 };
                 let mut stop = stop_tx.subscribe();
                 dataplane = Some(tokio::spawn(async move {

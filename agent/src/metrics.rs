@@ -161,6 +161,7 @@ impl Collector for Shared {
         let mut loss = Vec::new();
         let mut active = Vec::new();
         let mut up = Vec::new();
+        let mut mtu = Vec::new();
         let mut tx = Vec::new();
         let mut rx = Vec::new();
         let mut handshake = Vec::new();
@@ -182,6 +183,9 @@ impl Collector for Shared {
                 }
                 jitter.push((l.clone(), path.jitter_us as f64 / 1e6));
                 loss.push((l.clone(), path.loss));
+                if let Some(m) = path.mtu {
+                    mtu.push((l.clone(), f64::from(m)));
+                }
                 active.push((l.clone(), f64::from(u8::from(path.active))));
                 up.push((l, f64::from(u8::from(path.health == "up"))));
             }
@@ -207,6 +211,13 @@ impl Collector for Shared {
             "Fraction of the last 32 probes lost on a path",
             Gauge,
             loss,
+        )?;
+        family(
+            &mut e,
+            "strait_path_mtu_bytes",
+            "Path MTU discovered on a path with sized probes (whole outer IP packets)",
+            Gauge,
+            mtu,
         )?;
         family(
             &mut e,
@@ -293,6 +304,20 @@ impl Collector for Shared {
                 "Path probe datagrams dropped, by reason (unknown-sender, bad-mac, malformed, not-in-flight: a replayed, duplicated or late reply)",
                 Counter,
                 rejected,
+            )?;
+            family(
+                &mut e,
+                "strait_dataplane_too_big_packets",
+                "Packets from the TUN device larger than their peer's path MTU carries (not sent)",
+                Counter,
+                vec![(Labels::new(), Counters::get(&c.too_big) as f64)],
+            )?;
+            family(
+                &mut e,
+                "strait_dataplane_too_big_icmp_errors",
+                "ICMP fragmentation-needed / packet-too-big errors sent back for them (rate-limited)",
+                Counter,
+                vec![(Labels::new(), Counters::get(&c.too_big_errors) as f64)],
             )?;
             let access = c.access();
             family(
@@ -501,6 +526,7 @@ mod tests {
                 p95_us: None,
                 jitter_us: 250,
                 loss: 0.25,
+                mtu: Some(1500),
             }],
         }]);
         let after = text(&r);
@@ -509,11 +535,13 @@ mod tests {
         for line in [
             format!("strait_path_rtt_seconds{labels} 0.0015"),
             format!("strait_path_loss_ratio{labels} 0.25"),
+            format!("strait_path_mtu_bytes{labels} 1500"),
             format!("strait_path_active{labels} 1"),
             r#"strait_peer_tx_bytes_total{peer="gcp-usc1/gw"} 2048"#.to_string(),
             r#"strait_peer_handshake_age_seconds{peer="gcp-usc1/gw"} 12"#.to_string(),
             r#"strait_dataplane_packets_total{direction="inbound"} 0"#.to_string(),
             r#"strait_agent_probes_rejected_total{reason="bad-mac"} 3"#.to_string(),
+            "strait_dataplane_too_big_packets_total{} 0".to_string(),
             r#"strait_agent_probes_rejected_total{reason="not-in-flight"} 0"#.to_string(),
             r#"strait_agent_access_dropped_packets_total{site="gcp-usc1",reason="no-ssh"} 4"#
                 .to_string(),

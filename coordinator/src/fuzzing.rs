@@ -386,6 +386,7 @@ impl Reader<'_> {
                         p95_us: None,
                         jitter_us: self.u64(),
                         loss: f64::from_bits(self.u64()),
+                        mtu: None,
                     }
                 })
                 .collect(),

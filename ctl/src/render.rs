@@ -213,6 +213,7 @@ pub fn render_links(links: &[LinkInfo]) -> String {
                 opt(l.rtt_ms.map(|v| format!("{v:.1}ms"))),
                 opt(l.jitter_ms.map(|v| format!("{v:.1}ms"))),
                 opt(l.loss.map(|v| format!("{:.0}%", v * 100.0))),
+                opt(l.mtu.map(|v| v.to_string())),
                 opt(l.handshake_age_secs.map(|v| format!("{v}s ago"))),
                 opt(l.tx_bytes.map(human_bytes)),
                 opt(l.rx_bytes.map(human_bytes)),
@@ -230,6 +231,7 @@ pub fn render_links(links: &[LinkInfo]) -> String {
             "RTT",
             "JITTER",
             "LOSS",
+            "MTU",
             "HANDSHAKE",
             "TX",
             "RX",
@@ -749,6 +751,7 @@ mod tests {
                 rtt_ms: Some(12.5),
                 jitter_ms: Some(0.4),
                 loss: Some(0.0),
+                mtu: Some(1500),
                 handshake_age_secs: Some(3),
                 tx_bytes: Some(2048),
                 rx_bytes: Some(10),
@@ -768,7 +771,7 @@ mod tests {
         let table = render_links(&g.links);
         assert!(
             table.contains(
-                "interconnect 192.0.2.1:51820  12.5ms  0.4ms   0%    3s ago     2.0 KiB  10 B  3.62 Gbit/s"
+                "interconnect 192.0.2.1:51820  12.5ms  0.4ms   0%    1500  3s ago     2.0 KiB  10 B  3.62 Gbit/s"
             ),
             "{table}"
         );

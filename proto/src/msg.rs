@@ -296,6 +296,10 @@ pub struct PathFigures {
     pub jitter_us: u64,
     /// Fraction of recent probes lost (0-1).
     pub loss: f64,
+    /// The path MTU discovered (whole outer IP packets); absent until known, and from
+    /// agents without path MTU discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -581,6 +585,9 @@ pub struct LinkInfo {
     pub jitter_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Tunnels: the MTU discovered on that path (whole outer IP packets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Tunnels: seconds since the last handshake, bytes sent and received by `a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_age_secs: Option<u64>,

@@ -179,6 +179,7 @@ fn link() -> LinkInfo {
         rtt_ms: None,
         jitter_ms: None,
         loss: None,
+        mtu: None,
         handshake_age_secs: None,
         tx_bytes: None,
         rx_bytes: None,

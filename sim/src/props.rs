@@ -108,6 +108,7 @@ fn fail_closed(config: &Config, node: &Node, map: &NetworkMap) -> Result<(), Vio
         let twin = Route {
             prefix: normalize(prefix),
             via: Via::Unreachable,
+            mtu: None,
         };
         if !plan.contains(&twin) {
             return Err(Violation {

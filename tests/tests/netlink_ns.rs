@@ -58,6 +58,7 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
     let tun = |p: &str| Route {
         prefix: net(p),
         via: Via::Tun,
+        mtu: None,
     };
     let desired = vec![
         tun("10.20.0.0/16"),
@@ -65,6 +66,7 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         tun("10.10.0.0/16"),
         tun("192.168.77.0/24"),
     ];
+    let kept = desired.clone();
     let (first, second, index) = block_on_in(&ns, move || async move {
         let nl = Netlink::connect().unwrap();
         let index = nl
@@ -130,6 +132,50 @@ fn routes_are_reconciled_idempotently_and_conflicts_refused() {
         .iter()
         .any(|a| a["local"] == "100.64.0.1" && a["prefixlen"] == 10));
 
+    // A path MTU on a peer's prefix: the route is replaced in place with `mtu 1220` (never
+    // removed first), read back, and a second pass changes nothing; then back to none.
+    let mut with_mtu = kept.clone();
+    with_mtu[0].mtu = Some(1220);
+    let (set, again, shown, cleared) = block_on_in(&ns, {
+        let ns_name = ns.name.clone();
+        move || async move {
+            let nl = Netlink::connect().unwrap();
+            let set = nl.reconcile(&with_mtu, index).await.unwrap();
+            let again = nl.reconcile(&with_mtu, index).await.unwrap();
+            let shown = std::process::Command::new("ip")
+                .args([
+                    "-n",
+                    &ns_name,
+                    "route",
+                    "show",
+                    "table",
+                    &STRAIT_TABLE.to_string(),
+                ])
+                .output()
+                .unwrap();
+            let cleared = nl.reconcile(&kept, index).await.unwrap();
+            (
+                set,
+                again,
+                String::from_utf8_lossy(&shown.stdout).into_owned(),
+                cleared,
+            )
+        }
+    });
+    assert_eq!((set.add.len(), set.remove.len()), (1, 0), "{set:?}");
+    assert!(again.is_empty(), "{again:?}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("10.20.0.0/16") && l.contains("mtu 1220")),
+        "{shown}"
+    );
+    assert_eq!(
+        (cleared.add.len(), cleared.remove.len()),
+        (1, 0),
+        "{cleared:?}"
+    );
+
     // A smaller desired set removes only the stale route; shutdown removes all of ours and
     // nothing else.
     let removed = block_on_in(&ns, move || async move {
@@ -185,6 +231,7 @@ fn fail_closed_routes_outlive_the_tun_device_and_go_at_uninstall() {
         [Via::Tun, Via::Unreachable].map(|via| Route {
             prefix: net(p),
             via,
+            mtu: None,
         })
     };
     let desired: Vec<Route> = [twins("10.20.0.0/16"), twins("2001:db8:20::/48")].concat();

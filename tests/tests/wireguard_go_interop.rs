@@ -68,6 +68,7 @@ fn engine_and_wireguard_go_exchange_traffic_both_ways() {
         vec![Route {
             prefix: "100.64.0.2/32".parse().unwrap(),
             via: Via::Tun,
+            mtu: None,
         }],
         PeerSpec {
             public_key: *b_public.as_bytes(),

@@ -19,9 +19,11 @@ use crate::paths::ping::Pings;
 use crate::paths::probe::{self, ProbeKey};
 use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
+mod pmtu;
 mod probing;
 mod rotation;
 
+pub use pmtu::{inner_mtu, overhead, Outbound, PeerMtu};
 pub use probing::{PingSent, ProbeOutcome, ProbeRefusal};
 
 /// One peer as the engine should have it.
@@ -85,6 +87,8 @@ struct PeerState {
     standby: Option<u32>,
     /// Start a handshake at the next timer tick (a new tunnel after a rotation).
     kick: bool,
+    /// Path MTU discovery on each path, and the limit on packets it implies.
+    mtu: PeerMtu,
 }
 
 impl PeerState {
@@ -105,6 +109,19 @@ impl PeerState {
     fn reachable(&self) -> bool {
         self.selector.as_ref().is_none_or(Selector::reachable)
     }
+
+    /// The selector's report of every path, with each path's discovered MTU.
+    fn path_reports(&self) -> Vec<PathReport> {
+        let mut paths = self
+            .selector
+            .as_ref()
+            .map(Selector::report)
+            .unwrap_or_default();
+        for p in &mut paths {
+            p.mtu = self.mtu.of(p.address);
+        }
+        paths
+    }
 }
 
 /// A peer's tunnel as the engine sees it.
@@ -117,6 +134,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub paths: Vec<PathReport>,
+    /// The largest packet the active path carries (inner bytes), once discovered.
+    pub mtu: Option<u16>,
 }
 
 /// Where a packet goes.
@@ -143,6 +162,14 @@ pub struct Engine {
     pings: Pings,
     /// The access policy on decrypted packets, and the flows sent (whose replies pass).
     access: Access,
+    /// Path MTU discovery: the interface MTU toward each path (from the shell), the
+    /// search's timings, a buffer for size probes, whether packets over a path's MTU are
+    /// refused, and the smallest limit of any peer (packets no larger skip the check).
+    ceilings: HashMap<SocketAddr, u16>,
+    pmtu_tunables: crate::paths::pmtu::Tunables,
+    size_probe: Vec<u8>,
+    enforce_mtu: bool,
+    min_limit: Option<u16>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -169,6 +196,11 @@ impl Engine {
             thresholds: Thresholds::for_interval(probe_interval),
             pings: Pings::default(),
             access: Access::default(),
+            ceilings: HashMap::new(),
+            pmtu_tunables: crate::paths::pmtu::Tunables::for_interval(probe_interval),
+            size_probe: Vec::new(),
+            enforce_mtu: true,
+            min_limit: None,
         }
     }
 
@@ -272,6 +304,7 @@ impl Engine {
                 predecessor: None,
                 standby: None,
                 kick: false,
+                mtu: PeerMtu::default(),
             },
         );
         idx
@@ -349,7 +382,7 @@ impl Engine {
     /// The tunnel that carries `packet` among `carriers` (the primaries whose allowed IPs
     /// hold its destination): the only one, or the choice of [`spread::choose`] by the
     /// packet's flow among the reachable ones.
-    fn carrier(&self, carriers: &[u32], packet: &[u8]) -> Option<u32> {
+    pub(super) fn carrier(&self, carriers: &[u32], packet: &[u8]) -> Option<u32> {
         if let [only] = carriers {
             return Some(*only);
         }
@@ -526,11 +559,8 @@ impl Engine {
                     last_handshake: stats.last_handshake,
                     tx_bytes: stats.tx_bytes as u64,
                     rx_bytes: stats.rx_bytes as u64,
-                    paths: s
-                        .selector
-                        .as_ref()
-                        .map(Selector::report)
-                        .unwrap_or_default(),
+                    paths: s.path_reports(),
+                    mtu: s.mtu.limit,
                 }
             })
             .collect();

@@ -3,9 +3,12 @@
 //!
 //! - [`engine`]: per-packet decisions (cryptokey routing, roaming, timers).
 //! - [`access`]: the inter-site access policy on decrypted packets (pure).
+//! - [`icmp`]: "fragmentation needed" / "packet too big" for oversized packets (pure).
+//! - [`underlay`]: the kernel's view of the underlay: the MTU toward a path.
 //! - [`pump`]: the IO shell: batched TUN and UDP IO on two tasks.
 //! - [`tunnel`]: the only code that drives boringtun's `Tunn`.
 //! - [`lpm`]: cryptokey routing table.
+//! - [`mss`]: MSS clamping of forwarded TCP into the tunnel (an nftables table of its own).
 //! - [`peers`]: the map's peers for the engine, the engine's tunnels for the coordinator
 //!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
@@ -16,7 +19,9 @@
 
 pub mod access;
 pub mod engine;
+pub mod icmp;
 pub mod lpm;
+pub mod mss;
 pub mod netlink;
 pub mod peers;
 pub mod pump;
@@ -24,7 +29,9 @@ pub mod routes;
 pub mod spread;
 pub mod translate;
 pub mod tunnel;
+pub mod underlay;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -61,6 +68,9 @@ pub struct Settings {
     /// one (see `routes`), kept while the agent is stopped, so traffic for other sites is
     /// refused instead of leaving unencrypted by the main table.
     pub fail_closed: bool,
+    /// Clamp the MSS of TCP connections forwarded into the tunnel to the route's MTU
+    /// (gateways only: with `forward`).
+    pub mss_clamp: bool,
 }
 
 /// WireGuard's worst-case overhead: outer IPv6 header 40 + UDP 8 + WireGuard 32.
@@ -110,9 +120,19 @@ pub async fn tun_mtu(nl: &Netlink, targets: &[String]) -> u16 {
 }
 
 /// Turns IPv4 forwarding on, unless it already is (in a container `/proc/sys` is often
-/// read-only, and the node's own setup, e.g. an init container or sysctl.d, has done it).
+/// read-only, and the node's own setup, e.g. an init container or sysctl.d, has done it),
+/// and IPv6 forwarding where the node has IPv6 (a failure there is only logged: a site
+/// without IPv6 prefixes does not need it).
 fn enable_forwarding() -> Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    const PATH6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::path::Path::new(PATH6).exists()
+        && !std::fs::read_to_string(PATH6).is_ok_and(|v| v.trim() == "1")
+    {
+        if let Err(e) = std::fs::write(PATH6, "1") {
+            tracing::warn!(error = %e, "could not enable IPv6 forwarding ({PATH6}); IPv6 prefixes will not be forwarded (set net.ipv6.conf.all.forwarding=1 on the node)");
+        }
+    }
     if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
@@ -183,13 +203,36 @@ pub async fn run(
     if settings.forward {
         enable_forwarding()?;
     }
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.listen_port))
+    // Clamping is a safety net, not a condition of the tunnel: without `nft` (a slim
+    // container image) the data plane runs without it, saying so.
+    let clamping = settings.forward && settings.mss_clamp;
+    if clamping {
+        match mss::install(&settings.tun_name).await {
+            Ok(()) => tracing::info!(
+                table = mss::TABLE,
+                "MSS of forwarded TCP clamped to the path MTU"
+            ),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "MSS clamping is off: TCP between sites relies on the hosts' path MTU discovery (install nftables, or set mss-clamp = false to silence this)"
+            ),
+        }
+    } else if let Err(e) = mss::remove().await {
+        // A run with clamping may have left the table; without nft there is none.
+        tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
+    }
+    let socket = underlay::bind_dual_stack(settings.listen_port)
         .with_context(|| format!("binding WireGuard UDP port {}", settings.listen_port))?;
     // The tunnel's own datagrams skip Strait's routing table (see `routes`): they take the
     // underlay even toward an address inside a prefix the tunnel carries.
     socket2::SockRef::from(&socket)
         .set_mark(routes::FWMARK)
         .context("marking the WireGuard socket (SO_MARK needs CAP_NET_ADMIN)")?;
+    // Every datagram leaves with DF set and crosses whole or not at all: path MTU discovery
+    // measures exactly that.
+    if let Err(e) = underlay::set_dont_fragment(&socket) {
+        tracing::warn!(error = %e, "could not set don't-fragment on the WireGuard socket; path MTU discovery may find too large a size");
+    }
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let (access_tx, access_rx) = watch::channel(Arc::new(access::Filter::allow_all()));
     let io_counters = counters.clone();
@@ -202,14 +245,12 @@ pub async fn run(
         pings,
         access: access_rx,
     };
+    let mut core = engine::Engine::new(secret, settings.probe_interval);
+    // An explicit MTU wins: path MTUs are still discovered and reported, but neither set on
+    // routes nor enforced.
+    core.set_enforce_mtu(settings.mtu.is_none());
     let mut engine = tokio::spawn(pump::run(
-        tun,
-        socket,
-        engine::Engine::new(secret, settings.probe_interval),
-        feeds,
-        counters,
-        status_tx,
-        up_peers,
+        tun, socket, core, feeds, counters, status_tx, up_peers,
     ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
@@ -217,8 +258,10 @@ pub async fn run(
         nl: nl.clone(),
         index,
         mtu,
+        base_mtu: mtu,
         address: None,
         translator: translate::Translator::new(&settings.tun_name),
+        route_mtus: BTreeMap::new(),
     };
     let mut map_changed = true;
     let result = loop {
@@ -255,8 +298,17 @@ pub async fn run(
                         changed
                     });
                     let report = status.borrow_and_update().clone();
-                    if let Some(map) = maps.borrow().as_ref() {
-                        links.send_replace(peer_links(map, &report));
+                    let map = maps.borrow().clone();
+                    if let Some(map) = map {
+                        links.send_replace(peer_links(&map, &report));
+                        let route_mtus = route_mtus(&report, settings.mtu.is_none());
+                        if route_mtus != link.route_mtus {
+                            tracing::info!(peers = ?route_mtus, "route MTUs from the path MTUs");
+                            link.route_mtus = route_mtus;
+                            if let Err(e) = follow_path_mtus(&mut link, &settings, &map, &conflicts).await {
+                                tracing::warn!(error = %format!("{e:#}"), "setting route MTUs failed; retrying at the next change");
+                            }
+                        }
                     }
                 }
             }
@@ -289,6 +341,11 @@ pub async fn run(
             tracing::warn!(error = %e, "could not remove the routing rule at shutdown");
         }
     }
+    if clamping {
+        if let Err(e) = mss::remove().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove MSS clamping at shutdown");
+        }
+    }
     result
 }
 
@@ -307,6 +364,9 @@ pub async fn uninstall() -> Result<usize> {
     translate::uninstall()
         .await
         .context("removing Strait's address translation table (needs root or CAP_NET_ADMIN)")?;
+    if let Err(e) = mss::remove().await {
+        tracing::debug!(error = %format!("{e:#}"), "no MSS clamping table to remove");
+    }
     Ok(routes)
 }
 
@@ -315,8 +375,30 @@ struct TunLink {
     nl: Netlink,
     index: u32,
     mtu: u16,
+    /// The MTU from the underlay (or `mtu`): the TUN device's MTU unless a path carries
+    /// more (a jumbo interconnect), and the routes' MTU while their peer's is unknown.
+    base_mtu: u16,
     address: Option<IpNetwork>,
     translator: translate::Translator,
+    /// The MTU of each peer's routes (by WireGuard key as the map spells it), from the
+    /// path MTU of its active path.
+    route_mtus: BTreeMap<String, u32>,
+}
+
+/// The route MTU of every peer whose active path's MTU is known (none when `enabled` is
+/// false: an explicit `mtu` wins).
+fn route_mtus(report: &[engine::PeerStatus], enabled: bool) -> BTreeMap<String, u32> {
+    use base64::Engine as _;
+    if !enabled {
+        return BTreeMap::new();
+    }
+    report
+        .iter()
+        .filter_map(|p| {
+            let key = base64::engine::general_purpose::STANDARD.encode(p.public_key);
+            Some((key, u32::from(p.mtu?)))
+        })
+        .collect()
 }
 
 /// Where a map's parts go.
@@ -367,10 +449,63 @@ async fn apply(
     // Translation before the peers and routes that bring traffic to be translated.
     link.translator.apply(&map.node.translations).await?;
     peers.send_replace(peer_specs(map, settings.keepalive));
-    let plan = link
-        .nl
-        .reconcile(&routes::desired(map, settings.fail_closed), link.index)
-        .await?;
+    apply_routes(link, settings, map, conflicts).await
+}
+
+/// After a change of the peers' path MTUs: the TUN device's MTU follows the largest
+/// (never below the underlay's, at most 9000, so a jumbo path carries jumbo packets), then
+/// the routes take each peer's. Lowered, routes go first; raised, the device goes first, so
+/// no route ever allows more than the device or its peer's path.
+async fn follow_path_mtus(
+    link: &mut TunLink,
+    settings: &Settings,
+    map: &NetworkMap,
+    conflicts: &watch::Sender<Vec<Refusal>>,
+) -> Result<()> {
+    let largest = link.route_mtus.values().copied().max().unwrap_or(0);
+    let want = u16::try_from(largest.min(9000))
+        .unwrap_or(9000)
+        .max(link.base_mtu);
+    if settings.mtu.is_some() || want == link.mtu {
+        return apply_routes(link, settings, map, conflicts).await;
+    }
+    if want < link.mtu {
+        let before = link.mtu;
+        link.mtu = want;
+        apply_routes(link, settings, map, conflicts).await?;
+        link.nl.set_link_mtu(link.index, want.into()).await?;
+        tracing::info!(
+            from = before,
+            to = want,
+            "TUN MTU lowered with the path MTUs"
+        );
+    } else {
+        link.nl.set_link_mtu(link.index, want.into()).await?;
+        tracing::info!(
+            from = link.mtu,
+            to = want,
+            "TUN MTU raised for a path that carries more"
+        );
+        link.mtu = want;
+        apply_routes(link, settings, map, conflicts).await?;
+    }
+    Ok(())
+}
+
+/// Brings the kernel's routes to the map's, each peer's TUN routes at its path's MTU.
+async fn apply_routes(
+    link: &TunLink,
+    settings: &Settings,
+    map: &NetworkMap,
+    conflicts: &watch::Sender<Vec<Refusal>>,
+) -> Result<()> {
+    let mut desired = routes::desired(map, settings.fail_closed);
+    // A peer whose path MTU is unknown gets the underlay's, when the device allows more.
+    let unknown = (link.mtu > link.base_mtu).then_some(u32::from(link.base_mtu));
+    routes::set_mtus(&mut desired, map, link.mtu.into(), |key| {
+        link.route_mtus.get(key).copied().or(unknown)
+    });
+    let plan = link.nl.reconcile(&desired, link.index).await?;
     conflicts.send_if_modified(|current| {
         let changed = *current != plan.conflicts;
         if changed {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -152,6 +152,16 @@ impl Netlink {
             )))
     }
 
+    /// Sets the link's MTU.
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(err(format!("setting MTU {mtu} on link {index}")))
+    }
+
     /// Routes in the main table and in [`STRAIT_TABLE`].
     pub async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut out = Vec::new();
@@ -185,14 +195,13 @@ impl Netlink {
                 .kind(RouteType::Unreachable)
                 .priority(FAIL_CLOSED_METRIC),
         };
-        match self
-            .handle
-            .route()
-            .add(builder.build())
-            .replace()
-            .execute()
-            .await
-        {
+        let mut message = builder.build();
+        if let Some(mtu) = route.mtu {
+            message
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        match self.handle.route().add(message).replace().execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(err(format!("adding route {}", route.prefix))(e)),
@@ -340,8 +349,15 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut oif = None;
     let mut gateway = None;
     let mut metric = None;
+    let mut mtu = None;
     for attr in &msg.attributes {
         match attr {
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(v) => Some(*v),
+                    _ => None,
+                });
+            }
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Priority(m) => metric = Some(*m),
             RouteAttribute::Destination(a) => destination = address(a),
@@ -370,6 +386,7 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
         gateway,
         unreachable: msg.header.kind == RouteType::Unreachable,
         metric,
+        mtu,
     })
 }
 

@@ -78,6 +78,7 @@ pub fn peer_links(map: &NetworkMap, status: &[PeerStatus]) -> Vec<PeerLink> {
                         p95_us: p.p95_us,
                         jitter_us: p.jitter_us,
                         loss: p.loss,
+                        mtu: p.mtu,
                     })
                     .collect(),
             })
@@ -258,7 +259,9 @@ mod tests {
                 p95_us: None,
                 jitter_us: 40,
                 loss: 0.25,
+                mtu: Some(1400),
             }],
+            mtu: Some(1340),
         };
         // 9: a tunnel the map no longer names (the peer was just removed).
         let links = peer_links(&m, &[status(1), status(4), status(9)]);
@@ -279,6 +282,7 @@ mod tests {
                 p95_us: None,
                 jitter_us: 40,
                 loss: 0.25,
+                mtu: Some(1400),
             }]
         );
     }

@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::access::{AccessReport, Filter};
-use super::engine::{Emit, Engine, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal};
+use super::engine::{
+    Emit, Engine, Outbound, PeerSpec, PeerStatus, PingSent, ProbeOutcome, ProbeRefusal,
+};
+use super::icmp;
 use super::tunnel::BUFFER;
 use crate::paths::ping::PingOutcome;
 use crate::paths::probe;
@@ -48,8 +51,11 @@ const RECV_SLOT: usize = 65535;
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload of one GSO send (an IPv4 datagram's limit; larger is refused).
 const MAX_GSO_BYTES: usize = 65507;
-/// Timer passes (50 ms each) between publications of the tunnels' status (5 s).
+/// Timer passes (50 ms each) between publications of the tunnels' status (5 s); it is
+/// also published at once when a peer's path MTU changes.
 const STATUS_PASSES: u32 = 100;
+/// Timer passes between readings of the interface MTU toward every path (1 s).
+const CEILING_PASSES: u32 = 20;
 /// UDP send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 4 << 20;
 /// UDP receive buffer asked for (capped by `net.core.rmem_max`). This is the queue in front
@@ -76,6 +82,10 @@ pub struct Counters {
     pub udp_recv_datagrams: AtomicU64,
     /// Probe datagrams dropped, by [`ProbeRefusal::index`].
     pub probes_rejected: [AtomicU64; ProbeRefusal::ALL.len()],
+    /// Packets from the TUN device larger than their peer's path carries, and the ICMP
+    /// errors sent back for them (rate-limited).
+    pub too_big: AtomicU64,
+    pub too_big_errors: AtomicU64,
     /// The access policy's drops and flows, copied from the engine when they change (at
     /// most every timer pass, 50 ms).
     pub access: Mutex<AccessReport>,
@@ -106,6 +116,8 @@ struct Shared {
     tun: tun_rs::AsyncDevice,
     udp: UdpSocket,
     state: UdpSocketState,
+    /// The socket is IPv6 (dual-stack): IPv4 destinations are sent as mapped addresses.
+    v6: bool,
 }
 
 impl Shared {
@@ -120,7 +132,7 @@ impl Shared {
     /// and the datagrams dropped, as a network would.
     async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
         let transmit = Transmit {
-            destination: to,
+            destination: super::underlay::for_socket(to, self.v6),
             ecn: None,
             contents,
             segment_size: segment,
@@ -207,7 +219,9 @@ pub async fn run(
     }
     engine.set_access(access.borrow_and_update().clone());
     engine.set_peers(&peers.borrow_and_update());
+    let v6 = socket.local_addr()?.is_ipv6();
     let shared = Arc::new(Shared {
+        v6,
         engine: Mutex::new(engine),
         counters,
         tun,
@@ -228,10 +242,20 @@ pub async fn run(
     let mut access_open = true;
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
+    let mut mtus = Vec::new();
     loop {
         tokio::select! {
             _ = timers.tick() => {
                 pending.clear();
+                if pass % CEILING_PASSES == 0 {
+                    // Syscalls, so outside the engine's lock.
+                    let addresses = shared.engine().mtu_addresses();
+                    let ceilings: Vec<_> = addresses
+                        .into_iter()
+                        .filter_map(|a| Some((a, super::underlay::mtu_toward(a)?)))
+                        .collect();
+                    shared.engine().set_ceilings(&ceilings, Instant::now());
+                }
                 {
                     let mut engine = shared.engine();
                     let now = Instant::now();
@@ -255,8 +279,10 @@ pub async fn run(
                     if pass % 5 == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }
-                    if pass % STATUS_PASSES == 0 {
+                    let now_mtus = engine.peer_mtus();
+                    if pass % STATUS_PASSES == 0 || now_mtus != mtus {
                         status.send_replace(engine.status());
+                        mtus = now_mtus;
                     }
                     if let Some(report) = engine.take_access_report() {
                         *shared.counters.access.lock().unwrap_or_else(|p| p.into_inner()) = report;
@@ -353,6 +379,10 @@ async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
     // Encrypted datagrams back to back, so runs of them can go out as one GSO send.
     let mut wire = vec![0u8; BATCH * BUFFER];
     let mut batch = SendBatch::default();
+    // ICMP errors for packets too big for their peer's path, written back to the TUN.
+    let mut errors = TunBatch::default();
+    let mut gro = GROTable::new();
+    let mut limit = icmp::RateLimit::default();
     loop {
         let mut n = match shared
             .tun
@@ -386,18 +416,45 @@ async fn outbound(shared: Arc<Shared>) -> io::Result<()> {
         Counters::add(&shared.counters.tun_reads, reads);
         Counters::add(&shared.counters.tun_read_packets, n);
         batch.clear(shared.state.max_gso_segments());
+        errors.clear();
+        let mut too_big = 0;
         {
             let mut engine = shared.engine();
             let mut cursor = 0;
             for (packet, &len) in packets.iter().zip(&sizes[..n]) {
                 let out = &mut wire[cursor..];
                 let base = out.as_ptr() as usize;
-                if let Some((ep, bytes)) = engine.outbound(&packet[..len], out) {
-                    let start = cursor + (bytes.as_ptr() as usize - base);
-                    let end = start + bytes.len();
-                    batch.push(ep, start, end);
-                    cursor = end;
+                match engine.outbound_checked(&packet[..len], out) {
+                    Outbound::Send(ep, bytes) => {
+                        let start = cursor + (bytes.as_ptr() as usize - base);
+                        let end = start + bytes.len();
+                        batch.push(ep, start, end);
+                        cursor = end;
+                    }
+                    Outbound::TooBig(mtu) => {
+                        too_big += 1;
+                        if errors.len < TunBatch::MAX && limit.allow(Instant::now()) {
+                            if let Some(error) = icmp::too_big(&packet[..len], mtu) {
+                                tracing::trace!(len, mtu, to = ?icmp::source(&packet[..len]), "packet too big for the path; ICMP error sent");
+                                errors.push(&error);
+                            }
+                        }
+                    }
+                    Outbound::Drop => {}
                 }
+            }
+        }
+        if too_big > 0 {
+            Counters::add(&shared.counters.too_big, too_big);
+            Counters::add(&shared.counters.too_big_errors, errors.len);
+        }
+        if errors.len > 0 {
+            if let Err(e) = shared
+                .tun
+                .send_multiple(&mut gro, errors.packets(), TunBatch::OFFSET)
+                .await
+            {
+                tracing::trace!(error = %e, "TUN write of ICMP errors failed");
             }
         }
         for run in batch.runs() {
@@ -503,6 +560,7 @@ fn decrypt(
     let now = Instant::now();
     while let Some(m) = meta.get(cursor.0) {
         let data = &slots[cursor.0][..m.len.min(RECV_SLOT)];
+        let from = super::underlay::canonical(m.addr);
         let stride = m.stride.max(1);
         while cursor.1 < data.len() {
             if to_tun.is_full() {
@@ -511,12 +569,12 @@ fn decrypt(
             let end = (cursor.1 + stride).min(data.len());
             let datagram = &data[cursor.1..end];
             if probe::is_probe(datagram) {
-                let outcome = engine.on_probe(m.addr, datagram, now, |ep, b| pending.push(ep, b));
+                let outcome = engine.on_probe(from, datagram, now, |ep, b| pending.push(ep, b));
                 if let ProbeOutcome::Refused(why) = outcome {
                     Counters::add(&shared.counters.probes_rejected[why.index()], 1);
                 }
             } else {
-                engine.inbound(m.addr, datagram, out, |e| match e {
+                engine.inbound(from, datagram, out, |e| match e {
                     Emit::Network(ep, b) => pending.push(ep, b),
                     Emit::Tun(b) => to_tun.push(b),
                 });

@@ -59,6 +59,10 @@ pub enum Via {
 pub struct Route {
     pub prefix: IpNetwork,
     pub via: Via,
+    /// The route's MTU (`ip route ... mtu`), for a [`Via::Tun`] route: the largest packet
+    /// the peer's active path carries, so that the kernel answers larger ones with ICMP
+    /// itself and TCP picks a segment size that fits. `None`: the TUN device's MTU.
+    pub mtu: Option<u32>,
 }
 
 /// A route as the kernel reports it (main table or [`STRAIT_TABLE`]).
@@ -74,6 +78,8 @@ pub struct KernelRoute {
     pub unreachable: bool,
     /// The route's metric, if the kernel reports one.
     pub metric: Option<u32>,
+    /// The route's MTU metric (`RTAX_MTU`), if set.
+    pub mtu: Option<u32>,
 }
 
 /// What to change.
@@ -108,10 +114,12 @@ pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
         .map(|p| Route {
             prefix: normalize(*p),
             via: Via::Tun,
+            mtu: None,
         })
         .chain(map.routes.values().map(|r| Route {
             prefix: normalize(r.prefix),
             via: Via::Gateway(r.via_address),
+            mtu: None,
         }))
         .collect();
     routes.sort();
@@ -125,6 +133,7 @@ pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
             .map(|prefix| Route {
                 prefix,
                 via: Via::Unreachable,
+                mtu: None,
             })
             .collect();
         closed.sort();
@@ -135,6 +144,25 @@ pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
     routes
 }
 
+/// Sets the MTU of every TUN route to its peer's (`mtu_of` the peer's WireGuard key, as
+/// the map spells it), at most `cap` (the TUN device's MTU).
+pub fn set_mtus(
+    routes: &mut [Route],
+    map: &NetworkMap,
+    cap: u32,
+    mtu_of: impl Fn(&str) -> Option<u32>,
+) {
+    for route in routes.iter_mut().filter(|r| r.via == Via::Tun) {
+        let peer = map
+            .peers
+            .values()
+            .find(|p| p.allowed_ips.iter().any(|a| normalize(*a) == route.prefix));
+        route.mtu = peer
+            .and_then(|p| mtu_of(&p.wg_public_key))
+            .map(|m| m.min(cap));
+    }
+}
+
 fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
@@ -143,7 +171,7 @@ fn matches(route: &Route, k: &KernelRoute, tun: u32) -> bool {
     k.table == STRAIT_TABLE
         && k.prefix == route.prefix
         && match route.via {
-            Via::Tun => !k.unreachable && k.oif == Some(tun),
+            Via::Tun => !k.unreachable && k.oif == Some(tun) && k.mtu == route.mtu,
             Via::Gateway(gw) => !k.unreachable && k.gateway == Some(gw),
             Via::Unreachable => k.unreachable && k.metric == Some(FAIL_CLOSED_METRIC),
         }
@@ -184,7 +212,25 @@ pub fn plan(desired: &[Route], actual: &[KernelRoute], tun: u32) -> Plan {
         }
         match ours.iter().find(|k| matches(route, k, tun)) {
             Some(k) => keep.push(k),
-            None => out.add.push(*route),
+            None => {
+                // Only the MTU differs: the route is replaced in place, never removed
+                // (removing it first would drop the prefix's packets for a moment).
+                let mtu_only = ours.iter().find(|k| {
+                    route.via == Via::Tun
+                        && matches(
+                            &Route {
+                                mtu: k.mtu,
+                                ..*route
+                            },
+                            k,
+                            tun,
+                        )
+                });
+                if let Some(k) = mtu_only {
+                    keep.push(k);
+                }
+                out.add.push(*route);
+            }
         }
     }
     out.remove = ours
@@ -209,6 +255,7 @@ mod tests {
         Route {
             prefix: net(p),
             via: Via::Tun,
+            mtu: None,
         }
     }
 
@@ -225,6 +272,7 @@ mod tests {
             gateway: None,
             unreachable: false,
             metric: None,
+            mtu: None,
         }
     }
 
@@ -232,6 +280,7 @@ mod tests {
         Route {
             prefix: net(p),
             via: Via::Unreachable,
+            mtu: None,
         }
     }
 
@@ -245,7 +294,24 @@ mod tests {
             gateway: None,
             unreachable: true,
             metric: Some(FAIL_CLOSED_METRIC),
+            mtu: None,
         }
+    }
+
+    #[test]
+    fn a_changed_mtu_replaces_the_route_in_place() {
+        let mut want = tun("10.20.0.0/16");
+        want.mtu = Some(1220);
+        let have = vec![kernel("10.20.0.0/16", RTPROT_STRAIT, TUN)];
+        let p = plan(&[want], &have, TUN);
+        assert_eq!(p.add, vec![want]);
+        assert!(p.remove.is_empty(), "{p:?}");
+        let mut now = have.clone();
+        now[0].mtu = Some(1220);
+        assert!(plan(&[want], &now, TUN).is_empty());
+        // Back to the device's MTU: replaced again.
+        let p = plan(&[tun("10.20.0.0/16")], &now, TUN);
+        assert_eq!((p.add.len(), p.remove.len()), (1, 0));
     }
 
     #[test]
@@ -348,15 +414,18 @@ mod tests {
             vec![
                 Route {
                     prefix: net("10.20.0.0/16"),
-                    via: Via::Tun
+                    via: Via::Tun,
+                    mtu: None,
                 },
                 Route {
                     prefix: net("10.30.0.0/16"),
-                    via: Via::Gateway("10.10.0.1".parse().unwrap())
+                    via: Via::Gateway("10.10.0.1".parse().unwrap()),
+                    mtu: None,
                 },
                 Route {
                     prefix: net("100.64.0.2/32"),
-                    via: Via::Tun
+                    via: Via::Tun,
+                    mtu: None,
                 },
             ]
         );
@@ -378,6 +447,7 @@ mod tests {
         let member = Route {
             prefix: net("10.30.0.0/16"),
             via: Via::Gateway("10.10.0.1".parse().unwrap()),
+            mtu: None,
         };
         let mut want = vec![
             member,
@@ -434,6 +504,7 @@ mod tests {
         let gw = |s: &str| Route {
             prefix: net("10.20.0.0/16"),
             via: Via::Gateway(s.parse().unwrap()),
+            mtu: None,
         };
         let have = vec![KernelRoute {
             prefix: net("10.20.0.0/16"),
@@ -443,6 +514,7 @@ mod tests {
             gateway: Some("10.10.0.1".parse().unwrap()),
             unreachable: false,
             metric: None,
+            mtu: None,
         }];
         let p = plan(&[gw("10.10.0.2")], &have, TUN);
         assert_eq!(p.add, vec![gw("10.10.0.2")]);
@@ -456,6 +528,7 @@ mod tests {
         let want = Route {
             prefix: net("10.20.0.0/16"),
             via: Via::Tun,
+            mtu: None,
         };
         let p = plan(&[want], std::slice::from_ref(&old), TUN);
         assert_eq!((p.add, p.remove), (vec![want], vec![old]));

@@ -5,10 +5,12 @@
 //! - [`probe`]: the authenticated probe datagram (format, key derivation, MAC).
 //! - [`stats`]: RTT, jitter, loss and percentiles of one path (pure).
 //! - [`ping`]: probes sent on demand for an operator, apart from the selection's.
+//! - [`pmtu`]: path MTU discovery per path with sized probes (pure state machine).
 //! - [`select`]: health with hysteresis and the choice of the active path (pure state
 //!   machine fed with probe outcomes and time).
 
 pub mod ping;
+pub mod pmtu;
 pub mod probe;
 pub mod select;
 pub mod stats;

@@ -17,6 +17,13 @@
 //! sender itself, which is no peer. (Each is counted by reason, see
 //! `engine::ProbeRefusal`.) A replayed request is answered like a fresh one: the reply goes
 //! to whoever sent it, is no larger, and changes no state.
+//!
+//! A **size request** (kind 3, for path MTU discovery, see `paths::pmtu`) is a request
+//! padded with zeros after the MAC to the size being probed; its MAC also covers its total
+//! length (2 bytes, big endian, after byte 20), so a truncated copy fails. It is answered
+//! with an ordinary 36-byte reply: only the request's direction is measured, and a probe
+//! never draws a reply larger than itself. Agents before size requests drop them (their
+//! check is `length == 36`), so toward them the path MTU stays unknown.
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::hmac;
@@ -31,6 +38,8 @@ const SIGNED: usize = PROBE_LEN - MAC_LEN;
 pub enum Kind {
     Request,
     Reply,
+    /// A request padded to a size being probed.
+    SizeRequest,
 }
 
 /// A probe's contents.
@@ -91,9 +100,16 @@ impl ProbeKey {
     }
 }
 
+/// Kind byte of a size request.
+const SIZE_REQUEST: u8 = 3;
+/// Largest size request (a jumbo frame's UDP payload).
+pub const MAX_SIZED: usize = 9001;
+
 /// Whether `datagram` looks like a probe (cheap: length and magic only).
 pub fn is_probe(datagram: &[u8]) -> bool {
-    datagram.len() == PROBE_LEN && datagram.starts_with(MAGIC)
+    (PROBE_LEN..=MAX_SIZED).contains(&datagram.len())
+        && datagram.starts_with(MAGIC)
+        && (datagram.len() == PROBE_LEN || datagram[3] == SIZE_REQUEST)
 }
 
 /// The unauthenticated sender id, to find the key to check the probe with.
@@ -113,6 +129,7 @@ pub fn encode(probe: &Probe, key: &ProbeKey) -> [u8; PROBE_LEN] {
     out[3] = match probe.kind {
         Kind::Request => 1,
         Kind::Reply => 2,
+        Kind::SizeRequest => SIZE_REQUEST,
     };
     out[4..12].copy_from_slice(&probe.sender);
     out[12..20].copy_from_slice(&probe.seq.to_be_bytes());
@@ -126,13 +143,43 @@ pub(crate) fn sign(datagram: &mut [u8; PROBE_LEN], key: &ProbeKey) {
     datagram[SIGNED..].copy_from_slice(&tag.as_ref()[..MAC_LEN]);
 }
 
+/// A size request of `len` bytes (at least [`PROBE_LEN`], at most [`MAX_SIZED`]) into
+/// `out` (cleared first).
+pub fn encode_sized(sender: [u8; 8], seq: u64, len: usize, key: &ProbeKey, out: &mut Vec<u8>) {
+    let len = len.clamp(PROBE_LEN, MAX_SIZED);
+    let head = encode(
+        &Probe {
+            kind: Kind::SizeRequest,
+            sender,
+            seq,
+        },
+        key,
+    );
+    out.clear();
+    out.extend_from_slice(&head[..SIGNED]);
+    let tag = mac(key, &head[..SIGNED], Some(len));
+    out.extend_from_slice(&tag.as_ref()[..MAC_LEN]);
+    out.resize(len, 0);
+}
+
+/// The MAC of a probe's signed bytes; a size request's also covers its length.
+fn mac(key: &ProbeKey, signed: &[u8], sized: Option<usize>) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(&key.0);
+    ctx.update(signed);
+    if let Some(len) = sized {
+        ctx.update(&(len as u16).to_be_bytes());
+    }
+    ctx.sign()
+}
+
 /// Checks and parses a probe.
 pub fn decode(datagram: &[u8], key: &ProbeKey) -> Result<Probe, ProbeError> {
     if !is_probe(datagram) {
         return Err(ProbeError::NotAProbe);
     }
-    let tag = hmac::sign(&key.0, &datagram[..SIGNED]);
-    if !constant_time_eq(&tag.as_ref()[..MAC_LEN], &datagram[SIGNED..]) {
+    let sized = (datagram[3] == SIZE_REQUEST).then_some(datagram.len());
+    let tag = mac(key, &datagram[..SIGNED], sized);
+    if !constant_time_eq(&tag.as_ref()[..MAC_LEN], &datagram[SIGNED..PROBE_LEN]) {
         return Err(ProbeError::Mac);
     }
     if datagram[2] != VERSION {
@@ -141,6 +188,7 @@ pub fn decode(datagram: &[u8], key: &ProbeKey) -> Result<Probe, ProbeError> {
     let kind = match datagram[3] {
         1 => Kind::Request,
         2 => Kind::Reply,
+        SIZE_REQUEST => Kind::SizeRequest,
         k => return Err(ProbeError::Kind(k)),
     };
     let mut sender = [0u8; 8];
@@ -191,6 +239,38 @@ mod tests {
     }
 
     #[test]
+    fn size_requests_carry_their_length_under_the_mac() {
+        let (a, b, _) = keys();
+        let ab = ProbeKey::derive(&a, &PublicKey::from(&b));
+        let ba = ProbeKey::derive(&b, &PublicKey::from(&a));
+        let sender = id_of(&PublicKey::from(&a));
+        let mut wire = Vec::new();
+        for len in [PROBE_LEN, 1252, 1472, 8973] {
+            encode_sized(sender, 9, len, &ab, &mut wire);
+            assert_eq!(wire.len(), len);
+            assert!(is_probe(&wire));
+            assert_eq!(
+                decode(&wire, &ba),
+                Ok(Probe {
+                    kind: Kind::SizeRequest,
+                    sender,
+                    seq: 9
+                })
+            );
+        }
+        // Truncated (a large probe's head copied into a small datagram) or padded: refused.
+        encode_sized(sender, 9, 1472, &ab, &mut wire);
+        assert_eq!(decode(&wire[..1000], &ba), Err(ProbeError::Mac));
+        assert_eq!(decode(&wire[..PROBE_LEN], &ba), Err(ProbeError::Mac));
+        let mut longer = wire.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, &ba), Err(ProbeError::Mac));
+        // Too short to hold a MAC, or larger than any size probed: not a probe.
+        assert!(!is_probe(&wire[..20]));
+        assert!(!is_probe(&vec![0x53; MAX_SIZED + 1]));
+    }
+
+    #[test]
     fn tampering_and_garbage_are_refused_without_panicking() {
         let (a, b, _) = keys();
         let key = ProbeKey::derive(&a, &PublicKey::from(&b));
@@ -207,7 +287,7 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(decode(&bad, &key).is_err(), "bit flip at byte {i} accepted");
         }
-        for len in [0, 1, 2, 35, 37, 148] {
+        for len in [0, 1, 2, 35, 37, 148, 9002] {
             let data = vec![0x53u8; len];
             assert_eq!(decode(&data, &key), Err(ProbeError::NotAProbe));
         }

@@ -162,6 +162,8 @@ pub struct PathReport {
     pub p95_us: Option<u64>,
     pub jitter_us: u64,
     pub loss: f64,
+    /// The path MTU discovered (outer bytes), filled in by the engine.
+    pub mtu: Option<u16>,
 }
 
 /// A change of the active path.
@@ -407,6 +409,7 @@ impl Selector {
                 p95_us: p.stats.rtt_percentile(95).map(us),
                 jitter_us: us(p.stats.jitter()),
                 loss: p.stats.loss(),
+                mtu: None,
             })
             .collect()
     }

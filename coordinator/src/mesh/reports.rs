@@ -318,6 +318,7 @@ fn link(a: &NodeRecord, b: &NodeRecord, kind: &str) -> LinkInfo {
         rtt_ms: active.and_then(|p| p.rtt_us).map(ms),
         jitter_ms: active.map(|p| ms(p.jitter_us)),
         loss: active.map(|p| p.loss),
+        mtu: active.and_then(|p| p.mtu),
         handshake_age_secs: report.and_then(|r| r.handshake_age_secs),
         tx_bytes: report.map(|r| r.tx_bytes),
         rx_bytes: report.map(|r| r.rx_bytes),

@@ -202,11 +202,26 @@ pub fn bind(
             Duration::from_secs(30).try_into().context("idle timeout")?,
         ));
     server.transport_config(Arc::new(transport));
-    let socket =
-        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    let socket = bind_udp(listen).with_context(|| format!("binding UDP {listen}"))?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     quinn::Endpoint::new(endpoint, Some(server), socket, runtime)
         .with_context(|| format!("serving QUIC on UDP {listen}"))
+}
+
+/// The listening socket. `[::]:port` serves IPv6 and IPv4 alike (not IPv6-only, whatever
+/// the host's `net.ipv6.bindv6only`).
+fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if listen.is_ipv6() && listen.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
 }
 
 /// Decides on a connection attempt at once: refused over the limits (no TLS work done),
@@ -353,6 +368,21 @@ async fn handle_connection(c: Arc<Coordinator>, conn: quinn::Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_ipv6_listener_also_takes_ipv4() {
+        let socket = bind_udp("[::]:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"v4", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"v4");
+        assert!(from.is_ipv6(), "{from}: an IPv4-mapped address");
+    }
 
     #[test]
     fn the_endpoint_secret_is_made_once_private_and_kept() {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{Engine, PeerState, Standing};
 use crate::paths::ping::{PingOutcome, Pings};
+use crate::paths::pmtu::is_size_probe;
 use crate::paths::probe::{self, Kind, Probe};
 use crate::paths::select::{NotInFlight, PathReport};
 
@@ -119,7 +120,7 @@ impl Engine {
         };
         let owner = self.owner(idx);
         let recorded = match p.kind {
-            Kind::Request => {
+            Kind::Request | Kind::SizeRequest => {
                 let Some(state) = self.peers.get(&signer) else {
                     return refused(ProbeRefusal::UnknownSender);
                 };
@@ -135,6 +136,7 @@ impl Engine {
                 return ProbeOutcome::Answered;
             }
             Kind::Reply if Pings::is_ping(p.seq) => self.pings.on_reply(owner, p.seq, now),
+            Kind::Reply if is_size_probe(p.seq) => self.on_size_reply(owner, p.seq),
             Kind::Reply => {
                 let Some(state) = self.peers.get_mut(&owner) else {
                     return refused(ProbeRefusal::UnknownSender);
@@ -142,7 +144,7 @@ impl Engine {
                 match state.selector.as_mut().map(|s| s.on_reply(p.seq, now)) {
                     Some(Ok(switch)) => {
                         if let Some(switch) = switch {
-                            Self::switch_path(owner, state, switch.to);
+                            Self::switch_path(owner, state, switch.to, now);
                         }
                         true
                     }
@@ -158,10 +160,11 @@ impl Engine {
         }
     }
 
-    fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr) {
+    fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr, now: Instant) {
         if state.spec.endpoint == Some(to) {
             return;
         }
+        Self::recheck_path(state, to, now);
         let kind = state
             .spec
             .candidates
@@ -189,7 +192,7 @@ impl Engine {
             let switch = sel.on_tick(now);
             let due = sel.due(now);
             if let Some(switch) = switch {
-                Self::switch_path(*idx, state, switch.to);
+                Self::switch_path(*idx, state, switch.to, now);
             }
             for (to, seq) in due {
                 let request = probe::encode(
@@ -203,6 +206,7 @@ impl Engine {
                 emit(to, &request);
             }
         }
+        self.pmtu_tick(now, &mut emit);
     }
 
     /// Sends one on-demand probe on every probed path to the peer with `public_key` (apart
@@ -250,7 +254,10 @@ impl Engine {
     pub fn paths(&self) -> Vec<([u8; 32], Vec<PathReport>)> {
         let mut out: Vec<_> = self
             .primaries()
-            .filter_map(|(_, s)| Some((s.spec.public_key, s.selector.as_ref()?.report())))
+            .filter_map(|(_, s)| {
+                s.selector.as_ref()?;
+                Some((s.spec.public_key, s.path_reports()))
+            })
             .collect();
         out.sort_by_key(|(k, _)| *k);
         out

@@ -43,10 +43,13 @@ impl Engine {
             };
             let spec = state.spec.clone();
             let selector = state.selector.take();
+            // The paths are the same: their MTUs carry over.
+            let mtu = std::mem::take(&mut state.mtu);
             let older = state.predecessor.take();
             let idx = self.retire(old, spec, older);
             if let Some(state) = self.peers.get_mut(&idx) {
                 state.selector = selector;
+                state.mtu = mtu;
                 state.kick = true;
             }
             let next = self.peers.get(&idx).and_then(|s| s.spec.next_public_key);
@@ -140,6 +143,7 @@ impl Engine {
         };
         let mut spec = state.spec.clone();
         let selector = state.selector.take();
+        let mtu = std::mem::take(&mut state.mtu);
         let older = state.predecessor.take();
         state.standby = None;
         state.standing = Standing::Retiring {
@@ -158,6 +162,7 @@ impl Engine {
             spec.next_public_key = None;
             state.spec = spec;
             state.selector = selector;
+            state.mtu = mtu;
             state.standing = Standing::Primary;
             state.predecessor = Some(old);
         }

@@ -80,6 +80,7 @@ fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
         predecessor: None,
         standby: None,
         kick: false,
+        mtu: PeerMtu::default(),
     };
     assert!(state.may_roam_to(public), "back to the selected path");
     assert!(
@@ -621,4 +622,89 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
     // A peer without probing (no announced endpoint) counts as reachable.
     a.set_peers(&[spec(2, "10.2.0.0/16", true), spec(3, "10.2.0.0/16", false)]);
     assert!(a.peer_reachable(&public(3)));
+}
+
+/// Path MTU discovery between two engines over a simulated path that drops datagrams
+/// larger than 1280 bytes (outer IPv4 packets; no ICMP): A finds 1280, reports it per path,
+/// and refuses a packet larger than the tunnel then carries, with the MTU to report.
+#[test]
+fn size_probes_find_the_path_mtu_and_oversized_packets_are_refused() {
+    use strait_proto::msg::EndpointKind;
+    let (mut a, mut b) = pair();
+    let b_pub = *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes();
+    a.engine.set_peers(&[PeerSpec {
+        public_key: b_pub,
+        endpoint: Some(b.addr),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![Candidate {
+            address: b.addr,
+            kind: EndpointKind::Public,
+            cost: 0,
+        }],
+        next_public_key: None,
+        priority: 0,
+    }]);
+    let t0 = Instant::now();
+    // No ceiling known yet: no size probes.
+    let mut sent = Vec::new();
+    a.engine.probe_tick(t0, |to, d| sent.push((to, d.len())));
+    assert!(
+        sent.iter().all(|(_, len)| *len == probe::PROBE_LEN),
+        "{sent:?}"
+    );
+    a.engine.set_ceilings(&[(b.addr, 1500)], t0);
+    let path = 1280usize;
+    let mut now = t0;
+    let mut largest_sent = 0;
+    for _ in 0..200 {
+        now += std::time::Duration::from_millis(50);
+        let mut out = Vec::new();
+        a.engine.probe_tick(now, |to, d| out.push((to, d.to_vec())));
+        for (_, d) in out {
+            // Outer size: IPv4 20 + UDP 8 + payload.
+            let size = d.len() + 28;
+            largest_sent = largest_sent.max(size);
+            if size > path {
+                continue;
+            }
+            let mut replies = Vec::new();
+            b.engine
+                .on_probe(a.addr, &d, now, |to, r| replies.push((to, r.to_vec())));
+            for (_, r) in replies {
+                assert_eq!(r.len(), probe::PROBE_LEN, "a reply is never larger");
+                a.engine.on_probe(b.addr, &r, now, |_, _| {});
+            }
+        }
+    }
+    assert_eq!(largest_sent, 1500, "the interface's MTU is probed");
+    let paths = a.engine.paths();
+    assert_eq!(paths[0].1[0].mtu, Some(1280), "{paths:?}");
+    let limit = 1280 - 60;
+    assert_eq!(a.engine.peer_mtus(), vec![(b_pub, Some(limit))]);
+    let mut out = vec![0u8; BUFFER];
+    let big = ipv4(
+        [10, 1, 0, 5],
+        [10, 2, 0, 9],
+        &vec![0u8; usize::from(limit) - 19],
+    );
+    assert_eq!(
+        a.engine.outbound_checked(&big, &mut out),
+        Outbound::TooBig(limit)
+    );
+    let fits = ipv4(
+        [10, 1, 0, 5],
+        [10, 2, 0, 9],
+        &vec![0u8; usize::from(limit) - 20],
+    );
+    assert_ne!(
+        a.engine.outbound_checked(&fits, &mut out),
+        Outbound::TooBig(limit)
+    );
+    // With an explicit MTU the operator's figure wins: nothing is refused for size.
+    a.engine.set_enforce_mtu(false);
+    assert_ne!(
+        a.engine.outbound_checked(&big, &mut out),
+        Outbound::TooBig(limit)
+    );
 }

@@ -1,0 +1,218 @@
+//! Path MTU in the engine: a [`PathMtu`] search per path of every peer, size probes sent
+//! and their replies recorded, and the limit on the packets a peer's tunnel takes: a packet
+//! from the TUN device larger than the active path carries is refused with the MTU to
+//! report to its sender (ICMP "fragmentation needed" / "packet too big", built by
+//! `dataplane::icmp`), instead of leaving as a datagram that a smaller hop drops.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Engine, PeerState, Standing};
+use crate::paths::pmtu::{PathMtu, PMTU_BIT};
+use crate::paths::probe;
+
+/// Outer bytes around an IP packet carried by the tunnel to `to`: the outer IP header
+/// (20 or 40), UDP (8) and WireGuard's data header and tag (32; boringtun does not pad).
+pub fn overhead(to: SocketAddr) -> u16 {
+    let ip = if to.is_ipv4() { 20 } else { 40 };
+    ip + 8 + super::tunnel::OVERHEAD as u16
+}
+
+/// The largest IP packet the tunnel carries over a path of `path_mtu` bytes toward `to`.
+pub fn inner_mtu(path_mtu: u16, to: SocketAddr) -> u16 {
+    path_mtu.saturating_sub(overhead(to))
+}
+
+/// The MTU state of one peer: a search per path, and the limit on its packets.
+#[derive(Debug, Default)]
+pub struct PeerMtu {
+    paths: HashMap<SocketAddr, PathMtu>,
+    next_seq: u64,
+    /// The largest packet the active path carries (inner bytes), once known.
+    pub(super) limit: Option<u16>,
+}
+
+impl PeerMtu {
+    /// The discovered MTU of the path to `address` (outer bytes).
+    pub fn of(&self, address: SocketAddr) -> Option<u16> {
+        self.paths.get(&address).and_then(PathMtu::mtu)
+    }
+
+    fn on_reply(&mut self, seq: u64) -> bool {
+        self.paths.values_mut().any(|p| p.on_reply(seq))
+    }
+}
+
+/// What to do with a packet from the TUN device.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outbound<'a> {
+    /// Send this datagram.
+    Send(SocketAddr, &'a [u8]),
+    /// Larger than the peer's active path carries: tell the sender this MTU.
+    TooBig(u16),
+    Drop,
+}
+
+impl Engine {
+    /// The interface MTU toward each path (from the shell, which asks the kernel): a
+    /// search starts only on a path whose ceiling is known, and a lower ceiling (an uplink
+    /// lowered) caps the path at once.
+    pub fn set_ceilings(&mut self, ceilings: &[(SocketAddr, u16)], now: Instant) {
+        for &(address, ceiling) in ceilings {
+            self.ceilings.insert(address, ceiling);
+            for (idx, state) in self.peers.iter_mut() {
+                if let Some(path) = state.mtu.paths.get_mut(&address) {
+                    if let Some(c) = path.set_ceiling(ceiling, now) {
+                        tracing::info!(peer = idx, %address, ceiling, from = ?c.from, to = ?c.to, "path MTU capped by the interface");
+                    }
+                }
+            }
+        }
+        self.refresh_limits();
+    }
+
+    /// Every address a path MTU is searched on: each peer's candidates and endpoint.
+    pub fn mtu_addresses(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .primaries()
+            .flat_map(|(_, s)| Self::measured(s))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn measured(state: &PeerState) -> impl Iterator<Item = SocketAddr> + '_ {
+        state
+            .spec
+            .candidates
+            .iter()
+            .map(|c| c.address)
+            .chain(state.spec.endpoint)
+    }
+
+    /// Path MTU discovery: starts searches on new paths, forgets gone ones, expires size
+    /// probes and sends those due. Called from `probe_tick`.
+    pub(super) fn pmtu_tick(&mut self, now: Instant, emit: &mut impl FnMut(SocketAddr, &[u8])) {
+        let own_id = self.own_id;
+        let tunables = self.pmtu_tunables;
+        let mut wire = std::mem::take(&mut self.size_probe);
+        for (idx, state) in self.peers.iter_mut() {
+            if state.standing != Standing::Primary {
+                continue;
+            }
+            let wanted: Vec<SocketAddr> = Self::measured(state).collect();
+            state.mtu.paths.retain(|a, _| wanted.contains(a));
+            for address in wanted {
+                if let (None, Some(&ceiling)) =
+                    (state.mtu.paths.get(&address), self.ceilings.get(&address))
+                {
+                    state
+                        .mtu
+                        .paths
+                        .insert(address, PathMtu::new(ceiling, tunables));
+                }
+            }
+            let PeerState { mtu, probe_key, .. } = state;
+            let PeerMtu {
+                paths, next_seq, ..
+            } = mtu;
+            for (&address, path) in paths.iter_mut() {
+                if let Some(c) = path.on_tick(now) {
+                    tracing::info!(peer = idx, %address, from = ?c.from, to = ?c.to, "path MTU");
+                }
+                let sizes = path.due(now, || {
+                    *next_seq = next_seq.wrapping_add(1);
+                    PMTU_BIT | (*next_seq & (PMTU_BIT - 1))
+                });
+                for (seq, size) in sizes {
+                    // The probe's UDP payload: the size less the outer IP and UDP headers.
+                    let ip = if address.is_ipv4() { 20 } else { 40 };
+                    let len = usize::from(size).saturating_sub(ip + 8);
+                    probe::encode_sized(own_id, seq, len, probe_key, &mut wire);
+                    tracing::trace!(peer = idx, %address, size, "size probe");
+                    emit(address, &wire);
+                }
+            }
+        }
+        self.size_probe = wire;
+        self.refresh_limits();
+    }
+
+    /// A reply to a size probe, for primary `owner`.
+    pub(super) fn on_size_reply(&mut self, owner: u32, seq: u64) -> bool {
+        self.peers
+            .get_mut(&owner)
+            .is_some_and(|s| s.mtu.on_reply(seq))
+    }
+
+    /// After a switch to `to`: its MTU is checked at once.
+    pub(super) fn recheck_path(state: &mut PeerState, to: SocketAddr, now: Instant) {
+        if let Some(path) = state.mtu.paths.get_mut(&to) {
+            path.recheck(now);
+        }
+        // The engine's smallest limit is refreshed at the next probe tick (50 ms).
+        state.mtu.limit = state.mtu.of(to).map(|m| inner_mtu(m, to));
+    }
+
+    /// Each peer's packet limit from its active path's MTU.
+    fn refresh_limits(&mut self) {
+        let mut min: Option<u16> = None;
+        for state in self.peers.values_mut() {
+            state.mtu.limit = state
+                .spec
+                .endpoint
+                .and_then(|ep| state.mtu.of(ep).map(|m| inner_mtu(m, ep)));
+            if let Some(l) = state.mtu.limit {
+                min = Some(min.map_or(l, |m| m.min(l)));
+            }
+        }
+        self.min_limit = min;
+    }
+
+    /// Every peer's largest packet over its active path (inner bytes), by public key;
+    /// `None` where the path's MTU is not known.
+    pub fn peer_mtus(&self) -> Vec<([u8; 32], Option<u16>)> {
+        let mut out: Vec<_> = self
+            .primaries()
+            .map(|(_, s)| (s.spec.public_key, s.mtu.limit))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Turns path MTU enforcement on or off (off with an explicit `mtu`: the operator's
+    /// figure wins and packets are never refused for size).
+    pub fn set_enforce_mtu(&mut self, enforce: bool) {
+        self.enforce_mtu = enforce;
+    }
+
+    /// Like [`Engine::outbound`], but a packet larger than its peer's active path carries
+    /// is refused with the MTU to report to its sender.
+    pub fn outbound_checked<'a>(&mut self, packet: &[u8], out: &'a mut [u8]) -> Outbound<'a> {
+        let over_some_limit = self
+            .min_limit
+            .is_some_and(|m| packet.len() > usize::from(m));
+        if self.enforce_mtu && over_some_limit {
+            if let Some(limit) = self.limit_for(packet) {
+                if packet.len() > usize::from(limit) {
+                    return Outbound::TooBig(limit);
+                }
+            }
+        }
+        match self.outbound(packet, out) {
+            Some((to, bytes)) => Outbound::Send(to, bytes),
+            None => Outbound::Drop,
+        }
+    }
+
+    fn limit_for(&self, packet: &[u8]) -> Option<u16> {
+        let dst = super::tunnel::destination(packet)?;
+        let idx = self
+            .table
+            .lookup(dst)
+            .and_then(|carriers| self.carrier(carriers, packet))?;
+        self.peers.get(&idx)?.mtu.limit
+    }
+}
