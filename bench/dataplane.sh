@@ -16,7 +16,10 @@
 set -euo pipefail
 ROUNDS=${1:-3}
 DURATION=${DURATION:-10}
-cargo build --release --workspace --quiet
+# The veth's MTU (the underlay); the TUN / wg MTU is 80 less. 9000 measures jumbo frames.
+UNDERLAY_MTU=${UNDERLAY_MTU:-1500}
+# SKIP_BUILD=1: use the release binaries already built.
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --quiet
 B=$PWD/target/release
 A=sbench-a; Bn=sbench-b
 WORK=$(mktemp -d /tmp/strait-bench-XXXX)
@@ -35,6 +38,7 @@ topology() {
   ip netns del $A 2>/dev/null || true; ip netns del $Bn 2>/dev/null || true
   ip netns add $A; ip netns add $Bn
   ip link add up0 netns $A type veth peer name up0 netns $Bn
+  ip -n $A link set up0 mtu "$UNDERLAY_MTU"; ip -n $Bn link set up0 mtu "$UNDERLAY_MTU"
   ip -n $A addr add 192.0.2.1/24 dev up0; ip -n $A link set up0 up; ip -n $A link set lo up
   ip -n $Bn addr add 192.0.2.2/24 dev up0; ip -n $Bn link set up0 up; ip -n $Bn link set lo up
 }
@@ -131,8 +135,8 @@ wggo_round() {
   done
   ip netns exec $A wg set wga private-key "$w/a.key" listen-port 51820 peer "$(cat "$w/b.pub")" allowed-ips 100.64.0.2/32 endpoint 192.0.2.2:51820
   ip netns exec $Bn wg set wgb private-key "$w/b.key" listen-port 51820 peer "$(cat "$w/a.pub")" allowed-ips 100.64.0.1/32 endpoint 192.0.2.1:51820
-  ip -n $A addr add 100.64.0.1/10 dev wga; ip -n $A link set wga mtu 1420 up
-  ip -n $Bn addr add 100.64.0.2/10 dev wgb; ip -n $Bn link set wgb mtu 1420 up
+  ip -n $A addr add 100.64.0.1/10 dev wga; ip -n $A link set wga mtu $((UNDERLAY_MTU - 80)) up
+  ip -n $Bn addr add 100.64.0.2/10 dev wgb; ip -n $Bn link set wgb mtu $((UNDERLAY_MTU - 80)) up
   ip netns exec $A ping -c 2 -W 2 100.64.0.2 >/dev/null
   # wireguard-go re-execs itself; the sender-side CPU is that of the process in $A.
   local real; real=$(pgrep -n -f "wireguard-go -f wga" || echo $apid)
