@@ -364,7 +364,7 @@ def providers(d, seen=None):
     for tf in blocks.get("terraform", []):
         for rp in tf.get("required_providers", []):
             for local_name, spec in rp.items():
-                if local_name == "__is_block__":
+                if local_name.startswith("__"):  # __is_block__, __inline_comments__ (python-hcl2)
                     continue
                 src = unquote(spec.get("source", f"hashicorp/{local_name}")) if isinstance(spec, dict) else f"hashicorp/{local_name}"
                 if src.count("/") == 1:
