@@ -217,9 +217,14 @@ if want k8s; then
       OUT="$work/rendered-gateway.toml" sh "$script" &&
     HOST_IP=fd00::23 PRIVATE_KIND=interconnect IN="$deploy/kubernetes/base/agent.toml" \
       OUT="$work/rendered-gateway6.toml" sh "$script" &&
+    HOST_IP=10.10.1.23 IN="$deploy/kubernetes/base/agent.toml" OUT="$work/rendered-bgp.toml" \
+      BGP_IN="$deploy/kubernetes/overlays/eks-bgp/bgp.toml" BIRD_CONFIG="$work/bird.conf" sh "$script" &&
+    grep -qx 'router-id = "10.10.1.23"' "$work/rendered-bgp.toml" && grep -qx 'router id 10.10.1.23;' "$work/bird.conf" &&
+    ! HOST_IP=fd00::23 IN="$deploy/kubernetes/base/agent.toml" OUT="$work/never.toml" \
+      BGP_IN="$deploy/kubernetes/overlays/eks-bgp/bgp.toml" BIRD_CONFIG="$work/bird6.conf" sh "$script" 2>/dev/null &&
     ! HOST_IP=10.10.1.23 PUBLIC_IP_FROM=mars IN="$deploy/kubernetes/base/agent.toml" \
       OUT="$work/never.toml" sh "$script" 2>/dev/null; then
-    record PASS "sh -n + run (private, v6, bad input)" "$(rel "$script")"
+    record PASS "sh -n + run (private, v6, BGP, bad input)" "$(rel "$script")"
   else
     record FAIL "sh -n + run" "$(rel "$script")"
   fi
