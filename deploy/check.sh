@@ -23,8 +23,9 @@
 #   - cloud-init: Debian 12's cloud-init `schema` on deploy/systemd/cloud-init.yaml and the
 #     one Terraform renders, and every top-level key known to cloud-init's schema.
 #   - systemd: `systemd-analyze verify` (any warning fails) and `systemd-analyze security
-#     --offline` (exposure at most SYSTEMD_MAX_EXPOSURE) on both units; shellcheck on every
-#     shell script of deploy/.
+#     --offline` (exposure at most SYSTEMD_MAX_EXPOSURE) on the units (the agent with its
+#     BGP drop-in, the coordinator, strait-bird); shellcheck on every shell script of
+#     deploy/.
 #   - Grafana: the dashboard is valid JSON (python3 -m json.tool) with unique panel ids.
 # deploy/tools/selftest.sh breaks a copy of deploy/ in each way these checks must catch and
 # expects this script to fail each time.
