@@ -23,8 +23,9 @@
 #   - cloud-init: Debian 12's cloud-init `schema` on deploy/systemd/cloud-init.yaml and the
 #     one Terraform renders, and every top-level key known to cloud-init's schema.
 #   - systemd: `systemd-analyze verify` (any warning fails) and `systemd-analyze security
-#     --offline` (exposure at most SYSTEMD_MAX_EXPOSURE) on both units; shellcheck on every
-#     shell script of deploy/.
+#     --offline` (exposure at most SYSTEMD_MAX_EXPOSURE) on the units (the agent with its
+#     BGP drop-in, the coordinator, strait-bird); shellcheck on every shell script of
+#     deploy/.
 #   - Grafana: the dashboard is valid JSON (python3 -m json.tool) with unique panel ids.
 # deploy/tools/selftest.sh breaks a copy of deploy/ in each way these checks must catch and
 # expects this script to fail each time.
@@ -217,9 +218,14 @@ if want k8s; then
       OUT="$work/rendered-gateway.toml" sh "$script" &&
     HOST_IP=fd00::23 PRIVATE_KIND=interconnect IN="$deploy/kubernetes/base/agent.toml" \
       OUT="$work/rendered-gateway6.toml" sh "$script" &&
+    HOST_IP=10.10.1.23 IN="$deploy/kubernetes/base/agent.toml" OUT="$work/rendered-bgp.toml" \
+      BGP_IN="$deploy/kubernetes/overlays/eks-bgp/bgp.toml" BIRD_CONFIG="$work/bird.conf" sh "$script" &&
+    grep -qx 'router-id = "10.10.1.23"' "$work/rendered-bgp.toml" && grep -qx 'router id 10.10.1.23;' "$work/bird.conf" &&
+    ! HOST_IP=fd00::23 IN="$deploy/kubernetes/base/agent.toml" OUT="$work/never.toml" \
+      BGP_IN="$deploy/kubernetes/overlays/eks-bgp/bgp.toml" BIRD_CONFIG="$work/bird6.conf" sh "$script" 2>/dev/null &&
     ! HOST_IP=10.10.1.23 PUBLIC_IP_FROM=mars IN="$deploy/kubernetes/base/agent.toml" \
       OUT="$work/never.toml" sh "$script" 2>/dev/null; then
-    record PASS "sh -n + run (private, v6, bad input)" "$(rel "$script")"
+    record PASS "sh -n + run (private, v6, BGP, bad input)" "$(rel "$script")"
   else
     record FAIL "sh -n + run" "$(rel "$script")"
   fi
@@ -306,11 +312,13 @@ locals {
     mesh = "prod", site = "aws-use1", node = "gw-1", coordinators = ["strait-coordinator.example.net:7443"],
     wireguard_port = 51820, mtu = 1380, metrics_listen = "10.10.0.10:9464", prefixes = ["10.10.0.0/16"],
     endpoints = [{ address = "10.10.0.10:51820", kind = "private" }, { address = "198.51.100.20:51820", kind = "public" }],
-    extra = "fail-closed = true",
+    extra = "fail-closed = true", priority = "standby",
+    bgp = "[bgp]\nlocal-as = 65001\nrouter-id = \"10.10.0.10\"\nbird-config = \"/run/strait-bird/bird.conf\"\nbird-socket = \"/run/strait-bird/bird.ctl\"\nbirdc = \"/usr/sbin/birdc\"\n\n[[bgp.neighbors]]\naddress = \"10.10.0.4\"\nremote-as = 65000",
     vault = "[vault]\naddress = \"https://vault.example.net:8200\"\nrole = \"strait-gateway-aws-use1\"\nauth = \"aws\"\nauth-mount = \"aws\"\nauth-role = \"strait-gateway-aws-use1\"\nca-cert = \"/etc/ssl/strait/vault-ca.pem\""
   })
   cloud_init = templatefile("\${local.templates}/cloud-init.yaml.tftpl", {
     agent_toml = local.agent_toml, agent_secrets = { "join-token" = "s" }, vault_ca_cert = "-----BEGIN CERTIFICATE-----\n",
+    packages = ["curl", "ca-certificates", "bird2"],
     release_url = "https://releases.example.net/strait.tar.gz", release_sha256 = "$(printf '0%.0s' {1..64})",
     install_files = { "install.sh" = file("$work/deploy/systemd/install.sh") }
   })
@@ -389,17 +397,19 @@ fi
 # --- systemd and shell --------------------------------------------------------------------
 if want systemd; then
   section "systemd units, shell scripts"
-  units=(strait-agent.service strait-coordinator.service)
+  units=(strait-agent.service strait-coordinator.service strait-bird.service)
   if command -v systemd-analyze >/dev/null; then
     # verify wants the ExecStart binaries and the standard units: a scratch root holds the
     # units, stub binaries and a copy of the system's unit directory.
     root="$work/sdroot"
-    mkdir -p "$root/etc/systemd/system" "$root/usr/local/bin" "$root/usr/lib/systemd"
+    mkdir -p "$root/etc/systemd/system" "$root/usr/local/bin" "$root/usr/sbin" "$root/usr/lib/systemd"
     cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
     for u in "${units[@]}"; do cp "$deploy/systemd/$u" "$root/etc/systemd/system/"; done
-    for b in strait-agent strait-coordinator; do
-      printf '#!/bin/sh\n' >"$root/usr/local/bin/$b"
-      chmod +x "$root/usr/local/bin/$b"
+    # The agent as install.sh --bgp leaves it: with its drop-in (verified with it).
+    cp -r "$deploy/systemd/strait-agent.service.d" "$root/etc/systemd/system/"
+    for b in local/bin/strait-agent local/bin/strait-coordinator sbin/bird sbin/birdc; do
+      printf '#!/bin/sh\n' >"$root/usr/$b"
+      chmod +x "$root/usr/$b"
     done
     for u in "${units[@]}"; do
       msgs="$(systemd-analyze verify --root="$root" "$u" 2>&1)" && status=0 || status=$?

@@ -74,11 +74,12 @@ for b in strait-agent strait-coordinator straitctl; do
   install -m 0755 "$bins/$b" "$top/bin/$b"
 done
 for f in install.sh strait-agent.service strait-coordinator.service 90-strait-gateway.conf \
-  agent.example.toml coordinator.example.toml cloud-init.yaml; do
+  strait-bird.service strait-agent.service.d/50-bgp.conf agent.example.toml \
+  agent-bgp.example.toml coordinator.example.toml cloud-init.yaml; do
   [ -f "$repo/deploy/systemd/$f" ] || die "deploy/systemd/$f is missing"
   mode=0644
   [ "$f" != install.sh ] || mode=0755
-  install -m "$mode" "$repo/deploy/systemd/$f" "$top/deploy/systemd/$f"
+  install -D -m "$mode" "$repo/deploy/systemd/$f" "$top/deploy/systemd/$f"
 done
 install -m 0644 "$repo/README.md" "$top/README.md"
 (cd "$top" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum) >"$work/SHA256SUMS"

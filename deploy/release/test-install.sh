@@ -81,6 +81,39 @@ expect "gateway: strait-agent.service enabled, no coordinator unit" \
 expect "gateway: a second run (an upgrade) keeps the config" \
   install_sh "$r" --gateway "$archive"
 
+# --- --gateway with [bgp]: BIRD beside the agent ------------------------------------------
+r="$work/bgp"
+mkdir -p "$r/lib/systemd/system"
+# Debian's bird2 unit, enabled as the package leaves it: --bgp must disable it.
+printf '[Unit]\nDescription=BIRD\n[Service]\nExecStart=/usr/sbin/bird -f\n[Install]\nWantedBy=multi-user.target\n' \
+  >"$r/lib/systemd/system/bird.service"
+systemctl --root="$r" enable bird.service >/dev/null 2>&1
+cp "$work/release/deploy/systemd/agent-bgp.example.toml" "$work/bgp.toml"
+expect "--gateway with a [bgp] config installs BIRD beside the agent (--bgp implied)" \
+  install_sh "$r" --gateway --config "$work/bgp.toml" --secret "join-token=$work/token" \
+  --secret "bgp-password=$work/secret-id" "$archive"
+expect "bgp: the log says [bgp] implied --bgp" grep -qF "has [bgp]: installing BIRD" "$r.log"
+expect "bgp: strait-bird.service and the agent's drop-in 50-bgp.conf installed, 0644" \
+  test "$(mode "$r/etc/systemd/system/strait-bird.service")" = 644 \
+  -a "$(mode "$r/etc/systemd/system/strait-agent.service.d/50-bgp.conf")" = 644
+expect "bgp: the drop-in gives the agent /run/strait-bird" \
+  grep -qx 'RuntimeDirectory=strait-bird' "$r/etc/systemd/system/strait-agent.service.d/50-bgp.conf"
+expect "bgp: the drop-in wants strait-bird.service" \
+  grep -qx 'Wants=strait-bird.service' "$r/etc/systemd/system/strait-agent.service.d/50-bgp.conf"
+expect "bgp: BIRD runs as the agent's dynamic user" \
+  grep -qx 'User=strait-agent' "$r/etc/systemd/system/strait-bird.service"
+expect "bgp: BIRD bound to the agent" grep -qx 'BindsTo=strait-agent.service' "$r/etc/systemd/system/strait-bird.service"
+expect "bgp: Debian's bird.service disabled" \
+  test ! -e "$r/etc/systemd/system/multi-user.target.wants/bird.service"
+expect "bgp: the BGP password is a 0600 secret" test "$(mode "$r/etc/strait/agent-secrets/bgp-password")" = 600
+expect "bgp: a second run keeps BIRD's units (the config still has [bgp])" \
+  install_sh "$r" --gateway "$archive"
+expect "bgp: still there after the upgrade" test -f "$r/etc/systemd/system/strait-bird.service"
+expect "bgp: a run with a config without [bgp] removes BIRD's unit and the drop-in" \
+  install_sh "$r" --gateway --config "$work/gateway.toml" "$archive"
+expect "bgp: removed" test ! -e "$r/etc/systemd/system/strait-bird.service" \
+  -a ! -e "$r/etc/systemd/system/strait-agent.service.d"
+
 # --- --member from the unpacked release directory -----------------------------------------
 r="$work/member"
 mkdir "$r"
@@ -126,6 +159,13 @@ expect "an invalid config is refused, naming the key" \
   refused "listen-port" "$r" --gateway --config "$work/bad.toml" "$archive"
 expect "a member config for --gateway is refused" \
   refused 'set role = "gateway"' "$r" --gateway --config "$work/member.toml" "$archive"
+expect "--bgp on a member is refused" \
+  refused "--bgp is for gateways" "$r" --member --bgp --config "$work/member.toml" "$archive"
+expect "--bgp with a config without [bgp] is refused" \
+  refused "has no [bgp] table" "$r" --gateway --bgp --config "$work/gateway.toml" "$archive"
+sed 's|^bird-config = .*|bird-config = "/run/strait/bird.conf"|' "$work/bgp.toml" >"$work/bgp-elsewhere.toml"
+expect "a [bgp] config whose bird-config is not /run/strait-bird/bird.conf is refused" \
+  refused 'set bird-config = "/run/strait-bird/bird.conf"' "$r" --gateway --config "$work/bgp-elsewhere.toml" "$archive"
 expect "an agent install without agent.toml is refused" \
   refused "no $r/etc/strait/agent.toml" "$r" --member "$archive"
 expect "the refusals installed nothing" test -z "$(find "$r" -mindepth 1 -not -name '*.log' -print -quit)"

@@ -16,6 +16,14 @@
 #   --member             the agent as a member: strait-agent.service
 #   --coordinator        the coordinator: strait-coordinator.service (started once
 #                        /etc/strait/coordinator.toml exists) and straitctl
+#   --bgp                with --gateway: BIRD 2 beside the agent for `[bgp]` (implied when
+#                        agent.toml has a [bgp] table): strait-bird.service, the agent's
+#                        drop-in strait-agent.service.d/50-bgp.conf (/run/strait-bird,
+#                        shared with BIRD), the bird2 package (apt-get, unless --root) and
+#                        Debian's own bird.service disabled. agent.toml must use
+#                        bird-config = "/run/strait-bird/bird.conf" and
+#                        bird-socket = "/run/strait-bird/bird.ctl". A gateway installed
+#                        without it loses the two units if an earlier run installed them.
 # Options:
 #   --config FILE        agent config, installed as /etc/strait/agent.toml (root, 0600);
 #                        without it an existing one is kept, and a missing one stops the
@@ -45,13 +53,14 @@ die() {
 }
 note() { echo "install.sh: $*"; }
 usage() {
-  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
 gateway=no
 member=no
 coordinator=no
+bgp=no
 start=yes
 config=""
 coordinator_config=""
@@ -65,6 +74,7 @@ while [ $# -gt 0 ]; do
     --gateway) gateway=yes ;;
     --member) member=yes ;;
     --coordinator) coordinator=yes ;;
+    --bgp) bgp=yes ;;
     --no-start) start=no ;;
     --config | --coordinator-config | --secret | --coordinator-secret | --sha256 | --root)
       [ $# -ge 2 ] || die "$1 needs a value (see --help)"
@@ -103,6 +113,7 @@ fi
 [ "$gateway" = no ] || [ "$member" = no ] || die "--gateway and --member exclude each other: a node has one role"
 agent=no
 { [ "$gateway" = yes ] || [ "$member" = yes ]; } && agent=yes
+[ "$bgp" = no ] || [ "$gateway" = yes ] || die "--bgp is for gateways: add --gateway"
 [ "$(id -u)" -eq 0 ] || die "run as root (it writes /usr/local/bin, /etc/strait and systemd units)"
 [ -n "$root" ] || command -v systemctl >/dev/null || die "systemctl not found: this installer is for systemd hosts"
 
@@ -189,6 +200,33 @@ units="$release/deploy/systemd"
 
 # --- Check the configuration before changing anything -----------------------------------
 agent_toml="${config:-$etc/agent.toml}"
+# bgp_key KEY: the value of KEY = "..." in agent.toml's [bgp] table (empty if unset).
+bgp_key() {
+  sed -n '/^\[bgp\][[:space:]]*$/,/^\[[^[]/p' "$agent_toml" |
+    sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\"\([^\"]*\)\".*/\1/p" | head -n 1
+}
+if [ "$gateway" = yes ] && grep -q '^\[bgp\][[:space:]]*$' "$agent_toml"; then
+  [ "$bgp" = yes ] || note "$agent_toml has [bgp]: installing BIRD beside the agent (as --bgp)"
+  bgp=yes
+fi
+if [ "$bgp" = yes ]; then
+  grep -q '^\[bgp\][[:space:]]*$' "$agent_toml" ||
+    die "--bgp: $agent_toml has no [bgp] table (see agent-bgp.example.toml next to this script)"
+  for kv in bird-config=/run/strait-bird/bird.conf bird-socket=/run/strait-bird/bird.ctl; do
+    [ "$(bgp_key "${kv%%=*}")" = "${kv#*=}" ] ||
+      die "$agent_toml: set ${kv%%=*} = \"${kv#*=}\" in [bgp]: strait-bird.service runs BIRD on that file (got \"$(bgp_key "${kv%%=*}")\")"
+  done
+  birdc_path="$(bgp_key birdc)"
+  case "$birdc_path" in
+    /usr/sbin/birdc | birdc) ;;
+    *) die "$agent_toml: set birdc = \"/usr/sbin/birdc\" in [bgp] (the bird2 package's; got \"$birdc_path\")" ;;
+  esac
+  for f in deploy/systemd/strait-bird.service deploy/systemd/strait-agent.service.d/50-bgp.conf; do
+    if [ ! -f "$release/$f" ] || ! listed "$f"; then
+      die "$source_arg has no $f in its SHA256SUMS: this release cannot run BIRD beside the agent (--bgp)"
+    fi
+  done
+fi
 if [ "$agent" = yes ]; then
   out="$("$release/bin/strait-agent" check-config --config "$agent_toml" 2>&1)" || die "$agent_toml: $out"
   want=member
@@ -227,6 +265,37 @@ if [ "$agent" = yes ]; then
     note "installed secret $etc/agent-secrets/${s%%=*}"
   done
   install -m 0644 -o root -g root "$units/strait-agent.service" "$unitdir/strait-agent.service"
+fi
+if [ "$bgp" = yes ]; then
+  if [ -n "$root" ]; then
+    [ -x "$root/usr/sbin/bird" ] || note "warning: no $root/usr/sbin/bird: install the bird2 package in $root (--root installs no packages)"
+  elif ! command -v bird >/dev/null || ! command -v birdc >/dev/null; then
+    command -v apt-get >/dev/null || die "--bgp needs BIRD 2 (bird, birdc in /usr/sbin): install it, e.g. the bird2 package"
+    note "installing bird2 (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bird2 >/dev/null ||
+      die "apt-get install bird2 failed (run apt-get update?)"
+  fi
+  install -d -m 0755 "$unitdir/strait-agent.service.d"
+  install -m 0644 -o root -g root "$units/strait-bird.service" "$unitdir/strait-bird.service"
+  install -m 0644 -o root -g root "$units/strait-agent.service.d/50-bgp.conf" "$unitdir/strait-agent.service.d/50-bgp.conf"
+  note "installed strait-bird.service and strait-agent.service.d/50-bgp.conf (BIRD beside the agent)"
+  # Debian's bird.service runs BIRD on /etc/bird/bird.conf: not ours, and it would hold port 179.
+  if [ -f "$root/lib/systemd/system/bird.service" ] || [ -f "$root/usr/lib/systemd/system/bird.service" ]; then
+    if [ -n "$root" ]; then
+      systemctl --root="$root" disable bird.service >/dev/null 2>&1 || true
+    else
+      systemctl disable --now bird.service >/dev/null 2>&1 || true
+    fi
+    note "disabled Debian's bird.service (strait-bird.service runs BIRD for the agent)"
+  fi
+elif [ "$gateway" = yes ]; then
+  for f in strait-agent.service.d/50-bgp.conf strait-bird.service; do
+    if [ -e "$unitdir/$f" ]; then
+      rm -f "$unitdir/$f"
+      note "removed $unitdir/$f (no [bgp] in $agent_toml)"
+    fi
+  done
+  rmdir "$unitdir/strait-agent.service.d" 2>/dev/null || true
 fi
 if [ "$gateway" = yes ]; then
   install -d -m 0755 "$root/etc/sysctl.d"

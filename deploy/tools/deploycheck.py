@@ -271,6 +271,20 @@ def k8s_configs(rendered, outdir):
                         with open(src, "w") as fh:
                             fh.write(ifiles.get("/etc/strait/agent.toml", ""))
                         out = os.path.join(tmp, "out.toml")
+                        # Other paths the script is given: mounted files as copies, paths
+                        # in its other mounts (emptyDirs) under a scratch directory.
+                        for k, v in list(ienv.items()):
+                            if not v.startswith("/"):
+                                continue
+                            local = os.path.join(tmp, "env", k, os.path.basename(v))
+                            if v in ifiles:
+                                os.makedirs(os.path.dirname(local), exist_ok=True)
+                                with open(local, "w") as fh:
+                                    fh.write(ifiles[v])
+                                ienv[k] = local
+                            elif any(v.startswith(m["mountPath"].rstrip("/") + "/") for m in ic.get("volumeMounts", [])):
+                                os.makedirs(os.path.dirname(local), exist_ok=True)
+                                ienv[k] = local
                         run_env = {**os.environ, **ienv, "IN": src, "OUT": out, "PUBLIC_IP_FROM": "none"}
                         r = subprocess.run(["sh", "-c", script, "render"], env=run_env, capture_output=True, text=True)
                         if r.returncode != 0:
@@ -364,7 +378,7 @@ def providers(d, seen=None):
     for tf in blocks.get("terraform", []):
         for rp in tf.get("required_providers", []):
             for local_name, spec in rp.items():
-                if local_name == "__is_block__":
+                if local_name.startswith("__"):  # __is_block__, __inline_comments__ (python-hcl2)
                     continue
                 src = unquote(spec.get("source", f"hashicorp/{local_name}")) if isinstance(spec, dict) else f"hashicorp/{local_name}"
                 if src.count("/") == 1:

@@ -48,6 +48,9 @@ cases=(
   "terraform-undefined-variable-validate|tf|terraform/modules/aws-gateway/main.tf|  from_port         = var.wireguard_port|  from_port         = var.wireguard_prot|^FAIL  terraform init \\+ validate +deploy/terraform/modules/aws-gateway$"
   "cloud-init-renamed-key|cloudinit|systemd/cloud-init.yaml|write_files:|write_file:|^FAIL  cloud-init schema \\+ known keys +deploy/systemd/cloud-init.yaml"
   "cloud-init-renamed-key-terraform|cloudinit|terraform/templates/cloud-init.yaml.tftpl|  write_files = concat(|  write_file = concat(|^FAIL  cloud-init schema \\+ known keys +\\(rendered\\) tf-cloud-init.yaml"
+  "bgp-router-id|configs|kubernetes/overlays/eks-bgp/bgp.toml|router-id = \"@HOST_IP@\"|router-id = \"10.10.1\"|^FAIL  strait-agent check-config \\+ pod env +overlays_eks-bgp strait-gateway"
+  "bird-unit-key|systemd|systemd/strait-bird.service|RestartSec=2s|RestartSecs=2s|^FAIL  systemd-analyze verify +deploy/systemd/strait-bird.service"
+  "route-server-peer-without-bfd|tf|terraform/modules/aws-site/main.tf|peer_liveness_detection = \"bfd\"|peer_liveness_detection = \"bgp-keepalive\"|^FAIL  terraform test \\(mock providers: plan\\) +deploy/terraform/modules/aws-site$"
 )
 
 selected=("$@")

@@ -9,6 +9,10 @@
 # PUBLIC_IP_FROM (none, aws, gcp or azure: the cloud metadata service that knows this
 # node's public address; default none), IN (default /etc/strait/agent.toml),
 # OUT (default /run/strait/agent.toml).
+# With BGP (components/gateway-bgp): BGP_IN, a [bgp] table appended after the shared config
+# with every @HOST_IP@ replaced by HOST_IP (the router id), and BIRD_CONFIG, where a
+# minimal BIRD configuration is written so the BIRD sidecar starts at once; the agent
+# replaces it with the real one and reloads BIRD.
 set -eu
 
 IN="${IN:-/etc/strait/agent.toml}"
@@ -30,6 +34,15 @@ case "$PRIVATE_KIND" in
   *) fail "PRIVATE_KIND is '$PRIVATE_KIND'; use private or interconnect" ;;
 esac
 [ -r "$IN" ] || fail "cannot read $IN"
+if [ -n "${BGP_IN:-}" ]; then
+  [ -r "$BGP_IN" ] || fail "cannot read BGP_IN=$BGP_IN"
+  grep -q '^\[bgp\]' "$BGP_IN" || fail "$BGP_IN has no [bgp] table"
+fi
+if [ -n "${BIRD_CONFIG:-}" ]; then
+  case "$HOST_IP" in
+    *:*) fail "HOST_IP $HOST_IP is IPv6: BGP's router id is an IPv4 address (set router-id in $BGP_IN)" ;;
+  esac
+fi
 
 # address:port, with brackets for IPv6.
 addr() {
@@ -86,6 +99,14 @@ tmp="$OUT.tmp"
   echo "]"
   echo
   cat "$IN"
+  if [ -n "${BGP_IN:-}" ]; then
+    echo
+    sed "s/@HOST_IP@/$HOST_IP/g" "$BGP_IN"
+  fi
 } >"$tmp"
 mv "$tmp" "$OUT"
+if [ -n "${BIRD_CONFIG:-}" ]; then
+  printf 'router id %s;\nprotocol device { scan time 10; }\n' "$HOST_IP" >"$BIRD_CONFIG.tmp"
+  mv "$BIRD_CONFIG.tmp" "$BIRD_CONFIG"
+fi
 echo "render-gateway-config: wrote $OUT (private $(addr "$HOST_IP"), public ${public:-none})"

@@ -1,11 +1,16 @@
-output "aws_gateway_public_ip" {
-  description = "Public endpoint of the AWS gateway."
-  value       = module.aws_gateway.public_ip
+output "aws_gateway_public_ips" {
+  description = "Public endpoints of the AWS gateways, by name."
+  value       = module.aws_site.public_ips
 }
 
-output "gcp_gateway_public_ip" {
-  description = "Public endpoint of the GCP gateway."
-  value       = module.gcp_gateway.public_ip
+output "gcp_gateway_public_ips" {
+  description = "Public endpoints of the GCP gateways, by name."
+  value       = { for name, g in module.gcp_gateway : name => g.public_ip }
+}
+
+output "aws_route_server_endpoints" {
+  description = "The VPC Route Server's endpoints (the AWS gateways' BGP neighbours)."
+  value       = module.aws_site.route_server_endpoints
 }
 
 output "coordinator_sites" {
@@ -25,12 +30,12 @@ output "coordinator_sites" {
   EOT
 }
 
-output "aws_gateway_iam_role_arn" {
-  description = "Bind Vault's AWS auth role strait-gateway-aws-use1 to it (bound_iam_principal_arn)."
-  value       = module.aws_gateway.iam_role_arn
+output "aws_gateway_iam_role_arns" {
+  description = "Bind Vault's AWS auth role strait-gateway-aws-use1 to them (bound_iam_principal_arn)."
+  value       = [for g in module.aws_site.gateways : g.iam_role_arn]
 }
 
-output "gcp_gateway_service_account" {
-  description = "Bind Vault's GCP auth role strait-gateway-gcp-usc1 to it (bound_service_accounts)."
-  value       = module.gcp_gateway.service_account_email
+output "gcp_gateway_service_accounts" {
+  description = "Bind Vault's GCP auth role strait-gateway-gcp-usc1 to them (bound_service_accounts)."
+  value       = [for g in module.gcp_gateway : g.service_account_email]
 }

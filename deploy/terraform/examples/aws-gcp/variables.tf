@@ -62,7 +62,7 @@ variable "vault_address" {
 }
 
 variable "join_tokens" {
-  description = "Without Vault: a single-use join token per site (aws-use1, gcp-usc1), from `straitctl token create --site SITE --role gateway --ttl 1h`. Used once at first boot; a replaced gateway (a new strait_version) needs new ones."
+  description = "Without Vault: a single-use join token per gateway, keyed <site>/<gateway> (aws-use1/gw-1, aws-use1/gw-2, gcp-usc1/gw-1, gcp-usc1/gw-2), from `straitctl token create --site SITE --role gateway --ttl 1h`. Used once at first boot; a replaced gateway (a new strait_version) needs new ones."
   type        = map(string)
   default     = {}
   sensitive   = true

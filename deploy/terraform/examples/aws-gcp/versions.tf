@@ -3,8 +3,9 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = "~> 5.0"
+      source = "hashicorp/aws"
+      # aws_vpc_route_server* resources (5.100.0 in the local mirror)
+      version = "~> 5.100"
     }
     google = {
       source  = "hashicorp/google"

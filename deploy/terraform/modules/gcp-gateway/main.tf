@@ -25,6 +25,24 @@ locals {
     var.vault.ca_cert == null ? "" : "ca-cert = \"/etc/ssl/strait/vault-ca.pem\"",
   ]))
 
+  # The [bgp] table: BIRD beside the agent on the files strait-bird.service uses
+  # (deploy/systemd); the router id is the gateway's VPC address.
+  bgp_toml = var.bgp == null ? "" : join("\n", concat([
+    "[bgp]",
+    "local-as = ${var.bgp.local_as}",
+    "router-id = ${jsonencode(local.network_ip)}",
+    "bird-config = \"/run/strait-bird/bird.conf\"",
+    "bird-socket = \"/run/strait-bird/bird.ctl\"",
+    "birdc = \"/usr/sbin/birdc\"",
+    "hold-time = ${jsonencode(var.bgp.hold_time)}",
+    "bfd = ${var.bgp.bfd}",
+    ], flatten([for n in var.bgp.neighbors : [
+      "",
+      "[[bgp.neighbors]]",
+      "address = ${jsonencode(n.address)}",
+      "remote-as = ${n.remote_as}",
+  ]])))
+
   endpoints = concat(
     var.interconnect_address == null ? [] : [{ address = var.interconnect_address, kind = "interconnect" }],
     [
@@ -44,7 +62,9 @@ locals {
     endpoints      = local.endpoints
     prefixes       = var.local_prefixes
     extra          = var.agent_config_extra
+    priority       = var.gateway_priority
     vault          = local.vault_toml
+    bgp            = local.bgp_toml
   })
 
   user_data = templatefile("${path.module}/../../templates/cloud-init.yaml.tftpl", {
@@ -53,6 +73,8 @@ locals {
     vault_ca_cert  = var.vault == null ? null : var.vault.ca_cert
     release_url    = local.release_url
     release_sha256 = var.strait_release_sha256
+    # install.sh sees [bgp] in agent.toml and runs BIRD beside the agent (strait-bird.service).
+    packages = var.bgp == null ? ["curl", "ca-certificates"] : ["curl", "ca-certificates", "bird2"]
     # The units come from the verified archive; install.sh is what verifies it.
     install_files = {
       "install.sh" = file("${path.module}/../../../systemd/install.sh")

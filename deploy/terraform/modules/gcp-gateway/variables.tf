@@ -205,3 +205,31 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "gateway_priority" {
+  description = "`gateway-priority` of this gateway: \"active\" (every active gateway of a site carries traffic) or \"standby\" (used only while no active one is reachable; with bgp, announced with a longer AS path and a higher MED)."
+  type        = string
+  default     = "active"
+  validation {
+    condition     = contains(["active", "standby"], var.gateway_priority)
+    error_message = "gateway_priority must be \"active\" or \"standby\"."
+  }
+}
+
+variable "bgp" {
+  description = "Announce the other sites' prefixes over BGP (BIRD 2 beside the agent, installed by install.sh from the [bgp] table): local_as (this gateway's AS), neighbors (the routers: address and remote_as, e.g. the two interfaces of the Cloud Router the NCC router-appliance spoke peers with, remote_as its ASN), bfd (default true), hold_time (default \"3s\"). null: no [bgp]; use route_tables for static routes instead."
+  type = object({
+    local_as = number
+    neighbors = list(object({
+      address   = string
+      remote_as = number
+    }))
+    bfd       = optional(bool, true)
+    hold_time = optional(string, "3s")
+  })
+  default = null
+  validation {
+    condition     = var.bgp == null || try(length(var.bgp.neighbors) > 0, false)
+    error_message = "bgp.neighbors must list at least one router."
+  }
+}
