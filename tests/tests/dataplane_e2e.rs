@@ -216,8 +216,24 @@ fn sites_reach_each_other_through_gateways_behind_nat_and_survive_the_coordinato
             c.log_text()
         )
     });
-    let routes = gwa.ip(&["route", "show", "table", "21332", "proto", "83"]);
-    assert!(routes.contains("10.20.0.0/16 dev strait0"), "{routes}");
+    // The map is saved before the data plane has applied it (translation and MSS tables,
+    // then routes): wait for the kernel's route rather than read it once.
+    wait_for(
+        Duration::from_secs(10),
+        "gateway A's route to site B in table 21332",
+        || {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "-n", &gwa.name, "route", "show", "table", "21332", "proto", "83",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("10.20.0.0/16 dev strait0")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.proc.log_text()));
 
     // Workload A <-> workload B (A behind NAT initiates; B answers through the mapping).
     wait_for(
