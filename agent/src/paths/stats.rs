@@ -56,6 +56,11 @@ impl PathStats {
         self.window.len()
     }
 
+    /// Lost probes in the window.
+    pub fn lost(&self) -> usize {
+        self.window.iter().filter(|o| o.is_none()).count()
+    }
+
     /// Fraction of the window's probes that were lost (0 with no samples).
     pub fn loss(&self) -> f64 {
         if self.window.is_empty() {
