@@ -43,6 +43,7 @@
 #   into a virtualenv at STRAIT_CHECK_VENV (default ~/.cache/strait-deploy-check/venv);
 #   Debian once: `apt-get download cloud-init` (22.4), unpacked beside it, not installed.
 # STRAIT_CHECK_ONLY=k8s,configs,tf,cloudinit,systemd,grafana runs only those sections.
+# STRAIT_CHECK_TF_DIR=terraform/modules/NAME checks only that Terraform directory and those below it.
 #
 # Exit status: 0 if every check passed (skips are allowed and reported), 1 otherwise.
 set -euo pipefail
@@ -252,6 +253,11 @@ if want tf; then
   }
   mapfile -t tfdirs < <(find "$deploy/terraform/modules" "$deploy/terraform/examples" -name '*.tf' -printf '%h\n' | sort -u)
   for dir in "${tfdirs[@]}"; do
+    # STRAIT_CHECK_TF_DIR (a directory under deploy/, e.g. terraform/modules/aws-site): only it
+    # and the directories below it (deploy/tools/selftest.sh breaks one module at a time).
+    if [ -n "${STRAIT_CHECK_TF_DIR:-}" ] && [[ "$dir/" != "$deploy/${STRAIT_CHECK_TF_DIR%/}/"* ]]; then
+      continue
+    fi
     name="$(rel "$dir")"
     copy="$work/deploy/${dir#"$deploy"/}"
     if ! provs_out="$($tool tf-providers "$dir")"; then

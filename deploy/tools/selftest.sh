@@ -5,6 +5,7 @@
 #
 #   bash deploy/tools/selftest.sh            # all cases
 #   bash deploy/tools/selftest.sh NAME...    # some
+#   bash deploy/tools/selftest.sh --after-check [NAME...]   # check.sh just passed on deploy/
 #
 # STRAIT_BIN_DIR: strait-agent and strait-coordinator for check-config (built, debug, if
 # unset). Prints "ok - ..." / "not ok - ..." per case and "N passed, N failed" last.
@@ -53,6 +54,13 @@ cases=(
   "route-server-peer-without-bfd|tf|terraform/modules/aws-site/main.tf|peer_liveness_detection = \"bfd\"|peer_liveness_detection = \"bgp-keepalive\"|^FAIL  terraform test \\(mock providers: plan\\) +deploy/terraform/modules/aws-site$"
 )
 
+# --after-check: check.sh has just passed on this deploy/ (CI runs it first), so the unbroken
+# copy is not checked again.
+after_check=0
+if [ "${1:-}" = --after-check ]; then
+  after_check=1
+  shift
+fi
 selected=("$@")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -77,19 +85,25 @@ done
   exit 2
 }
 
-copy_deploy "$work/clean"
-if STRAIT_CHECK_ONLY="$sections" bash "$work/clean/deploy/check.sh" >"$work/clean.log" 2>&1; then
-  echo "ok - the unbroken copy passes sections $sections"
-  passed=$((passed + 1))
+if [ "$after_check" = 1 ]; then
+  echo "# the unbroken deploy/ is not checked again (--after-check: check.sh just passed on it)"
 else
-  echo "not ok - the unbroken copy fails sections $sections:"
-  grep -E '^(FAIL|check.sh)' "$work/clean.log" | sed 's/^/  /'
-  failed=$((failed + 1))
+  copy_deploy "$work/clean"
+  if STRAIT_CHECK_ONLY="$sections" bash "$work/clean/deploy/check.sh" >"$work/clean.log" 2>&1; then
+    echo "ok - the unbroken copy passes sections $sections"
+    passed=$((passed + 1))
+  else
+    echo "not ok - the unbroken copy fails sections $sections:"
+    grep -E '^(FAIL|check.sh)' "$work/clean.log" | sed 's/^/  /'
+    failed=$((failed + 1))
+  fi
 fi
 
-for c in "${cases[@]}"; do
+# run_case CASE: breaks a copy of deploy/ in that one way and runs check.sh on it; writes the
+# result line ("ok - ..." / "not ok - ...", then any detail) to $work/NAME.result.
+run_case() {
+  local c="$1" name rest secs file from to expect dir start tfdir=""
   name="${c%%|*}"
-  if [ ${#selected[@]} -gt 0 ] && [[ " ${selected[*]} " != *" $name "* ]]; then continue; fi
   rest="${c#*|}"
   secs="${rest%%|*}"
   rest="${rest#*|}"
@@ -110,20 +124,48 @@ if old not in text:
     sys.exit(f"selftest: {old!r} not found in {path}: update the case")
 open(path, "w").write(text.replace(old, new, 1))
 PY
-    echo "not ok - $name: cannot apply the breakage to deploy/$file"
-    failed=$((failed + 1))
-    continue
+    echo "not ok - $name: cannot apply the breakage to deploy/$file" >"$dir.result"
+    return
+  fi
+  # A broken Terraform module is checked alone (the others' validate takes most of a minute).
+  if [ "$secs" = tf ] && [[ "$file" == terraform/modules/* ]]; then
+    tfdir="$(cut -d/ -f1-3 <<<"$file")"
   fi
   start=$(date +%s)
-  if STRAIT_CHECK_ONLY="$secs" bash "$dir/deploy/check.sh" >"$dir.log" 2>&1; then
-    echo "not ok - $name: check.sh passed with deploy/$file broken"
-    failed=$((failed + 1))
+  if STRAIT_CHECK_ONLY="$secs" STRAIT_CHECK_TF_DIR="$tfdir" bash "$dir/deploy/check.sh" >"$dir.log" 2>&1; then
+    echo "not ok - $name: check.sh passed with deploy/$file broken" >"$dir.result"
   elif grep -qE "$expect" "$dir.log"; then
-    echo "ok - $name: check.sh failed: $(grep -E "$expect" "$dir.log" | head -n 1 | tr -s ' ' | cut -c1-150) ($(($(date +%s) - start)) s)"
-    passed=$((passed + 1))
+    echo "ok - $name: check.sh failed: $(grep -E "$expect" "$dir.log" | head -n 1 | tr -s ' ' | cut -c1-150) ($(($(date +%s) - start)) s)" >"$dir.result"
   else
-    echo "not ok - $name: check.sh failed, but not with /$expect/:"
-    grep -E '^FAIL' "$dir.log" | sed 's/^/  /'
+    {
+      echo "not ok - $name: check.sh failed, but not with /$expect/:"
+      grep -E '^FAIL' "$dir.log" | sed 's/^/  /'
+    } >"$dir.result"
+  fi
+}
+
+# The cases run two at a time (each is a few processes waiting on one another; two keep
+# both cores of a small CI machine busy), and report in the order above.
+jobs_max="${STRAIT_SELFTEST_JOBS:-2}"
+names=()
+for c in "${cases[@]}"; do
+  name="${c%%|*}"
+  if [ ${#selected[@]} -gt 0 ] && [[ " ${selected[*]} " != *" $name "* ]]; then continue; fi
+  names+=("$name")
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+  run_case "$c" &
+done
+wait
+for name in "${names[@]}"; do
+  if [ -f "$work/$name.result" ]; then
+    cat "$work/$name.result"
+    if head -n 1 "$work/$name.result" | grep -q '^ok - '; then
+      passed=$((passed + 1))
+    else
+      failed=$((failed + 1))
+    fi
+  else
+    echo "not ok - $name: the case left no result (see above)"
     failed=$((failed + 1))
   fi
 done
