@@ -4,8 +4,9 @@
 //! unanswered within the timeout is lost. Per path:
 //! - **Down** after `down_after` consecutive losses; **Up** again after `up_after` consecutive
 //!   replies.
-//! - **Degraded** (while not down) when its loss over the window reaches `degraded_loss`, or
-//!   its smoothed RTT exceeds `degraded_rtt_factor` times the best path's plus
+//! - **Degraded** (while not down) when its loss over the window reaches `degraded_loss` (and
+//!   at least two probes of ten were lost), or its RTT (the window's median) exceeds
+//!   `degraded_rtt_factor` times the best path's plus
 //!   `degraded_rtt_slack`; healthy again only below half that loss and 80 % of that RTT
 //!   (hysteresis).
 //!
@@ -25,6 +26,22 @@ use super::stats::PathStats;
 
 /// Probes in a path's window before its loss can make it degraded.
 pub const MIN_LOSS_SAMPLES: usize = 10;
+
+/// Answered probes in a path's window before its RTT is judged by their median rather than
+/// the smoothed RTT.
+pub const MIN_RTT_SAMPLES: usize = 5;
+
+/// The RTT a path's degradation is judged by: the median of the window's answered probes
+/// (once it holds [`MIN_RTT_SAMPLES`]), so one reply held up by a busy machine does not make
+/// a path degraded (CI saw a single 200 ms reply lift a 0.3 ms path's smoothed RTT past the
+/// 10.6 ms limit); a sustained rise moves the median within half a window.
+fn typical_rtt(stats: &PathStats) -> Option<Duration> {
+    if stats.answered() >= MIN_RTT_SAMPLES {
+        stats.rtt_percentile(50)
+    } else {
+        stats.srtt()
+    }
+}
 
 /// Lost probes in a path's window before its loss can make it degraded: one lost probe
 /// among the first ten after a start or a recovery is 10 %, and says nothing.
@@ -317,7 +334,7 @@ impl Selector {
             .paths
             .iter()
             .filter(|p| p.health == Health::Up)
-            .filter_map(|p| p.stats.srtt())
+            .filter_map(|p| typical_rtt(&p.stats))
             .min();
         let th = self.th;
         for p in &mut self.paths {
@@ -329,8 +346,8 @@ impl Selector {
             let loss = p.stats.loss();
             let rtt_limit =
                 best_rtt.map(|b| b.mul_f64(th.degraded_rtt_factor) + th.degraded_rtt_slack);
-            let srtt = p.stats.srtt();
-            let over_rtt = |limit: Duration| srtt.is_some_and(|s| s > limit);
+            let rtt = typical_rtt(&p.stats);
+            let over_rtt = |limit: Duration| rtt.is_some_and(|s| s > limit);
             // Loss needs a few samples to mean anything (one loss in the first probes
             // after a start or a recovery is no 20 % loss path).
             let loss = if p.stats.samples() >= MIN_LOSS_SAMPLES && p.stats.lost() >= MIN_LOSSES {
@@ -625,6 +642,28 @@ mod tests {
         sim.run(30_000);
         assert_eq!(sim.health(IC), Health::Up);
         assert_eq!(sim.sel.active(), Some(addr(IC)));
+    }
+
+    #[test]
+    fn one_slow_reply_does_not_degrade_a_fast_path() {
+        // Two sub-millisecond paths (a lab, or one region): the limit is 2 x 0.5 + 10 ms.
+        let mut sim = Sim::new(200);
+        sim.rtt = vec![
+            (addr(IC), Duration::from_micros(500)),
+            (addr(PUB), Duration::from_micros(500)),
+        ];
+        // (Both answer at once: the first path up is taken, the interconnect after the
+        // hold-down.)
+        sim.run(12_000);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        let before = sim.switches.len();
+        // One probe answered after 150 ms (the peer's process held up on a busy machine).
+        sim.rtt[0].1 = Duration::from_millis(150);
+        sim.run(12_200);
+        sim.rtt[0].1 = Duration::from_micros(500);
+        sim.run(20_000);
+        assert_eq!(sim.switches.len(), before, "{:?}", sim.switches);
+        assert_eq!(sim.health(IC), Health::Up);
     }
 
     #[test]

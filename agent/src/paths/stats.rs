@@ -56,6 +56,11 @@ impl PathStats {
         self.window.len()
     }
 
+    /// Answered probes in the window.
+    pub fn answered(&self) -> usize {
+        self.window.iter().filter(|o| o.is_some()).count()
+    }
+
     /// Lost probes in the window.
     pub fn lost(&self) -> usize {
         self.window.iter().filter(|o| o.is_none()).count()
