@@ -3,7 +3,10 @@
 //! removed.
 //!
 //! The binaries come from the workspace's target directory; `cargo test --workspace` builds
-//! them (the agent and coordinator packages have integration tests of their own).
+//! them (the agent and coordinator packages have integration tests of their own). A binary
+//! older than a source file of its crates is refused with the command to rebuild it:
+//! `cargo test -p strait-tests` alone does not rebuild them, and a test run against a stale
+//! binary passes or fails for the wrong reason.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,66 @@ pub fn bin(name: &str) -> PathBuf {
         "{} not found: run the tests with `cargo test --workspace`, which builds the binaries",
         path.display()
     );
+    if let Some(newer) = source_newer_than(name, &path) {
+        panic!(
+            "{} is older than {}: the test would run a stale binary. Run the tests with \
+             `cargo test --workspace` (which rebuilds it), or `cargo build -p {}` first",
+            path.display(),
+            newer.display(),
+            package_of(name)
+        );
+    }
     path
+}
+
+/// A unit-test module's file (`tests.rs`, or under a `tests/` directory), by its path within
+/// the workspace.
+fn is_unit_test_module(path: &Path) -> bool {
+    path.file_stem().is_some_and(|s| s == "tests")
+        || path
+            .parent()
+            .is_some_and(|d| d.components().any(|c| c.as_os_str() == "tests"))
+}
+
+/// The package that builds binary `name`.
+fn package_of(name: &str) -> &str {
+    match name {
+        "straitctl" => "strait-ctl",
+        other => other,
+    }
+}
+
+/// A source file of binary `name`'s workspace crates modified after the binary was built
+/// (`cargo test -p strait-tests` does not rebuild the binaries its processes run), if any.
+fn source_newer_than(name: &str, binary: &Path) -> Option<PathBuf> {
+    let crates: &[&str] = match name {
+        "strait-agent" => &["agent", "proto", "pki", "observe"],
+        "strait-coordinator" => &["coordinator", "proto", "pki", "observe"],
+        "straitctl" => &["ctl", "proto", "pki"],
+        _ => return None,
+    };
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut stack: Vec<PathBuf> = crates
+        .iter()
+        .flat_map(|c| [root.join(c).join("src"), root.join(c).join("Cargo.toml")])
+        .collect();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if is_unit_test_module(p.strip_prefix(root).unwrap_or(&p)) {
+            // `#[cfg(test)] mod tests;` files are not part of the binary: editing them does
+            // not rebuild it.
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// A command for `bin`, run inside network namespace `netns` when given.
