@@ -1,5 +1,6 @@
 //! Shared harnesses for Strait's integration tests (see `tests/tests/`).
 
+pub mod background;
 pub mod container;
 pub mod impair;
 pub mod kernel;

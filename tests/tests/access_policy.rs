@@ -27,13 +27,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use strait_tests::netns::{enter, in_netns, uplink, Netns};
+use strait_tests::background::Background;
+use strait_tests::netns::{in_netns, uplink, Netns};
 use strait_tests::procs::{metric, wait_for, Agent, Coordinator, Site};
 
 const COORD: &str = "198.51.100.10:7443";
@@ -62,35 +62,16 @@ struct Received {
     udp_datagrams: AtomicU64,
 }
 
-/// wlb's servers, on threads inside its namespace; stopped and joined on drop.
+/// wlb's servers, on threads inside its namespace (stopped when `threads` drops), and what
+/// they received.
 struct Servers {
     got: Arc<Received>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Runs `f` on a new thread inside `ns`, in the background.
-fn spawn_in(ns: &Netns, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        enter(&path);
-        f()
-    })
+    _threads: Background,
 }
 
 fn servers(wlb: &Netns) -> Servers {
     let got = Arc::new(Received::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    let mut threads = Background::new();
     // Bound here, before the threads poll them, so no client races the bind.
     let (tx, rx) = std::sync::mpsc::channel();
     in_netns(wlb, move || {
@@ -101,10 +82,10 @@ fn servers(wlb: &Netns) -> Servers {
     });
     let (echo, ssh, udp) = rx.recv().unwrap();
     for listener in [echo, ssh] {
-        let (got, stop) = (got.clone(), stop.clone());
+        let got = got.clone();
         let is_echo = listener.local_addr().unwrap().port() == 8443;
         listener.set_nonblocking(true).unwrap();
-        threads.push(spawn_in(wlb, move || {
+        threads.spawn_in(wlb, move |stop| {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) if is_echo => {
@@ -122,20 +103,23 @@ fn servers(wlb: &Netns) -> Servers {
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
-        }));
+        });
     }
-    let (g, s) = (got.clone(), stop.clone());
+    let g = got.clone();
     udp.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    threads.push(spawn_in(wlb, move || {
+    threads.spawn_in(wlb, move |stop| {
         let mut buf = [0u8; 2048];
-        while !s.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             if udp.recv_from(&mut buf).is_ok() {
                 g.udp_datagrams.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }));
-    Servers { got, stop, threads }
+    });
+    Servers {
+        got,
+        _threads: threads,
+    }
 }
 
 /// From inside `ns`: connects to `to`, sends a line and reads the echo.

@@ -31,13 +31,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
-use strait_tests::netns::{enter, in_netns, uplink, Netns};
+use strait_tests::background::Background;
+use strait_tests::netns::{in_netns, uplink, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
 
 const COORD: &str = "198.51.100.1:7443";
@@ -55,33 +54,9 @@ const WLB_GLOBAL: &str = "10.129.0.10";
 const WLC: &str = "10.20.0.10";
 const PORT: u16 = 7000;
 
-/// A workload's echo servers (TCP and UDP on `PORT`), on threads inside its namespace;
-/// stopped and joined on drop.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn spawn_in(ns: &Netns, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        enter(&path);
-        f()
-    })
-}
-
-/// Echo servers in `ns` on `addr`, answering `<site> saw <source ip>: <what was sent>`.
-fn echo_servers(ns: &Netns, site: &'static str, addr: &'static str) -> Echo {
-    let stop = Arc::new(AtomicBool::new(false));
+/// Echo servers in `ns` on `addr` (TCP and UDP on `PORT`), answering
+/// `<site> saw <source ip>: <what was sent>`; stopped when the value drops.
+fn echo_servers(ns: &Netns, site: &'static str, addr: &'static str) -> Background {
     let (tx, rx) = std::sync::mpsc::channel();
     in_netns(ns, move || {
         let tcp = TcpListener::bind((addr, PORT)).unwrap();
@@ -92,9 +67,9 @@ fn echo_servers(ns: &Netns, site: &'static str, addr: &'static str) -> Echo {
     tcp.set_nonblocking(true).unwrap();
     udp.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    let s = stop.clone();
-    let t1 = spawn_in(ns, move || {
-        while !s.load(Ordering::Relaxed) {
+    let mut servers = Background::new();
+    servers.spawn_in(ns, move |stop| {
+        while !stop.load(Ordering::Relaxed) {
             match tcp.accept() {
                 Ok((mut conn, peer)) => {
                     conn.set_nonblocking(false).unwrap();
@@ -110,20 +85,16 @@ fn echo_servers(ns: &Netns, site: &'static str, addr: &'static str) -> Echo {
             }
         }
     });
-    let s = stop.clone();
-    let t2 = spawn_in(ns, move || {
+    servers.spawn_in(ns, move |stop| {
         let mut buf = [0u8; 2048];
-        while !s.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             if let Ok((n, peer)) = udp.recv_from(&mut buf) {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let _ = udp.send_to(format!("{site} saw {}: {text}", peer.ip()).as_bytes(), peer);
             }
         }
     });
-    Echo {
-        stop,
-        threads: vec![t1, t2],
-    }
+    servers
 }
 
 /// From inside `ns`: a TCP exchange with `to:PORT`; the answer, if any.
