@@ -4,37 +4,11 @@
 //! and presence.
 
 use strait_coordinator::config::{StoreConfig, StoreKind};
-use strait_coordinator::mesh::{IssuedCert, NodeRecord, Presence, Revocation, StoreOp};
+use strait_coordinator::mesh::{IssuedCert, Presence, Revocation, StoreOp};
+use strait_coordinator::store::conformance::node;
 use strait_coordinator::store::postgres::PgStore;
 use strait_coordinator::store::{Store, StoreError};
-use strait_pki::Role;
 use strait_tests::postgres::Postgres;
-
-fn node(name: &str) -> NodeRecord {
-    NodeRecord {
-        site: "a".into(),
-        name: name.into(),
-        role: Role::Gateway,
-        overlay_ip: "100.64.0.1".parse().unwrap(),
-        wg_public_key: "k".into(),
-        endpoints: vec![],
-        advertised: vec![],
-        accepted: vec!["10.1.0.0/16".parse().unwrap()],
-        refused: vec![],
-        route_conflicts: vec![],
-        agent_version: "v".into(),
-        last_seen: 5,
-        online: true,
-        cert_serial: "01".into(),
-        cert_not_after: 9,
-        map_version: 3,
-        next_wg_public_key: None,
-        priority: 0,
-        links: Vec::new(),
-        bgp: None,
-        throughput: Default::default(),
-    }
-}
 
 fn presence(name: &str, last_seen: u64, map_version: u64) -> Presence {
     Presence {

@@ -172,34 +172,8 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{IssuedCert, NodeRecord, Revocation};
-    use strait_pki::Role;
-
-    fn node(name: &str) -> NodeRecord {
-        NodeRecord {
-            site: "a".into(),
-            name: name.into(),
-            role: Role::Gateway,
-            overlay_ip: "100.64.0.1".parse().unwrap(),
-            wg_public_key: "k".into(),
-            endpoints: vec![],
-            advertised: vec![],
-            accepted: vec!["10.1.0.0/16".parse().unwrap()],
-            refused: vec![],
-            route_conflicts: vec![],
-            agent_version: "v".into(),
-            last_seen: 5,
-            online: true,
-            cert_serial: "01".into(),
-            cert_not_after: 9,
-            map_version: 3,
-            next_wg_public_key: None,
-            priority: 0,
-            links: Vec::new(),
-            bgp: None,
-            throughput: Default::default(),
-        }
-    }
+    use crate::records::{IssuedCert, Revocation};
+    use crate::store::conformance::node;
 
     #[test]
     fn survives_reopen_and_applies_in_order() {
