@@ -15,7 +15,8 @@
 //! - [`spread`]: which gateway of a site carries a flow (pure).
 //! - [`netlink`]: the only code that talks netlink.
 //! - [`translate`]: 1:1 address translation for sites with global prefixes (a pure nft
-//!   script and the shell that applies it; the only code that runs `nft`).
+//!   script and the shell that applies it).
+//! - [`nft`]: the only code that runs `nft`.
 
 pub mod access;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod icmp;
 pub mod lpm;
 pub mod mss;
 pub mod netlink;
+pub mod nft;
 pub mod peers;
 pub mod pump;
 pub mod routes;

@@ -9,7 +9,9 @@
 //! (so a crashed run's is gone) and deleted at a clean stop, like the routes; nothing else
 //! in the ruleset is touched. Applied with the `nft` tool.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+
+use super::nft;
 
 /// Strait's nftables table (family `inet`: IPv4 and IPv6).
 pub const TABLE: &str = "strait_mss";
@@ -34,39 +36,16 @@ pub fn removal() -> String {
     format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
 }
 
-/// Runs `nft -f -` on `script`.
-async fn nft(script: &str) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running `nft` (install nftables, or set mss-clamp = false)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        bail!(
-            "nft: {} (needs CAP_NET_ADMIN; or set mss-clamp = false)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Installs (or replaces) the clamping rule for `tun`.
 pub async fn install(tun: &str) -> Result<()> {
-    nft(&script(tun))
-        .await
-        .with_context(|| format!("installing MSS clamping (nftables table inet {TABLE})"))
+    nft::apply(&script(tun)).await.with_context(|| {
+        format!("installing MSS clamping (nftables table inet {TABLE}; or set mss-clamp = false)")
+    })
 }
 
 /// Removes the clamping rule; absent is fine.
 pub async fn remove() -> Result<()> {
-    nft(&removal())
+    nft::apply(&removal())
         .await
         .with_context(|| format!("removing nftables table inet {TABLE}"))
 }

@@ -24,9 +24,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 use strait_proto::map::Translation;
+
+use super::nft;
 
 /// The nftables table (family `inet`) holding the translation rules.
 pub const TABLE: &str = "strait_translate";
@@ -119,11 +121,11 @@ impl Translator {
             return Ok(());
         }
         if want.is_empty() && self.applied.is_none() {
-            if let Err(e) = nft(&removal()).await {
+            if let Err(e) = nft::apply(&removal()).await {
                 tracing::debug!(error = %format!("{e:#}"), "no translation table to remove");
             }
         } else {
-            nft(&script(&self.tun, want)).await.with_context(|| {
+            nft::apply(&script(&self.tun, want)).await.with_context(|| {
                 format!(
                     "installing the address translation of this site's global prefixes (nftables table inet {TABLE}; needs the nft command and CAP_NET_ADMIN)"
                 )
@@ -143,7 +145,7 @@ impl Translator {
     /// Deletes the table (at a clean stop), if this run installed one.
     pub async fn remove(&mut self) -> Result<()> {
         if self.applied.as_ref().is_some_and(|a| !a.is_empty()) {
-            nft(&removal()).await?;
+            nft::apply(&removal()).await?;
         }
         self.applied = Some(Vec::new());
         Ok(())
@@ -153,34 +155,11 @@ impl Translator {
 /// Removes the table whatever put it there (`strait-agent uninstall`); `Ok(false)` when
 /// `nft` is not installed (then nothing could have made it).
 pub async fn uninstall() -> Result<bool> {
-    match nft(&removal()).await {
+    match nft::apply(&removal()).await {
         Ok(()) => Ok(true),
         Err(e) if e.downcast_ref::<std::io::Error>().is_some() => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-async fn nft(script: &str) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        bail!(
-            "nft -f - failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
