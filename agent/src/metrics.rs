@@ -208,7 +208,7 @@ impl Collector for Shared {
         family(
             &mut e,
             "strait_path_loss_ratio",
-            "Fraction of the last 32 probes lost on a path",
+            "Fraction of the last 64 probes lost on a path",
             Gauge,
             loss,
         )?;

@@ -1,7 +1,7 @@
 //! Path selection under loss, with real processes: gwa reaches gwb over an interconnect that
 //! runs through the test's impairment relay ([`strait_tests::impair`]), and over the
 //! internet through a router namespace. Agents probe both every 200 ms. Loss below the
-//! degrade threshold (10 % over a 32-probe window) must not move traffic; loss beyond it
+//! degrade threshold (10 % and 8 losses over a 64-probe window) must not move traffic; loss beyond it
 //! must, within seconds; and traffic returns once the interconnect is clean again and the
 //! 10 s hold-down has passed. Root needed; every namespace is this test's own.
 //!
@@ -35,16 +35,17 @@ use strait_tests::impair::{Direction, Relay, RelaySpec};
 use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
 
-/// Loss below the threshold. The selector degrades a path at >= 10 % loss over its last 32
-/// probes (4 losses), or takes it down after 3 losses in a row; the phase lasts about 31
-/// probes starting from a clean window. With independent losses at rate q, the chance of
-/// 4+ among 31 is 6.7 % for q = 5 % (a legitimate switch in one run of 15: flaky), 1.3 % for
-/// 3 %, and 0.33 % for 2 % (3 in a row: 0.02 %). So 2 %: clearly below, and a failure
+/// Loss below the threshold. The selector degrades a path once 8 of its last 64 probes are
+/// lost (and >= 10 %), or takes it down after 3 losses in a row (a loss is followed by
+/// probes 50 ms apart); the phase lasts about 31 probes starting from a clean window. With
+/// independent losses at rate q, the chance of 8+ among 31 is 1e-4 for q = 5 % and 1.3e-7
+/// for 2 % (3 in a row: about 0.03 % per run at 2 %). So 2 %: clearly below, and a failure
 /// means something.
 const LOW_LOSS: f64 = 0.02;
-/// Loss beyond the threshold: the chance of fewer than 4 losses in 32 probes is 1.4e-4. By
-/// the selector's rules (4 losses in the window, or 3 in a row, then a 200 ms timeout) the
-/// switch comes after a median 2.0 s, 4.6 s at the 99th percentile; the test allows 10 s.
+/// Loss beyond the threshold: the chance of fewer than 8 losses in 64 probes is 2.8e-7. By
+/// the selector's rules (8 losses in the window, or 3 in a row) the switch comes after a
+/// median of at most 19 probes (3.8 s), 36 (7.2 s) at the 99th percentile, sooner when 3
+/// losses fall in a row; the test allows 10 s.
 const HIGH_LOSS: f64 = 0.40;
 
 /// The agent's "path switched" log lines so far.
@@ -214,7 +215,8 @@ fn loss_beyond_the_threshold_moves_traffic_and_loss_below_it_does_not() {
         low["path"], low["rtt-ms"], low["loss"]
     );
     assert_eq!(low["path"], INTERCONNECT);
-    // Let the window (32 probes, 6.4 s) forget the low loss: the next phase starts clean.
+    // A pause before the next phase (the 64-probe window still holds the low phase's
+    // probes, on average 0.6 of them lost: they hasten the switch below by that much).
     std::thread::sleep(Duration::from_secs(7));
     assert_eq!(switches(&a).len(), before, "{}", a.proc.log_text());
 

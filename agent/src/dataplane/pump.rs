@@ -11,8 +11,8 @@
 //!   packets to the TUN device with consecutive TCP segments of a flow coalesced into one
 //!   write (GRO on the TUN side), and sends any handshake answers.
 //!
-//! A third loop (the caller's task) runs the timers (path probes every 50 ms, WireGuard's
-//! every 250 ms), applies peer changes and sends on-demand probes ([`PingRequest`]).
+//! A third loop (the caller's task) runs the timers (path probes every 20 ms pass, WireGuard's
+//! every 240 ms), applies peer changes and sends on-demand probes ([`PingRequest`]).
 //! The engine's lock is never held across a syscall or an `.await`.
 
 use std::collections::HashMap;
@@ -51,11 +51,17 @@ const RECV_SLOT: usize = 65535;
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload of one GSO send (an IPv4 datagram's limit; larger is refused).
 const MAX_GSO_BYTES: usize = 65507;
-/// Timer passes (50 ms each) between publications of the tunnels' status (5 s); it is
-/// also published at once when a peer's path MTU changes.
-const STATUS_PASSES: u32 = 100;
+/// The timer pass: probes are sent and their timeouts judged at this resolution (a fast
+/// path's timeout is 50 ms and a suspect path is probed every 50 ms at 200 ms probes: a
+/// coarser pass would stretch both; see `paths::select`).
+const PASS: std::time::Duration = std::time::Duration::from_millis(20);
+/// Timer passes between publications of the tunnels' status (5 s); it is also published
+/// at once when a peer's path MTU changes.
+const STATUS_PASSES: u32 = 250;
 /// Timer passes between readings of the interface MTU toward every path (1 s).
-const CEILING_PASSES: u32 = 20;
+const CEILING_PASSES: u32 = 50;
+/// Timer passes between runs of WireGuard's timers (boringtun asks for about 250 ms).
+const WIREGUARD_TIMER_PASSES: u32 = 12;
 /// UDP send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 4 << 20;
 /// UDP receive buffer asked for (capped by `net.core.rmem_max`). This is the queue in front
@@ -87,7 +93,7 @@ pub struct Counters {
     pub too_big: AtomicU64,
     pub too_big_errors: AtomicU64,
     /// The access policy's drops and flows, copied from the engine when they change (at
-    /// most every timer pass, 50 ms).
+    /// most every timer pass, 20 ms).
     pub access: Mutex<AccessReport>,
 }
 
@@ -231,9 +237,10 @@ pub async fn run(
     let mut outbound = tokio::spawn(outbound(shared.clone()));
     let mut inbound = tokio::spawn(inbound(shared.clone()));
     let _abort = AbortOnDrop(vec![outbound.abort_handle(), inbound.abort_handle()]);
-    // Probes are scheduled every 50 ms (each path at its own interval); WireGuard's timers
-    // run every fifth pass (250 ms).
-    let mut timers = tokio::time::interval(std::time::Duration::from_millis(50));
+    // Probes are scheduled every pass (each path at its own interval); WireGuard's timers
+    // every 240 ms.
+    let mut timers = tokio::time::interval(PASS);
+    timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pass = 0u32;
     let mut out = vec![0u8; BUFFER];
     let mut pending = Pending::default();
@@ -276,7 +283,7 @@ pub async fn run(
                         }
                         changed
                     });
-                    if pass % 5 == 0 {
+                    if pass % WIREGUARD_TIMER_PASSES == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }
                     let now_mtus = engine.peer_mtus();

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Probes remembered for loss and percentiles.
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 pub struct PathStats {
@@ -20,6 +20,13 @@ pub struct PathStats {
 
 impl PathStats {
     pub fn record_reply(&mut self, rtt: Duration) {
+        self.record_rtt(rtt);
+        self.push(Some(rtt));
+    }
+
+    /// An RTT outside the window (a probe that is not a sample of the path's loss): the
+    /// smoothed RTT and jitter only.
+    pub fn record_rtt(&mut self, rtt: Duration) {
         self.srtt = Some(match self.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
@@ -32,7 +39,6 @@ impl PathStats {
             self.jitter = Duration::from_nanos(next.max(0) as u64);
         }
         self.last_rtt = Some(rtt);
-        self.push(Some(rtt));
     }
 
     pub fn record_loss(&mut self) {
@@ -81,6 +87,23 @@ impl PathStats {
 
     pub fn jitter(&self) -> Duration {
         self.jitter
+    }
+
+    /// The median RTT of the last `n` answered probes in the window (`None`: none).
+    pub fn recent_median(&self, n: usize) -> Option<Duration> {
+        let mut rtts: Vec<Duration> = self
+            .window
+            .iter()
+            .rev()
+            .flatten()
+            .take(n)
+            .copied()
+            .collect();
+        if rtts.is_empty() {
+            return None;
+        }
+        rtts.sort();
+        Some(rtts[(rtts.len() - 1) / 2])
     }
 
     /// The `p`-th percentile (0-100, nearest rank) of the window's answered probes.

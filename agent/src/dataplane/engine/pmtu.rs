@@ -152,7 +152,7 @@ impl Engine {
         if let Some(path) = state.mtu.paths.get_mut(&to) {
             path.recheck(now);
         }
-        // The engine's smallest limit is refreshed at the next probe tick (50 ms).
+        // The engine's smallest limit is refreshed at the next probe tick (20 ms).
         state.mtu.limit = state.mtu.of(to).map(|m| inner_mtu(m, to));
     }
 

@@ -177,7 +177,7 @@ impl Engine {
     }
 
     /// Path probing: expires unanswered probes, applies any change of path, and sends the
-    /// probes that are due. Call often (every 50 ms); each path is probed at the interval.
+    /// probes that are due. Call often (every 20 ms); each path is probed at the interval.
     pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
         self.expire_retired(now);
         self.access.tick(now);
