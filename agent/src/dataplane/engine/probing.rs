@@ -191,8 +191,22 @@ impl Engine {
             };
             let switch = sel.on_tick(now);
             let due = sel.due(now);
+            let reachable = sel.reachable();
             if let Some(switch) = switch {
                 Self::switch_path(*idx, state, switch.to, now);
+            }
+            // The path came back (or the handshake started then is overdue): a new
+            // handshake proves the tunnel carries (a restarted peer holds none of the old
+            // sessions) before flows move back to it. Sent by `start_handshakes`.
+            if state
+                .rejoin
+                .observe(reachable, state.tunnel.initiated_handshakes(), now)
+            {
+                tracing::debug!(
+                    peer = idx,
+                    "path back; a new handshake before carrying again"
+                );
+                state.rehandshake = true;
             }
             for (to, seq) in due {
                 let request = probe::encode(
