@@ -138,6 +138,9 @@ async fn main() -> Result<()> {
             let wg = WgKey::load_or_create(&config.state_dir.join("wg.key"))?;
             let (keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(wg));
             if config.dataplane == Dataplane::Userspace {
+                if let Some(settings) = &config.bgp {
+                    bgp::withdraw_stale(settings, &config.tun_name).await;
+                }
                 let (pings_tx, pings_rx) = tokio::sync::mpsc::channel(16);
                 pings = Some(pings_tx);
                 let settings = dataplane::Settings {

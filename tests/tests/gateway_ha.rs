@@ -29,8 +29,8 @@
 //! (its tunnel only, with the underlay up; its uplink; `kill -9` of its agent), several
 //! times each: the ping flow's interruption and the time until the router's route via the
 //! cut gateway is gone are measured and must stay under 1 s, traffic returns when the
-//! gateway does (no silence over 300 ms after it returns), and no packet for a site's prefix
-//! crosses the internet router unencrypted.
+//! gateway does without a loss burst (at most 2 pings lost after it returns), and no packet
+//! for a site's prefix crosses the internet router unencrypted.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -248,11 +248,40 @@ fn longest_silence(replies: &[(u32, f64)], from: f64, to: f64) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// Pings sent after Unix time `at` that got no reply: those numbered after the last one
+/// answered before `at`, up to `count` (the flow's last).
+fn lost_after(replies: &[(u32, f64)], at: f64, count: u32) -> usize {
+    let last_before = replies
+        .iter()
+        .filter(|r| r.1 < at)
+        .map(|r| r.0)
+        .max()
+        .unwrap_or(0);
+    let answered: std::collections::BTreeSet<u32> = replies.iter().map(|r| r.0).collect();
+    (last_before + 1..=count)
+        .filter(|seq| !answered.contains(seq))
+        .count()
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// What one cut measured.
+struct Outcome {
+    cut: Cut,
+    node: &'static str,
+    /// The ping flow's interruption, ms.
+    gap: u32,
+    /// Until the router's route via the cut gateway was gone, ms.
+    withdrawn: Option<u128>,
+    /// The longest silence after the gateway returned, ms.
+    after: u32,
+    /// Pings sent after the gateway returned that got no reply.
+    lost: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -496,7 +525,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
 
     // The cuts, with the coordinator stopped.
     c.proc.as_mut().unwrap().stop();
-    let mut results: Vec<(Cut, &str, u32, Option<u128>, u32)> = Vec::new();
+    let mut results: Vec<Outcome> = Vec::new();
     let plan = [
         Cut::Tunnel,
         Cut::Tunnel,
@@ -586,13 +615,21 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
         let returned_at = unix_now();
         let replies_seen = flow.join().unwrap();
         let gap = longest_silence(&replies_seen, cut_at, returned_at);
-        let after = longest_silence(&replies_seen, returned_at + 0.05, f64::MAX);
+        let after = longest_silence(&replies_seen, returned_at, f64::MAX);
+        let lost = lost_after(&replies_seen, returned_at, 500);
         let answered = replies_seen.len();
         println!(
-            "cut {cut:?} of {} (carrying {carries}): ping interruption {gap} ms; router withdrew in {withdrawn:?} ms; after it returned the longest silence was {after} ms; {answered} of 500 pings answered",
+            "cut {cut:?} of {} (carrying {carries}): ping interruption {gap} ms; router withdrew in {withdrawn:?} ms; after it returned {lost} pings lost, longest silence {after} ms; {answered} of 500 pings answered",
             g.node,
         );
-        results.push((cut, g.node, gap, withdrawn, after));
+        results.push(Outcome {
+            cut,
+            node: g.node,
+            gap,
+            withdrawn,
+            after,
+            lost,
+        });
         wait_for(
             Duration::from_secs(30),
             "the gateway back in the router's route",
@@ -621,13 +658,13 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
     for kind in [Cut::Tunnel, Cut::Uplink, Cut::Kill] {
         let gaps: Vec<u128> = results
             .iter()
-            .filter(|r| r.0 == kind)
-            .map(|r| u128::from(r.2))
+            .filter(|r| r.cut == kind)
+            .map(|r| u128::from(r.gap))
             .collect();
         let withdrawals: Vec<u128> = results
             .iter()
-            .filter(|r| r.0 == kind)
-            .map(|r| r.3.unwrap_or(u128::MAX))
+            .filter(|r| r.cut == kind)
+            .map(|r| r.withdrawn.unwrap_or(u128::MAX))
             .collect();
         println!(
             "{kind:?} x{}: interruption min/median/max {:?} ms; withdrawal min/median/max {:?} ms",
@@ -636,7 +673,23 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
             stats(withdrawals.clone())
         );
     }
-    for (cut, node, gap, withdrawn, after) in &results {
+    let silences: Vec<u128> = results.iter().map(|r| u128::from(r.after)).collect();
+    let losses: Vec<u128> = results.iter().map(|r| r.lost as u128).collect();
+    println!(
+        "returns x{}: pings lost min/median/max {:?}; longest silence min/median/max {:?} ms",
+        results.len(),
+        stats(losses),
+        stats(silences)
+    );
+    for Outcome {
+        cut,
+        node,
+        gap,
+        withdrawn,
+        after,
+        lost,
+    } in &results
+    {
         assert!(
             *gap < 1000,
             "{cut:?} of {node}: traffic stopped for {gap} ms"
@@ -646,11 +699,14 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
             w < 1000,
             "{cut:?} of {node}: the router kept the route for {w} ms"
         );
-        // Back without a loss burst: no silence longer than 300 ms (measured: 21-202 ms in
-        // three runs, see BENCHMARKS.md).
+        // Back without a loss burst: at most 2 of the pings sent after the gateway returned
+        // go unanswered (measured: 0 in every return since a returning gateway carries only
+        // after a new handshake; before, 3 per `kill -9` return and up to about 20). Lost,
+        // not late, is what is counted: the longest silence also counts the ping process
+        // and the agents stalling on this shared machine (gaps in the requests themselves).
         assert!(
-            *after <= 300,
-            "{cut:?} of {node}: {after} ms without replies after it returned"
+            *lost <= 2,
+            "{cut:?} of {node}: {lost} pings lost after it returned (longest silence {after} ms)"
         );
     }
 }

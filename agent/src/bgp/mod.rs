@@ -8,6 +8,11 @@
 //!   `birdc configure` whenever the announcements change, and reads the sessions' state
 //!   with `birdc show protocols` for reports.
 //!
+//! Announcement: a remote site's prefixes enter the configuration once one of its carriers
+//! has a path up and a WireGuard session agreed since (`dataplane::spread::Rejoin`), and
+//! a restarted agent withdraws the last run's announcements before its TUN device exists
+//! ([`withdraw_stale`]), so the routers never send a gateway traffic it cannot carry yet.
+//!
 //! Withdrawal: a remote site's prefixes leave the configuration as soon as none of its
 //! carriers has a path up by this gateway's probes (with `probe-interval = "200ms"`, about
 //! 0.6-0.8 s after the path fails), and BIRD withdraws them from every neighbour at once.
@@ -141,6 +146,21 @@ async fn apply(settings: &BgpSettings, tun: &str, routes: &[Announcement]) -> Re
         bail!("BIRD refused the configuration: {}", out.trim());
     }
     Ok(())
+}
+
+/// Withdraws whatever BIRD still announces from an earlier run, before this run creates
+/// its TUN device. After a crash BIRD keeps the last configuration; its static routes name
+/// the TUN device, and a device of that name coming back would announce them again at
+/// once, before this run has a map, routes or sessions, and the site's routers would send
+/// traffic it cannot carry yet. A failure (BIRD not running yet) is only logged: a BIRD
+/// started later reads the empty configuration written here.
+pub async fn withdraw_stale(settings: &BgpSettings, tun: &str) {
+    match apply(settings, tun, &[]).await {
+        Ok(()) => tracing::info!("BGP announcements of an earlier run withdrawn"),
+        Err(e) => {
+            tracing::info!(error = %format!("{e:#}"), "BIRD not reloaded at start (the empty configuration is written)")
+        }
+    }
 }
 
 /// Drives BIRD until `shutdown`: announces what [`announce::announcements`] gives for the

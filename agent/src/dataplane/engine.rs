@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 
 use super::access::{Access, AccessReport, Filter};
 use super::lpm::PrefixTable;
-use super::spread::{self, Gateway};
+use super::spread::{self, Gateway, Rejoin};
 use super::tunnel::{self, Addressee, Output, Tunnel};
 use crate::paths::ping::Pings;
 use crate::paths::probe::{self, ProbeKey};
@@ -89,6 +89,11 @@ struct PeerState {
     kick: bool,
     /// Path MTU discovery on each path, and the limit on packets it implies.
     mtu: PeerMtu,
+    /// Whether the tunnel carries again since its path last came back (see `spread`).
+    rejoin: Rejoin,
+    /// Start a new handshake at the next [`Engine::start_handshakes`], even with a
+    /// session up (the path came back).
+    rehandshake: bool,
 }
 
 impl PeerState {
@@ -108,6 +113,15 @@ impl PeerState {
     /// probing counts as reachable.
     fn reachable(&self) -> bool {
         self.selector.as_ref().is_none_or(Selector::reachable)
+    }
+
+    /// Whether flows may be spread to the peer: reachable, and for a probed peer, with a
+    /// handshake completed since its path last came back ([`Rejoin`]).
+    fn usable(&self) -> bool {
+        match &self.selector {
+            Some(sel) => sel.reachable() && self.rejoin.ready(),
+            None => true,
+        }
     }
 
     /// The selector's report of every path, with each path's discovered MTU.
@@ -305,6 +319,8 @@ impl Engine {
                 standby: None,
                 kick: false,
                 mtu: PeerMtu::default(),
+                rejoin: Rejoin::new(0),
+                rehandshake: false,
             },
         );
         idx
@@ -381,7 +397,7 @@ impl Engine {
 
     /// The tunnel that carries `packet` among `carriers` (the primaries whose allowed IPs
     /// hold its destination): the only one, or the choice of [`spread::choose`] by the
-    /// packet's flow among the reachable ones.
+    /// packet's flow among the usable ones (reachable, and carrying again after a return).
     pub(super) fn carrier(&self, carriers: &[u32], packet: &[u8]) -> Option<u32> {
         if let [only] = carriers {
             return Some(*only);
@@ -392,7 +408,7 @@ impl Engine {
                 id: *idx,
                 key: s.spec.public_key,
                 priority: s.spec.priority,
-                healthy: s.reachable(),
+                healthy: s.usable(),
             })
         });
         spread::choose(gateways, spread::flow_hash(packet).unwrap_or(0))
@@ -406,13 +422,14 @@ impl Engine {
             .is_some_and(PeerState::reachable)
     }
 
-    /// The public keys of the peers with a path up by this node's probes (a peer without
-    /// probing: with a handshake in the last 180 s), sorted.
+    /// The public keys of the peers with a path up by this node's probes and a session
+    /// agreed since it came up ([`Rejoin`]) (a peer without probing: with a handshake in
+    /// the last 180 s), sorted.
     pub fn up_peers(&self) -> Vec<[u8; 32]> {
         let mut keys: Vec<[u8; 32]> = self
             .primaries()
             .filter(|(_, s)| match &s.selector {
-                Some(sel) => sel.any_up(),
+                Some(sel) => sel.any_up() && s.rejoin.ready(),
                 None => s
                     .tunnel
                     .stats()

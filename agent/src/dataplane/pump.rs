@@ -273,6 +273,7 @@ pub async fn run(
                     }
                     ping_waiters.retain(|_, w| !w.is_closed());
                     engine.probe_tick(now, |ep, b| pending.push(ep, b));
+                    engine.start_handshakes(&mut out, |ep, b| pending.push(ep, b));
                     // Peers with a path up, every pass: BGP withdraws a site's prefixes
                     // within a pass of its last path going down.
                     let now_up = engine.up_peers();

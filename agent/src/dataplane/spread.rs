@@ -15,6 +15,14 @@
 //! - with **no healthy gateway** the choice falls back to every gateway of the best priority
 //!   (nothing better is known; WireGuard may still get through).
 //!
+//! **Coming back.** Probes answering again say that the path is up, not that the tunnel
+//! carries: a gateway whose agent restarted answers probes before it holds a session with
+//! this node, and packets sent on the old session are lost. So a gateway is healthy for
+//! spreading only once its [`Rejoin`] says so: after its path came back, this node starts a
+//! new handshake and waits for it to complete before moving any flow back; a new tunnel
+//! waits for its first handshake. The same readiness gates what a gateway announces over
+//! BGP (`bgp::announce`), so its site's routers send it nothing it cannot carry yet.
+//!
 //! [`flow_hash`] is symmetric (the two endpoints of the tuple are sorted before hashing) and
 //! the same on every node (a fixed function of the bytes, no per-process seed), and a
 //! gateway's weight for a flow depends only on the flow and the gateway's public key. So two
@@ -23,6 +31,7 @@
 //! described in README's "Several gateways per site".
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use super::access::packet::{self, Transport};
 
@@ -38,6 +47,83 @@ pub struct Gateway<T> {
     pub priority: u8,
     /// Whether this node's probes reach it.
     pub healthy: bool,
+}
+
+/// How long a peer waits for the handshake that readies it before another is started
+/// (boringtun itself retries only after 5 s).
+pub const REJOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether a peer's tunnel is ready to carry flows, from its path's reachability (this
+/// node's probes) and the handshakes this node started and completed on it. Fed every probe
+/// pass by [`Rejoin::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Reachable, with a session both sides agreed to since it last came back.
+    Ready,
+    /// Every path down.
+    Down,
+    /// Reachable, waiting for a handshake started by this node to complete: ready once
+    /// more than `after` have completed. `started`: when this node last started one
+    /// (`None` for a new tunnel, whose first handshake the engine starts itself).
+    Waiting {
+        after: u64,
+        started: Option<Instant>,
+    },
+}
+
+impl Rejoin {
+    /// A new tunnel (`handshakes` completed so far, normally 0): ready after the next one.
+    pub fn new(handshakes: u64) -> Rejoin {
+        Rejoin::Waiting {
+            after: handshakes,
+            started: None,
+        }
+    }
+
+    /// The peer's reachability and completed handshakes at `now`. Returns whether to start
+    /// a handshake now: the path has just come back, or the last one started has not
+    /// completed within [`REJOIN_RETRY`].
+    pub fn observe(&mut self, reachable: bool, handshakes: u64, now: Instant) -> bool {
+        let (next, start) = match (*self, reachable) {
+            (_, false) => (Rejoin::Down, false),
+            (Rejoin::Ready, true) => (Rejoin::Ready, false),
+            (Rejoin::Waiting { after, .. }, true) if handshakes > after => (Rejoin::Ready, false),
+            (Rejoin::Down, true) => (
+                Rejoin::Waiting {
+                    after: handshakes,
+                    started: Some(now),
+                },
+                true,
+            ),
+            (Rejoin::Waiting { after, started }, true) => {
+                let due = started.is_some_and(|t| now.saturating_duration_since(t) >= REJOIN_RETRY);
+                let started = if due || started.is_none() {
+                    Some(now)
+                } else {
+                    started
+                };
+                (Rejoin::Waiting { after, started }, due)
+            }
+        };
+        *self = next;
+        start
+    }
+
+    pub fn ready(self) -> bool {
+        self == Rejoin::Ready
+    }
+
+    /// The state for a tunnel that replaces this one's (a key rotation), which has
+    /// completed `handshakes`: ready or down alike; waiting for its own next handshake.
+    pub fn moved_to(self, handshakes: u64) -> Rejoin {
+        match self {
+            Rejoin::Waiting { started, .. } => Rejoin::Waiting {
+                after: handshakes,
+                started,
+            },
+            other => other,
+        }
+    }
 }
 
 /// The gateway for a flow of hash `flow`: the highest weight among the healthy gateways of
@@ -185,6 +271,80 @@ mod tests {
         // Nothing healthy: the best priority among all, as if all were up.
         assert_eq!(choose([gw(1, 0, false), gw(2, 1, false)], h), Some(1));
         assert_eq!(choose::<u8>([], h), None);
+    }
+
+    #[test]
+    fn a_gateway_that_comes_back_is_ready_only_after_a_new_handshake() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A new tunnel: ready after its first handshake (started by the engine), not before.
+        let mut r = Rejoin::new(0);
+        assert!(!r.observe(true, 0, at(0)));
+        assert!(!r.ready());
+        assert!(!r.observe(true, 1, at(50)));
+        assert!(r.ready());
+        // The path goes down: not ready; it comes back: a handshake is started, once.
+        assert!(!r.observe(false, 1, at(100)));
+        assert_eq!(r, Rejoin::Down);
+        assert!(
+            r.observe(true, 1, at(150)),
+            "a handshake is started when the path returns"
+        );
+        assert!(!r.observe(true, 1, at(200)), "and only once");
+        assert!(!r.ready(), "the old session does not count");
+        // Not complete within REJOIN_RETRY: another one.
+        assert!(!r.observe(true, 1, at(1100)));
+        assert!(r.observe(true, 1, at(1150)));
+        assert!(!r.observe(true, 1, at(1200)));
+        // Down again before it completed, then back: another handshake.
+        assert!(!r.observe(false, 1, at(1250)));
+        assert!(r.observe(true, 1, at(1300)));
+        assert!(!r.observe(true, 2, at(1350)));
+        assert!(r.ready());
+        // Staying up changes nothing.
+        assert!(!r.observe(true, 2, at(5000)));
+        assert!(r.ready());
+        // A key rotation's new tunnel: ready stays ready, waiting waits for its own.
+        assert_eq!(r.moved_to(0), Rejoin::Ready);
+        let waiting = Rejoin::Waiting {
+            after: 7,
+            started: None,
+        };
+        assert_eq!(
+            waiting.moved_to(0),
+            Rejoin::Waiting {
+                after: 0,
+                started: None
+            }
+        );
+    }
+
+    #[test]
+    fn flows_move_back_only_to_a_gateway_ready_again() {
+        // Gateway 2 is back on the probes but still waiting for its handshake: nothing goes
+        // to it; once ready, only the flows that hash to it move back.
+        let now = Instant::now();
+        let mut r = Rejoin::Down;
+        assert!(r.observe(true, 4, now));
+        let gws = |ready: bool| [gw(1, 0, true), gw(2, 0, ready), gw(3, 0, true)];
+        let (mut back, mut stayed) = (0, 0);
+        for port in 0..1000u16 {
+            let h = flow_hash(&tcp([10, 10, 0, 5], port, [10, 20, 0, 9], 80)).unwrap();
+            let waiting = choose(gws(r.ready()), h).unwrap();
+            assert_ne!(waiting, 2, "a flow went to a gateway without a new session");
+            let ready = choose(gws(true), h).unwrap();
+            if ready == 2 {
+                back += 1;
+            } else {
+                assert_eq!(ready, waiting, "flows of the other gateways stay put");
+                stayed += 1;
+            }
+        }
+        assert!(!r.observe(true, 5, now) && r.ready());
+        assert!(
+            back > 200 && stayed > 500,
+            "{back} moved back, {stayed} stayed"
+        );
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 /// One WireGuard peer's session state.
 pub struct Tunnel {
     tunn: Tunn,
+    /// Handshakes this side started and completed (a response processed): each leaves a
+    /// current session the peer holds too.
+    initiated: u64,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -123,6 +126,7 @@ impl Tunnel {
     pub fn new(own: StaticSecret, peer: PublicKey, keepalive: Option<u16>, index: u32) -> Tunnel {
         Tunnel {
             tunn: Tunn::new(own, peer, None, keepalive, index, None),
+            initiated: 0,
         }
     }
 
@@ -149,8 +153,14 @@ impl Tunnel {
         if datagram.is_empty() {
             return Ok(());
         }
+        // A handshake response: type 2, 92 bytes (WireGuard's message format).
+        let response = datagram.len() == 92 && datagram[..4] == [2, 0, 0, 0];
         match one(self.tunn.decapsulate(src, datagram, out))? {
             Output::Network(b) => {
+                // A response accepted is answered with a keepalive on the new session.
+                if response {
+                    self.initiated += 1;
+                }
                 sink(Output::Network(b));
                 // Drain packets queued while the handshake was in flight.
                 loop {
@@ -173,6 +183,18 @@ impl Tunnel {
     /// every 250 ms.
     pub fn tick<'a>(&mut self, out: &'a mut [u8]) -> Result<Output<'a>, TunnelError> {
         one(self.tunn.update_timers(out))
+    }
+
+    /// Starts a new handshake now, even with a session up (that one keeps working until the
+    /// new one is complete): the initiation to send.
+    pub fn rehandshake<'a>(&mut self, out: &'a mut [u8]) -> Result<Output<'a>, TunnelError> {
+        one(self.tunn.format_handshake_initiation(out, true))
+    }
+
+    /// How many handshakes this side started have completed: once it grows, this side
+    /// sends on a session the peer has just agreed to.
+    pub fn initiated_handshakes(&self) -> u64 {
+        self.initiated
     }
 
     /// Whether the tunnel has a current session to send on.
@@ -275,6 +297,25 @@ mod tests {
         let (_, got) = deliver(&mut a, vec![datagram]);
         assert_eq!(got[0].0, reply);
         assert!(a.stats().last_handshake.is_some());
+        assert_eq!((a.initiated_handshakes(), b.initiated_handshakes()), (1, 0));
+
+        // A new handshake while the session is up: counted once complete, and the old
+        // session carries packets meanwhile.
+        let init = match a.rehandshake(&mut out).unwrap() {
+            Output::Network(b) => b.to_vec(),
+            other => panic!("expected a handshake initiation, got {other:?}"),
+        };
+        assert_eq!(a.initiated_handshakes(), 1);
+        let (responses, _) = deliver(&mut b, vec![init]);
+        let (keepalive, _) = deliver(&mut a, responses);
+        assert_eq!(a.initiated_handshakes(), 2);
+        deliver(&mut b, keepalive);
+        let datagram = match b.encapsulate(&reply, &mut out).unwrap() {
+            Output::Network(d) => d.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let (_, got) = deliver(&mut a, vec![datagram]);
+        assert_eq!(got[0].0, reply, "the new session carries packets");
     }
 
     #[test]

@@ -191,8 +191,30 @@ impl Engine {
             };
             let switch = sel.on_tick(now);
             let due = sel.due(now);
+            let reachable = sel.reachable();
             if let Some(switch) = switch {
                 Self::switch_path(*idx, state, switch.to, now);
+            }
+            // The path came back (or the handshake started then is overdue): a new
+            // handshake proves the tunnel carries (a restarted peer holds none of the old
+            // sessions) before flows move back to it. Sent by `start_handshakes`.
+            let was_ready = state.rejoin.ready();
+            if state
+                .rejoin
+                .observe(reachable, state.tunnel.initiated_handshakes(), now)
+            {
+                tracing::debug!(
+                    peer = idx,
+                    "a new handshake before carrying (path back, or the last one overdue)"
+                );
+                state.rehandshake = true;
+            }
+            if state.rejoin.ready() != was_ready {
+                tracing::debug!(
+                    peer = idx,
+                    ready = !was_ready,
+                    "readiness to carry flows changed"
+                );
             }
             for (to, seq) in due {
                 let request = probe::encode(

@@ -43,13 +43,15 @@ impl Engine {
             };
             let spec = state.spec.clone();
             let selector = state.selector.take();
-            // The paths are the same: their MTUs carry over.
+            // The paths are the same: their MTUs and readiness carry over.
             let mtu = std::mem::take(&mut state.mtu);
+            let rejoin = state.rejoin;
             let older = state.predecessor.take();
             let idx = self.retire(old, spec, older);
             if let Some(state) = self.peers.get_mut(&idx) {
                 state.selector = selector;
                 state.mtu = mtu;
+                state.rejoin = rejoin.moved_to(state.tunnel.initiated_handshakes());
                 state.kick = true;
             }
             let next = self.peers.get(&idx).and_then(|s| s.spec.next_public_key);
@@ -144,6 +146,7 @@ impl Engine {
         let mut spec = state.spec.clone();
         let selector = state.selector.take();
         let mtu = std::mem::take(&mut state.mtu);
+        let rejoin = state.rejoin;
         let older = state.predecessor.take();
         state.standby = None;
         state.standing = Standing::Retiring {
@@ -163,6 +166,7 @@ impl Engine {
             state.spec = spec;
             state.selector = selector;
             state.mtu = mtu;
+            state.rejoin = rejoin.moved_to(state.tunnel.initiated_handshakes());
             state.standing = Standing::Primary;
             state.predecessor = Some(old);
         }
@@ -204,8 +208,8 @@ impl Engine {
         }
     }
 
-    /// Starts the handshakes of tunnels made by a rotation, so they are up before traffic
-    /// needs them.
+    /// Starts the handshakes of new tunnels (a rotation's among them), so they are up
+    /// before traffic needs them, and the new ones of peers whose path came back.
     pub(super) fn kick_handshakes(
         &mut self,
         out: &mut [u8],
@@ -213,13 +217,21 @@ impl Engine {
     ) {
         for (idx, state) in self.peers.iter_mut() {
             // A retiring tunnel only carries what its session still can.
-            if !std::mem::take(&mut state.kick)
-                || matches!(state.standing, Standing::Retiring { .. })
-            {
+            if matches!(state.standing, Standing::Retiring { .. }) {
+                state.kick = false;
+                state.rehandshake = false;
                 continue;
             }
-            // An empty packet is a keepalive: with no session, it starts a handshake.
-            match state.tunnel.encapsulate(&[], out) {
+            let result = if std::mem::take(&mut state.rehandshake) {
+                state.kick = false;
+                state.tunnel.rehandshake(out)
+            } else if std::mem::take(&mut state.kick) {
+                // An empty packet is a keepalive: with no session, it starts a handshake.
+                state.tunnel.encapsulate(&[], out)
+            } else {
+                continue;
+            };
+            match result {
                 Ok(Output::Network(bytes)) => {
                     if let Some(ep) = state.spec.endpoint {
                         emit(ep, bytes);
@@ -229,6 +241,13 @@ impl Engine {
                 Err(e) => tracing::debug!(peer = idx, error = %e, "starting a handshake"),
             }
         }
+    }
+
+    /// Starts the handshakes due now: of new tunnels, and of peers whose path has just come
+    /// back (see `spread::Rejoin`). Run every probe pass, so a returning gateway carries
+    /// again one round trip after its probes say it is back. (`tick` runs it too.)
+    pub fn start_handshakes(&mut self, out: &mut [u8], mut emit: impl FnMut(SocketAddr, &[u8])) {
+        self.kick_handshakes(out, &mut emit);
     }
 
     /// Drops retiring tunnels whose time is up (their clock starts at the first tick).

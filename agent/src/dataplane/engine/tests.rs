@@ -81,6 +81,8 @@ fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
         standby: None,
         kick: false,
         mtu: PeerMtu::default(),
+        rejoin: super::Rejoin::new(0),
+        rehandshake: false,
     };
     assert!(state.may_roam_to(public), "back to the selected path");
     assert!(
@@ -580,29 +582,55 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
         }
         m
     };
-    // Probes both ways for `rounds` intervals; peers in `cut` neither get nor answer them.
+    // `rounds` intervals of probes and WireGuard timers, every datagram delivered between A
+    // and the gateways; gateways in `cut` get nothing and send nothing, and those in
+    // `no_wg` get and send probes only (their WireGuard messages are lost).
     let mut now = Instant::now();
-    let mut run = |a: &mut Engine, gws: &mut Vec<(u8, Engine)>, rounds: usize, cut: &[u8]| {
-        for _ in 0..rounds {
-            let mut sent = Vec::new();
-            a.probe_tick(now, |to, b| sent.push((to, b.to_vec())));
-            for (to, bytes) in sent {
-                let Some((n, gw)) = gws.iter_mut().find(|(n, _)| addr(*n) == to) else {
-                    continue;
-                };
-                if cut.contains(n) {
-                    continue;
+    let mut run =
+        |a: &mut Engine, gws: &mut Vec<(u8, Engine)>, rounds: usize, cut: &[u8], no_wg: &[u8]| {
+            let mut out = vec![0u8; BUFFER];
+            for _ in 0..rounds {
+                // (from, to, datagram)
+                let mut queue: Vec<(SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
+                a.probe_tick(now, |to, b| queue.push((addr(1), to, b.to_vec())));
+                a.tick(&mut out, |to, b| queue.push((addr(1), to, b.to_vec())));
+                for (n, gw) in gws.iter_mut() {
+                    gw.tick(&mut out, |to, b| queue.push((addr(*n), to, b.to_vec())));
                 }
-                let mut replies = Vec::new();
-                gw.on_probe(addr(1), &bytes, now, |_, r| replies.push(r.to_vec()));
-                for r in replies {
-                    a.on_probe(to, &r, now + std::time::Duration::from_millis(1), |_, _| {});
+                for _ in 0..100 {
+                    let Some((from, to, bytes)) = queue.pop() else {
+                        break;
+                    };
+                    let gw_end = if to == addr(1) { from } else { to };
+                    let Some(n) = (2u8..=3).find(|n| addr(*n) == gw_end) else {
+                        continue;
+                    };
+                    let probe = bytes.first() == Some(&b'S');
+                    if cut.contains(&n) || (!probe && no_wg.contains(&n)) {
+                        continue;
+                    }
+                    let at = now + std::time::Duration::from_millis(1);
+                    let node = if to == addr(1) {
+                        &mut *a
+                    } else {
+                        &mut gws.iter_mut().find(|(m, _)| *m == n).unwrap().1
+                    };
+                    let mut sent = Vec::new();
+                    if probe {
+                        node.on_probe(from, &bytes, at, |ep, r| sent.push((to, ep, r.to_vec())));
+                    } else {
+                        node.inbound(from, &bytes, &mut out, |e| {
+                            if let Emit::Network(ep, d) = e {
+                                sent.push((to, ep, d.to_vec()));
+                            }
+                        });
+                    }
+                    queue.extend(sent);
                 }
+                now += interval;
             }
-            now += interval;
-        }
-    };
-    run(&mut a, &mut gws, 4, &[]);
+        };
+    run(&mut a, &mut gws, 4, &[], &[]);
     let mut up_both = vec![public(2), public(3)];
     up_both.sort_unstable();
     assert_eq!(a.up_peers(), up_both);
@@ -611,13 +639,25 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
     assert!(both.values().all(|n| *n > 50), "{both:?}");
     // B3's path stops answering: within 3 lost probes (0.6-0.8 s at 200 ms) it carries
     // nothing, and B2 carries every flow.
-    run(&mut a, &mut gws, 4, &[3]);
+    run(&mut a, &mut gws, 4, &[3], &[]);
     assert!(!a.peer_reachable(&public(3)));
     assert_eq!(a.up_peers(), vec![public(2)]);
     let one = chosen(&a);
     assert_eq!(one.into_keys().collect::<Vec<_>>(), vec![public(2)]);
-    // Back: two replies make the path up again, and flows spread again.
-    run(&mut a, &mut gws, 3, &[]);
+    // B3's probes answer again but its handshakes are lost (its agent restarted and is not
+    // ready, say): reachable, yet no flow goes back and it is not up for BGP.
+    run(&mut a, &mut gws, 4, &[], &[3]);
+    assert!(a.peer_reachable(&public(3)));
+    assert_eq!(a.up_peers(), vec![public(2)]);
+    assert_eq!(
+        chosen(&a).into_keys().collect::<Vec<_>>(),
+        vec![public(2)],
+        "flows moved back before a new handshake"
+    );
+    // The handshake A started when the path came back is retried after REJOIN_RETRY and
+    // completes: flows spread again and B3 is up.
+    run(&mut a, &mut gws, 6, &[], &[]);
+    assert_eq!(a.up_peers(), up_both);
     assert_eq!(chosen(&a).len(), 2);
     // A peer without probing (no announced endpoint) counts as reachable.
     a.set_peers(&[spec(2, "10.2.0.0/16", true), spec(3, "10.2.0.0/16", false)]);
