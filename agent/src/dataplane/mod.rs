@@ -25,6 +25,7 @@ pub mod mss;
 pub mod netlink;
 pub mod peers;
 pub mod pump;
+pub mod recent_flows;
 pub mod routes;
 pub mod spread;
 pub mod translate;

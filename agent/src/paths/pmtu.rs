@@ -101,6 +101,9 @@ pub struct PathMtu {
     confirming: bool,
     confirm_misses: u8,
     phase: Phase,
+    /// The MTU as last reported (by `on_tick` or `set_ceiling`): replies between ticks
+    /// change it too, and are reported at the next tick.
+    reported: Option<u16>,
 }
 
 impl PathMtu {
@@ -117,6 +120,7 @@ impl PathMtu {
             confirming: false,
             confirm_misses: 0,
             phase: Phase::Searching,
+            reported: None,
         }
     }
 
@@ -142,11 +146,12 @@ impl PathMtu {
         if ceiling == self.ceiling {
             return None;
         }
-        let before = self.mtu();
+        let before = self.reported;
         self.ceiling = ceiling;
         self.confirmed = self.confirmed.map(|c| c.min(ceiling));
         self.restart(now);
-        change(before, self.mtu())
+        self.reported = self.mtu();
+        change(before, self.reported)
     }
 
     /// Checks the MTU now (after a switch to this path): a settled path is confirmed at
@@ -250,9 +255,9 @@ impl PathMtu {
     }
 
     /// Expires probes past the timeout and moves the search on; returns the change of the
-    /// MTU, if any.
+    /// MTU since the last report (replies since the last tick included), if any.
     pub fn on_tick(&mut self, now: Instant) -> Option<MtuChange> {
-        let before = self.mtu();
+        let before = self.reported;
         let timeout = self.tun.timeout;
         let mut lost = Vec::new();
         self.in_flight.retain(|&(_, size, sent)| {
@@ -307,7 +312,8 @@ impl PathMtu {
             }
             _ => {}
         }
-        change(before, self.mtu())
+        self.reported = self.mtu();
+        change(before, self.reported)
     }
 }
 

@@ -311,6 +311,33 @@ impl Selector {
         self.evaluate(now)
     }
 
+    /// Authenticated traffic from the peer arrived over `from`, another of its paths than
+    /// the active one. When `from` is up and the active path has lost its latest probe, the
+    /// peer has evidently judged the active path down and left it: it is taken as down now
+    /// rather than after the remaining losses, so that this side follows within a packet
+    /// (the replies of a flow whose sender has just switched would otherwise be lost on the
+    /// old path until this side's own probes agree, and its sender wait for a retransmission
+    /// timer). The change of path, if any.
+    pub fn peer_left_active(&mut self, from: SocketAddr, now: Instant) -> Option<Switch> {
+        let a = self.active?;
+        let active = &self.paths[a];
+        if active.candidate.address == from || active.misses == 0 || active.health == Health::Down {
+            return None;
+        }
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.candidate.address == from && p.healthy())
+        {
+            return None;
+        }
+        let p = &mut self.paths[a];
+        p.health = Health::Down;
+        p.replies = 0;
+        p.misses = p.misses.max(self.th.down_after);
+        self.evaluate(now)
+    }
+
     /// Updates degradation and healthy-since, then the active path.
     fn evaluate(&mut self, now: Instant) -> Option<Switch> {
         let best_rtt = self
@@ -575,6 +602,31 @@ mod tests {
         assert_eq!(sim.sel.active(), Some(addr(IC)));
         let (back, _) = *sim.switches.last().unwrap();
         assert!(back >= Duration::from_secs(18), "failed back at {back:?}");
+    }
+
+    #[test]
+    fn the_peer_leaving_a_path_that_is_losing_probes_is_followed_at_once() {
+        let mut sim = Sim::new(200);
+        sim.run(3_000);
+        // Traffic from the peer over the internet path while the interconnect answers its
+        // probes: the peer's choice, not evidence; nothing changes.
+        assert_eq!(sim.sel.peer_left_active(addr(PUB), sim.now), None);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        // The interconnect is cut at 3 s; once a probe has gone unanswered, the peer's
+        // traffic arriving over the internet path moves this side too, before its own
+        // probes would (three losses).
+        sim.loss
+            .push((addr(IC), Duration::from_secs(3), Duration::from_secs(9), 1));
+        sim.run(3_250);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        let switch = sim.sel.peer_left_active(addr(PUB), sim.now);
+        assert_eq!(switch.map(|s| s.to), Some(addr(PUB)));
+        assert_eq!(sim.health(IC), Health::Down);
+        // A stranger's address is no path of the peer's.
+        assert_eq!(
+            sim.sel.peer_left_active(addr("198.51.100.1:1"), sim.now),
+            None
+        );
     }
 
     #[test]
