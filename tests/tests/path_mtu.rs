@@ -33,6 +33,7 @@ struct Mesh {
     inet: Netns,
     inet2: Netns,
     gwa: Netns,
+    gwb: Netns,
     wla: Netns,
     wlb: Netns,
     c: Coordinator,
@@ -107,10 +108,11 @@ fn mesh(tag: &str, hop_mtu: u32, drop_icmp: bool, extra: &[&str]) -> Mesh {
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), b.proc.log_text()));
     println!("tunnel up {:?} after the agents started", started.elapsed());
     Mesh {
-        _ns: vec![coord, gwb],
+        _ns: vec![coord],
         inet,
         inet2,
         gwa,
+        gwb,
         wla,
         wlb,
         c,
@@ -140,9 +142,11 @@ fn path_mtu(m: &Mesh) -> Option<u32> {
         .map(|v| v as u32)
 }
 
-/// Waits until gwa's path to gwb is at `mtu` and the route to gwb's prefix carries the
-/// tunnel's MTU for it (outer IPv4 20 + UDP 8 + WireGuard 32 less; the TUN device's MTU
-/// follows, above the underlay's 1420); returns how long that took.
+/// Waits until gwa's path to gwb is at `mtu` and the routes to the other site's prefix on
+/// both gateways carry the tunnel's MTU for it (outer IPv4 20 + UDP 8 + WireGuard 32 less;
+/// the TUN device's MTU follows, above the underlay's 1420); returns how long that took.
+/// (Both: each gateway clamps the MSS of the SYNs it forwards to its own route's MTU, and
+/// a connection opened while gwb's route still had the underlay's would use 1420.)
 fn wait_mtu(m: &Mesh, mtu: u32, within: Duration) -> Duration {
     let t0 = Instant::now();
     let route_mtu = mtu - 60;
@@ -150,7 +154,11 @@ fn wait_mtu(m: &Mesh, mtu: u32, within: Duration) -> Duration {
         let route = m
             .gwa
             .ip(&["route", "show", "table", "21332", "10.20.0.0/16"]);
-        (path_mtu(m) == Some(mtu) && route.contains(&format!("mtu {route_mtu}"))).then_some(())
+        let route_b = m
+            .gwb
+            .ip(&["route", "show", "table", "21332", "10.10.0.0/16"]);
+        let want = format!("mtu {route_mtu}");
+        (path_mtu(m) == Some(mtu) && route.contains(&want) && route_b.contains(&want)).then_some(())
     })
     .unwrap_or_else(|e| {
         panic!(

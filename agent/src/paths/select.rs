@@ -237,6 +237,13 @@ impl Selector {
         self.paths.iter().any(|p| p.health != Health::Down)
     }
 
+    /// Whether the path to `address` answered its latest probe (true for an address that
+    /// is no candidate: nothing says otherwise).
+    pub fn answering(&self, address: SocketAddr) -> bool {
+        self.index_of(address)
+            .is_none_or(|i| self.paths[i].misses == 0)
+    }
+
     /// Whether some path is up (answered its last probes): positive evidence that the
     /// peer is reachable, which announcing its prefixes over BGP waits for.
     pub fn any_up(&self) -> bool {

@@ -146,12 +146,18 @@ impl Engine {
                         .insert(address, PathMtu::new(ceiling, tunables));
                 }
             }
-            let PeerState { mtu, probe_key, .. } = state;
+            let PeerState {
+                mtu,
+                probe_key,
+                selector,
+                ..
+            } = state;
             mtu.recent.tick(now);
             let PeerMtu {
                 paths, next_seq, ..
             } = mtu;
             for (&address, path) in paths.iter_mut() {
+                path.set_answering(selector.as_ref().is_none_or(|s| s.answering(address)));
                 if let Some(c) = path.on_tick(now) {
                     tracing::info!(peer = idx, %address, from = ?c.from, to = ?c.to, "path MTU");
                 }
