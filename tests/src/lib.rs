@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod procs;
 pub mod quic;
 pub mod rustyvault;
+pub mod traffic;
 
 /// Installs a test log subscriber once (RUST_LOG controls it; default warn).
 pub fn init_logging() {

@@ -99,6 +99,38 @@ pub fn uplink(router: &Netns, outside: &str, ns: &Netns, inside: &str, net: &str
     ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
 }
 
+/// A workload behind gateway `gw` on `lan0`, with an IPv4 and an IPv6 address.
+pub fn lan(gw: &Netns, wl: &Netns, net4: &str, net6: &str) {
+    veth(wl, "eth0", gw, "lan0");
+    gw.ip(&["addr", "add", &format!("{net4}.1/24"), "dev", "lan0"]);
+    gw.ip(&[
+        "addr",
+        "add",
+        &format!("{net6}::1/64"),
+        "dev",
+        "lan0",
+        "nodad",
+    ]);
+    wl.ip(&["addr", "add", &format!("{net4}.10/24"), "dev", "eth0"]);
+    wl.ip(&[
+        "addr",
+        "add",
+        &format!("{net6}::10/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    wl.ip(&["route", "add", "default", "via", &format!("{net4}.1")]);
+    wl.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("{net6}::1"),
+    ]);
+}
+
 impl Netns {
     /// `ip -n <ns> -j ARGS`, parsed (`Null` when the output is empty).
     pub fn json(&self, args: &[&str]) -> serde_json::Value {

@@ -19,8 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use strait_tests::netns::{veth, Netns};
+use strait_tests::netns::{lan, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Site};
+use strait_tests::traffic;
 
 const SITES: &[Site<'static>] = &[
     Site("aws-use1", "10.10.0.0/16,fd10::/48"),
@@ -60,38 +61,6 @@ fn uplink(router: &Netns, outside: &str, ns: &Netns, inside: &str, net6: &str, n
         ns.ip(&["addr", "add", &format!("{net4}.10/24"), "dev", inside]);
         ns.ip(&["route", "add", "default", "via", &format!("{net4}.1")]);
     }
-}
-
-/// A workload behind gateway `gw` on `lan0`, with an IPv4 and an IPv6 address.
-fn lan(gw: &Netns, wl: &Netns, net4: &str, net6: &str) {
-    veth(wl, "eth0", gw, "lan0");
-    gw.ip(&["addr", "add", &format!("{net4}.1/24"), "dev", "lan0"]);
-    gw.ip(&[
-        "addr",
-        "add",
-        &format!("{net6}::1/64"),
-        "dev",
-        "lan0",
-        "nodad",
-    ]);
-    wl.ip(&["addr", "add", &format!("{net4}.10/24"), "dev", "eth0"]);
-    wl.ip(&[
-        "addr",
-        "add",
-        &format!("{net6}::10/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    wl.ip(&["route", "add", "default", "via", &format!("{net4}.1")]);
-    wl.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &format!("{net6}::1"),
-    ]);
 }
 
 struct Sites {
@@ -206,32 +175,7 @@ fn metrics(s: &Sites) -> String {
 
 /// A 30 MB TCP transfer (iperf3) from `from` to `to_addr` in `to`; panics if it fails.
 fn transfer(from: &Netns, to: &Netns, to_addr: &str, what: &str) {
-    let port = strait_tests::procs::free_tcp_port().to_string();
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &to.name, "iperf3", "-s", "-1", "-p", &port])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 must be installed");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = from.exec(&[
-        "timeout", "60", "iperf3", "-c", to_addr, "-p", &port, "-n", "30M", "-J",
-    ]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let sent = &json["end"]["sum_sent"];
-    let bytes = sent["bytes"].as_f64().unwrap_or(0.0);
-    let secs = sent["seconds"].as_f64().unwrap_or(0.0);
-    assert!(
-        out.status.success() && bytes >= 30.0 * 1024.0 * 1024.0,
-        "{what}: 30 MB transfer did not complete\n{text}"
-    );
-    println!(
-        "{what}: 30 MB in {secs:.2} s ({:.0} Mbit/s)",
-        bytes * 8.0 / secs / 1e6
-    );
+    traffic::transfer(from, to, to_addr, what, 60).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

@@ -18,17 +18,22 @@
 //! - `discovery_converges_when_the_routers_drop_icmp`: the hop is 1280 from the start and
 //!   the routers send no ICMP errors at all; discovery still converges (its time printed),
 //!   and the transfers complete.
+//!
+//! A jumbo interconnect next to narrower paths, and failover between them in the middle of
+//! a transfer: `three_underlays.rs`.
 
 use std::time::{Duration, Instant};
 
 use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, TWO_SITES};
+use strait_tests::traffic;
 
 struct Mesh {
     _ns: Vec<Netns>,
     inet: Netns,
     inet2: Netns,
     gwa: Netns,
+    gwb: Netns,
     wla: Netns,
     wlb: Netns,
     c: Coordinator,
@@ -103,10 +108,11 @@ fn mesh(tag: &str, hop_mtu: u32, drop_icmp: bool, extra: &[&str]) -> Mesh {
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), b.proc.log_text()));
     println!("tunnel up {:?} after the agents started", started.elapsed());
     Mesh {
-        _ns: vec![coord, gwb],
+        _ns: vec![coord],
         inet,
         inet2,
         gwa,
+        gwb,
         wla,
         wlb,
         c,
@@ -136,9 +142,11 @@ fn path_mtu(m: &Mesh) -> Option<u32> {
         .map(|v| v as u32)
 }
 
-/// Waits until gwa's path to gwb is at `mtu` and the route to gwb's prefix carries the
-/// tunnel's MTU for it (outer IPv4 20 + UDP 8 + WireGuard 32 less; the TUN device's MTU
-/// follows, above the underlay's 1420); returns how long that took.
+/// Waits until gwa's path to gwb is at `mtu` and the routes to the other site's prefix on
+/// both gateways carry the tunnel's MTU for it (outer IPv4 20 + UDP 8 + WireGuard 32 less;
+/// the TUN device's MTU follows, above the underlay's 1420); returns how long that took.
+/// (Both: each gateway clamps the MSS of the SYNs it forwards to its own route's MTU, and
+/// a connection opened while gwb's route still had the underlay's would use 1420.)
 fn wait_mtu(m: &Mesh, mtu: u32, within: Duration) -> Duration {
     let t0 = Instant::now();
     let route_mtu = mtu - 60;
@@ -146,7 +154,11 @@ fn wait_mtu(m: &Mesh, mtu: u32, within: Duration) -> Duration {
         let route = m
             .gwa
             .ip(&["route", "show", "table", "21332", "10.20.0.0/16"]);
-        (path_mtu(m) == Some(mtu) && route.contains(&format!("mtu {route_mtu}"))).then_some(())
+        let route_b = m
+            .gwb
+            .ip(&["route", "show", "table", "21332", "10.10.0.0/16"]);
+        let want = format!("mtu {route_mtu}");
+        (path_mtu(m) == Some(mtu) && route.contains(&want) && route_b.contains(&want)).then_some(())
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -160,8 +172,8 @@ fn wait_mtu(m: &Mesh, mtu: u32, within: Duration) -> Duration {
     t0.elapsed()
 }
 
-/// A 30 MB TCP transfer from `from` to `to` (iperf3, its server started in `to`); the
-/// seconds it took, or a panic naming the direction when it did not complete in 60 s.
+/// A 30 MB TCP transfer from `from` to `to` (iperf3); the seconds it took, or a panic
+/// naming the direction when it did not complete in 60 s.
 fn transfer(from: &Netns, to: &Netns, to_addr: &str, what: &str) -> f64 {
     try_transfer(from, to, to_addr, what, 60).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -174,40 +186,7 @@ fn try_transfer(
     what: &str,
     limit: u32,
 ) -> Result<f64, String> {
-    let port = strait_tests::procs::free_tcp_port().to_string();
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &to.name, "iperf3", "-s", "-1", "-p", &port])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 must be installed");
-    std::thread::sleep(Duration::from_millis(300));
-    let limit = limit.to_string();
-    let out = from.exec(&[
-        "timeout", &limit, "iperf3", "-c", to_addr, "-p", &port, "-n", "30M", "-J",
-    ]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    // The sender's figures: iperf3's server stops counting when the client says it is done,
-    // which can be before it has read the last bytes; a clean exit means every byte was
-    // sent and the test ended normally.
-    let sent = &json["end"]["sum_sent"];
-    let bytes = sent["bytes"].as_f64().unwrap_or(0.0);
-    let secs = sent["seconds"].as_f64().unwrap_or(0.0);
-    if !(out.status.success() && bytes >= 30.0 * 1024.0 * 1024.0) {
-        return Err(format!(
-            "{what}: 30 MB transfer did not complete in {limit} s ({bytes} bytes in {secs} s, status {:?})\n{text}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    println!(
-        "{what}: 30 MB in {secs:.2} s ({:.0} Mbit/s)",
-        bytes * 8.0 / secs / 1e6
-    );
-    Ok(secs)
+    traffic::transfer(from, to, to_addr, what, limit).map(|t| t.secs)
 }
 
 #[test]
@@ -357,268 +336,4 @@ fn an_explicit_mtu_wins_and_over_a_narrow_hop_without_icmp_it_black_holes() {
     let r = try_transfer(&m.wla, &m.wlb, "10.20.0.10", "A->B, explicit mtu 1420", 15);
     assert!(r.is_err(), "the transfer crossed a 1280 hop at 1420: {r:?}");
     println!("A->B with explicit mtu 1420 across the 1280 hop, no ICMP: no completion in 15 s");
-}
-
-/// A jumbo interconnect (veth at 9000, LANs at 9001) next to an internet path with a 1400
-/// hop: traffic uses the interconnect at jumbo size (the TUN device's MTU is raised for
-/// it), a DF ping one byte over gets "fragmentation needed", and cutting the interconnect
-/// in the middle of a transfer moves it to the internet path without stalling it.
-#[test]
-fn a_jumbo_interconnect_fails_over_to_a_narrower_path_mid_transfer() {
-    let inet = Netns::new("pji");
-    let inet2 = Netns::new("pjj");
-    let coord = Netns::new("pjc");
-    let gwa = Netns::new("pja");
-    let gwb = Netns::new("pjb");
-    let wla = Netns::new("pjwa");
-    let wlb = Netns::new("pjwb");
-    for r in [&inet, &inet2] {
-        r.sysctl("net.ipv4.ip_forward", "1");
-    }
-    uplink(&inet, "c0", &coord, "up0", "198.51.100", "10");
-    uplink(&inet, "a0", &gwa, "up0", "192.0.2", "10");
-    uplink(&inet2, "b0", &gwb, "up0", "203.0.113", "10");
-    veth(&inet, "x0", &inet2, "x0");
-    inet.ip(&["addr", "add", "10.255.0.1/30", "dev", "x0"]);
-    inet2.ip(&["addr", "add", "10.255.0.2/30", "dev", "x0"]);
-    set_hop(&inet, &inet2, 1400);
-    inet.ip(&["route", "add", "203.0.113.0/24", "via", "10.255.0.2"]);
-    inet2.ip(&["route", "add", "default", "via", "10.255.0.1"]);
-    veth(&gwa, "ic0", &gwb, "ic0");
-    gwa.ip(&["link", "set", "ic0", "mtu", "9000"]);
-    gwb.ip(&["link", "set", "ic0", "mtu", "9000"]);
-    gwa.ip(&["addr", "add", "172.31.255.1/30", "dev", "ic0"]);
-    gwb.ip(&["addr", "add", "172.31.255.2/30", "dev", "ic0"]);
-    uplink(&gwa, "lan0", &wla, "eth0", "10.10.0", "10");
-    uplink(&gwb, "lan0", &wlb, "eth0", "10.20.0", "10");
-    for (gw, wl) in [(&gwa, &wla), (&gwb, &wlb)] {
-        gw.ip(&["link", "set", "lan0", "mtu", "9001"]);
-        wl.ip(&["link", "set", "eth0", "mtu", "9001"]);
-    }
-
-    let addr: std::net::SocketAddr = "198.51.100.10:7443".parse().unwrap();
-    let c = Coordinator::start_in(&coord.name, addr, TWO_SITES, "").unwrap();
-    let start = |ns: &Netns, site: &str, node: &str, prefix: &str, ic: &str, public: &str| {
-        let token = c.token(site, "gateway").unwrap();
-        let ic = format!("interconnect={ic}:51820");
-        let public_ep = format!("public={public}:51820");
-        let metrics = format!("{public}:9464");
-        let args = [
-            "--prefix",
-            prefix,
-            "--endpoint",
-            &ic,
-            "--endpoint",
-            &public_ep,
-            "--probe-interval",
-            "200ms",
-            "--metrics-listen",
-            &metrics,
-        ];
-        Agent::start_in_netns(&ns.name, addr, site, node, "gateway", &token, &args).unwrap()
-    };
-    let a = start(
-        &gwa,
-        "aws-use1",
-        "gwa",
-        "10.10.0.0/16",
-        "172.31.255.1",
-        "192.0.2.10",
-    );
-    let b = start(
-        &gwb,
-        "gcp-usc1",
-        "gwb",
-        "10.20.0.0/16",
-        "172.31.255.2",
-        "203.0.113.10",
-    );
-    wait_for(
-        Duration::from_secs(20),
-        "workload A to reach workload B",
-        || (wla.ping_flow("10.20.0.10", 1).1 == 1).then_some(()),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.proc.log_text(), b.proc.log_text()));
-
-    let ic = r#"{peer="gcp-usc1/gwb",path_kind="interconnect",address="172.31.255.2:51820"}"#;
-    let public = r#"{peer="gcp-usc1/gwb",path_kind="public",address="203.0.113.10:51820"}"#;
-    let metrics = || curl(&gwa, "http://192.0.2.10:9464/metrics");
-    // A search ends within 8 bytes of the path's MTU (exact at the interface's).
-    let mtu_of = |m: &str, path: &str| -> Option<u32> {
-        let prefix = format!("strait_path_mtu_bytes{path} ");
-        let line = m.lines().find(|l| l.starts_with(&prefix))?;
-        line[prefix.len()..].parse::<f64>().ok().map(|v| v as u32)
-    };
-    let public_mtu = wait_for(
-        Duration::from_secs(20),
-        "both paths' MTUs, the interconnect in use",
-        || {
-            let m = metrics();
-            let route = gwa.ip(&["route", "show", "table", "21332", "10.20.0.0/16"]);
-            let public_mtu = mtu_of(&m, public).filter(|v| (1392..=1400).contains(v))?;
-            (mtu_of(&m, ic) == Some(9000)
-                && m.contains(&format!("strait_path_active{ic} 1"))
-                && route.contains("mtu 8940"))
-            .then_some(public_mtu)
-        },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n{}\n{}",
-            metrics(),
-            gwa.ip(&["route", "show", "table", "21332"]),
-            a.proc.log_text()
-        )
-    });
-    let tun = &gwa.json(&["link", "show", "strait0"])[0];
-    assert_eq!(tun["mtu"], 8940, "TUN MTU raised for the jumbo path: {tun}");
-
-    // Full segment size on the jumbo path.
-    let port = strait_tests::procs::free_tcp_port().to_string();
-    let mut server = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &wlb.name, "iperf3", "-s", "-1", "-p", &port,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let out = wla.exec(&[
-        "timeout",
-        "60",
-        "iperf3",
-        "-c",
-        "10.20.0.10",
-        "-p",
-        &port,
-        "-n",
-        "30M",
-        "-J",
-    ]);
-    let _ = server.wait();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mss = json["start"]["tcp_mss_default"].as_u64().unwrap_or(0);
-    let secs = json["end"]["sum_sent"]["seconds"].as_f64().unwrap_or(0.0);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(mss > 8000, "segment size {mss} on the jumbo path");
-    println!("A->B over the 9000 interconnect: 30 MB in {secs:.2} s, MSS {mss}");
-
-    // One byte over the tunnel's MTU on the jumbo path: "fragmentation needed", not silence.
-    let out = wla.exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        "8913",
-        "10.20.0.10",
-    ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        text.contains("mtu = 8940") || text.contains("mtu=8940"),
-        "{text}"
-    );
-    let out = wla.exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        "8912",
-        "10.20.0.10",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-
-    // The interconnect is cut 3 s into an 8 s transfer.
-    let port = strait_tests::procs::free_tcp_port().to_string();
-    let mut server = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &wlb.name, "iperf3", "-s", "-1", "-p", &port,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let client = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &wla.name,
-            "timeout",
-            "30",
-            "iperf3",
-            "-c",
-            "10.20.0.10",
-            "-p",
-        ])
-        .arg(&port)
-        .args(["-t", "8", "-i", "0.5", "-J"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    // (A saturated path's RTT grows and path selection may already have moved one
-    // direction to the internet path: printed, not asserted.)
-    let before: Vec<String> = metrics()
-        .lines()
-        .filter(|l| l.starts_with("strait_path_active{"))
-        .map(str::to_string)
-        .collect();
-    println!("before the cut, gwa: {before:?}");
-    gwb.ip(&["link", "set", "ic0", "down"]);
-    let cut = Instant::now();
-    let out = client.wait_with_output().unwrap();
-    let _ = server.wait();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let rates: Vec<f64> = json["intervals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-                .map(|b| b / 1e6)
-                .collect()
-        })
-        .unwrap_or_default();
-    println!("Mbit/s per 0.5 s, interconnect cut at 3 s: {rates:.0?}");
-    assert!(
-        out.status.success() && rates.len() >= 15,
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // The failover itself takes 3-4 probe intervals (0.6-0.8 s); TCP's retransmission
-    // timer, doubling from 200 ms while the old path loses everything, adds up to another
-    // 0.8 s before the first segment crosses the new path: at most four empty half-seconds
-    // (measured: three), and traffic flowing over the internet path by the end.
-    let empty = rates.iter().filter(|r| **r < 1.0).count();
-    assert!(empty <= 4, "stalled for {empty} half-seconds: {rates:?}");
-    assert!(
-        rates[rates.len() - 2..].iter().all(|r| *r > 10.0),
-        "{rates:?}"
-    );
-    let m = metrics();
-    assert!(m.contains(&format!("strait_path_active{public} 1")), "{m}");
-    let route = gwa.ip(&["route", "show", "table", "21332", "10.20.0.0/16"]);
-    assert!(
-        route.contains(&format!("mtu {}", public_mtu - 60)),
-        "{route}"
-    );
-    println!("after the cut ({:?} ago): {route}", cut.elapsed());
-    let _ = (&inet, &inet2, &coord, &c, &a, &b);
 }

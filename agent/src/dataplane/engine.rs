@@ -184,6 +184,9 @@ pub struct Engine {
     size_probe: Vec<u8>,
     enforce_mtu: bool,
     min_limit: Option<u16>,
+    /// The smallest limit of any peer's paths other than its active one (larger packets
+    /// are remembered as their flow's latest).
+    min_narrowest: Option<u16>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -215,6 +218,7 @@ impl Engine {
             size_probe: Vec::new(),
             enforce_mtu: true,
             min_limit: None,
+            min_narrowest: None,
         }
     }
 
@@ -557,6 +561,18 @@ impl Engine {
                 if state.spec.endpoint != Some(from) {
                     tracing::debug!(peer = idx, %from, "peer endpoint updated");
                     state.spec.endpoint = Some(from);
+                }
+            }
+            Ok(()) if authenticated && state.spec.endpoint != Some(from) => {
+                // Another of the peer's paths: has the peer left the active one?
+                let now = Instant::now();
+                if let Some(switch) = state
+                    .selector
+                    .as_mut()
+                    .and_then(|s| s.peer_left_active(from, now))
+                {
+                    tracing::info!(peer = idx, %from, "the peer left the active path, which is losing probes: following it");
+                    Self::switch_path(idx, state, switch.to, now);
                 }
             }
             Ok(()) => {}

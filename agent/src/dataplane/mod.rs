@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod nft;
 pub mod peers;
 pub mod pump;
+pub mod recent_flows;
 pub mod routes;
 pub mod spread;
 pub mod translate;

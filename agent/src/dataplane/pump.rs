@@ -250,6 +250,9 @@ pub async fn run(
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
     let mut mtus = Vec::new();
+    // ICMP errors for flows a switch to a narrower path refuses, written to the TUN device.
+    let mut notices = TunBatch::default();
+    let mut notices_gro = GROTable::new();
     loop {
         tokio::select! {
             _ = timers.tick() => {
@@ -274,6 +277,12 @@ pub async fn run(
                     ping_waiters.retain(|_, w| !w.is_closed());
                     engine.probe_tick(now, |ep, b| pending.push(ep, b));
                     engine.start_handshakes(&mut out, |ep, b| pending.push(ep, b));
+                    notices.clear();
+                    for error in engine.take_too_big_notices() {
+                        if notices.len < TunBatch::MAX {
+                            notices.push(&error);
+                        }
+                    }
                     // Peers with a path up, every pass: BGP withdraws a site's prefixes
                     // within a pass of its last path going down.
                     let now_up = engine.up_peers();
@@ -297,6 +306,17 @@ pub async fn run(
                     }
                 }
                 pass = pass.wrapping_add(1);
+                if notices.len > 0 {
+                    tracing::debug!(flows = notices.len, "path MTU lowered: recent flows told at once");
+                    Counters::add(&shared.counters.too_big_errors, notices.len);
+                    if let Err(e) = shared
+                        .tun
+                        .send_multiple(&mut notices_gro, notices.packets(), TunBatch::OFFSET)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "TUN write of ICMP errors failed");
+                    }
+                }
                 for (to, bytes) in pending.iter() {
                     shared.send(to, bytes, None).await;
                 }

@@ -101,6 +101,12 @@ pub struct PathMtu {
     confirming: bool,
     confirm_misses: u8,
     phase: Phase,
+    /// The MTU as last reported (by `on_tick` or `set_ceiling`): replies between ticks
+    /// change it too, and are reported at the next tick.
+    reported: Option<u16>,
+    /// Whether the path answers small probes now (path selection's figure): while it does
+    /// not (an outage), a lost size probe says nothing about sizes and counts for nothing.
+    answering: bool,
 }
 
 impl PathMtu {
@@ -117,6 +123,8 @@ impl PathMtu {
             confirming: false,
             confirm_misses: 0,
             phase: Phase::Searching,
+            reported: None,
+            answering: true,
         }
     }
 
@@ -142,11 +150,12 @@ impl PathMtu {
         if ceiling == self.ceiling {
             return None;
         }
-        let before = self.mtu();
+        let before = self.reported;
         self.ceiling = ceiling;
         self.confirmed = self.confirmed.map(|c| c.min(ceiling));
         self.restart(now);
-        change(before, self.mtu())
+        self.reported = self.mtu();
+        change(before, self.reported)
     }
 
     /// Checks the MTU now (after a switch to this path): a settled path is confirmed at
@@ -157,6 +166,15 @@ impl PathMtu {
                 self.phase = Phase::Settled { next: now, raise };
             }
         }
+    }
+
+    /// Whether the path answers small probes (path selection's latest probe came back).
+    /// While it does not, a lost confirmation is not held against the MTU: an outage is not
+    /// a narrower path, and taking it for one would lower the MTU to the floor (and tell
+    /// the hosts behind the gateway so) until the next search. (A search during an outage
+    /// ends as before: nothing answered, searched again later.)
+    pub fn set_answering(&mut self, answering: bool) {
+        self.answering = answering;
     }
 
     /// Searches again, keeping what is confirmed as the lower bound.
@@ -250,9 +268,9 @@ impl PathMtu {
     }
 
     /// Expires probes past the timeout and moves the search on; returns the change of the
-    /// MTU, if any.
+    /// MTU since the last report (replies since the last tick included), if any.
     pub fn on_tick(&mut self, now: Instant) -> Option<MtuChange> {
-        let before = self.mtu();
+        let before = self.reported;
         let timeout = self.tun.timeout;
         let mut lost = Vec::new();
         self.in_flight.retain(|&(_, size, sent)| {
@@ -263,6 +281,10 @@ impl PathMtu {
             alive
         });
         match self.phase {
+            Phase::Settled { .. } if self.confirming && !lost.is_empty() && !self.answering => {
+                // Not held against the MTU; confirmed again at the usual pace.
+                self.confirming = false;
+            }
             Phase::Settled { raise, .. } if self.confirming && !lost.is_empty() => {
                 self.confirming = false;
                 self.confirm_misses += 1;
@@ -307,7 +329,8 @@ impl PathMtu {
             }
             _ => {}
         }
-        change(before, self.mtu())
+        self.reported = self.mtu();
+        change(before, self.reported)
     }
 }
 
@@ -441,6 +464,39 @@ mod tests {
         assert!(p.searching());
         converge(&mut p, 1280, &mut t, 10);
         assert_eq!(p.mtu(), Some(1280));
+    }
+
+    #[test]
+    fn probes_lost_while_the_path_answers_nothing_do_not_lower_the_mtu() {
+        let mut t = Instant::now();
+        let mut p = PathMtu::new(9000, tun());
+        converge(&mut p, 9000, &mut t, 10);
+        assert_eq!(p.mtu(), Some(9000));
+        // The path is cut: path selection's probes are lost too. Confirmations lost now
+        // say nothing about sizes.
+        p.set_answering(false);
+        let mut seq = 7000 | PMTU_BIT;
+        for _ in 0..10 {
+            t += p.tun.confirm_every;
+            p.due(t, || {
+                seq += 1;
+                seq
+            });
+            t += p.tun.timeout;
+            assert_eq!(p.on_tick(t), None);
+        }
+        assert_eq!(p.mtu(), Some(9000));
+        // Back, and confirmed at the next due.
+        p.set_answering(true);
+        t += p.tun.confirm_every;
+        let sent = p.due(t, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), vec![9000]);
+        p.on_reply(sent[0].0);
+        assert_eq!(p.on_tick(t + Duration::from_millis(1)), None);
+        assert_eq!(p.mtu(), Some(9000));
     }
 
     #[test]

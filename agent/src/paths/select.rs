@@ -317,6 +317,13 @@ impl Selector {
         self.paths.iter().any(|p| p.health != Health::Down)
     }
 
+    /// Whether the path to `address` answered its latest probe (true for an address that
+    /// is no candidate: nothing says otherwise).
+    pub fn answering(&self, address: SocketAddr) -> bool {
+        self.index_of(address)
+            .is_none_or(|i| self.paths[i].misses == 0)
+    }
+
     /// Whether some path is up (answered its last probes): positive evidence that the
     /// peer is reachable, which announcing its prefixes over BGP waits for.
     pub fn any_up(&self) -> bool {
@@ -461,6 +468,33 @@ impl Selector {
                 p.next_probe = Some(now);
             }
         }
+        self.evaluate(now)
+    }
+
+    /// Authenticated traffic from the peer arrived over `from`, another of its paths than
+    /// the active one. When `from` is up and the active path has lost its latest probe, the
+    /// peer has evidently judged the active path down and left it: it is taken as down now
+    /// rather than after the remaining losses, so that this side follows within a packet
+    /// (the replies of a flow whose sender has just switched would otherwise be lost on the
+    /// old path until this side's own probes agree, and its sender wait for a retransmission
+    /// timer). The change of path, if any.
+    pub fn peer_left_active(&mut self, from: SocketAddr, now: Instant) -> Option<Switch> {
+        let a = self.active?;
+        let active = &self.paths[a];
+        if active.candidate.address == from || active.misses == 0 || active.health == Health::Down {
+            return None;
+        }
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.candidate.address == from && p.healthy())
+        {
+            return None;
+        }
+        let p = &mut self.paths[a];
+        p.health = Health::Down;
+        p.replies = 0;
+        p.misses = p.misses.max(self.th.down_after);
         self.evaluate(now)
     }
 
@@ -814,6 +848,32 @@ mod tests {
         if let Some(&(last, _)) = sim.switches[before..].last() {
             assert!(last < Duration::from_millis(12_700), "{:?}", sim.switches);
         }
+    }
+
+    #[test]
+    fn the_peer_leaving_a_path_that_is_losing_probes_is_followed_at_once() {
+        let mut sim = Sim::new(200);
+        sim.run(3_000);
+        // Traffic from the peer over the internet path while the interconnect answers its
+        // probes: the peer's choice, not evidence; nothing changes.
+        assert_eq!(sim.sel.peer_left_active(addr(PUB), sim.now), None);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        // The interconnect is cut at 3 s; once a probe has gone unanswered, the peer's
+        // traffic arriving over the internet path moves this side too, before its own
+        // probes would (three losses: the first about 90 ms after the cut here, the next
+        // two 50 ms apart).
+        sim.loss
+            .push((addr(IC), Duration::from_secs(3), Duration::from_secs(9), 1));
+        sim.run(3_120);
+        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        let switch = sim.sel.peer_left_active(addr(PUB), sim.now);
+        assert_eq!(switch.map(|s| s.to), Some(addr(PUB)));
+        assert_eq!(sim.health(IC), Health::Down);
+        // A stranger's address is no path of the peer's.
+        assert_eq!(
+            sim.sel.peer_left_active(addr("198.51.100.1:1"), sim.now),
+            None
+        );
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! and their replies recorded, and the limit on the packets a peer's tunnel takes: a packet
 //! from the TUN device larger than the active path carries is refused with the MTU to
 //! report to its sender (ICMP "fragmentation needed" / "packet too big", built by
-//! `dataplane::icmp`), instead of leaving as a datagram that a smaller hop drops.
+//! `dataplane::icmp`), instead of leaving as a datagram that a smaller hop drops. When a
+//! peer's limit drops (a switch to a narrower path), the recent flows whose packets no
+//! longer fit are told at once (`dataplane::recent_flows`), rather than when their senders
+//! next retransmit.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Engine, PeerState, Standing};
+use crate::dataplane::recent_flows::{RecentFlows, FLOWS};
 use crate::paths::pmtu::{PathMtu, PMTU_BIT};
 use crate::paths::probe;
 
@@ -31,6 +35,12 @@ pub struct PeerMtu {
     next_seq: u64,
     /// The largest packet the active path carries (inner bytes), once known.
     pub(super) limit: Option<u16>,
+    /// The smallest limit of the peer's other paths, when below `limit`: larger packets
+    /// are remembered in `recent`, to be answered if a switch lowers the limit.
+    narrowest: Option<u16>,
+    recent: RecentFlows,
+    /// ICMP errors for the recent flows, after the limit dropped; taken by the shell.
+    notices: Vec<Vec<u8>>,
 }
 
 impl PeerMtu {
@@ -41,6 +51,28 @@ impl PeerMtu {
 
     fn on_reply(&mut self, seq: u64) -> bool {
         self.paths.values_mut().any(|p| p.on_reply(seq))
+    }
+
+    /// The limit is now `limit`: when lower than before, the recent flows it refuses get
+    /// their ICMP errors (at most a few per change; the shell takes them every pass).
+    fn set_limit(&mut self, limit: Option<u16>, now: Instant) {
+        let before = std::mem::replace(&mut self.limit, limit);
+        if let Some(l) = limit {
+            if before.is_none_or(|b| l < b) && !self.recent.is_empty() {
+                let errors = self.recent.narrowed(l, now);
+                let room = (4 * FLOWS).saturating_sub(self.notices.len());
+                self.notices.extend(errors.into_iter().take(room));
+            }
+        }
+    }
+
+    /// The smallest limit over the paths other than `active`.
+    fn narrowest_other(&self, active: Option<SocketAddr>) -> Option<u16> {
+        self.paths
+            .iter()
+            .filter(|(a, _)| Some(**a) != active)
+            .filter_map(|(a, p)| Some(inner_mtu(p.mtu()?, *a)))
+            .min()
     }
 }
 
@@ -69,7 +101,7 @@ impl Engine {
                 }
             }
         }
-        self.refresh_limits();
+        self.refresh_limits(now);
     }
 
     /// Every address a path MTU is searched on: each peer's candidates and endpoint.
@@ -114,11 +146,18 @@ impl Engine {
                         .insert(address, PathMtu::new(ceiling, tunables));
                 }
             }
-            let PeerState { mtu, probe_key, .. } = state;
+            let PeerState {
+                mtu,
+                probe_key,
+                selector,
+                ..
+            } = state;
+            mtu.recent.tick(now);
             let PeerMtu {
                 paths, next_seq, ..
             } = mtu;
             for (&address, path) in paths.iter_mut() {
+                path.set_answering(selector.as_ref().is_none_or(|s| s.answering(address)));
                 if let Some(c) = path.on_tick(now) {
                     tracing::info!(peer = idx, %address, from = ?c.from, to = ?c.to, "path MTU");
                 }
@@ -137,7 +176,7 @@ impl Engine {
             }
         }
         self.size_probe = wire;
-        self.refresh_limits();
+        self.refresh_limits(now);
     }
 
     /// A reply to a size probe, for primary `owner`.
@@ -152,23 +191,44 @@ impl Engine {
         if let Some(path) = state.mtu.paths.get_mut(&to) {
             path.recheck(now);
         }
-        // The engine's smallest limit is refreshed at the next probe tick (20 ms).
-        state.mtu.limit = state.mtu.of(to).map(|m| inner_mtu(m, to));
+        // The engine's smallest limits are refreshed at the next probe tick (20 ms).
+        let limit = state.mtu.of(to).map(|m| inner_mtu(m, to));
+        state.mtu.set_limit(limit, now);
     }
 
-    /// Each peer's packet limit from its active path's MTU.
-    fn refresh_limits(&mut self) {
+    /// Each peer's packet limit from its active path's MTU, and the smallest of its other
+    /// paths'.
+    fn refresh_limits(&mut self, now: Instant) {
         let mut min: Option<u16> = None;
+        let mut min_narrowest: Option<u16> = None;
         for state in self.peers.values_mut() {
-            state.mtu.limit = state
-                .spec
-                .endpoint
-                .and_then(|ep| state.mtu.of(ep).map(|m| inner_mtu(m, ep)));
-            if let Some(l) = state.mtu.limit {
+            let active = state.spec.endpoint;
+            let limit = active.and_then(|ep| state.mtu.of(ep).map(|m| inner_mtu(m, ep)));
+            state.mtu.set_limit(limit, now);
+            state.mtu.narrowest = state
+                .mtu
+                .narrowest_other(active)
+                .filter(|n| limit.is_none_or(|l| *n < l));
+            if let Some(l) = limit {
                 min = Some(min.map_or(l, |m| m.min(l)));
+            }
+            if let Some(n) = state.mtu.narrowest {
+                min_narrowest = Some(min_narrowest.map_or(n, |m| m.min(n)));
             }
         }
         self.min_limit = min;
+        self.min_narrowest = min_narrowest;
+    }
+
+    /// ICMP errors for recent flows whose packets the peer's path no longer carries (after
+    /// a switch to a narrower path), to be written to the TUN device: their senders lower
+    /// their MSS and retransmit at once rather than when their retransmission timers fire.
+    pub fn take_too_big_notices(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for state in self.peers.values_mut() {
+            out.append(&mut state.mtu.notices);
+        }
+        out
     }
 
     /// Every peer's largest packet over its active path (inner bytes), by public key;
@@ -189,15 +249,18 @@ impl Engine {
     }
 
     /// Like [`Engine::outbound`], but a packet larger than its peer's active path carries
-    /// is refused with the MTU to report to its sender.
+    /// is refused with the MTU to report to its sender, and one larger than another of the
+    /// peer's paths carries is remembered as its flow's latest (see `recent_flows`).
     pub fn outbound_checked<'a>(&mut self, packet: &[u8], out: &'a mut [u8]) -> Outbound<'a> {
-        let over_some_limit = self
-            .min_limit
-            .is_some_and(|m| packet.len() > usize::from(m));
-        if self.enforce_mtu && over_some_limit {
-            if let Some(limit) = self.limit_for(packet) {
-                if packet.len() > usize::from(limit) {
+        let len = packet.len();
+        let over = |m: Option<u16>| m.is_some_and(|m| len > usize::from(m));
+        if self.enforce_mtu && (over(self.min_limit) || over(self.min_narrowest)) {
+            if let Some(state) = self.carrier_of(packet).and_then(|i| self.peers.get_mut(&i)) {
+                if let Some(limit) = state.mtu.limit.filter(|l| len > usize::from(*l)) {
                     return Outbound::TooBig(limit);
+                }
+                if over(state.mtu.narrowest) {
+                    state.mtu.recent.record(packet);
                 }
             }
         }
@@ -207,12 +270,10 @@ impl Engine {
         }
     }
 
-    fn limit_for(&self, packet: &[u8]) -> Option<u16> {
+    fn carrier_of(&self, packet: &[u8]) -> Option<u32> {
         let dst = super::tunnel::destination(packet)?;
-        let idx = self
-            .table
+        self.table
             .lookup(dst)
-            .and_then(|carriers| self.carrier(carriers, packet))?;
-        self.peers.get(&idx)?.mtu.limit
+            .and_then(|carriers| self.carrier(carriers, packet))
     }
 }

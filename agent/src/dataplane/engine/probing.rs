@@ -160,7 +160,7 @@ impl Engine {
         }
     }
 
-    fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr, now: Instant) {
+    pub(super) fn switch_path(idx: u32, state: &mut PeerState, to: SocketAddr, now: Instant) {
         if state.spec.endpoint == Some(to) {
             return;
         }

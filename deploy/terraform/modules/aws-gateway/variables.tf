@@ -105,9 +105,9 @@ variable "ssh_ingress_cidrs" {
 }
 
 variable "mtu" {
-  description = "TUN MTU (the agent's `mtu`). EC2's 9001-byte interface MTU does not hold on paths leaving the VPC: 1380 fits a 1460-byte underlay (GCP) and a 1500-byte internet path."
+  description = "TUN MTU (the agent's `mtu`). null (the default) lets the agent discover each path's MTU (EC2's 9001 inside the VPC, 1500 or less beyond it) and set it per peer; a number fixes the TUN MTU and turns per-path MTUs off."
   type        = number
-  default     = 1380
+  default     = null
 }
 
 variable "instance_type" {

@@ -115,7 +115,7 @@ variable "metrics_source_ranges" {
 }
 
 variable "mtu" {
-  description = "TUN MTU (the agent's `mtu`); null lets the agent derive it (a default GCP VPC's 1460 - 80 = 1380)."
+  description = "TUN MTU (the agent's `mtu`). null (the default) lets the agent discover each path's MTU and set it per peer; a number fixes the TUN MTU and turns per-path MTUs off."
   type        = number
   default     = null
 }
