@@ -364,6 +364,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
         let config = format!(
             "[bgp]\nlocal-as = 65001\nrouter-id = \"{lan}\"\nbird-config = \"{d}/bird.conf\"\n\
              bird-socket = \"{d}/bird.ctl\"\nbirdc = \"birdc\"\nhold-time = \"3s\"\nbfd = true\n\
+             bfd-interval = \"200ms\"\nbfd-multiplier = 5\n\
              [[bgp.neighbors]]\naddress = \"{lanr}\"\nremote-as = 65000\npassword-file = \"{d}/bgp.pw\"\n",
             d = dir.display()
         );
@@ -389,15 +390,20 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
             args,
         });
     }
+    // BFD at 200 ms x 5 on both sides, and BGP back 1-5 s after an error: none of the cuts
+    // below is a dead gateway host (what BFD is for), and at 100 ms x 3 a loaded 2-core
+    // machine that stalls BIRD for 300 ms dropped both sessions at once, then kept them
+    // down for BIRD's default 60 s error wait.
     let mut router_conf = String::from(
         "router id 10.10.0.1;\nprotocol device { scan time 10; }\n\
          protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n\
-         protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n",
+         protocol bfd { interface \"*\" { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; }; }\n",
     );
     for (i, g) in gws.iter().enumerate() {
         router_conf.push_str(&format!(
             "protocol bgp g{i} {{ local as 65000; neighbor {} as 65001; hold time 3; keepalive time 1; \
-             connect retry time 1; password \"{PASSWORD}\"; bfd on; ipv4 {{ import all; export none; }}; }}\n",
+             connect retry time 1; error wait time 1, 5; password \"{PASSWORD}\"; bfd on; \
+             ipv4 {{ import all; export none; }}; }}\n",
             g.lan
         ));
     }
