@@ -179,9 +179,9 @@ struct Path {
     /// Probes past their timeout whose replies would still prove the path worked, with when
     /// they expired (at most [`LATE_KEPT`]).
     late: Vec<(InFlight, Instant)>,
-    /// When the path last went down on timeouts, and its healthy time before: restored if
-    /// late replies show the probes were not lost.
-    down: Option<(Instant, Option<Instant>)>,
+    /// Set while the path is down on timeouts alone, holding its healthy time from before:
+    /// restored if a late reply shows the probes were not lost.
+    timed_out: Option<TimedOut>,
     next_probe: Option<Instant>,
 }
 
@@ -192,6 +192,12 @@ struct InFlight {
     sent: Instant,
     /// Sent because the path was suspect (not in the loss and RTT window).
     suspect: bool,
+}
+
+/// A path taken down by probe timeouts, as it was before.
+#[derive(Debug, Clone, Copy)]
+struct TimedOut {
+    healthy_since: Option<Instant>,
 }
 
 /// Expired probes remembered per path for late replies.
@@ -209,7 +215,7 @@ impl Path {
             healthy_since: None,
             outstanding: Vec::new(),
             late: Vec::new(),
-            down: None,
+            timed_out: None,
             next_probe: None,
         }
     }
@@ -384,7 +390,7 @@ impl Selector {
             p.stats.record_reply(rtt);
         }
         p.misses = 0;
-        p.down = None;
+        p.timed_out = None;
         p.replies += 1;
         if p.health != Health::Up && p.replies >= self.th.up_after {
             if matches!(p.health, Health::Down | Health::Unknown) {
@@ -419,7 +425,7 @@ impl Selector {
         p.late.swap_remove(j);
         p.misses = 0;
         if p.health == Health::Down {
-            if let Some((_, healthy_since)) = p.down.take() {
+            if let Some(TimedOut { healthy_since }) = p.timed_out.take() {
                 tracing::debug!(path = %p.candidate.address, "a late reply: the path was slow, not down; restored");
                 p.health = Health::Up;
                 p.replies = self.th.up_after;
@@ -460,7 +466,9 @@ impl Selector {
             p.replies = 0;
             p.misses += lost;
             if p.misses >= th.down_after && p.health != Health::Down {
-                p.down = Some((now, p.healthy_since));
+                p.timed_out = Some(TimedOut {
+                    healthy_since: p.healthy_since,
+                });
                 p.health = Health::Down;
             }
             // Suspect: the next probe goes out at once, then every suspect interval.
