@@ -939,15 +939,7 @@ mod tests {
     #[test]
     fn one_slow_reply_does_not_degrade_a_fast_path() {
         // Two sub-millisecond paths (a lab, or one region): the limit is 2 x 0.5 + 10 ms.
-        let mut sim = Sim::new(200);
-        sim.rtt = vec![
-            (addr(IC), Duration::from_micros(500)),
-            (addr(PUB), Duration::from_micros(500)),
-        ];
-        // (Both answer at once: the first path up is taken, the interconnect after the
-        // hold-down.)
-        sim.run(12_000);
-        assert_eq!(sim.sel.active(), Some(addr(IC)));
+        let mut sim = lab_sim();
         let before = sim.switches.len();
         // One probe answered after 150 ms (the peer's process held up on a busy machine).
         sim.rtt[0].1 = Duration::from_millis(150);
