@@ -143,6 +143,9 @@ async fn main() -> Result<()> {
                 }
                 let (pings_tx, pings_rx) = tokio::sync::mpsc::channel(16);
                 pings = Some(pings_tx);
+                let (member_gateways_tx, member_gateways_rx) =
+                    tokio::sync::watch::channel(Vec::new());
+                metrics.set_member_gateways(member_gateways_rx);
                 let settings = dataplane::Settings {
                     tun_name: config.tun_name.clone(),
                     mtu: config.mtu,
@@ -166,6 +169,7 @@ async fn main() -> Result<()> {
                             counters,
                             access_drops: access_tx,
                             up_peers: up_tx,
+                            member_gateways: member_gateways_tx,
                         },
                         pings_rx,
                         async move {

@@ -20,6 +20,7 @@ use strait_proto::msg::{BgpReport, PeerLink, Refusal};
 use tokio::sync::watch;
 
 use crate::dataplane::engine::ProbeRefusal;
+use crate::dataplane::nexthops::GatewayReport;
 use crate::dataplane::pump::Counters;
 
 /// What the agent's metrics are read from.
@@ -30,6 +31,7 @@ pub struct AgentMetrics {
     certs: OnceLock<CertStore>,
     renewal: OnceLock<(watch::Receiver<RenewalState>, Arc<RenewalCounts>)>,
     bgp: OnceLock<watch::Receiver<Option<BgpReport>>>,
+    member_gateways: OnceLock<watch::Receiver<Vec<GatewayReport>>>,
     session_up: AtomicBool,
     /// Unix seconds; 0 without a session.
     coordinator_cert_expiry: AtomicU64,
@@ -55,6 +57,7 @@ impl AgentMetrics {
             certs: OnceLock::new(),
             renewal: OnceLock::new(),
             bgp: OnceLock::new(),
+            member_gateways: OnceLock::new(),
             session_up: AtomicBool::new(false),
             coordinator_cert_expiry: AtomicU64::new(0),
             started: Instant::now(),
@@ -77,6 +80,12 @@ impl AgentMetrics {
     /// `strait_bgp_announced_prefixes` and `strait_bgp_config_applied`).
     pub fn set_bgp(&self, bgp: watch::Receiver<Option<BgpReport>>) {
         let _ = self.bgp.set(bgp);
+    }
+
+    /// A member's view of its site's gateways (exported as
+    /// `strait_member_gateway_answering` and `strait_member_gateway_routes`).
+    pub fn set_member_gateways(&self, gateways: watch::Receiver<Vec<GatewayReport>>) {
+        let _ = self.member_gateways.set(gateways);
     }
 
     /// Whether a session with a coordinator is up.
@@ -432,6 +441,32 @@ impl Collector for Shared {
                 f64::from(u8::from(report.applied)),
             )?;
         }
+        if let Some(gateways) = m.member_gateways.get() {
+            let gateways = gateways.borrow().clone();
+            let series = |f: &dyn Fn(&GatewayReport) -> f64| {
+                gateways
+                    .iter()
+                    .map(|g| {
+                        let l: Labels = vec![("gateway", g.id.clone())];
+                        (l, f(g))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            family(
+                &mut e,
+                "strait_member_gateway_answering",
+                "On a member: 1 while this gateway of its site answers its carry queries",
+                Gauge,
+                series(&|g| f64::from(u8::from(g.answering))),
+            )?;
+            family(
+                &mut e,
+                "strait_member_gateway_routes",
+                "On a member: its routes to other sites that go through this gateway of its site now",
+                Gauge,
+                series(&|g| g.routes as f64),
+            )?;
+        }
         gauge(
             &mut e,
             "strait_coordinator_session_up",
@@ -494,6 +529,12 @@ mod tests {
             applied: true,
         }));
         m.set_bgp(bgp);
+        let (_g, gateways) = watch::channel(vec![GatewayReport {
+            id: "aws-use1/gw".into(),
+            answering: true,
+            routes: 2,
+        }]);
+        m.set_member_gateways(gateways);
         let (_state_tx, state) = watch::channel(RenewalState::Retrying {
             serial: "01".into(),
             not_after: SystemTime::now(),
@@ -564,6 +605,36 @@ mod tests {
                     "the dashboard queries {name}, which the agent does not export"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_members_gateways_become_series() {
+        let (_l, links) = watch::channel(Vec::new());
+        let (_c, conflicts) = watch::channel(Vec::new());
+        let m = Arc::new(AgentMetrics::new(links, conflicts, None));
+        let (_g, gateways) = watch::channel(vec![
+            GatewayReport {
+                id: "a/gw1".into(),
+                answering: true,
+                routes: 3,
+            },
+            GatewayReport {
+                id: "a/gw2".into(),
+                answering: false,
+                routes: 0,
+            },
+        ]);
+        m.set_member_gateways(gateways);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for line in [
+            "strait_member_gateway_answering{gateway=\"a/gw1\"} 1",
+            "strait_member_gateway_answering{gateway=\"a/gw2\"} 0",
+            "strait_member_gateway_routes{gateway=\"a/gw1\"} 3",
+            "strait_member_gateway_routes{gateway=\"a/gw2\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 

@@ -72,6 +72,31 @@ pub struct SelfView {
     /// of it. Empty for sites that use their real addresses in the mesh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<Translation>,
+    /// For a member: every gateway of its own site, online or not, sorted by id. The
+    /// member asks each of them which of its routes' prefixes it can carry now and spreads
+    /// its routes over those that can (see the agent's `dataplane::nexthops`). Empty for
+    /// nodes that terminate tunnels, and in maps of coordinators before it existed (the
+    /// member then routes through each route's `via`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_gateways: Vec<LocalGateway>,
+}
+
+/// A gateway of a member's own site, as the member reaches it on the site network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LocalGateway {
+    /// `site/node`.
+    pub id: String,
+    /// Its WireGuard public key (base64): the member authenticates its answers with a key
+    /// derived from it.
+    pub wg_public_key: String,
+    /// Its address and WireGuard port on the site network (its `private` endpoint, or its
+    /// first one).
+    pub address: std::net::SocketAddr,
+    /// Lower is preferred (0 active, 1 standby): a member uses standby gateways only while
+    /// no active one can carry a prefix.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
 }
 
 /// One local prefix of a site and its global prefix (same family and length): address
@@ -283,6 +308,7 @@ mod tests {
                 next_wg_public_key: None,
                 fail_closed: vec![],
                 translations: vec![],
+                local_gateways: vec![],
             },
             peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             routes: BTreeMap::new(),

@@ -102,6 +102,7 @@ fn map(version: u64, peers: &[PeerView], with_route: bool) -> NetworkMap {
             next_wg_public_key: None,
             fail_closed: vec!["10.2.0.0/16".parse().unwrap()],
             translations: vec![],
+            local_gateways: vec![],
         },
         peers: peers.iter().map(|p| (p.id.clone(), p.clone())).collect(),
         routes,

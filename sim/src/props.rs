@@ -3,7 +3,7 @@
 //!
 //! - **versions-grow**: the map versions a node publishes never decrease, across restarts
 //!   (checked at each publish).
-//! - **fail-closed**: every running agent's route plan (`routes::desired(map, true)`) holds
+//! - **fail-closed**: every running agent's route plan (`routes::desired(map, true, &Default::default())`) holds
 //!   an `unreachable` route for every prefix the configuration gives to other sites and
 //!   external peers, and for the overlay, whatever the nodes' states.
 //! - **one-site-per-prefix**: in every running agent's plan (its peers from
@@ -90,7 +90,7 @@ pub fn safety(w: &World) -> Result<(), Violation> {
 
 /// Every prefix of the rest of the mesh has its `unreachable` twin in `node`'s plan.
 fn fail_closed(config: &Config, node: &Node, map: &NetworkMap) -> Result<(), Violation> {
-    let plan = desired(map, true);
+    let plan = desired(map, true, &Default::default());
     let expected = config
         .sites
         .iter()
@@ -151,7 +151,7 @@ fn routing(
             carried.push((normalize(r.prefix), r.site.clone(), r.via.clone()));
         }
     }
-    for route in desired(map, true) {
+    for route in desired(map, true, &Default::default()) {
         if route.via == Via::Unreachable {
             continue;
         }

@@ -2,6 +2,7 @@
 
 pub mod background;
 pub mod container;
+pub mod flows;
 pub mod impair;
 pub mod kernel;
 pub mod lab;

@@ -32,13 +32,16 @@
 //! gateway does without a loss burst (at most 2 pings lost after it returns), and no packet
 //! for a site's prefix crosses the internet router unencrypted.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use strait_tests::flows::{
+    echo_server, longest_silence, lost_after, ping_flow, udp_flows, unix_now,
+};
 use strait_tests::kernel::{count_leaks, leaked};
-use strait_tests::netns::{enter, uplink, veth, Netns};
+use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Proc, Site};
 
 const SITES: &[Site<'static>] = &[
@@ -156,118 +159,6 @@ fn flow_counts(vr: &Netns) -> Vec<u64> {
 
 fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
     after.iter().zip(before).map(|(a, b)| a - b).collect()
-}
-
-/// A UDP echo server on 10.20.0.10:7 in `ns` for `lifetime`.
-fn echo_server(ns: &Netns, lifetime: Duration) -> std::thread::JoinHandle<()> {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        enter(&path);
-        let sock = UdpSocket::bind("10.20.0.10:7").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let end = Instant::now() + lifetime;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < end {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    })
-}
-
-/// From `ns`, `packets` datagrams on each of `ports` (source ports) to the echo server, 5 ms
-/// apart; the echoes received per port.
-fn udp_flows(ns: &Netns, ports: Vec<u16>, packets: usize) -> Vec<usize> {
-    strait_tests::netns::in_netns(ns, move || {
-        let socks: Vec<UdpSocket> = ports
-            .iter()
-            .map(|p| {
-                let s = UdpSocket::bind(("10.10.0.10", *p)).unwrap();
-                s.set_nonblocking(true).unwrap();
-                s
-            })
-            .collect();
-        let mut got = vec![0usize; socks.len()];
-        let mut buf = [0u8; 64];
-        for _ in 0..packets {
-            for s in &socks {
-                let _ = s.send_to(b"ha", "10.20.0.10:7");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            for (i, s) in socks.iter().enumerate() {
-                while s.recv_from(&mut buf).is_ok() {
-                    got[i] += 1;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        for (i, s) in socks.iter().enumerate() {
-            while s.recv_from(&mut buf).is_ok() {
-                got[i] += 1;
-            }
-        }
-        got
-    })
-}
-
-/// Pings 10.20.0.10 from `ns` every 10 ms, `count` times, in the background: each reply's
-/// sequence number and arrival time (Unix seconds, from `ping -D`).
-fn ping_flow(ns: &Netns, count: u32) -> std::thread::JoinHandle<Vec<(u32, f64)>> {
-    let ns = ns.name.clone();
-    std::thread::spawn(move || {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &ns, "ping", "-D", "-n", "-i", "0.01", "-W", "1", "-c",
-            ])
-            .arg(count.to_string())
-            .arg("10.20.0.10")
-            .output()
-            .expect("ping");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let at: f64 = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-                let seq = l.split("icmp_seq=").nth(1)?;
-                Some((seq.split_whitespace().next()?.parse().ok()?, at))
-            })
-            .collect()
-    })
-}
-
-/// The longest time between two consecutive replies received between Unix times `from`
-/// and `to`, in ms.
-fn longest_silence(replies: &[(u32, f64)], from: f64, to: f64) -> u32 {
-    let mut times: Vec<f64> = replies.iter().map(|r| r.1).collect();
-    times.sort_by(f64::total_cmp);
-    times
-        .windows(2)
-        .filter(|w| w[1] >= from && w[0] <= to)
-        .map(|w| ((w[1] - w[0]) * 1000.0).round() as u32)
-        .max()
-        .unwrap_or(u32::MAX)
-}
-
-/// Pings sent after Unix time `at` that got no reply: those numbered after the last one
-/// answered before `at`, up to `count` (the flow's last).
-fn lost_after(replies: &[(u32, f64)], at: f64, count: u32) -> usize {
-    let last_before = replies
-        .iter()
-        .filter(|r| r.1 < at)
-        .map(|r| r.0)
-        .max()
-        .unwrap_or(0);
-    let answered: std::collections::BTreeSet<u32> = replies.iter().map(|r| r.0).collect();
-    (last_before + 1..=count)
-        .filter(|seq| !answered.contains(seq))
-        .count()
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// What one cut measured.
@@ -476,15 +367,21 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
     assert_eq!(bfd.matches(" Up ").count(), 2, "BFD sessions: {bfd}");
 
     // Flows: the workload's UDP flows cross both gateways both ways; one flow stays on one.
-    let echo = echo_server(&wlb, Duration::from_secs(60));
+    let echo = echo_server(&wlb, "10.20.0.10:7", Duration::from_secs(60));
     wait_for(
         Duration::from_secs(15),
         "the workload reaching site B",
-        || (udp_flows(&wla, vec![30999], 1)[0] > 0).then_some(()),
+        || (udp_flows(&wla, "10.10.0.10", "10.20.0.10:7", vec![30999], 1)[0] > 0).then_some(()),
     )
     .unwrap();
     let before = flow_counts(&vr);
-    let got = udp_flows(&wla, (31000..31016).collect(), 20);
+    let got = udp_flows(
+        &wla,
+        "10.10.0.10",
+        "10.20.0.10:7",
+        (31000..31016).collect(),
+        20,
+    );
     let d = delta(&flow_counts(&vr), &before);
     println!("16 UDP flows x 20: echoes per flow {got:?}; router counters out l1/l2 {}/{}, back l1/l2 {}/{}", d[0], d[1], d[2], d[3]);
     assert!(got.iter().all(|n| *n >= 18), "echoes per flow: {got:?}");
@@ -498,7 +395,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
     );
     for port in [32000u16, 32001, 32002] {
         let before = flow_counts(&vr);
-        udp_flows(&wla, vec![port], 50);
+        udp_flows(&wla, "10.10.0.10", "10.20.0.10:7", vec![port], 50);
         let d = delta(&flow_counts(&vr), &before);
         assert!(
             (d[0] == 0 || d[1] == 0) && (d[2] == 0 || d[3] == 0) && d[0] + d[1] == 50,
@@ -566,7 +463,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
         };
         let g = &mut gws[i];
         let lan = g.lan;
-        let flow = ping_flow(&wla, 500);
+        let flow = ping_flow(&wla, "10.20.0.10", 500);
         std::thread::sleep(Duration::from_millis(1000));
         let cut_at = unix_now();
         let t0 = Instant::now();

@@ -90,6 +90,7 @@ mod tests {
                 next_wg_public_key: None,
                 fail_closed: vec![],
                 translations: vec![],
+                local_gateways: vec![],
             },
             peers: peers.into_iter().map(|p| (p.id.clone(), p)).collect(),
             routes: BTreeMap::new(),

@@ -19,10 +19,12 @@ use crate::paths::ping::Pings;
 use crate::paths::probe::{self, ProbeKey};
 use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
+mod carry;
 mod pmtu;
 mod probing;
 mod rotation;
 
+pub use carry::CarryOutcome;
 pub use pmtu::{inner_mtu, overhead, Outbound, PeerMtu};
 pub use probing::{PingSent, ProbeOutcome, ProbeRefusal};
 
@@ -187,6 +189,8 @@ pub struct Engine {
     /// The smallest limit of any peer's paths other than its active one (larger packets
     /// are remembered as their flow's latest).
     min_narrowest: Option<u16>,
+    /// Members' carry queries: their keys and the derivation budget.
+    carry: carry::Answering,
 }
 
 impl std::fmt::Debug for Engine {
@@ -219,6 +223,7 @@ impl Engine {
             enforce_mtu: true,
             min_limit: None,
             min_narrowest: None,
+            carry: carry::Answering::default(),
         }
     }
 
@@ -432,14 +437,7 @@ impl Engine {
     pub fn up_peers(&self) -> Vec<[u8; 32]> {
         let mut keys: Vec<[u8; 32]> = self
             .primaries()
-            .filter(|(_, s)| match &s.selector {
-                Some(sel) => sel.any_up() && s.rejoin.ready(),
-                None => s
-                    .tunnel
-                    .stats()
-                    .last_handshake
-                    .is_some_and(|age| age < std::time::Duration::from_secs(180)),
-            })
+            .filter(|(_, s)| s.up())
             .map(|(_, s)| s.spec.public_key)
             .collect();
         keys.sort_unstable();

@@ -13,6 +13,8 @@
 //!   (pure).
 //! - [`routes`]: desired routes and the plan against the kernel's (pure).
 //! - [`spread`]: which gateway of a site carries a flow (pure).
+//! - [`nexthops`]: which gateways of its own site a member routes each prefix through
+//!   (pure), from their answers to carry queries; [`member_watch`] is its IO shell.
 //! - [`netlink`]: the only code that talks netlink.
 //! - [`translate`]: 1:1 address translation for sites with global prefixes (a pure nft
 //!   script and the shell that applies it).
@@ -22,8 +24,10 @@ pub mod access;
 pub mod engine;
 pub mod icmp;
 pub mod lpm;
+pub mod member_watch;
 pub mod mss;
 pub mod netlink;
+pub mod nexthops;
 pub mod nft;
 pub mod peers;
 pub mod pump;
@@ -156,6 +160,9 @@ pub struct Reports {
     pub access_drops: watch::Sender<Vec<AccessDrop>>,
     /// The public keys of the peers with a path up, sorted, as soon as it changes.
     pub up_peers: watch::Sender<Vec<[u8; 32]>>,
+    /// On a member: its site's gateways, whether each answers and how many routes go
+    /// through it.
+    pub member_gateways: watch::Sender<Vec<nexthops::GatewayReport>>,
 }
 
 /// Runs the data plane until `shutdown`: creates the TUN device, cleans routes a crashed
@@ -177,6 +184,7 @@ pub async fn run(
         counters,
         access_drops,
         up_peers,
+        member_gateways,
     } = reports;
     let nl = Netlink::connect().context("opening a netlink socket")?;
     let mtu = match settings.mtu {
@@ -255,6 +263,15 @@ pub async fn run(
     let mut engine = tokio::spawn(pump::run(
         tun, socket, core, feeds, counters, status_tx, up_peers,
     ));
+    // A member asks its site's gateways which prefixes each carries (idle on other nodes).
+    let (hops_tx, mut hops) = watch::channel(member_watch::Hops::new());
+    let mut watcher = tokio::spawn(member_watch::run(
+        settings.probe_interval,
+        maps.clone(),
+        keys.clone(),
+        hops_tx,
+        member_gateways,
+    ));
     tracing::info!(tun = %settings.tun_name, mtu, port = settings.listen_port, "data plane up");
     tokio::pin!(shutdown);
     let mut link = TunLink {
@@ -265,6 +282,7 @@ pub async fn run(
         address: None,
         translator: translate::Translator::new(&settings.tun_name),
         route_mtus: BTreeMap::new(),
+        member_hops: BTreeMap::new(),
     };
     let mut map_changed = true;
     let result = loop {
@@ -315,6 +333,22 @@ pub async fn run(
                     }
                 }
             }
+            changed = hops.changed() => {
+                if changed.is_ok() {
+                    link.member_hops = hops.borrow_and_update().clone();
+                    let map = maps.borrow().clone();
+                    if let Some(map) = map {
+                        if let Err(e) = apply_routes(&link, &settings, &map, &conflicts).await {
+                            tracing::warn!(error = %format!("{e:#}"), "moving member routes between gateways failed; retrying at the next change");
+                        }
+                    }
+                }
+            }
+            r = &mut watcher => break match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("asking the site's gateways")),
+                Err(e) => Err(anyhow::anyhow!("asking the site's gateways stopped: {e}")),
+            },
             _ = &mut shutdown => break Ok(()),
             r = &mut engine => break match r {
                 Ok(Ok(())) => Ok(()),
@@ -324,6 +358,7 @@ pub async fn run(
         }
     };
     engine.abort();
+    watcher.abort();
     // The rules name the TUN device, which goes with this process.
     if let Err(e) = link.translator.remove().await {
         tracing::warn!(error = %format!("{e:#}"), "could not remove the address translation table at shutdown");
@@ -386,6 +421,8 @@ struct TunLink {
     /// The MTU of each peer's routes (by WireGuard key as the map spells it), from the
     /// path MTU of its active path.
     route_mtus: BTreeMap<String, u32>,
+    /// On a member: the gateways to route each prefix through (see `nexthops`).
+    member_hops: member_watch::Hops,
 }
 
 /// The route MTU of every peer whose active path's MTU is known (none when `enabled` is
@@ -502,7 +539,7 @@ async fn apply_routes(
     map: &NetworkMap,
     conflicts: &watch::Sender<Vec<Refusal>>,
 ) -> Result<()> {
-    let mut desired = routes::desired(map, settings.fail_closed);
+    let mut desired = routes::desired(map, settings.fail_closed, &link.member_hops);
     // A peer whose path MTU is unknown gets the underlay's, when the device allows more.
     let unknown = (link.mtu > link.base_mtu).then_some(u32::from(link.base_mtu));
     routes::set_mtus(&mut desired, map, link.mtu.into(), |key| {

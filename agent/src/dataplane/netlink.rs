@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteNextHop,
+    RouteProtocol, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -186,11 +187,21 @@ impl Netlink {
             .map_err(err(format!("building route {}", route.prefix)))?
             .protocol(RouteProtocol::from(RTPROT_STRAIT))
             .table_id(STRAIT_TABLE);
-        builder = match route.via {
+        builder = match &route.via {
             Via::Tun => builder.output_interface(tun),
-            Via::Gateway(gw) => builder
-                .gateway(gw)
-                .map_err(err(format!("building route {} via {gw}", route.prefix)))?,
+            Via::Gateways(hops) if hops.len() == 1 => builder.gateway(hops[0]).map_err(err(
+                format!("building route {} via {}", route.prefix, hops[0]),
+            ))?,
+            // Several: a multipath route, one next hop per gateway, equal weights.
+            Via::Gateways(hops) => builder.multipath(
+                hops.iter()
+                    .map(|gw| {
+                        let mut hop = RouteNextHop::default();
+                        hop.attributes = vec![RouteAttribute::Gateway((*gw).into())];
+                        hop
+                    })
+                    .collect(),
+            ),
             Via::Unreachable => builder
                 .kind(RouteType::Unreachable)
                 .priority(FAIL_CLOSED_METRIC),
@@ -348,6 +359,7 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut destination = None;
     let mut oif = None;
     let mut gateway = None;
+    let mut nexthops = Vec::new();
     let mut metric = None;
     let mut mtu = None;
     for attr in &msg.attributes {
@@ -363,6 +375,17 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
             RouteAttribute::Destination(a) => destination = address(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Gateway(a) => gateway = address(a),
+            RouteAttribute::MultiPath(hops) => {
+                nexthops = hops
+                    .iter()
+                    .flat_map(|h| &h.attributes)
+                    .filter_map(|a| match a {
+                        RouteAttribute::Gateway(a) => address(a),
+                        _ => None,
+                    })
+                    .collect();
+                nexthops.sort();
+            }
             _ => {}
         }
     }
@@ -384,6 +407,7 @@ fn parse_route(msg: &RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(msg.header.protocol),
         oif,
         gateway,
+        nexthops,
         unreachable: msg.header.kind == RouteType::Unreachable,
         metric,
         mtu,

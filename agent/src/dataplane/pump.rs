@@ -601,6 +601,8 @@ fn decrypt(
                 if let ProbeOutcome::Refused(why) = outcome {
                     Counters::add(&shared.counters.probes_rejected[why.index()], 1);
                 }
+            } else if crate::paths::carry::is_query(datagram) {
+                engine.on_carry_query(from, datagram, now, |ep, b| pending.push(ep, b));
             } else {
                 engine.inbound(from, datagram, out, |e| match e {
                     Emit::Network(ep, b) => pending.push(ep, b),

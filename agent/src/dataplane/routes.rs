@@ -22,6 +22,7 @@
 //! stop (an upgrade restarts the agent); only `strait-agent uninstall` or a start with
 //! `fail-closed = false` removes them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -44,18 +45,20 @@ pub const RULE_PRIORITY: u32 = 5354;
 pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
 
 /// Where a route sends packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Via {
     /// Into the Strait TUN device (gateways and full-mesh nodes).
     Tun,
-    /// To a next hop on the site network (members, through their gateway).
-    Gateway(IpAddr),
+    /// To next hops on the site network (members, through their site's gateways): one
+    /// address, or several (sorted, no repeats) for a multipath route over which the kernel
+    /// spreads flows by its own hash (`net.ipv4.fib_multipath_hash_policy`).
+    Gateways(Vec<IpAddr>),
     /// Nowhere: an `unreachable` route at [`FAIL_CLOSED_METRIC`], behind a [`Via::Tun`]
     /// route for the same prefix (see "Fail closed" above).
     Unreachable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub prefix: IpNetwork,
     pub via: Via,
@@ -74,6 +77,8 @@ pub struct KernelRoute {
     /// Output interface index.
     pub oif: Option<u32>,
     pub gateway: Option<IpAddr>,
+    /// The next hops of a multipath route (`RTA_MULTIPATH`), sorted; empty otherwise.
+    pub nexthops: Vec<IpAddr>,
     /// An `unreachable` route (type `RTN_UNREACHABLE`), not a unicast one.
     pub unreachable: bool,
     /// The route's metric, if the kernel reports one.
@@ -103,10 +108,16 @@ fn normalize(p: IpNetwork) -> IpNetwork {
 }
 
 /// The routes `map` asks for: peers' allowed IPs into the TUN, or a member's routes via its
-/// gateway. The node's own overlay address is covered by the TUN's connected route. With
+/// site's gateways: the next hops `hops` gives for the route's prefix (the gateways that
+/// can carry it now, see `nexthops`), or, where it gives none, the gateway the map names.
+/// The node's own overlay address is covered by the TUN's connected route. With
 /// `fail_closed`, every TUN route and every prefix of the map's `fail-closed` list (the rest
 /// of the mesh by configuration) gets a [`Via::Unreachable`] twin.
-pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
+pub fn desired(
+    map: &NetworkMap,
+    fail_closed: bool,
+    hops: &BTreeMap<IpNetwork, Vec<IpAddr>>,
+) -> Vec<Route> {
     let mut routes: Vec<Route> = map
         .peers
         .values()
@@ -116,10 +127,19 @@ pub fn desired(map: &NetworkMap, fail_closed: bool) -> Vec<Route> {
             via: Via::Tun,
             mtu: None,
         })
-        .chain(map.routes.values().map(|r| Route {
-            prefix: normalize(r.prefix),
-            via: Via::Gateway(r.via_address),
-            mtu: None,
+        .chain(map.routes.values().map(|r| {
+            let prefix = normalize(r.prefix);
+            let mut via = match hops.get(&prefix) {
+                Some(h) if !h.is_empty() => h.clone(),
+                _ => vec![r.via_address],
+            };
+            via.sort();
+            via.dedup();
+            Route {
+                prefix,
+                via: Via::Gateways(via),
+                mtu: None,
+            }
         }))
         .collect();
     routes.sort();
@@ -172,9 +192,18 @@ fn matches(route: &Route, k: &KernelRoute, tun: u32) -> bool {
         && k.prefix == route.prefix
         && match route.via {
             Via::Tun => !k.unreachable && k.oif == Some(tun) && k.mtu == route.mtu,
-            Via::Gateway(gw) => !k.unreachable && k.gateway == Some(gw),
+            Via::Gateways(ref hops) => !k.unreachable && same_hops(hops, k),
             Via::Unreachable => k.unreachable && k.metric == Some(FAIL_CLOSED_METRIC),
         }
+}
+
+/// Whether kernel route `k` goes to exactly `hops`: one next hop as its gateway, several
+/// as its multipath next hops.
+fn same_hops(hops: &[IpAddr], k: &KernelRoute) -> bool {
+    match hops {
+        [one] => k.nexthops.is_empty() && k.gateway == Some(*one),
+        many => k.gateway.is_none() && k.nexthops == many,
+    }
 }
 
 /// The plan from `actual` (the kernel's main table and [`STRAIT_TABLE`]) to `desired`,
@@ -213,23 +242,30 @@ pub fn plan(desired: &[Route], actual: &[KernelRoute], tun: u32) -> Plan {
         match ours.iter().find(|k| matches(route, k, tun)) {
             Some(k) => keep.push(k),
             None => {
-                // Only the MTU differs: the route is replaced in place, never removed
-                // (removing it first would drop the prefix's packets for a moment).
-                let mtu_only = ours.iter().find(|k| {
-                    route.via == Via::Tun
-                        && matches(
-                            &Route {
-                                mtu: k.mtu,
-                                ..*route
-                            },
-                            k,
-                            tun,
-                        )
+                // Only the MTU differs, or the next hops of a route via gateways: the
+                // route is replaced in place, never removed (removing it first would drop
+                // the prefix's packets for a moment).
+                let in_place = ours.iter().find(|k| match route.via {
+                    Via::Tun => matches(
+                        &Route {
+                            mtu: k.mtu,
+                            ..route.clone()
+                        },
+                        k,
+                        tun,
+                    ),
+                    Via::Gateways(_) => {
+                        k.table == STRAIT_TABLE
+                            && k.prefix == route.prefix
+                            && !k.unreachable
+                            && (k.gateway.is_some() || !k.nexthops.is_empty())
+                    }
+                    Via::Unreachable => false,
                 });
-                if let Some(k) = mtu_only {
+                if let Some(k) = in_place {
                     keep.push(k);
                 }
-                out.add.push(*route);
+                out.add.push(route.clone());
             }
         }
     }
@@ -270,6 +306,7 @@ mod tests {
             protocol,
             oif: Some(oif),
             gateway: None,
+            nexthops: vec![],
             unreachable: false,
             metric: None,
             mtu: None,
@@ -292,6 +329,7 @@ mod tests {
             protocol: RTPROT_STRAIT,
             oif: p.contains(':').then_some(1),
             gateway: None,
+            nexthops: vec![],
             unreachable: true,
             metric: Some(FAIL_CLOSED_METRIC),
             mtu: None,
@@ -303,12 +341,12 @@ mod tests {
         let mut want = tun("10.20.0.0/16");
         want.mtu = Some(1220);
         let have = vec![kernel("10.20.0.0/16", RTPROT_STRAIT, TUN)];
-        let p = plan(&[want], &have, TUN);
-        assert_eq!(p.add, vec![want]);
+        let p = plan(std::slice::from_ref(&want), &have, TUN);
+        assert_eq!(p.add, vec![want.clone()]);
         assert!(p.remove.is_empty(), "{p:?}");
         let mut now = have.clone();
         now[0].mtu = Some(1220);
-        assert!(plan(&[want], &now, TUN).is_empty());
+        assert!(plan(std::slice::from_ref(&want), &now, TUN).is_empty());
         // Back to the device's MTU: replaced again.
         let p = plan(&[tun("10.20.0.0/16")], &now, TUN);
         assert_eq!((p.add.len(), p.remove.len()), (1, 0));
@@ -403,12 +441,13 @@ mod tests {
                 next_wg_public_key: None,
                 fail_closed: vec![],
                 translations: vec![],
+                local_gateways: vec![],
             },
             peers: BTreeMap::from([(peer.id.clone(), peer)]),
             routes: BTreeMap::from([(route.prefix, route)]),
             access: Default::default(),
         };
-        let d = desired(&map, false);
+        let d = desired(&map, false, &BTreeMap::new());
         assert_eq!(
             d,
             vec![
@@ -419,7 +458,7 @@ mod tests {
                 },
                 Route {
                     prefix: net("10.30.0.0/16"),
-                    via: Via::Gateway("10.10.0.1".parse().unwrap()),
+                    via: Via::Gateways(vec!["10.10.0.1".parse().unwrap()]),
                     mtu: None,
                 },
                 Route {
@@ -434,7 +473,7 @@ mod tests {
         let mut want = d.clone();
         want.extend([closed("10.20.0.0/16"), closed("100.64.0.2/32")]);
         want.sort();
-        assert_eq!(desired(&map, true), want);
+        assert_eq!(desired(&map, true, &BTreeMap::new()), want);
 
         // The mesh's configured prefixes stay closed whatever the state of the nodes that
         // carry them: the peer revoked (gone from the map), a site never enrolled.
@@ -446,18 +485,18 @@ mod tests {
         map.peers.clear();
         let member = Route {
             prefix: net("10.30.0.0/16"),
-            via: Via::Gateway("10.10.0.1".parse().unwrap()),
+            via: Via::Gateways(vec!["10.10.0.1".parse().unwrap()]),
             mtu: None,
         };
         let mut want = vec![
-            member,
+            member.clone(),
             closed("10.20.0.0/16"),
             closed("10.40.0.0/16"),
             closed("100.64.0.0/10"),
         ];
         want.sort();
-        assert_eq!(desired(&map, true), want);
-        assert_eq!(desired(&map, false), vec![member]);
+        assert_eq!(desired(&map, true, &BTreeMap::new()), want);
+        assert_eq!(desired(&map, false, &BTreeMap::new()), vec![member]);
     }
 
     #[test]
@@ -500,25 +539,96 @@ mod tests {
     }
 
     #[test]
-    fn a_route_whose_next_hop_changed_is_replaced() {
-        let gw = |s: &str| Route {
+    fn a_route_whose_next_hops_changed_is_replaced_in_place() {
+        let via = |hops: &[&str]| Route {
             prefix: net("10.20.0.0/16"),
-            via: Via::Gateway(s.parse().unwrap()),
+            via: Via::Gateways(hops.iter().map(|s| s.parse().unwrap()).collect()),
             mtu: None,
         };
-        let have = vec![KernelRoute {
+        let kernel_via = |gateway: Option<&str>, nexthops: &[&str]| KernelRoute {
             prefix: net("10.20.0.0/16"),
             table: STRAIT_TABLE,
             protocol: RTPROT_STRAIT,
             oif: Some(2),
-            gateway: Some("10.10.0.1".parse().unwrap()),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            nexthops: nexthops.iter().map(|s| s.parse().unwrap()).collect(),
             unreachable: false,
             metric: None,
             mtu: None,
-        }];
-        let p = plan(&[gw("10.10.0.2")], &have, TUN);
-        assert_eq!(p.add, vec![gw("10.10.0.2")]);
-        assert_eq!(p.remove, have);
+        };
+        let one = kernel_via(Some("10.10.0.1"), &[]);
+        let both = kernel_via(None, &["10.10.0.1", "10.10.0.2"]);
+        // Nothing to do when the kernel has exactly the next hops.
+        assert!(plan(&[via(&["10.10.0.1"])], std::slice::from_ref(&one), TUN).is_empty());
+        assert!(plan(
+            &[via(&["10.10.0.1", "10.10.0.2"])],
+            std::slice::from_ref(&both),
+            TUN
+        )
+        .is_empty());
+        // One gateway to another, one to two, two to one: replaced, never removed first
+        // (that would leave the prefix to its unreachable twin for a moment).
+        for (want, have) in [
+            (via(&["10.10.0.2"]), &one),
+            (via(&["10.10.0.1", "10.10.0.2"]), &one),
+            (via(&["10.10.0.2"]), &both),
+        ] {
+            let p = plan(std::slice::from_ref(&want), std::slice::from_ref(have), TUN);
+            assert_eq!(p.add, vec![want.clone()]);
+            assert!(p.remove.is_empty(), "{:?}", p.remove);
+        }
+    }
+
+    #[test]
+    fn member_routes_follow_the_gateways_that_carry_them() {
+        let route_view = strait_proto::map::RouteView {
+            prefix: net("10.20.0.0/16"),
+            site: "b".into(),
+            via: "a/gw1".into(),
+            via_address: "10.10.0.1".parse().unwrap(),
+        };
+        let map = NetworkMap {
+            version: 1,
+            mesh: "prod".into(),
+            node: strait_proto::map::SelfView {
+                site: "a".into(),
+                name: "app".into(),
+                role: strait_proto::Role::Member,
+                overlay_ip: "100.64.0.9".parse().unwrap(),
+                overlay_cidr: net("100.64.0.0/10"),
+                accepted: vec![],
+                refused: vec![],
+                next_wg_public_key: None,
+                fail_closed: vec![],
+                translations: vec![],
+                local_gateways: vec![],
+            },
+            peers: BTreeMap::new(),
+            routes: BTreeMap::from([(route_view.prefix, route_view)]),
+            access: Default::default(),
+        };
+        let route = |hops: &[&str]| Route {
+            prefix: net("10.20.0.0/16"),
+            via: Via::Gateways(hops.iter().map(|s| s.parse().unwrap()).collect()),
+            mtu: None,
+        };
+        // No word from the gateways yet: the gateway the map names.
+        assert_eq!(
+            desired(&map, false, &BTreeMap::new()),
+            vec![route(&["10.10.0.1"])]
+        );
+        let mut hops = BTreeMap::new();
+        hops.insert(net("10.20.0.0/16"), vec![]);
+        assert_eq!(desired(&map, false, &hops), vec![route(&["10.10.0.1"])]);
+        // The gateways that carry it, sorted, whatever the order given.
+        hops.insert(
+            net("10.20.0.0/16"),
+            vec!["10.10.0.3".parse().unwrap(), "10.10.0.2".parse().unwrap()],
+        );
+        assert_eq!(
+            desired(&map, false, &hops),
+            vec![route(&["10.10.0.2", "10.10.0.3"])]
+        );
     }
 
     #[test]
@@ -530,12 +640,12 @@ mod tests {
             via: Via::Tun,
             mtu: None,
         };
-        let p = plan(&[want], std::slice::from_ref(&old), TUN);
-        assert_eq!((p.add, p.remove), (vec![want], vec![old]));
+        let p = plan(std::slice::from_ref(&want), std::slice::from_ref(&old), TUN);
+        assert_eq!((p.add, p.remove), (vec![want.clone()], vec![old]));
         // Another owner's routes in other tables are not Strait's business.
         let mut elsewhere = kernel("10.20.0.0/16", 4, 3);
         elsewhere.table = 100;
-        let p = plan(&[want], &[elsewhere], TUN);
-        assert!(p.conflicts.is_empty() && p.add == vec![want]);
+        let p = plan(std::slice::from_ref(&want), &[elsewhere], TUN);
+        assert!(p.conflicts.is_empty() && p.add == vec![want.clone()]);
     }
 }

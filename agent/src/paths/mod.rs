@@ -8,7 +8,10 @@
 //! - [`pmtu`]: path MTU discovery per path with sized probes (pure state machine).
 //! - [`select`]: health with hysteresis and the choice of the active path (pure state
 //!   machine fed with probe outcomes and time).
+//! - [`carry`]: the authenticated query a member asks its site's gateways with (which of
+//!   these prefixes can you carry now?) and their answer (format, MAC).
 
+pub mod carry;
 pub mod ping;
 pub mod pmtu;
 pub mod probe;

@@ -81,6 +81,11 @@ pub fn id_of(public: &PublicKey) -> [u8; 8] {
 }
 
 impl ProbeKey {
+    /// The HMAC key, for the other messages signed with it (`carry`).
+    pub(crate) fn hmac(&self) -> &hmac::Key {
+        &self.0
+    }
+
     /// The key between this node (`own`) and `peer`: HMAC-SHA256 of the X25519 shared
     /// secret over a label and both public keys in a fixed order, so both ends get the same.
     pub fn derive(own: &StaticSecret, peer: &PublicKey) -> ProbeKey {

@@ -55,6 +55,7 @@ fn map(version: u64) -> NetworkMap {
             next_wg_public_key: None,
             fail_closed: vec![],
             translations: vec![],
+            local_gateways: vec![],
         },
         peers: BTreeMap::new(),
         routes: BTreeMap::new(),

@@ -405,6 +405,82 @@ fn every_gateway_of_a_site_carries_its_prefix_online_or_not() {
 }
 
 #[test]
+fn members_learn_every_gateway_of_their_site_and_gateways_none() {
+    let mut mesh = Mesh::new(config(false), Persisted::default());
+    let mut store = Persisted::default();
+    three_nodes(&mut mesh, &mut store);
+    let (_, ops) = mesh
+        .register(
+            &id("a", "gw2", Role::Gateway),
+            &Registration {
+                priority: 1,
+                ..reg(&["10.1.0.0/16"], "10.1.0.2")
+            },
+            "01",
+            0,
+            100,
+        )
+        .unwrap();
+    persist(&mut store, &ops);
+    let m1 = mesh.map_for(&key("a", "m1")).unwrap();
+    let listed: Vec<(String, String, String, u8)> = m1
+        .node
+        .local_gateways
+        .iter()
+        .map(|g| {
+            (
+                g.id.clone(),
+                g.wg_public_key.clone(),
+                g.address.to_string(),
+                g.priority,
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                "a/gw".into(),
+                wg_key("10.1.0.1"),
+                "10.1.0.1:51820".into(),
+                0
+            ),
+            (
+                "a/gw2".into(),
+                wg_key("10.1.0.2"),
+                "10.1.0.2:51820".into(),
+                1
+            ),
+        ]
+    );
+    // Gateways of other sites are not listed; gateways themselves get no list.
+    assert!(mesh
+        .map_for(&key("a", "gw"))
+        .unwrap()
+        .node
+        .local_gateways
+        .is_empty());
+    // Offline gateways stay listed (the member judges them by their answers), and the list
+    // survives a reload.
+    let v = mesh.version();
+    mesh.heartbeat(&key("a", "gw2"), v, 108);
+    mesh.tick(111);
+    assert!(
+        !mesh
+            .nodes()
+            .iter()
+            .find(|n| n.site == "a" && n.name == "gw")
+            .unwrap()
+            .online
+    );
+    let reloaded = Mesh::new(config(false), store.clone());
+    for mesh in [&mesh, &reloaded] {
+        let m1 = mesh.map_for(&key("a", "m1")).unwrap();
+        assert_eq!(m1.node.local_gateways.len(), 2);
+    }
+}
+
+#[test]
 fn tokens_only_for_declared_sites_and_single_use() {
     let mut mesh = Mesh::new(config(false), Persisted::default());
     let fp = Fingerprint([1; 32]);

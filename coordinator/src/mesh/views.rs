@@ -8,7 +8,9 @@ use std::sync::Arc;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use strait_pki::Role;
 use strait_proto::access::AccessPolicy;
-use strait_proto::map::{MapDelta, NetworkMap, PeerKind, PeerView, RouteView, SelfView};
+use strait_proto::map::{
+    LocalGateway, MapDelta, NetworkMap, PeerKind, PeerView, RouteView, SelfView,
+};
 use strait_proto::msg::EndpointKind;
 
 use super::{Mesh, NodeKey, NodeRecord};
@@ -55,6 +57,26 @@ impl Mesh {
             .values()
             .filter(|n| n.site == site && n.role == Role::Gateway)
             .min_by_key(|n| (!n.online, n.name.clone()))
+    }
+
+    /// Every gateway of `site` with a key and an address, for its members (see
+    /// [`SelfView::local_gateways`]), sorted by id.
+    pub(super) fn local_gateways(&self, site: &str) -> Vec<LocalGateway> {
+        let mut out: Vec<LocalGateway> = self
+            .nodes
+            .values()
+            .filter(|n| n.site == site && n.role == Role::Gateway && !n.wg_public_key.is_empty())
+            .filter_map(|n| {
+                Some(LocalGateway {
+                    id: n.id(),
+                    wg_public_key: n.wg_public_key.clone(),
+                    address: lan_endpoint(n)?,
+                    priority: n.priority,
+                })
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// What a node of `site` keeps closed (see [`SelfView::fail_closed`]): every prefix the
@@ -218,6 +240,11 @@ impl Mesh {
                         self.globals.pairs(&n.site).to_vec()
                     } else {
                         Vec::new()
+                    },
+                    local_gateways: if self.tunnel_capable(n) {
+                        Vec::new()
+                    } else {
+                        self.local_gateways(&n.site)
                     },
                 };
                 let own = match prev.nodes.get(&n.key()) {
@@ -406,9 +433,14 @@ fn unshadowed(peer: &Arc<PeerView>, shadow: &[IpNetwork]) -> Arc<PeerView> {
 
 /// The address a member routes through: the gateway's `private` endpoint, else any.
 fn lan_address(gw: &NodeRecord) -> Option<IpAddr> {
+    lan_endpoint(gw).map(|a| a.ip())
+}
+
+/// A gateway's endpoint on its site network: its `private` one, or its first.
+fn lan_endpoint(gw: &NodeRecord) -> Option<std::net::SocketAddr> {
     gw.endpoints
         .iter()
         .find(|e| e.kind == EndpointKind::Private)
         .or_else(|| gw.endpoints.first())
-        .map(|e| e.address.ip())
+        .map(|e| e.address)
 }

@@ -407,6 +407,7 @@ fn a_filter_knows_the_map_it_was_compiled_from() {
             next_wg_public_key: None,
             fail_closed: vec![],
             translations: vec![],
+            local_gateways: vec![],
         },
         peers: Default::default(),
         routes: Default::default(),

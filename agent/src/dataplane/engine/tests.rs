@@ -748,3 +748,82 @@ fn size_probes_find_the_path_mtu_and_oversized_packets_are_refused() {
         Outbound::TooBig(limit)
     );
 }
+
+#[test]
+fn a_gateway_answers_carry_queries_by_its_tunnels_state_and_refuses_forgeries() {
+    use crate::paths::carry::{self, CarryError, Query};
+    let (mut a, mut b) = pair();
+    let member = StaticSecret::from([7u8; 32]);
+    let member_pub = *PublicKey::from(&member).as_bytes();
+    let a_pub = PublicKey::from(&StaticSecret::from([1u8; 32]));
+    let key = ProbeKey::derive(&member, &a_pub);
+    let lan: SocketAddr = "10.1.0.9:40000".parse().unwrap();
+    let now = Instant::now();
+    let prefixes: Vec<IpNetwork> = ["10.2.0.0/16", "10.9.0.0/16", "10.0.0.0/8"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let ask = |a: &mut Node, seq: u64, key: &ProbeKey| {
+        let wire = carry::encode_query(
+            &Query {
+                member: member_pub,
+                seq,
+                prefixes: prefixes.clone(),
+            },
+            key,
+        );
+        let mut sent = Vec::new();
+        let outcome = a
+            .engine
+            .on_carry_query(lan, &wire, now, |to, d| sent.push((to, d.to_vec())));
+        (outcome, sent)
+    };
+    // No session with B yet: A carries nothing.
+    let (outcome, sent) = ask(&mut a, 1, &key);
+    assert_eq!(outcome, CarryOutcome::Answered);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, lan, "answered to the sender");
+    let answer = carry::decode_answer(&sent[0].1, &key).unwrap();
+    assert_eq!((answer.seq, answer.carries), (1, vec![false, false, false]));
+    // After a handshake with B: B's prefix, and any prefix overlapping it.
+    let mut out = vec![0u8; BUFFER];
+    let packet = ipv4([10, 1, 0, 9], [10, 2, 0, 1], b"x");
+    let (ep, init) = a
+        .engine
+        .outbound(&packet, &mut out)
+        .map(|(e, d)| (e, d.to_vec()))
+        .unwrap();
+    let (_, tun_b) = exchange(&mut a, &mut b, (ep, init));
+    assert!(tun_b.contains(&packet), "handshake completed");
+    let (_, sent) = ask(&mut a, 3, &key);
+    let answer = carry::decode_answer(&sent[0].1, &key).unwrap();
+    assert_eq!(answer.carries, vec![true, false, true]);
+    // A query under the member's key but signed by someone else: refused, unanswered.
+    let stranger = ProbeKey::derive(&StaticSecret::from([8u8; 32]), &a_pub);
+    let (outcome, sent) = ask(&mut a, 4, &stranger);
+    assert_eq!(outcome, CarryOutcome::Refused(CarryError::Mac));
+    assert!(sent.is_empty());
+    // A flood of queries under made-up keys: only so many keys derived per second; the
+    // known member is still answered.
+    let mut limited = 0;
+    for i in 0..(super::carry::DERIVATIONS_PER_SECOND + 50) {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        k[31] = 0x40;
+        let fake = StaticSecret::from(k);
+        let wire = carry::encode_query(
+            &Query {
+                member: *PublicKey::from(&fake).as_bytes(),
+                seq: 1,
+                prefixes: prefixes.clone(),
+            },
+            &ProbeKey::derive(&fake, &a_pub),
+        );
+        if a.engine.on_carry_query(lan, &wire, now, |_, _| {}) == CarryOutcome::Limited {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 50, "{limited} limited");
+    let (outcome, _) = ask(&mut a, 5, &key);
+    assert_eq!(outcome, CarryOutcome::Answered);
+}
