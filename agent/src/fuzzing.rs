@@ -371,3 +371,63 @@ mod tests {
         probes(&reply);
     }
 }
+
+// ---- carry queries ----
+
+/// `data` as a datagram on a gateway's WireGuard port and on a member's carry socket. With
+/// the first byte odd, the rest is the body of a query (count and prefixes) that the bench
+/// signs as the peer's key would (else the fuzzer could never produce an authentic one);
+/// otherwise the rest is the datagram as it came.
+///
+/// Checks: [`carry::decode_answer`] with the shared key never panics; the gateway engine
+/// ([`Engine::on_carry_query`]) answers exactly the queries that [`carry::decode_query`]
+/// accepts under the key derived from the public key they carry, with one answer, to the
+/// sender, shorter than the query, that the member decodes to the query's sequence number
+/// and one bit per prefix; every other datagram gets nothing.
+pub fn carry(data: &[u8]) {
+    use crate::dataplane::engine::CarryOutcome;
+    use crate::paths::carry;
+    let keys = keys();
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let datagram = if first & 1 == 1 {
+        let mut d = vec![b'S', b'P', 1, 4];
+        d.extend_from_slice(&keys.peer);
+        d.extend_from_slice(&7u64.to_be_bytes());
+        d.extend_from_slice(rest);
+        let tag = ring::hmac::sign(keys.key.hmac(), &d);
+        d.extend_from_slice(&tag.as_ref()[..16]);
+        d
+    } else {
+        rest.to_vec()
+    };
+    let _ = carry::decode_answer(&datagram, &keys.key);
+    let from: SocketAddr = PATHS[0].parse().expect("constant address");
+    let mut engine = Engine::new(StaticSecret::from(OWN_SECRET), Duration::from_secs(1));
+    let mut sent: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let outcome = engine.on_carry_query(from, &datagram, Instant::now(), |to, d| {
+        sent.push((to, d.to_vec()))
+    });
+    let accepted = carry::member_of(&datagram).ok().and_then(|member| {
+        let key = ProbeKey::derive(&StaticSecret::from(OWN_SECRET), &PublicKey::from(member));
+        carry::decode_query(&datagram, &key).ok().map(|q| (q, key))
+    });
+    match (outcome, accepted) {
+        (CarryOutcome::Answered, Some((query, key))) => {
+            assert_eq!(sent.len(), 1, "one answer");
+            assert_eq!(sent[0].0, from, "answered to the sender");
+            assert!(
+                sent[0].1.len() < datagram.len(),
+                "an answer larger than its query"
+            );
+            let answer =
+                carry::decode_answer(&sent[0].1, &key).expect("the member decodes the answer");
+            assert_eq!(answer.seq, query.seq);
+            assert_eq!(answer.carries.len(), query.prefixes.len());
+        }
+        (CarryOutcome::Answered, None) => panic!("answered a query that does not decode"),
+        (_, Some(_)) => panic!("refused a query that decodes: {outcome:?}"),
+        (_, None) => assert!(sent.is_empty(), "sent something for a refused datagram"),
+    }
+}

@@ -20,6 +20,11 @@ fn probes_corpus_replays_cleanly() {
     replay_corpus("probes", fuzzing::probes);
 }
 
+#[test]
+fn carry_corpus_replays_cleanly() {
+    replay_corpus("carry", fuzzing::carry);
+}
+
 /// Writes the agent's seed inputs into both corpora. Run by hand when the config or the
 /// probes change: `cargo test -p strait-agent --test fuzz_corpus -- --ignored
 /// write_seed_corpus`, then let the fuzzer grow the corpora and minimize them (see
@@ -80,6 +85,33 @@ fn write_seed_corpus() {
     for (name, data) in probe_seeds() {
         write_seed("probes", name, &data, fuzzing::probes);
     }
+    for (name, data) in carry_seeds() {
+        write_seed("carry", name, &data, fuzzing::carry);
+    }
+}
+
+/// Carry queries: signed by the bench (first byte odd) with no prefix, one IPv4 and one
+/// IPv6 prefix, a count larger than the list, a bad family; and unsigned garbage.
+fn carry_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let signed = |body: &[u8]| {
+        let mut d = vec![1u8];
+        d.extend_from_slice(body);
+        d
+    };
+    let mut v4v6 = vec![0u8, 2, 4, 16, 10, 20, 0, 0, 6, 48];
+    v4v6.extend([
+        0x20, 0x01, 0x0d, 0xb8, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    vec![
+        ("carry-empty", signed(&[0, 0])),
+        ("carry-v4-v6", signed(&v4v6)),
+        (
+            "carry-count-too-large",
+            signed(&[0, 9, 4, 16, 10, 20, 0, 0]),
+        ),
+        ("carry-bad-family", signed(&[0, 1, 5, 16, 10, 20, 0, 0])),
+        ("carry-garbage", vec![0, b'S', b'P', 1, 4, 0, 0, 0]),
+    ]
 }
 
 /// A control byte for a datagram: peer id (4), signed (8), from path `from` (0-3).

@@ -73,7 +73,7 @@ mkdir -p "$top/bin" "$top/deploy/systemd"
 for b in strait-agent strait-coordinator straitctl; do
   install -m 0755 "$bins/$b" "$top/bin/$b"
 done
-for f in install.sh strait-agent.service strait-coordinator.service 90-strait-gateway.conf \
+for f in install.sh strait-agent.service strait-coordinator.service 90-strait-gateway.conf 90-strait-member.conf \
   strait-bird.service strait-agent.service.d/50-bgp.conf agent.example.toml \
   agent-bgp.example.toml coordinator.example.toml cloud-init.yaml; do
   [ -f "$repo/deploy/systemd/$f" ] || die "deploy/systemd/$f is missing"

@@ -119,9 +119,11 @@ r="$work/member"
 mkdir "$r"
 expect "--member installs from an unpacked release" \
   install_sh "$r" --member --config "$work/member.toml" --secret "join-token=$work/token" "$work/release"
-expect "member: agent unit enabled, no sysctl drop-in" \
+expect "member: agent unit enabled, no gateway sysctl drop-in" \
   test -L "$r/etc/systemd/system/multi-user.target.wants/strait-agent.service" \
   -a ! -e "$r/etc/sysctl.d/90-strait-gateway.conf"
+expect "member: per-flow multipath sysctl drop-in" \
+  grep -q "^net.ipv4.fib_multipath_hash_policy = 1" "$r/etc/sysctl.d/90-strait-member.conf"
 expect "member: join token 0600" test "$(mode "$r/etc/strait/agent-secrets/join-token")" = 600
 
 # --- --coordinator: no agent.toml needed, no agent unit --------------------------------

@@ -13,7 +13,8 @@
 # What to install (one or more):
 #   --gateway            the agent as a gateway: strait-agent.service and
 #                        /etc/sysctl.d/90-strait-gateway.conf (IPv4 forwarding)
-#   --member             the agent as a member: strait-agent.service
+#   --member             the agent as a member: strait-agent.service and
+#                        /etc/sysctl.d/90-strait-member.conf (per-flow multipath hashing)
 #   --coordinator        the coordinator: strait-coordinator.service (started once
 #                        /etc/strait/coordinator.toml exists) and straitctl
 #   --bgp                with --gateway: BIRD 2 beside the agent for `[bgp]` (implied when
@@ -303,6 +304,14 @@ if [ "$gateway" = yes ]; then
   if [ -z "$root" ]; then
     sysctl -q -p /etc/sysctl.d/90-strait-gateway.conf
     note "IPv4 forwarding on (/etc/sysctl.d/90-strait-gateway.conf)"
+  fi
+fi
+if [ "$member" = yes ] && [ -f "$units/90-strait-member.conf" ]; then
+  install -d -m 0755 "$root/etc/sysctl.d"
+  install -m 0644 -o root -g root "$units/90-strait-member.conf" "$root/etc/sysctl.d/90-strait-member.conf"
+  if [ -z "$root" ]; then
+    sysctl -q -p /etc/sysctl.d/90-strait-member.conf
+    note "per-flow spreading over the site's gateways (/etc/sysctl.d/90-strait-member.conf)"
   fi
 fi
 if [ "$coordinator" = yes ]; then
