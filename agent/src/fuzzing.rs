@@ -348,30 +348,6 @@ fn check_parsers(d: &[u8], key: &ProbeKey) -> Option<Probe> {
     decoded.ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edge_cases() {
-        agent_config(b"");
-        agent_config(b"mesh = 1");
-        agent_config(b"\xff");
-        agent_config(
-            b"mesh = \"prod\"\nsite = \"a\"\nnode = \"gw\"\nrole = \"gateway\"\n\
-              coordinators = [\"127.0.0.1:7443\"]\nstate-dir = \"/x\"\n\
-              join-token-file = \"/dev/zero\"\n",
-        );
-        probes(b"");
-        probes(&[1, 0, 0, 200]);
-        // A signed reply to the first probe, from the first path.
-        let mut reply = vec![0x0d, 36, b'S', b'P', 1, 2, 0, 0, 0, 0, 0, 0, 0, 0];
-        reply.extend(1u64.to_be_bytes());
-        reply.extend([0; 16]);
-        probes(&reply);
-    }
-}
-
 // ---- carry queries ----
 
 /// `data` as a datagram on a gateway's WireGuard port and on a member's carry socket. With
@@ -429,5 +405,29 @@ pub fn carry(data: &[u8]) {
         (CarryOutcome::Answered, None) => panic!("answered a query that does not decode"),
         (_, Some(_)) => panic!("refused a query that decodes: {outcome:?}"),
         (_, None) => assert!(sent.is_empty(), "sent something for a refused datagram"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_cases() {
+        agent_config(b"");
+        agent_config(b"mesh = 1");
+        agent_config(b"\xff");
+        agent_config(
+            b"mesh = \"prod\"\nsite = \"a\"\nnode = \"gw\"\nrole = \"gateway\"\n\
+              coordinators = [\"127.0.0.1:7443\"]\nstate-dir = \"/x\"\n\
+              join-token-file = \"/dev/zero\"\n",
+        );
+        probes(b"");
+        probes(&[1, 0, 0, 200]);
+        // A signed reply to the first probe, from the first path.
+        let mut reply = vec![0x0d, 36, b'S', b'P', 1, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+        reply.extend(1u64.to_be_bytes());
+        reply.extend([0; 16]);
+        probes(&reply);
     }
 }
