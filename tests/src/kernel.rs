@@ -120,16 +120,52 @@ pub fn count_leaks(inet: &Netns, prefixes: &[&str]) {
 
 /// Packets counted by [`count_leaks`] so far.
 pub fn leaked(inet: &Netns) -> u64 {
-    let out = inet.exec(&["nft", "list chain inet leak pre"]);
+    let counts = nft_counters(inet, "inet leak pre");
+    assert_eq!(counts.len(), 2, "the router's leak counters: {counts:?}");
+    counts.iter().sum()
+}
+
+/// The packet counts of the `counter` rules of nftables chain `chain` (`family table
+/// chain`) in `ns`, in rule order.
+pub fn nft_counters(ns: &Netns, chain: &str) -> Vec<u64> {
+    let out = ns.exec(&["nft", &format!("list chain {chain}")]);
     let text = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = text.split_whitespace().collect();
-    let counts: Vec<u64> = words
+    words
         .windows(2)
         .filter(|w| w[0] == "packets")
         .filter_map(|w| w[1].parse().ok())
-        .collect();
-    assert_eq!(counts.len(), 2, "the router's leak counters: {text}");
-    counts.iter().sum()
+        .collect()
+}
+
+/// Runs an nftables script in `ns`, panicking with nft's error.
+pub fn nft(ns: &Netns, script: &str) {
+    let out = ns.exec(&["nft", script]);
+    assert!(
+        out.status.success(),
+        "nft in {}: {}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Cuts a gateway's tunnel only: WireGuard's port dropped both ways on `uplink`, every other
+/// interface and all other traffic untouched. Undone by [`restore_tunnel`].
+pub fn cut_tunnel(ns: &Netns, uplink: &str) {
+    nft(
+        ns,
+        &format!(
+            "add table inet cut; add chain inet cut in {{ type filter hook input priority 0 ; }} ; \
+             add chain inet cut out {{ type filter hook output priority 0 ; }} ; \
+             add rule inet cut in iifname \"{uplink}\" udp dport 51820 drop ; \
+             add rule inet cut out oifname \"{uplink}\" udp sport 51820 drop"
+        ),
+    );
+}
+
+/// Undoes [`cut_tunnel`].
+pub fn restore_tunnel(ns: &Netns) {
+    nft(ns, "delete table inet cut");
 }
 
 /// Strait's policy rules (`not fwmark 0x5354 lookup 21332`) per family: (IPv4, IPv6).

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use strait_tests::flows::{
     echo_server, longest_silence, lost_after, ping_flow, udp_flows, unix_now,
 };
-use strait_tests::kernel::{count_leaks, leaked};
+use strait_tests::kernel::{count_leaks, cut_tunnel, leaked, nft, nft_counters, restore_tunnel};
 use strait_tests::netns::{uplink, veth, Netns};
 use strait_tests::procs::{wait_for, Agent, Coordinator, Proc, Site};
 
@@ -134,26 +134,14 @@ fn count_flows(vr: &Netns) {
             ));
         }
     }
-    let out = vr.exec(&["nft", &rules]);
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nft(vr, &rules);
 }
 
 /// The counters of [`count_flows`]: [udp out l1, l2, udp back l1, l2, icmp out l1, l2,
 /// icmp back l1, l2].
 fn flow_counts(vr: &Netns) -> Vec<u64> {
-    let out = vr.exec(&["nft", "list chain inet ha pass"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let counts: Vec<u64> = words
-        .windows(2)
-        .filter(|w| w[0] == "packets")
-        .filter_map(|w| w[1].parse().ok())
-        .collect();
-    assert_eq!(counts.len(), 8, "{text}");
+    let counts = nft_counters(vr, "inet ha pass");
+    assert_eq!(counts.len(), 8, "{counts:?}");
     counts
 }
 
@@ -177,7 +165,7 @@ struct Outcome {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cut {
-    /// UDP 51820 dropped both ways on the gateway; the underlay stays up.
+    /// UDP 51820 dropped both ways on the gateway's uplink; the underlay stays up.
     Tunnel,
     /// The gateway's uplink down.
     Uplink,
@@ -468,19 +456,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
         let cut_at = unix_now();
         let t0 = Instant::now();
         match cut {
-            Cut::Tunnel => {
-                let out = g.ns.exec(&[
-                    "nft",
-                    "add table inet cut; add chain inet cut in { type filter hook input priority 0 ; } ; \
-                     add chain inet cut out { type filter hook output priority 0 ; } ; \
-                     add rule inet cut in udp dport 51820 drop ; add rule inet cut out udp sport 51820 drop",
-                ]);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            Cut::Tunnel => cut_tunnel(&g.ns, "up0"),
             Cut::Uplink => {
                 g.ns.ip(&["link", "set", "up0", "down"]);
             }
@@ -495,9 +471,7 @@ fn two_gateways_bgp_failover_under_a_second_without_the_coordinator() {
         std::thread::sleep(Duration::from_millis(1500));
         // The gateway returns at about sequence 300.
         match cut {
-            Cut::Tunnel => {
-                g.ns.exec(&["nft", "delete table inet cut"]);
-            }
+            Cut::Tunnel => restore_tunnel(&g.ns),
             Cut::Uplink => {
                 g.ns.ip(&["link", "set", "up0", "up"]);
                 let gw = if i == 0 { "192.0.2.1" } else { "192.0.2.17" };

@@ -313,6 +313,34 @@ mod tests {
         }
     }
 
+    /// A map of node a/x with `peers` and `routes`, nothing else.
+    fn test_map(
+        role: strait_proto::Role,
+        peers: BTreeMap<String, strait_proto::map::PeerView>,
+        routes: BTreeMap<IpNetwork, strait_proto::map::RouteView>,
+    ) -> NetworkMap {
+        NetworkMap {
+            version: 1,
+            mesh: "prod".into(),
+            node: strait_proto::map::SelfView {
+                site: "a".into(),
+                name: "x".into(),
+                role,
+                overlay_ip: "100.64.0.1".parse().unwrap(),
+                overlay_cidr: net("100.64.0.0/10"),
+                accepted: vec![],
+                refused: vec![],
+                next_wg_public_key: None,
+                fail_closed: vec![],
+                translations: vec![],
+                local_gateways: vec![],
+            },
+            peers,
+            routes,
+            access: Default::default(),
+        }
+    }
+
     fn closed(p: &str) -> Route {
         Route {
             prefix: net(p),
@@ -406,7 +434,7 @@ mod tests {
     #[test]
     fn desired_routes_come_from_peers_and_member_routes() {
         use std::collections::BTreeMap;
-        use strait_proto::map::{PeerKind, PeerView, RouteView, SelfView};
+        use strait_proto::map::{PeerKind, PeerView, RouteView};
         let peer = PeerView {
             id: "b/gw".into(),
             site: "b".into(),
@@ -427,26 +455,11 @@ mod tests {
             via: "a/gw".into(),
             via_address: "10.10.0.1".parse().unwrap(),
         };
-        let mut map = NetworkMap {
-            version: 1,
-            mesh: "prod".into(),
-            node: SelfView {
-                site: "a".into(),
-                name: "x".into(),
-                role: strait_proto::Role::Gateway,
-                overlay_ip: "100.64.0.1".parse().unwrap(),
-                overlay_cidr: net("100.64.0.0/10"),
-                accepted: vec![],
-                refused: vec![],
-                next_wg_public_key: None,
-                fail_closed: vec![],
-                translations: vec![],
-                local_gateways: vec![],
-            },
-            peers: BTreeMap::from([(peer.id.clone(), peer)]),
-            routes: BTreeMap::from([(route.prefix, route)]),
-            access: Default::default(),
-        };
+        let mut map = test_map(
+            strait_proto::Role::Gateway,
+            BTreeMap::from([(peer.id.clone(), peer)]),
+            BTreeMap::from([(route.prefix, route)]),
+        );
         let d = desired(&map, false, &BTreeMap::new());
         assert_eq!(
             d,
@@ -587,26 +600,11 @@ mod tests {
             via: "a/gw1".into(),
             via_address: "10.10.0.1".parse().unwrap(),
         };
-        let map = NetworkMap {
-            version: 1,
-            mesh: "prod".into(),
-            node: strait_proto::map::SelfView {
-                site: "a".into(),
-                name: "app".into(),
-                role: strait_proto::Role::Member,
-                overlay_ip: "100.64.0.9".parse().unwrap(),
-                overlay_cidr: net("100.64.0.0/10"),
-                accepted: vec![],
-                refused: vec![],
-                next_wg_public_key: None,
-                fail_closed: vec![],
-                translations: vec![],
-                local_gateways: vec![],
-            },
-            peers: BTreeMap::new(),
-            routes: BTreeMap::from([(route_view.prefix, route_view)]),
-            access: Default::default(),
-        };
+        let map = test_map(
+            strait_proto::Role::Member,
+            BTreeMap::new(),
+            BTreeMap::from([(route_view.prefix, route_view)]),
+        );
         let route = |hops: &[&str]| Route {
             prefix: net("10.20.0.0/16"),
             via: Via::Gateways(hops.iter().map(|s| s.parse().unwrap()).collect()),
