@@ -4,27 +4,28 @@
 
 use std::net::UdpSocket;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use crate::netns::{enter, in_netns, Netns};
+use crate::background::Background;
+use crate::netns::{in_netns, Netns};
 
-/// A UDP echo server on `bind` (`address:port`) in `ns` for `lifetime`.
-pub fn echo_server(ns: &Netns, bind: &str, lifetime: Duration) -> std::thread::JoinHandle<()> {
-    let path = ns.path();
+/// A UDP echo server on `bind` (`address:port`) in `ns`, until the value drops.
+pub fn echo_server(ns: &Netns, bind: &str) -> Background {
     let bind = bind.to_string();
-    std::thread::spawn(move || {
-        enter(&path);
+    let mut server = Background::new();
+    server.spawn_in(ns, move |stop| {
         let sock = UdpSocket::bind(bind.as_str()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let end = Instant::now() + lifetime;
         let mut buf = [0u8; 2048];
-        while Instant::now() < end {
+        while !stop.load(Ordering::Relaxed) {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
                 let _ = sock.send_to(&buf[..n], from);
             }
         }
-    })
+    });
+    server
 }
 
 /// From `ns`, `packets` datagrams from `from` (an address of `ns`) on each of `ports`
