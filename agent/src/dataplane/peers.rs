@@ -3,32 +3,53 @@
 //! the whole of "map -> peers + routes".
 
 use base64::Engine as _;
-use strait_proto::map::NetworkMap;
+use strait_proto::map::{NetworkMap, PeerKind};
 use strait_proto::msg::{PathFigures, PeerLink};
 
 use super::engine::{PeerSpec, PeerStatus};
 use crate::paths::select::{first_guess, Candidate};
 
+/// The keepalive toward external peers when the node's own is off: their handshakes are
+/// all that says they are up.
+pub const EXTERNAL_KEEPALIVE: u16 = 25;
+
 /// The engine's peers for `map`: every announced endpoint a path to probe, the first guess
 /// where to send until probing chooses (see [`first_guess`]). Peers whose key is not 32
 /// bytes of base64 are left out (the coordinator checks keys; this is a second line).
+///
+/// External peers (plain WireGuard devices) do not answer Strait's probes, so they are not
+/// probed: probing them would find every path down and count them as down for spreading,
+/// BGP announcements and members' carry queries. Their endpoint is used as given (roaming
+/// moves it), with a persistent keepalive (the node's, or [`EXTERNAL_KEEPALIVE`] when that
+/// is off), so a session is renewed every two minutes while the device answers: the
+/// engine counts such a peer up while its last handshake is under 180 s old.
 pub fn peer_specs(map: &NetworkMap, keepalive: Option<u16>) -> Vec<PeerSpec> {
     map.peers
         .values()
         .filter_map(|p| {
             let key = decode_key(&p.wg_public_key)?;
+            let external = p.kind == PeerKind::External;
             let candidates: Vec<Candidate> = p
                 .endpoints
                 .iter()
+                .filter(|_| !external)
                 .map(|e| Candidate {
                     address: e.address,
                     kind: e.kind,
                     cost: e.cost.unwrap_or(0),
                 })
                 .collect();
+            let (endpoint, keepalive) = if external {
+                (
+                    p.endpoints.first().map(|e| e.address),
+                    keepalive.or(Some(EXTERNAL_KEEPALIVE)),
+                )
+            } else {
+                (first_guess(&candidates), keepalive)
+            };
             Some(PeerSpec {
                 public_key: key,
-                endpoint: first_guess(&candidates),
+                endpoint,
                 allowed_ips: p.allowed_ips.clone(),
                 keepalive,
                 candidates,
@@ -152,6 +173,29 @@ mod tests {
     const IC: &str = "172.31.255.2:51820";
     const PUBLIC: &str = "203.0.113.10:51820";
     const PRIVATE: &str = "10.20.0.1:51820";
+
+    #[test]
+    fn external_peers_are_not_probed_and_always_keep_a_session_alive() {
+        let mut device = peer(
+            "external/dc1",
+            key(7),
+            vec![ep(PUBLIC, EndpointKind::Public, None)],
+        );
+        device.kind = PeerKind::External;
+        device.role = None;
+        let agent = peer("b/gw", key(1), vec![ep(PUBLIC, EndpointKind::Public, None)]);
+        for keepalive in [None, Some(10)] {
+            let specs = peer_specs(&map(vec![device.clone(), agent.clone()]), keepalive);
+            let ext = specs.iter().find(|s| s.public_key == [7; 32]).unwrap();
+            assert!(ext.candidates.is_empty(), "an external device is probed");
+            assert_eq!(ext.endpoint, Some(PUBLIC.parse().unwrap()));
+            assert_eq!(ext.keepalive, Some(keepalive.unwrap_or(EXTERNAL_KEEPALIVE)));
+            // Agents keep their probing and the node's keepalive.
+            let gw = specs.iter().find(|s| s.public_key == [1; 32]).unwrap();
+            assert_eq!(gw.candidates.len(), 1);
+            assert_eq!(gw.keepalive, keepalive);
+        }
+    }
 
     #[test]
     fn every_endpoint_is_a_path_and_the_first_guess_avoids_private_addresses() {
