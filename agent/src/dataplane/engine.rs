@@ -21,6 +21,7 @@ use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 
 mod pmtu;
 mod probing;
+mod published;
 mod rotation;
 
 pub use pmtu::{inner_mtu, overhead, Outbound, PeerMtu};
@@ -138,6 +139,22 @@ impl PeerState {
     }
 }
 
+/// The keys of the primary tunnels that are up (see [`Engine::up_peers`]), in no order.
+fn up_keys(peers: &HashMap<u32, PeerState>) -> impl Iterator<Item = [u8; 32]> + Clone + '_ {
+    peers
+        .values()
+        .filter(|s| s.standing == Standing::Primary)
+        .filter(|s| match &s.selector {
+            Some(sel) => sel.any_up() && s.rejoin.ready(),
+            None => s
+                .tunnel
+                .stats()
+                .last_handshake
+                .is_some_and(|age| age < std::time::Duration::from_secs(180)),
+        })
+        .map(|s| s.spec.public_key)
+}
+
 /// A peer's tunnel as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerStatus {
@@ -187,6 +204,9 @@ pub struct Engine {
     /// The smallest limit of any peer's paths other than its active one (larger packets
     /// are remembered as their flow's latest).
     min_narrowest: Option<u16>,
+    /// The peers up and the peers' packet limits as the shell last published them.
+    up_published: published::Published<[u8; 32], ()>,
+    mtus_published: published::Published<[u8; 32], Option<u16>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -219,6 +239,8 @@ impl Engine {
             enforce_mtu: true,
             min_limit: None,
             min_narrowest: None,
+            up_published: Default::default(),
+            mtus_published: Default::default(),
         }
     }
 
@@ -430,20 +452,17 @@ impl Engine {
     /// agreed since it came up ([`Rejoin`]) (a peer without probing: with a handshake in
     /// the last 180 s), sorted.
     pub fn up_peers(&self) -> Vec<[u8; 32]> {
-        let mut keys: Vec<[u8; 32]> = self
-            .primaries()
-            .filter(|(_, s)| match &s.selector {
-                Some(sel) => sel.any_up() && s.rejoin.ready(),
-                None => s
-                    .tunnel
-                    .stats()
-                    .last_handshake
-                    .is_some_and(|age| age < std::time::Duration::from_secs(180)),
-            })
-            .map(|(_, s)| s.spec.public_key)
-            .collect();
+        let mut keys: Vec<[u8; 32]> = up_keys(&self.peers).collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// [`Engine::up_peers`] if they changed since the last call (the first call: since
+    /// none were), else `None` without allocating: the shell asks every timer pass.
+    pub fn up_peers_changed(&mut self) -> Option<Vec<[u8; 32]>> {
+        let up = up_keys(&self.peers).map(|k| (k, ()));
+        let changed = self.up_published.update(up)?;
+        Some(changed.iter().map(|(k, ())| *k).collect())
     }
 
     /// The public keys of the primary tunnels this node's probes reach, sorted.
