@@ -36,6 +36,8 @@ PEERS=${PEERS:-200}
 [ "$PEERS" -ge 2 ] && [ "$PEERS" -le 240 ] || { echo "PEERS must be 2-240 (addresses 192.0.2.11-250)"; exit 1; }
 DURATION=${DURATION:-10}
 IDLE=${IDLE:-30}
+# BIN_DIR_B=dir: also run each round's N-peer case with the binaries there ("N peers B"),
+# to compare two builds under the same load (the machine may be shared).
 # PERF_DIR=dir: record a perf profile (call graphs) of gwa over each idle window there.
 # SKIP_BUILD=1: use the release binaries already built (BIN_DIR: from elsewhere).
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p strait-agent -p strait-coordinator -p strait-ctl --quiet
@@ -95,9 +97,10 @@ json_peers() {
 
 map_key() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['peers'][sys.argv[2]]['wg-public-key'])" "$1" "$2"; }
 
-# round N: one round with N configured peers at gwa; appends "N tcp_gbps idle_pct" to results.
+# round N [LABEL]: one round with N configured peers at gwa; appends "LABEL tcp_gbps
+# idle_pct" to results (LABEL: N).
 round() {
-  local n=$1
+  local n=$1 label=${2:-$1}
   topology
   local st=$WORK/r; rm -rf "$st"; mkdir -p "$st"
   local sites=(--site a:lab:local:10.201.0.0/16 --site b:lab:local:10.202.0.0/16)
@@ -180,8 +183,8 @@ round() {
   tcp=$(ip netns exec $A iperf3 -c "$peer" -t "$DURATION" -J |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
   local peers_now; peers_now=$(json_peers "$st/a/map.json")
-  echo "$n $tcp $idle" >> "$WORK/results"
-  printf '  %3d peers (map: %d)  tcp1 %5.2f Gbit/s  idle CPU %5.2f %% of a core\n' "$n" "$peers_now" "$tcp" "$idle"
+  echo "$label $tcp $idle" >> "$WORK/results"
+  printf '  %-8s %3d peers (map: %d)  tcp1 %5.2f Gbit/s  idle CPU %5.2f %% of a core\n' "$label" "$n" "$peers_now" "$tcp" "$idle"
   stop_all
 }
 
@@ -190,6 +193,11 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "round $r"
   round 1
   round "$PEERS"
+  if [ -n "${BIN_DIR_B:-}" ]; then
+    A_DIR=$B; B=$BIN_DIR_B
+    round "$PEERS" "${PEERS}B"
+    B=$A_DIR
+  fi
 done
 
 python3 - "$WORK/results" "$PEERS" <<'EOF'
@@ -198,10 +206,13 @@ rows = [l.split() for l in open(sys.argv[1])]
 n = sys.argv[2]
 def col(k, i):
     return [float(r[i]) for r in rows if r[0] == k]
-print("\n           tcp1 Gbit/s median (min-max)   idle CPU % of a core median (min-max)")
-for k, label in (("1", "1 peer"), (n, f"{n} peers")):
+labels = list(dict.fromkeys(r[0] for r in rows))
+print("\n             tcp1 Gbit/s median (min-max)   idle CPU % of a core median (min-max)")
+for k in labels:
     t, c = col(k, 1), col(k, 2)
-    print(f"{label:<10} {statistics.median(t):>8.2f} ({min(t):.2f}-{max(t):.2f})        "
+    label = "1 peer" if k == "1" else f"{k} peers"
+    print(f"{label:<12} {statistics.median(t):>8.2f} ({min(t):.2f}-{max(t):.2f})        "
           f"{statistics.median(c):>8.2f} ({min(c):.2f}-{max(c):.2f})")
-print(f"throughput {n} peers / 1 peer: {statistics.median(col(n, 1)) / statistics.median(col('1', 1)):.3f}")
+for k in labels[1:]:
+    print(f"throughput {k} peers / 1 peer: {statistics.median(col(k, 1)) / statistics.median(col('1', 1)):.3f}")
 EOF
