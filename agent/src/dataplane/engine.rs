@@ -22,6 +22,7 @@ use crate::paths::select::{Candidate, PathReport, Selector, Thresholds};
 mod carry;
 mod pmtu;
 mod probing;
+mod published;
 mod rotation;
 
 pub use carry::CarryOutcome;
@@ -140,6 +141,14 @@ impl PeerState {
     }
 }
 
+/// The keys of the primary tunnels that are up (see [`Engine::up_peers`]), in no order.
+fn up_keys(peers: &HashMap<u32, PeerState>) -> impl Iterator<Item = [u8; 32]> + Clone + '_ {
+    peers
+        .values()
+        .filter(|s| s.standing == Standing::Primary && s.up())
+        .map(|s| s.spec.public_key)
+}
+
 /// A peer's tunnel as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerStatus {
@@ -191,6 +200,9 @@ pub struct Engine {
     min_narrowest: Option<u16>,
     /// Members' carry queries: their keys and the derivation budget.
     carry: carry::Answering,
+    /// The peers up and the peers' packet limits as the shell last published them.
+    up_published: published::Published<[u8; 32], ()>,
+    mtus_published: published::Published<[u8; 32], Option<u16>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -224,6 +236,8 @@ impl Engine {
             min_limit: None,
             min_narrowest: None,
             carry: carry::Answering::default(),
+            up_published: Default::default(),
+            mtus_published: Default::default(),
         }
     }
 
@@ -435,13 +449,17 @@ impl Engine {
     /// agreed since it came up ([`Rejoin`]) (a peer without probing: with a handshake in
     /// the last 180 s), sorted.
     pub fn up_peers(&self) -> Vec<[u8; 32]> {
-        let mut keys: Vec<[u8; 32]> = self
-            .primaries()
-            .filter(|(_, s)| s.up())
-            .map(|(_, s)| s.spec.public_key)
-            .collect();
+        let mut keys: Vec<[u8; 32]> = up_keys(&self.peers).collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// [`Engine::up_peers`] if they changed since the last call (the first call: since
+    /// none were), else `None` without allocating: the shell asks every timer pass.
+    pub fn up_peers_changed(&mut self) -> Option<Vec<[u8; 32]>> {
+        let up = up_keys(&self.peers).map(|k| (k, ()));
+        let changed = self.up_published.update(up)?;
+        Some(changed.iter().map(|(k, ())| *k).collect())
     }
 
     /// The public keys of the primary tunnels this node's probes reach, sorted.

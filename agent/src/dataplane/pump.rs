@@ -249,7 +249,8 @@ pub async fn run(
     let mut access_open = true;
     // Where each on-demand probe's outcome goes, by sequence number.
     let mut ping_waiters: HashMap<u64, mpsc::Sender<PingOutcome>> = HashMap::new();
-    let mut mtus = Vec::new();
+    // Sockets asking the kernel for the MTU toward each path, kept across passes.
+    let mut mtu_lookup = super::underlay::MtuLookup::default();
     // ICMP errors for flows a switch to a narrower path refuses, written to the TUN device.
     let mut notices = TunBatch::default();
     let mut notices_gro = GROTable::new();
@@ -262,7 +263,7 @@ pub async fn run(
                     let addresses = shared.engine().mtu_addresses();
                     let ceilings: Vec<_> = addresses
                         .into_iter()
-                        .filter_map(|a| Some((a, super::underlay::mtu_toward(a)?)))
+                        .filter_map(|a| Some((a, mtu_lookup.toward(a)?)))
                         .collect();
                     shared.engine().set_ceilings(&ceilings, Instant::now());
                 }
@@ -283,23 +284,18 @@ pub async fn run(
                             notices.push(&error);
                         }
                     }
-                    // Peers with a path up, every pass: BGP withdraws a site's prefixes
-                    // within a pass of its last path going down.
-                    let now_up = engine.up_peers();
-                    up.send_if_modified(|cur| {
-                        let changed = *cur != now_up;
-                        if changed {
-                            *cur = now_up;
-                        }
-                        changed
-                    });
+                    // Peers with a path up, checked every pass (published when they change):
+                    // BGP withdraws a site's prefixes within a pass of its last path going
+                    // down.
+                    if let Some(now_up) = engine.up_peers_changed() {
+                        up.send_replace(now_up);
+                    }
                     if pass % WIREGUARD_TIMER_PASSES == 0 {
                         engine.tick(&mut out, |ep, b| pending.push(ep, b));
                     }
-                    let now_mtus = engine.peer_mtus();
-                    if pass % STATUS_PASSES == 0 || now_mtus != mtus {
+                    let mtus_changed = engine.peer_mtus_changed();
+                    if pass % STATUS_PASSES == 0 || mtus_changed {
                         status.send_replace(engine.status());
-                        mtus = now_mtus;
                     }
                     if let Some(report) = engine.take_access_report() {
                         *shared.counters.access.lock().unwrap_or_else(|p| p.into_inner()) = report;

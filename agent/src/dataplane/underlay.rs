@@ -59,29 +59,57 @@ pub fn for_socket(to: SocketAddr, v6: bool) -> SocketAddr {
 /// WireGuard socket, so the route is the underlay's, not the TUN's). `None` if there is no
 /// route.
 pub fn mtu_toward(to: SocketAddr) -> Option<u16> {
-    let socket = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP)).ok()?;
-    // Without CAP_NET_ADMIN the mark is refused; the route is then the unmarked one.
-    let _ = socket.set_mark(FWMARK);
-    socket.connect(&to.into()).ok()?;
-    let (level, name) = if to.is_ipv4() {
-        (libc::IPPROTO_IP, libc::IP_MTU)
-    } else {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
-    };
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `mtu` and `len` are valid for writes of the sizes given.
-    #[allow(unsafe_code)]
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&mut mtu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && mtu > 0).then(|| mtu.min(i32::from(u16::MAX)) as u16)
+    MtuLookup::default().toward(to)
+}
+
+/// Asks the kernel for the MTU toward many addresses ([`mtu_toward`]) with one marked UDP
+/// socket per address family, connected to each address in turn: two syscalls per address
+/// rather than five (the shell asks for every path of every peer each second).
+#[derive(Default)]
+pub struct MtuLookup {
+    v4: Option<Socket>,
+    v6: Option<Socket>,
+}
+
+impl MtuLookup {
+    /// The MTU toward `to`, `None` if there is no route.
+    pub fn toward(&mut self, to: SocketAddr) -> Option<u16> {
+        let slot = if to.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        if slot.is_none() {
+            let socket =
+                Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+            // Without CAP_NET_ADMIN the mark is refused; the route is then the unmarked one.
+            let _ = socket.set_mark(FWMARK);
+            *slot = Some(socket);
+        }
+        let socket = slot.as_ref()?;
+        // Connecting again replaces the association and the route; a failed connect
+        // leaves none behind.
+        socket.connect(&to.into()).ok()?;
+        let (level, name) = if to.is_ipv4() {
+            (libc::IPPROTO_IP, libc::IP_MTU)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+        };
+        let mut mtu: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `mtu` and `len` are valid for writes of the sizes given.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0 && mtu > 0).then(|| mtu.min(i32::from(u16::MAX)) as u16)
+    }
 }
 
 /// Sets "don't fragment" on the WireGuard socket, whatever the kernel learned about path
@@ -149,6 +177,18 @@ mod tests {
         assert_eq!(for_socket(v4, true), mapped);
         assert_eq!(for_socket(v4, false), v4);
         assert_eq!(for_socket(v6, true), v6);
+    }
+
+    #[test]
+    fn one_lookup_serves_many_addresses_and_survives_one_without_a_route() {
+        let mut lookup = MtuLookup::default();
+        let lo = lookup.toward("127.0.0.1:9".parse().unwrap());
+        assert!(lo.is_some_and(|m| m >= 1500), "{lo:?}");
+        // Unroutable everywhere (0.0.0.0/8 as a destination is refused by connect).
+        assert_eq!(lookup.toward("0.0.0.1:9".parse().unwrap()), None);
+        // The same socket, connected again elsewhere, still answers.
+        assert_eq!(lookup.toward("127.0.0.2:10".parse().unwrap()), lo);
+        assert_eq!(lookup.toward("127.0.0.1:9".parse().unwrap()), lo);
     }
 
     #[test]

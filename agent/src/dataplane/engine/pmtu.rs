@@ -91,13 +91,17 @@ impl Engine {
     /// search starts only on a path whose ceiling is known, and a lower ceiling (an uplink
     /// lowered) caps the path at once.
     pub fn set_ceilings(&mut self, ceilings: &[(SocketAddr, u16)], now: Instant) {
-        for &(address, ceiling) in ceilings {
-            self.ceilings.insert(address, ceiling);
-            for (idx, state) in self.peers.iter_mut() {
-                if let Some(path) = state.mtu.paths.get_mut(&address) {
-                    if let Some(c) = path.set_ceiling(ceiling, now) {
-                        tracing::info!(peer = idx, %address, ceiling, from = ?c.from, to = ?c.to, "path MTU capped by the interface");
-                    }
+        // One look-up per path, not per (address, peer): the shell calls this every second
+        // with every peer's addresses.
+        let given: HashMap<SocketAddr, u16> = ceilings.iter().copied().collect();
+        self.ceilings.extend(given.iter().map(|(a, c)| (*a, *c)));
+        for (idx, state) in self.peers.iter_mut() {
+            for (address, path) in state.mtu.paths.iter_mut() {
+                let Some(&ceiling) = given.get(address) else {
+                    continue;
+                };
+                if let Some(c) = path.set_ceiling(ceiling, now) {
+                    tracing::info!(peer = idx, %address, ceiling, from = ?c.from, to = ?c.to, "path MTU capped by the interface");
                 }
             }
         }
@@ -108,20 +112,18 @@ impl Engine {
     pub fn mtu_addresses(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = self
             .primaries()
-            .flat_map(|(_, s)| Self::measured(s))
+            .flat_map(|(_, s)| Self::measured(&s.spec))
             .collect();
         out.sort();
         out.dedup();
         out
     }
 
-    fn measured(state: &PeerState) -> impl Iterator<Item = SocketAddr> + '_ {
-        state
-            .spec
-            .candidates
+    fn measured(spec: &super::PeerSpec) -> impl Iterator<Item = SocketAddr> + '_ {
+        spec.candidates
             .iter()
             .map(|c| c.address)
-            .chain(state.spec.endpoint)
+            .chain(spec.endpoint)
     }
 
     /// Path MTU discovery: starts searches on new paths, forgets gone ones, expires size
@@ -134,24 +136,23 @@ impl Engine {
             if state.standing != Standing::Primary {
                 continue;
             }
-            let wanted: Vec<SocketAddr> = Self::measured(state).collect();
-            state.mtu.paths.retain(|a, _| wanted.contains(a));
-            for address in wanted {
-                if let (None, Some(&ceiling)) =
-                    (state.mtu.paths.get(&address), self.ceilings.get(&address))
-                {
-                    state
-                        .mtu
-                        .paths
-                        .insert(address, PathMtu::new(ceiling, tunables));
-                }
-            }
             let PeerState {
                 mtu,
                 probe_key,
                 selector,
+                spec,
                 ..
             } = state;
+            // Searches on the paths measured, without allocating (every peer, every pass).
+            mtu.paths
+                .retain(|a, _| Self::measured(spec).any(|m| m == *a));
+            for address in Self::measured(spec) {
+                if let (None, Some(&ceiling)) =
+                    (mtu.paths.get(&address), self.ceilings.get(&address))
+                {
+                    mtu.paths.insert(address, PathMtu::new(ceiling, tunables));
+                }
+            }
             mtu.recent.tick(now);
             let PeerMtu {
                 paths, next_seq, ..
@@ -240,6 +241,17 @@ impl Engine {
             .collect();
         out.sort();
         out
+    }
+
+    /// Whether [`Engine::peer_mtus`] changed since the last call (the first call: since
+    /// there were no peers); no allocation when not, as the shell asks every timer pass.
+    pub fn peer_mtus_changed(&mut self) -> bool {
+        let limits = self
+            .peers
+            .values()
+            .filter(|s| s.standing == Standing::Primary)
+            .map(|s| (s.spec.public_key, s.mtu.limit));
+        self.mtus_published.update(limits).is_some()
     }
 
     /// Turns path MTU enforcement on or off (off with an explicit `mtu`: the operator's

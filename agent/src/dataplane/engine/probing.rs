@@ -179,10 +179,14 @@ impl Engine {
     /// Path probing: expires unanswered probes, applies any change of path, and sends the
     /// probes that are due. Call often (every 20 ms); each path is probed at the interval.
     pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
-        self.expire_retired(now);
         self.access.tick(now);
         let own_id = self.own_id;
+        // Retiring tunnels whose time is up, found in the same walk over the peers.
+        let mut expired = Vec::new();
         for (idx, state) in self.peers.iter_mut() {
+            if let Some(of) = Self::retired_by(&mut state.standing, now) {
+                expired.push((*idx, of));
+            }
             if state.standing != Standing::Primary {
                 continue;
             }
@@ -228,6 +232,7 @@ impl Engine {
                 emit(to, &request);
             }
         }
+        self.drop_retired(expired);
         self.pmtu_tick(now, &mut emit);
     }
 

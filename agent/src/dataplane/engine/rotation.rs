@@ -250,17 +250,18 @@ impl Engine {
         self.kick_handshakes(out, &mut emit);
     }
 
-    /// Drops retiring tunnels whose time is up (their clock starts at the first tick).
-    pub(super) fn expire_retired(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        for (idx, state) in self.peers.iter_mut() {
-            if let Standing::Retiring { of, until } = &mut state.standing {
-                let until = *until.get_or_insert(now + RETIRE_AFTER);
-                if now >= until {
-                    expired.push((*idx, *of));
-                }
-            }
-        }
+    /// Whether a tunnel of this standing is a retiring one whose time is up at `now` (its
+    /// clock starts at the first probe tick that asks): then the primary it belongs to.
+    pub(super) fn retired_by(standing: &mut Standing, now: Instant) -> Option<u32> {
+        let Standing::Retiring { of, until } = standing else {
+            return None;
+        };
+        let until = *until.get_or_insert(now + RETIRE_AFTER);
+        (now >= until).then_some(*of)
+    }
+
+    /// Drops the retiring tunnels whose time is up: (tunnel, the primary it belongs to).
+    pub(super) fn drop_retired(&mut self, expired: Vec<(u32, u32)>) {
         for (idx, of) in expired {
             self.remove_tunnel(idx);
             if let Some(s) = self.peers.get_mut(&of) {

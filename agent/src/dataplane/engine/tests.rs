@@ -245,6 +245,13 @@ fn a_key_rotation_loses_no_packet_in_either_direction() {
     let t0 = Instant::now();
     for node in [&mut a, &mut b] {
         node.engine.probe_tick(t0, |_, _| {});
+        let just_before = t0 + rotation::RETIRE_AFTER - std::time::Duration::from_millis(1);
+        node.engine.probe_tick(just_before, |_, _| {});
+        assert_eq!(
+            node.engine.peers.len(),
+            2,
+            "the retiring tunnel stays its time"
+        );
         node.engine
             .probe_tick(t0 + rotation::RETIRE_AFTER, |_, _| {});
         assert_eq!(node.engine.peers.len(), 1, "only the primary is left");
@@ -630,10 +637,15 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
                 now += interval;
             }
         };
+    // Nothing is up before the first probes: nothing to publish.
+    assert_eq!(a.up_peers_changed(), None);
     run(&mut a, &mut gws, 4, &[], &[]);
     let mut up_both = vec![public(2), public(3)];
     up_both.sort_unstable();
     assert_eq!(a.up_peers(), up_both);
+    // The shell publishes the peers up when they change, and only then.
+    assert_eq!(a.up_peers_changed(), Some(up_both.clone()));
+    assert_eq!(a.up_peers_changed(), None);
     let both = chosen(&a);
     assert_eq!(both.len(), 2, "flows use both gateways: {both:?}");
     assert!(both.values().all(|n| *n > 50), "{both:?}");
@@ -642,6 +654,7 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
     run(&mut a, &mut gws, 4, &[3], &[]);
     assert!(!a.peer_reachable(&public(3)));
     assert_eq!(a.up_peers(), vec![public(2)]);
+    assert_eq!(a.up_peers_changed(), Some(vec![public(2)]));
     let one = chosen(&a);
     assert_eq!(one.into_keys().collect::<Vec<_>>(), vec![public(2)]);
     // B3's probes answer again but its handshakes are lost (its agent restarted and is not
@@ -649,6 +662,7 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
     run(&mut a, &mut gws, 4, &[], &[3]);
     assert!(a.peer_reachable(&public(3)));
     assert_eq!(a.up_peers(), vec![public(2)]);
+    assert_eq!(a.up_peers_changed(), None, "reachable is not up");
     assert_eq!(
         chosen(&a).into_keys().collect::<Vec<_>>(),
         vec![public(2)],
@@ -658,10 +672,16 @@ fn flows_spread_over_a_sites_gateways_and_leave_one_whose_probes_fail() {
     // completes: flows spread again and B3 is up.
     run(&mut a, &mut gws, 6, &[], &[]);
     assert_eq!(a.up_peers(), up_both);
+    assert_eq!(a.up_peers_changed(), Some(up_both.clone()));
     assert_eq!(chosen(&a).len(), 2);
-    // A peer without probing (no announced endpoint) counts as reachable.
+    // A peer without probing (no announced endpoint) counts as reachable, and as up
+    // with a recent handshake: no change to publish.
     a.set_peers(&[spec(2, "10.2.0.0/16", true), spec(3, "10.2.0.0/16", false)]);
     assert!(a.peer_reachable(&public(3)));
+    assert_eq!(a.up_peers_changed(), None);
+    // A peer that goes is published at once.
+    a.set_peers(&[spec(2, "10.2.0.0/16", true)]);
+    assert_eq!(a.up_peers_changed(), Some(vec![public(2)]));
 }
 
 /// Path MTU discovery between two engines over a simulated path that drops datagrams
@@ -722,6 +742,10 @@ fn size_probes_find_the_path_mtu_and_oversized_packets_are_refused() {
     assert_eq!(paths[0].1[0].mtu, Some(1280), "{paths:?}");
     let limit = 1280 - 60;
     assert_eq!(a.engine.peer_mtus(), vec![(b_pub, Some(limit))]);
+    // The shell publishes the status when a limit changes (here: since none was
+    // published), and not again until the next change.
+    assert!(a.engine.peer_mtus_changed());
+    assert!(!a.engine.peer_mtus_changed());
     let mut out = vec![0u8; BUFFER];
     let big = ipv4(
         [10, 1, 0, 5],
@@ -747,6 +771,11 @@ fn size_probes_find_the_path_mtu_and_oversized_packets_are_refused() {
         a.engine.outbound_checked(&big, &mut out),
         Outbound::TooBig(limit)
     );
+    assert!(!a.engine.peer_mtus_changed());
+    // The peer goes: a change.
+    a.engine.set_peers(&[]);
+    assert!(a.engine.peer_mtus_changed());
+    assert!(!a.engine.peer_mtus_changed());
 }
 
 #[test]
