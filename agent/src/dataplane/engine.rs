@@ -24,6 +24,7 @@ mod pmtu;
 mod probing;
 mod published;
 mod rotation;
+mod visits;
 
 pub use carry::CarryOutcome;
 pub use pmtu::{inner_mtu, overhead, Outbound, PeerMtu};
@@ -97,6 +98,12 @@ struct PeerState {
     /// Start a new handshake at the next [`Engine::start_handshakes`], even with a
     /// session up (the path came back).
     rehandshake: bool,
+    /// When the timer pass next visits this peer (`None`: at the next pass), and whether
+    /// the current pass visits it (see `visits`).
+    wake: Option<Instant>,
+    visiting: bool,
+    /// Whether the peer was up when the peers up were last published.
+    published_up: bool,
 }
 
 impl PeerState {
@@ -203,6 +210,12 @@ pub struct Engine {
     /// The peers up and the peers' packet limits as the shell last published them.
     up_published: published::Published<[u8; 32], ()>,
     mtus_published: published::Published<[u8; 32], Option<u16>>,
+    /// Whether a peer's being up, or a peer's packet limit, may have changed since they
+    /// were last compared with what was published.
+    up_dirty: bool,
+    limits_dirty: bool,
+    /// Peers visited by timer passes so far (see `visits`).
+    visits: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -238,6 +251,9 @@ impl Engine {
             carry: carry::Answering::default(),
             up_published: Default::default(),
             mtus_published: Default::default(),
+            up_dirty: true,
+            limits_dirty: true,
+            visits: 0,
         }
     }
 
@@ -344,6 +360,9 @@ impl Engine {
                 mtu: PeerMtu::default(),
                 rejoin: Rejoin::new(0),
                 rehandshake: false,
+                wake: None,
+                visiting: false,
+                published_up: false,
             },
         );
         idx
@@ -352,6 +371,8 @@ impl Engine {
     /// Forgets tunnel `idx` and its lookups.
     fn remove_tunnel(&mut self, idx: u32) -> Option<PeerState> {
         let state = self.peers.remove(&idx)?;
+        self.up_dirty = true;
+        self.limits_dirty = true;
         let key = state.spec.public_key;
         if self.by_key.get(&key) == Some(&idx) {
             self.by_key.remove(&key);
@@ -398,6 +419,8 @@ impl Engine {
     }
 
     fn rebuild_table(&mut self) {
+        // The peers or their standing changed: all are looked at again.
+        self.wake_all();
         self.table = PrefixTable::new();
         for (idx, state) in &self.peers {
             if state.standing != Standing::Primary {
@@ -457,7 +480,19 @@ impl Engine {
     /// [`Engine::up_peers`] if they changed since the last call (the first call: since
     /// none were), else `None` without allocating: the shell asks every timer pass.
     pub fn up_peers_changed(&mut self) -> Option<Vec<[u8; 32]>> {
-        let up = up_keys(&self.peers).map(|k| (k, ()));
+        // Between changes nothing is compared: a peer's being up changes at its visits
+        // (see `visits`), which note it.
+        if !std::mem::take(&mut self.up_dirty) {
+            return None;
+        }
+        for state in self.peers.values_mut() {
+            state.published_up = state.standing == Standing::Primary && state.up();
+        }
+        let up = self
+            .peers
+            .values()
+            .filter(|s| s.published_up)
+            .map(|s| (s.spec.public_key, ()));
         let changed = self.up_published.update(up)?;
         Some(changed.iter().map(|(k, ())| *k).collect())
     }
@@ -573,6 +608,11 @@ impl Engine {
                 self.on_authenticated(idx, standing);
             }
             Ok(()) if authenticated && state.may_roam_to(from) => {
+                if state.selector.is_none() && !state.published_up {
+                    // A peer without probing is up once it has a session: published at
+                    // the next pass.
+                    state.wake = None;
+                }
                 // WireGuard roaming: answer where the peer last spoke from.
                 if state.spec.endpoint != Some(from) {
                     tracing::debug!(peer = idx, %from, "peer endpoint updated");

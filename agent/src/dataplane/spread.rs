@@ -113,6 +113,11 @@ impl Rejoin {
         self == Rejoin::Ready
     }
 
+    /// Waiting for a handshake (its completion is noticed by the next `observe`).
+    pub fn waiting(self) -> bool {
+        matches!(self, Rejoin::Waiting { .. })
+    }
+
     /// The state for a tunnel that replaces this one's (a key rotation), which has
     /// completed `handshakes`: ready or down alike; waiting for its own next handshake.
     pub fn moved_to(self, handshakes: u64) -> Rejoin {

@@ -205,6 +205,11 @@ impl Tunnel {
         self.tunn.time_since_last_handshake().is_some()
     }
 
+    /// Time since the current session's handshake (cheaper than [`Tunnel::stats`]).
+    pub fn last_handshake(&self) -> Option<std::time::Duration> {
+        self.tunn.time_since_last_handshake()
+    }
+
     pub fn stats(&self) -> TunnelStats {
         let (last_handshake, tx_bytes, rx_bytes, loss, rtt_ms) = self.tunn.stats();
         TunnelStats {

@@ -138,6 +138,30 @@ impl PathMtu {
         self.ceiling
     }
 
+    /// The earliest time at which time alone changes anything here: a size probe's
+    /// timeout, the next round of a search (at once when none is in flight), the next
+    /// confirmation. Until then, with no reply, `set_ceiling` or `recheck` in between,
+    /// [`PathMtu::due`] sends nothing and [`PathMtu::on_tick`] changes nothing, so the
+    /// engine need not call them (`now` if something is due already).
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let timeout = self.tun.timeout;
+        let expiry = self
+            .in_flight
+            .iter()
+            .map(|&(_, _, sent)| sent + timeout)
+            .min();
+        let phase = match self.phase {
+            Phase::Searching if self.in_flight.is_empty() => Some(now),
+            Phase::Settled { next, .. } if !self.confirming => Some(next),
+            _ => None,
+        };
+        match (expiry, phase) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(now + timeout),
+        }
+        .max(now)
+    }
+
     /// Whether a search is under way.
     pub fn searching(&self) -> bool {
         self.phase == Phase::Searching
@@ -367,6 +391,82 @@ mod tests {
             }
         }
         panic!("no convergence in {max_rounds} rounds: {p:?}");
+    }
+
+    /// Drives `p` against a path carrying sizes up to `carries(t)` (from the start) for
+    /// `until`, in 5 ms steps: every step, or (`lazy`) only at its deadline and after a
+    /// reply, as the engine does. Returns the MTU's changes (time, new MTU) and the visits.
+    fn drive(
+        mut p: PathMtu,
+        lazy: bool,
+        until: Duration,
+        carries: impl Fn(Duration) -> u16,
+    ) -> (Vec<(Duration, Option<u16>)>, u64) {
+        let start = Instant::now();
+        let rtt = Duration::from_millis(12);
+        let mut now = start;
+        let mut seq = PMTU_BIT;
+        let mut wire: Vec<(Instant, u64)> = Vec::new();
+        let mut changes = Vec::new();
+        let mut deadline = start;
+        let mut visits = 0;
+        let mut ceiling = 1500;
+        while now < start + until {
+            let t = now - start;
+            // The interface grows to 9000 at 30 s: a new search.
+            if t >= Duration::from_secs(30) && ceiling == 1500 {
+                ceiling = 9000;
+                p.set_ceiling(ceiling, now);
+                deadline = now;
+            }
+            let visit = !lazy || now >= deadline;
+            if visit {
+                visits += 1;
+                let carried = carries(t);
+                for (s, size) in p.due(now, || {
+                    seq += 1;
+                    seq
+                }) {
+                    if size <= carried {
+                        wire.push((now + rtt, s));
+                    }
+                }
+            }
+            let (back, later): (Vec<_>, Vec<_>) = wire.drain(..).partition(|(at, _)| *at <= now);
+            wire = later;
+            for (_, s) in &back {
+                p.on_reply(*s);
+            }
+            // A reply: the engine's next pass visits (here the same step, as in the
+            // step-by-step run).
+            if visit || !back.is_empty() {
+                if let Some(c) = p.on_tick(now) {
+                    changes.push((t, c.to));
+                }
+            }
+            if visit || !back.is_empty() {
+                deadline = p.next_deadline(now);
+            }
+            now += Duration::from_millis(5);
+        }
+        (changes, visits)
+    }
+
+    #[test]
+    fn driven_only_at_its_deadlines_discovery_finds_the_same_at_the_same_times() {
+        // 1500 at first, a 1400 hop from 10 s to 50 s (found by the confirmations), the
+        // interface at 9000 from 30 s (a search up to 9000 bounded by the hop), 8000 after.
+        let carries = |t: Duration| match t.as_secs() {
+            0..10 => 1500,
+            10..50 => 1400,
+            _ => 8000,
+        };
+        let until = Duration::from_secs(120);
+        let (every, steps) = drive(PathMtu::new(1500, tun()), false, until, carries);
+        let (lazy, visits) = drive(PathMtu::new(1500, tun()), true, until, carries);
+        assert_eq!(every, lazy);
+        assert!(every.len() >= 4, "{every:?}");
+        assert!(visits * 5 < steps, "{visits} visits in {steps} steps");
     }
 
     #[test]

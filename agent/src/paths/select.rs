@@ -367,6 +367,36 @@ impl Selector {
         self.paths.iter().filter_map(|p| p.next_probe).min()
     }
 
+    /// The earliest time at which time alone changes anything here: a path's next probe,
+    /// the timeout of a probe in flight, the end of a path's hold-down (fail back). Until
+    /// then, with no reply in between, [`Selector::due`] sends nothing and
+    /// [`Selector::on_tick`] changes nothing that matters (it may only drop expired late
+    /// entries, which a late reply checks itself), so a caller may skip both until then
+    /// (the engine visits a peer only when due; `now` if something is due already).
+    /// A reply moves deadlines: after one, call `on_tick` again before trusting this.
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let th = &self.th;
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for p in &self.paths {
+            let Some(probe) = p.next_probe else {
+                return now;
+            };
+            at(probe);
+            let timeout = p.timeout(th);
+            for f in &p.outstanding {
+                at(f.sent + timeout);
+            }
+            if let Some(since) = p.healthy_since {
+                let end = since + th.hold_down;
+                if end > now {
+                    at(end);
+                }
+            }
+        }
+        next.unwrap_or(now + th.interval).max(now)
+    }
+
     /// An authenticated reply to probe `seq`: recorded, and the change of path it causes, if
     /// any. A reply past its probe's timeout (within `late_window`) only proves the path
     /// works (see the module's notes); a sequence number neither in flight nor late
@@ -658,6 +688,11 @@ mod tests {
         /// (address, probability): probes lost at random (xorshift, fixed seed).
         random_loss: Vec<(SocketAddr, f64)>,
         rng: u64,
+        /// `Some`: the selector is driven as the engine drives it, `due` and `on_tick`
+        /// only once its next deadline has come or a reply arrived; `None`: every step.
+        deadline: Option<Instant>,
+        /// Steps on which `due` and `on_tick` ran without a reply (deadline mode).
+        visits: u64,
     }
 
     impl Sim {
@@ -682,7 +717,15 @@ mod tests {
                 switches: Vec::new(),
                 random_loss: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
+                deadline: None,
+                visits: 0,
             }
+        }
+
+        /// The same simulation, driven only at the selector's deadlines and after replies.
+        fn at_deadlines(mut self) -> Sim {
+            self.deadline = Some(self.now);
+            self
         }
 
         fn uniform(&mut self) -> f64 {
@@ -711,7 +754,13 @@ mod tests {
         fn run(&mut self, until_ms: u64) {
             let until = self.start + Duration::from_millis(until_ms);
             while self.now < until {
-                for (a, seq) in self.sel.due(self.now) {
+                let visit = self.deadline.is_none_or(|d| self.now >= d);
+                let due = if visit {
+                    self.sel.due(self.now)
+                } else {
+                    Vec::new()
+                };
+                for (a, seq) in due {
                     let n = self.sent.entry(a).or_default();
                     *n += 1;
                     let n = *n;
@@ -729,13 +778,27 @@ mod tests {
                 let (ready, later): (Vec<_>, Vec<_>) =
                     self.in_flight.drain(..).partition(|(at, _)| *at <= now);
                 self.in_flight = later;
+                let replies = !ready.is_empty();
                 for (_, seq) in ready {
                     if let Ok(Some(s)) = self.sel.on_reply(seq, now) {
                         self.switches.push((self.t(), s.to));
                     }
                 }
-                if let Some(s) = self.sel.on_tick(now) {
-                    self.switches.push((self.t(), s.to));
+                if visit {
+                    if let Some(s) = self.sel.on_tick(now) {
+                        self.switches.push((self.t(), s.to));
+                    }
+                }
+                if let Some(d) = self.deadline {
+                    // After a reply: visited at the next step (the engine's next pass).
+                    self.deadline = Some(if replies {
+                        now
+                    } else if visit {
+                        self.visits += 1;
+                        self.sel.next_deadline(now)
+                    } else {
+                        d
+                    });
                 }
                 self.now += Duration::from_millis(5);
             }
@@ -749,6 +812,93 @@ mod tests {
                 .unwrap()
                 .health
         }
+    }
+
+    /// Runs `scenario` on a selector driven every 5 ms step and on one driven only at its
+    /// [`Selector::next_deadline`] and after replies: the same switches at the same times
+    /// and the same figures. Returns the steps and the deadline-driven visits.
+    fn same_at_deadlines(interval_ms: u64, rtt_us: u64, scenario: impl Fn(&mut Sim)) -> (u64, u64) {
+        let mut every = Sim::new(interval_ms);
+        let mut lazy = Sim::new(interval_ms);
+        lazy.start = every.start;
+        lazy.now = every.now;
+        let mut lazy = lazy.at_deadlines();
+        for sim in [&mut every, &mut lazy] {
+            for (_, rtt) in &mut sim.rtt {
+                *rtt = Duration::from_micros(rtt_us);
+            }
+            scenario(sim);
+        }
+        assert_eq!(every.switches, lazy.switches);
+        assert_eq!(every.sel.report(), lazy.sel.report());
+        assert_eq!(every.sel.active(), lazy.sel.active());
+        (
+            (every.now - every.start).as_millis() as u64 / 5,
+            lazy.visits,
+        )
+    }
+
+    #[test]
+    fn driven_only_at_its_deadlines_the_selector_decides_the_same_at_the_same_times() {
+        let far = Duration::from_secs(3600);
+        // Start, a cut, the restore and the fail back after the hold-down, cross-region;
+        // at 300 ms probes the hold-down (10 s) ends between two replies.
+        let cut = |sim: &mut Sim| {
+            sim.run(3_000);
+            sim.loss
+                .push((addr(IC), Duration::from_secs(3), Duration::from_secs(8), 1));
+            sim.run(20_000);
+        };
+        same_at_deadlines(300, 20_000, cut);
+        let (steps, visits) = same_at_deadlines(200, 20_000, cut);
+        // Probes every 200 ms on two paths and their timeouts: far fewer visits than
+        // steps (the engine's passes).
+        assert!(visits * 3 < steps, "{visits} visits in {steps} steps");
+        // A lab pair cut at several phases of the probe cycle.
+        for phase in 0..5u64 {
+            same_at_deadlines(200, 500, |sim| {
+                sim.run(12_000);
+                let cut = Duration::from_millis(12_000 + phase * 40);
+                sim.loss.push((addr(IC), cut, far, 1));
+                sim.run(14_000);
+            });
+        }
+        // Random loss of 2 % and of 30 % (degraded, then healthy again).
+        same_at_deadlines(200, 500, |sim| {
+            sim.random_loss.push((addr(IC), 0.02));
+            sim.run(120_000);
+            sim.random_loss = vec![(addr(IC), 0.3)];
+            sim.run(150_000);
+            sim.random_loss.clear();
+            sim.run(200_000);
+        });
+        // Every third probe lost for a while, then a flapping link (up 1 s, down 1 s).
+        same_at_deadlines(200, 20_000, |sim| {
+            sim.run(2_000);
+            sim.loss
+                .push((addr(IC), Duration::from_secs(2), Duration::from_secs(10), 3));
+            sim.run(12_000);
+            for k in 0..10u64 {
+                let from = Duration::from_secs(12 + 2 * k);
+                sim.loss
+                    .push((addr(IC), from, from + Duration::from_secs(1), 1));
+            }
+            sim.run(60_000);
+        });
+        // Late replies: the path's RTT jumps past its timeout for a while.
+        same_at_deadlines(200, 500, |sim| {
+            sim.run(12_000);
+            sim.rtt = vec![
+                (addr(IC), Duration::from_millis(250)),
+                (addr(PUB), Duration::from_millis(250)),
+            ];
+            sim.run(12_300);
+            sim.rtt = vec![
+                (addr(IC), Duration::from_micros(500)),
+                (addr(PUB), Duration::from_micros(500)),
+            ];
+            sim.run(20_000);
+        });
     }
 
     #[test]

@@ -69,8 +69,7 @@ impl PeerState {
             Some(sel) => sel.any_up() && self.rejoin.ready(),
             None => self
                 .tunnel
-                .stats()
-                .last_handshake
+                .last_handshake()
                 .is_some_and(|age| age < std::time::Duration::from_secs(180)),
         }
     }

@@ -41,6 +41,8 @@ pub struct PeerMtu {
     recent: RecentFlows,
     /// ICMP errors for the recent flows, after the limit dropped; taken by the shell.
     notices: Vec<Vec<u8>>,
+    /// The limit changed since the engine last looked.
+    limit_changed: bool,
 }
 
 impl PeerMtu {
@@ -53,10 +55,22 @@ impl PeerMtu {
         self.paths.values_mut().any(|p| p.on_reply(seq))
     }
 
+    /// The earliest deadline of the searches on the peer's paths, if any.
+    pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.paths.values().map(|p| p.next_deadline(now)).min()
+    }
+
+    /// Whether every pass must look at this peer: recent flows to date, notices to hand
+    /// over.
+    pub(super) fn busy(&self) -> bool {
+        !self.recent.is_empty() || !self.notices.is_empty()
+    }
+
     /// The limit is now `limit`: when lower than before, the recent flows it refuses get
     /// their ICMP errors (at most a few per change; the shell takes them every pass).
     fn set_limit(&mut self, limit: Option<u16>, now: Instant) {
         let before = std::mem::replace(&mut self.limit, limit);
+        self.limit_changed |= before != limit;
         if let Some(l) = limit {
             if before.is_none_or(|b| l < b) && !self.recent.is_empty() {
                 let errors = self.recent.narrowed(l, now);
@@ -94,6 +108,10 @@ impl Engine {
         // One look-up per path, not per (address, peer): the shell calls this every second
         // with every peer's addresses.
         let given: HashMap<SocketAddr, u16> = ceilings.iter().copied().collect();
+        if given.iter().any(|(a, c)| self.ceilings.get(a) != Some(c)) {
+            // A path's ceiling is new or changed: searches start or are capped.
+            self.wake_all();
+        }
         self.ceilings.extend(given.iter().map(|(a, c)| (*a, *c)));
         for (idx, state) in self.peers.iter_mut() {
             for (address, path) in state.mtu.paths.iter_mut() {
@@ -105,7 +123,7 @@ impl Engine {
                 }
             }
         }
-        self.refresh_limits(now);
+        self.refresh_limits(now, true);
     }
 
     /// Every address a path MTU is searched on: each peer's candidates and endpoint.
@@ -133,7 +151,7 @@ impl Engine {
         let tunables = self.pmtu_tunables;
         let mut wire = std::mem::take(&mut self.size_probe);
         for (idx, state) in self.peers.iter_mut() {
-            if state.standing != Standing::Primary {
+            if state.standing != Standing::Primary || !state.visiting {
                 continue;
             }
             let PeerState {
@@ -177,14 +195,17 @@ impl Engine {
             }
         }
         self.size_probe = wire;
-        self.refresh_limits(now);
+        self.refresh_limits(now, false);
+        self.settle_visits(now);
     }
 
     /// A reply to a size probe, for primary `owner`.
     pub(super) fn on_size_reply(&mut self, owner: u32, seq: u64) -> bool {
-        self.peers
-            .get_mut(&owner)
-            .is_some_and(|s| s.mtu.on_reply(seq))
+        self.peers.get_mut(&owner).is_some_and(|s| {
+            // Reported (and the limit refreshed) at the next pass.
+            s.wake = None;
+            s.mtu.on_reply(seq)
+        })
     }
 
     /// After a switch to `to`: its MTU is checked at once.
@@ -198,18 +219,34 @@ impl Engine {
     }
 
     /// Each peer's packet limit from its active path's MTU, and the smallest of its other
-    /// paths'.
-    fn refresh_limits(&mut self, now: Instant) {
-        let mut min: Option<u16> = None;
-        let mut min_narrowest: Option<u16> = None;
+    /// paths' (of every peer, or of those this pass visits), then the engine's smallest
+    /// limits if any changed.
+    fn refresh_limits(&mut self, now: Instant, all: bool) {
+        // A peer came or went since the last look (`limits_dirty`): the smallest limits
+        // are recomputed too.
+        let mut changed = all || self.limits_dirty;
         for state in self.peers.values_mut() {
+            if !all && !state.visiting {
+                continue;
+            }
             let active = state.spec.endpoint;
             let limit = active.and_then(|ep| state.mtu.of(ep).map(|m| inner_mtu(m, ep)));
             state.mtu.set_limit(limit, now);
-            state.mtu.narrowest = state
+            let narrowest = state
                 .mtu
                 .narrowest_other(active)
                 .filter(|n| limit.is_none_or(|l| *n < l));
+            let narrowed = std::mem::replace(&mut state.mtu.narrowest, narrowest) != narrowest;
+            changed |= std::mem::take(&mut state.mtu.limit_changed) || narrowed;
+        }
+        if !changed {
+            return;
+        }
+        self.limits_dirty = true;
+        let mut min: Option<u16> = None;
+        let mut min_narrowest: Option<u16> = None;
+        for state in self.peers.values() {
+            let limit = state.mtu.limit;
             if let Some(l) = limit {
                 min = Some(min.map_or(l, |m| m.min(l)));
             }
@@ -246,6 +283,9 @@ impl Engine {
     /// Whether [`Engine::peer_mtus`] changed since the last call (the first call: since
     /// there were no peers); no allocation when not, as the shell asks every timer pass.
     pub fn peer_mtus_changed(&mut self) -> bool {
+        if !std::mem::take(&mut self.limits_dirty) {
+            return false;
+        }
         let limits = self
             .peers
             .values()

@@ -141,6 +141,8 @@ impl Engine {
                 let Some(state) = self.peers.get_mut(&owner) else {
                     return refused(ProbeRefusal::UnknownSender);
                 };
+                // Its figures changed: visited at the next pass.
+                state.wake = None;
                 match state.selector.as_mut().map(|s| s.on_reply(p.seq, now)) {
                     Some(Ok(switch)) => {
                         if let Some(switch) = switch {
@@ -164,6 +166,7 @@ impl Engine {
         if state.spec.endpoint == Some(to) {
             return;
         }
+        state.wake = None;
         Self::recheck_path(state, to, now);
         let kind = state
             .spec
@@ -178,6 +181,7 @@ impl Engine {
 
     /// Path probing: expires unanswered probes, applies any change of path, and sends the
     /// probes that are due. Call often (every 20 ms); each path is probed at the interval.
+    /// Only the peers with something due are visited (see `visits`).
     pub fn probe_tick(&mut self, now: Instant, mut emit: impl FnMut(SocketAddr, &[u8])) {
         self.access.tick(now);
         let own_id = self.own_id;
@@ -187,9 +191,10 @@ impl Engine {
             if let Some(of) = Self::retired_by(&mut state.standing, now) {
                 expired.push((*idx, of));
             }
-            if state.standing != Standing::Primary {
+            if state.standing != Standing::Primary || !state.due(now) {
                 continue;
             }
+            state.visiting = true;
             let Some(sel) = state.selector.as_mut() else {
                 continue;
             };

@@ -83,6 +83,9 @@ fn roaming_returns_to_the_selected_path_but_never_jumps_to_another_endpoint() {
         mtu: PeerMtu::default(),
         rejoin: super::Rejoin::new(0),
         rehandshake: false,
+        wake: None,
+        visiting: false,
+        published_up: false,
     };
     assert!(state.may_roam_to(public), "back to the selected path");
     assert!(
@@ -328,6 +331,69 @@ fn packets_cross_after_a_handshake_and_the_nat_side_is_learned() {
         .engine
         .outbound(&ipv4([10, 1, 0, 5], [172, 16, 0, 1], b"x"), &mut out)
         .is_none());
+}
+
+#[test]
+fn idle_peers_are_visited_about_once_a_second_and_a_new_session_is_published_at_the_next_pass() {
+    let (mut a, mut b) = pair();
+    // 30 more peers without probing (external WireGuard devices), never answering.
+    let mut specs = vec![PeerSpec {
+        public_key: *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes(),
+        endpoint: Some(b.addr),
+        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+        keepalive: None,
+        candidates: vec![],
+        next_public_key: None,
+        priority: 0,
+    }];
+    for i in 0..30u8 {
+        specs.push(PeerSpec {
+            public_key: *PublicKey::from(&StaticSecret::from([100 + i; 32])).as_bytes(),
+            endpoint: Some(SocketAddr::from(([203, 0, 113, i], 51820))),
+            allowed_ips: vec![format!("10.50.{i}.0/24").parse().unwrap()],
+            keepalive: None,
+            candidates: vec![],
+            next_public_key: None,
+            priority: 0,
+        });
+    }
+    a.engine.set_peers(&specs);
+    let pass = std::time::Duration::from_millis(20);
+    let mut now = Instant::now();
+    let mut emitted = 0;
+    let mut out = vec![0u8; BUFFER];
+    let mut init = None;
+    // 4 s of passes, 200 of them, as the shell runs them: each peer visited at its first
+    // passes (until its first handshake is started), then once a second.
+    for _ in 0..200 {
+        a.engine.probe_tick(now, |_, _| emitted += 1);
+        a.engine.start_handshakes(&mut out, |to, d| {
+            if to == b.addr {
+                init.get_or_insert_with(|| d.to_vec());
+            }
+        });
+        assert_eq!(a.engine.up_peers_changed(), None, "nobody is up");
+        now += pass;
+    }
+    let visits = a.engine.visits;
+    assert!(
+        (31 * 4..=31 * 6).contains(&visits),
+        "{visits} visits of 31 peers in 200 passes"
+    );
+    assert_eq!(emitted, 0, "peers without probing are sent no probes");
+    // A session with B (the handshake A started at its first pass): published as up at
+    // the next pass, not at B's next visit.
+    let init = init.expect("a handshake was started toward B");
+    let to = b.addr;
+    exchange(&mut a, &mut b, (to, init));
+    a.engine.probe_tick(now, |_, _| {});
+    let b_key = specs[0].public_key;
+    assert_eq!(a.engine.up_peers_changed(), Some(vec![b_key]));
+    assert_eq!(a.engine.up_peers_changed(), None);
+    // A peer removed: published at once.
+    a.engine.set_peers(&specs[1..]);
+    a.engine.probe_tick(now + pass, |_, _| {});
+    assert_eq!(a.engine.up_peers_changed(), Some(vec![]));
 }
 
 #[test]
