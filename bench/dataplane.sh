@@ -51,15 +51,18 @@ percentiles() {
     awk '{a[NR]=$1} END {if (NR == 0) print "nan nan"; else print a[int(NR*0.5)+0], a[int(NR*0.99)+0]}'
 }
 
-# measure NAME PEER_IP PID_A -> appends
-# "name tcp1 tcp4 udp64_kpps idle_p50 idle_p99 load_p50 load_p99 cpu_s_per_gb rss_mib" to results
+# measure NAME PEER_IP PID_A PID_B -> appends
+# "name tcp1 tcp4 udp64_kpps idle_p50 idle_p99 load_p50 load_p99 cpu_s_per_gb rss_mib
+#  receiver_cpu_s_per_gb" to results (CPU: the sending and the receiving side's process)
 measure() {
-  local name=$1 peer=$2 pid=$3
+  local name=$1 peer=$2 pid=$3 rpid=$4
   ip netns exec $Bn iperf3 -s -D -1 >/dev/null
   sleep 0.5
   local t0; t0=$(cpu_ticks "$pid")
+  local r0; r0=$(cpu_ticks "$rpid")
   local j1; j1=$(ip netns exec $A iperf3 -c "$peer" -t "$DURATION" -J)
   local t1; t1=$(cpu_ticks "$pid")
+  local r1; r1=$(cpu_ticks "$rpid")
   local tcp1 bytes1
   tcp1=$(echo "$j1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
   bytes1=$(echo "$j1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"])')
@@ -81,13 +84,14 @@ measure() {
   sleep 1
   load=$( (ip netns exec $A ping -c 300 -i 0.01 -W 1 "$peer" || true) | percentiles)
   wait $ipid || true
-  local cpu_per_gb
+  local cpu_per_gb rcpu_per_gb
   cpu_per_gb=$(python3 -c "print(($t1-$t0)/100/($bytes1/1e9))")
+  rcpu_per_gb=$(python3 -c "print(($r1-$r0)/100/($bytes1/1e9))")
   # Peak resident memory of the sending side's process over the whole round.
   local rss; rss=$(awk '/VmHWM/{print $2/1024}' /proc/"$pid"/status)
-  echo "$name $tcp1 $tcp4 $udp $idle $load $cpu_per_gb $rss" >> "$WORK/results"
-  printf '  %-12s tcp1 %5.2f Gbit/s  tcp4 %5.2f Gbit/s  udp64 %6.1f kpps  ping idle p50/p99 %s ms  loaded %s ms  cpu %.2f s/GB  peak RSS %.1f MiB (sender)\n' \
-    "$name" "$tcp1" "$tcp4" "$udp" "${idle/ //}" "${load/ //}" "$cpu_per_gb" "$rss"
+  echo "$name $tcp1 $tcp4 $udp $idle $load $cpu_per_gb $rss $rcpu_per_gb" >> "$WORK/results"
+  printf '  %-12s tcp1 %5.2f Gbit/s  tcp4 %5.2f Gbit/s  udp64 %6.1f kpps  ping idle p50/p99 %s ms  loaded %s ms  cpu sender %.2f receiver %.2f s/GB  peak RSS %.1f MiB (sender)\n' \
+    "$name" "$tcp1" "$tcp4" "$udp" "${idle/ //}" "${load/ //}" "$cpu_per_gb" "$rcpu_per_gb" "$rss"
 }
 
 strait_round() {
@@ -113,7 +117,7 @@ strait_round() {
     [ -n "$peer" ] && ip netns exec $A ping -c 1 -W 1 "$peer" >/dev/null 2>&1 && break
     sleep 0.2
   done
-  measure strait "$peer" "$apid"
+  measure strait "$peer" "$apid" "$bpid"
   kill $apid $bpid $cpid; wait $apid $bpid $cpid 2>/dev/null || true
 }
 
@@ -139,12 +143,19 @@ wggo_round() {
   ip -n $Bn addr add 100.64.0.2/10 dev wgb; ip -n $Bn link set wgb mtu $((UNDERLAY_MTU - 80)) up
   ip netns exec $A ping -c 2 -W 2 100.64.0.2 >/dev/null
   # wireguard-go re-execs itself; the sender-side CPU is that of the process in $A.
-  local real; real=$(pgrep -n -f "wireguard-go -f wga" || echo $apid)
-  measure wireguard-go 100.64.0.2 "$real"
+  local real rreal
+  real=$(pgrep -n -f "wireguard-go -f wga" || echo $apid)
+  rreal=$(pgrep -n -f "wireguard-go -f wgb" || echo $bpid)
+  measure wireguard-go 100.64.0.2 "$real" "$rreal"
   kill $apid $bpid 2>/dev/null; wait $apid $bpid 2>/dev/null || true
 }
 
 echo "data plane: $ROUNDS alternating rounds, ${DURATION}s per iperf3 run ($(nproc) CPUs, $(uname -r))"
+# The crypto floor on this machine: ChaCha20-Poly1305 over 1420-byte packets on one core;
+# each end seals (or opens) every byte once, so no end can spend less than 1/rate per GB.
+floor=$(openssl speed -evp chacha20-poly1305 -bytes 1420 -seconds 2 2>/dev/null |
+  awk '/^ChaCha20-Poly1305/ {sub(/k$/, "", $2); print 1e9 / ($2 * 1000)}')
+echo "crypto floor per end: ${floor:-unknown} s/GB (openssl speed -evp chacha20-poly1305 -bytes 1420)"
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r"
   strait_round
@@ -158,7 +169,7 @@ def med(name, i):
     return statistics.median(float(r[i]) for r in rows if r[0] == name)
 cols = [("tcp1 Gbit/s", 1), ("tcp4 Gbit/s", 2), ("udp64 kpps", 3), ("idle p50 ms", 4),
         ("idle p99 ms", 5), ("load p50 ms", 6), ("load p99 ms", 7), ("cpu s/GB", 8),
-        ("RSS MiB", 9)]
+        ("rcv cpu s/GB", 10), ("RSS MiB", 9)]
 print("\nmedians        " + "  ".join(f"{c:>12}" for c, _ in cols))
 for name in ("strait", "wireguard-go"):
     print(f"{name:<14} " + "  ".join(f"{med(name, i):>12.3f}" for _, i in cols))
