@@ -284,9 +284,9 @@ pub async fn run(
                             notices.push(&error);
                         }
                     }
-                    // Peers with a path up, checked every pass (published when they change):
-                    // BGP withdraws a site's prefixes within a pass of its last path going
-                    // down.
+                    // Peers with a path up, asked every pass (published when a visit changed
+                    // them): BGP withdraws a site's prefixes at the pass where its last path
+                    // is judged down.
                     if let Some(now_up) = engine.up_peers_changed() {
                         up.send_replace(now_up);
                     }

@@ -161,7 +161,7 @@ impl Engine {
                 spec,
                 ..
             } = state;
-            // Searches on the paths measured, without allocating (every peer, every pass).
+            // Searches on the paths measured, without allocating (every peer visited).
             mtu.paths
                 .retain(|a, _| Self::measured(spec).any(|m| m == *a));
             for address in Self::measured(spec) {
