@@ -739,6 +739,13 @@ mod tests {
             self.now - self.start
         }
 
+        /// Every path's RTT from now on.
+        fn set_rtt(&mut self, rtt: Duration) {
+            for (_, r) in &mut self.rtt {
+                *r = rtt;
+            }
+        }
+
         fn rtt_of(&self, a: SocketAddr) -> Duration {
             self.rtt.iter().find(|(x, _)| *x == a).unwrap().1
         }
@@ -824,9 +831,7 @@ mod tests {
         lazy.now = every.now;
         let mut lazy = lazy.at_deadlines();
         for sim in [&mut every, &mut lazy] {
-            for (_, rtt) in &mut sim.rtt {
-                *rtt = Duration::from_micros(rtt_us);
-            }
+            sim.set_rtt(Duration::from_micros(rtt_us));
             scenario(sim);
         }
         assert_eq!(every.switches, lazy.switches);
@@ -888,15 +893,9 @@ mod tests {
         // Late replies: the path's RTT jumps past its timeout for a while.
         same_at_deadlines(200, 500, |sim| {
             sim.run(12_000);
-            sim.rtt = vec![
-                (addr(IC), Duration::from_millis(250)),
-                (addr(PUB), Duration::from_millis(250)),
-            ];
+            sim.set_rtt(Duration::from_millis(250));
             sim.run(12_300);
-            sim.rtt = vec![
-                (addr(IC), Duration::from_micros(500)),
-                (addr(PUB), Duration::from_micros(500)),
-            ];
+            sim.set_rtt(Duration::from_micros(500));
             sim.run(20_000);
         });
     }
@@ -991,15 +990,9 @@ mod tests {
         // were working, and traffic is back on the interconnect without the hold-down.
         let mut sim = lab_sim();
         let before = sim.switches.len();
-        sim.rtt = vec![
-            (addr(IC), Duration::from_millis(250)),
-            (addr(PUB), Duration::from_millis(250)),
-        ];
+        sim.set_rtt(Duration::from_millis(250));
         sim.run(12_300);
-        sim.rtt = vec![
-            (addr(IC), Duration::from_micros(500)),
-            (addr(PUB), Duration::from_micros(500)),
-        ];
+        sim.set_rtt(Duration::from_micros(500));
         sim.run(13_000);
         assert_eq!(sim.sel.active(), Some(addr(IC)), "{:?}", sim.switches);
         assert_eq!(sim.health(IC), Health::Up);

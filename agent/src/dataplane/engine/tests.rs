@@ -333,29 +333,28 @@ fn packets_cross_after_a_handshake_and_the_nat_side_is_learned() {
         .is_none());
 }
 
-#[test]
-fn idle_peers_are_visited_about_once_a_second_and_a_new_session_is_published_at_the_next_pass() {
-    let (mut a, mut b) = pair();
-    // 30 more peers without probing (external WireGuard devices), never answering.
-    let mut specs = vec![PeerSpec {
-        public_key: *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes(),
-        endpoint: Some(b.addr),
-        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
+/// A peer without probing (no candidates): the key of secret `[seed; 32]`, reached at
+/// `endpoint`, carrying `prefix`.
+fn unprobed(seed: u8, endpoint: SocketAddr, prefix: &str) -> PeerSpec {
+    PeerSpec {
+        public_key: *PublicKey::from(&StaticSecret::from([seed; 32])).as_bytes(),
+        endpoint: Some(endpoint),
+        allowed_ips: vec![prefix.parse().unwrap()],
         keepalive: None,
         candidates: vec![],
         next_public_key: None,
         priority: 0,
-    }];
+    }
+}
+
+#[test]
+fn idle_peers_are_visited_about_once_a_second_and_a_new_session_is_published_at_the_next_pass() {
+    let (mut a, mut b) = pair();
+    // 30 more peers without probing (external WireGuard devices), never answering.
+    let mut specs = vec![unprobed(2, b.addr, "10.2.0.0/16")];
     for i in 0..30u8 {
-        specs.push(PeerSpec {
-            public_key: *PublicKey::from(&StaticSecret::from([100 + i; 32])).as_bytes(),
-            endpoint: Some(SocketAddr::from(([203, 0, 113, i], 51820))),
-            allowed_ips: vec![format!("10.50.{i}.0/24").parse().unwrap()],
-            keepalive: None,
-            candidates: vec![],
-            next_public_key: None,
-            priority: 0,
-        });
+        let endpoint = SocketAddr::from(([203, 0, 113, i], 51820));
+        specs.push(unprobed(100 + i, endpoint, &format!("10.50.{i}.0/24")));
     }
     a.engine.set_peers(&specs);
     let pass = std::time::Duration::from_millis(20);
@@ -409,15 +408,7 @@ fn a_peer_cannot_send_from_addresses_it_does_not_own() {
     exchange(&mut a, &mut b, (ep, init));
     // A spoofs an inner source in B's own range: B must drop it.
     let spoofed = ipv4([10, 2, 0, 1], [10, 2, 0, 9], b"spoof");
-    a.engine.set_peers(&[PeerSpec {
-        public_key: *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes(),
-        endpoint: Some(b.addr),
-        allowed_ips: vec!["10.2.0.0/16".parse().unwrap()],
-        keepalive: None,
-        candidates: vec![],
-        next_public_key: None,
-        priority: 0,
-    }]);
+    a.engine.set_peers(&[unprobed(2, b.addr, "10.2.0.0/16")]);
     let (_, data) = a
         .engine
         .outbound(&spoofed, &mut out)
